@@ -1,0 +1,1 @@
+"""ASGI primitives shared by the stages: problem responses, request state, client IP, routes."""
