@@ -1,0 +1,32 @@
+"""What every stage may depend on, built once by :mod:`bastion.engine`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bastion.http.routes import RouteTable
+from bastion.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from bastion.http.principal import PrincipalResolver
+    from bastion.settings import Settings
+    from bastion.store.stores import Stores
+
+__all__ = ["Deps"]
+
+
+@dataclass(slots=True)
+class Deps:
+    """Shared services handed to each stage's constructor (``deps=``)."""
+
+    settings: Settings
+    metrics: Metrics
+    routes: RouteTable
+    prefix: str
+    """Reserved path prefix of Bastion's own endpoints (``/_bastion``)."""
+    stores: Stores | None = None
+    """Durable stores; started by the engine at start-up."""
+    principal_resolver: PrincipalResolver | None = None
+    """Verifies Bastion credentials on demand (stages before ``auth`` that must know the
+    verified principal, such as CSRF exemption for bearer-authenticated requests)."""

@@ -1,0 +1,108 @@
+"""Prometheus metrics; the series names are part of the public contract (DESIGN.md §8).
+
+Each :class:`Metrics` owns its registry, so several Bastion instances (and tests) never clash.
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``bastion serve --workers N`` sets it), values live in
+shared files and the exposition merges every worker. Labelled children are cached in plain dicts
+because ``labels()`` costs more than the increment itself on the request path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("latin-1")
+
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+
+
+def _method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "OTHER"
+
+
+class Metrics:
+    """The registry and every series Bastion exports, with cached labelled children."""
+
+    def __init__(self, latency_buckets: Sequence[float] | None = None) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.registry = CollectorRegistry(auto_describe=True)
+        buckets = tuple(latency_buckets) if latency_buckets else Histogram.DEFAULT_BUCKETS
+        reg = self.registry
+        self.requests = Counter(
+            "bastion_http_requests_total",
+            "HTTP requests answered, by route, method and status.",
+            ("route", "method", "status"),
+            registry=reg,
+        )
+        self.duration = Histogram(
+            "bastion_http_request_duration_seconds",
+            "Time from request arrival to the end of the response, by route and method.",
+            ("route", "method"),
+            buckets=buckets,
+            registry=reg,
+        )
+        self.inflight = Gauge(
+            "bastion_inflight_requests",
+            "Requests being processed.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.shed = Counter(
+            "bastion_shed_total", "Requests refused with 503 by load shedding.", registry=reg
+        )
+        self.upstream_errors = Counter(
+            "bastion_upstream_errors_total",
+            "Failed upstream exchanges, by route and kind (connect, timeout, protocol).",
+            ("route", "kind"),
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "bastion_store_errors_total",
+            "Failed store operations, by store and operation.",
+            ("store", "op"),
+            registry=reg,
+        )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = _method_label(method)
+            children = (
+                self.requests.labels(route, label, str(status)),
+                self.duration.labels(route, label),
+            )
+            if len(self._request_children) < 10_000:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def upstream_error(self, route: str, kind: str) -> None:
+        self.upstream_errors.labels(route, kind).inc()
+
+    def store_error(self, store: str, op: str) -> None:
+        self.store_errors.labels(store, op).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every series (all workers in multiprocess mode)."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
