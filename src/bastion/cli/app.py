@@ -1,0 +1,24 @@
+"""Root of the ``bastion`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from bastion.cli import config_cmd, db_cmd, demo_cmd, serve_cmd
+
+app = typer.Typer(
+    name="bastion",
+    help="Security and performance layer for web APIs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("serve")(serve_cmd.serve)
+app.command("demo")(demo_cmd.demo)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(db_cmd.app, name="db")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

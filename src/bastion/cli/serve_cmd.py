@@ -1,0 +1,121 @@
+"""``bastion serve``: run the gateway."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import typer
+import uvicorn
+
+from bastion.cli.common import EXIT_CONFIG, ConfigOption, fail, load_settings
+from bastion.engine import Bastion
+from bastion.http.server import ServerConfig
+from bastion.observe.logging import configure_logging, get_logger
+from bastion.settings import Settings
+
+__all__ = ["gateway_from_env", "run_gateway", "serve"]
+
+_ARGS_ENV = "BASTION_SERVE_ARGS"
+
+LogFormat = Literal["json", "console"]
+
+
+def _effective_settings(
+    config: Path | None, upstream: str | None, host: str | None, port: int | None,
+    workers: int | None,
+) -> Settings:
+    settings = load_settings(config)
+    if upstream:
+        try:
+            settings = settings.with_upstream(upstream)
+        except ValueError as exc:
+            fail(f"--upstream: {exc}", EXIT_CONFIG)
+    server = settings.server.model_copy(
+        update={
+            k: v
+            for k, v in (("host", host), ("port", port), ("workers", workers))
+            if v is not None
+        }
+    )
+    settings = settings.with_updates(server=server)
+    if not settings.routes:
+        fail("no upstream: pass --upstream URL or configure [[routes]]", EXIT_CONFIG)
+    return settings
+
+
+def gateway_from_env() -> Any:
+    """Factory run in each worker process: rebuilds the settings the parent validated."""
+    args = orjson.loads(os.environ[_ARGS_ENV])
+    config = Path(args["config"]) if args["config"] else None
+    settings = _effective_settings(config, args["upstream"], None, None, None)
+    configure_logging(settings.logging, args["log_format"])
+    return Bastion(settings).gateway()
+
+
+def run_gateway(settings: Settings, *, log_format: str | None, config: Path | None,
+                upstream: str | None) -> None:
+    """Serve the gateway with uvicorn (one process, or ``server.workers`` processes)."""
+    configure_logging(settings.logging, log_format)
+    log: Any = get_logger("bastion.serve")
+    server = settings.server
+    common: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "loop": "uvloop",
+        "lifespan": "on",
+        "proxy_headers": False,
+        "server_header": False,
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_keep_alive": int(server.keepalive_timeout),
+        "backlog": server.backlog,
+        "max_header_bytes": settings.limits.max_header_bytes,
+        "max_url_bytes": settings.limits.max_url_bytes,
+    }
+    routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes)
+    log.info("gateway starting", listen=f"{server.host}:{server.port}", workers=server.workers,
+             routes=routes)
+    if server.workers == 1:
+        uvicorn.Server(ServerConfig(Bastion(settings).gateway(), **common)).run()
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="bastion-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[_ARGS_ENV] = orjson.dumps(
+        {"config": str(config) if config else None, "upstream": upstream,
+         "log_format": log_format}
+    ).decode()
+    try:
+        config_obj = ServerConfig(
+            "bastion.cli.serve_cmd:gateway_from_env", factory=True, workers=server.workers,
+            **common,
+        )
+        sock = config_obj.bind_socket()
+        uvicorn.supervisors.Multiprocess(
+            config_obj, target=uvicorn.Server(config_obj).run, sockets=[sock]
+        ).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def serve(
+    upstream: Annotated[
+        str | None, typer.Option(help="Upstream URL: shorthand for one catch-all route.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (server.workers).")
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option("--log-format", help="json or console (logging.format).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the gateway in front of the configured upstream(s)."""
+    settings = _effective_settings(config, upstream, host, port, workers)
+    run_gateway(settings, log_format=log_format, config=config, upstream=upstream)

@@ -1,0 +1,273 @@
+"""Builds the protection pipeline from :class:`Settings` and owns start-up and shut-down.
+
+Reading :func:`build_pipeline` top to bottom tells the whole request path (DESIGN.md §1).
+Stages a configuration disables are not in the chain at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.principal import PrincipalResolver
+from bastion.http.problems import BastionError
+from bastion.http.routes import RouteTable
+from bastion.observe.access import RequestObserver
+from bastion.observe.logging import get_logger
+from bastion.observe.metrics import Metrics
+from bastion.pipeline.client_ip import ClientIpStage
+from bastion.pipeline.compression import CompressionStage
+from bastion.pipeline.cors import CorsStage
+from bastion.pipeline.csrf import CsrfKeyRing, CsrfStage
+from bastion.pipeline.errors import ErrorStage
+from bastion.pipeline.headers import SecurityHeadersStage
+from bastion.pipeline.limits import LimitsStage
+from bastion.pipeline.probes import ProbeStage
+from bastion.pipeline.request_id import RequestIdStage
+from bastion.pipeline.shedding import SheddingStage
+from bastion.settings import Settings
+from bastion.store.stores import Stores
+
+__all__ = ["Bastion", "BastionApp", "build_pipeline"]
+
+_log: Any = get_logger("bastion.engine")
+
+Stage = Callable[[ASGIApp], ASGIApp]
+
+
+class OwnRoutes:
+    """Terminal dispatch: Bastion's own endpoints under the reserved prefix, everything else to
+    the wrapped app or the proxy. Capabilities mount their endpoints here."""
+
+    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
+        self.app = app
+        self._prefix = prefix
+        self._prefix_slash = prefix + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            path: str = scope["path"]
+            if path == self._prefix or path.startswith(self._prefix_slash):
+                raise BastionError("not_found", "No such Bastion endpoint")
+        await self.app(scope, receive, send)
+
+
+def build_pipeline(
+    terminal: ASGIApp,
+    deps: Deps,
+    *,
+    observer: RequestObserver,
+    readiness: Callable[[], Any],
+    csrf_keys: CsrfKeyRing,
+) -> ASGIApp:
+    """Wrap ``terminal`` in the stages ``deps.settings`` enables, outermost first."""
+    s = deps.settings
+    stages: list[tuple[bool, Stage]] = [
+        (True, lambda a: RequestIdStage(a, config=s.request_id, deps=deps, observer=observer)),
+        (s.headers.enabled, lambda a: SecurityHeadersStage(a, config=s.headers, deps=deps)),
+        (True, lambda a: ErrorStage(a, deps=deps)),
+        (bool(s.client_ip.trusted_proxies), lambda a: ClientIpStage(a, config=s.client_ip, deps=deps)),
+        (True, lambda a: ProbeStage(a, config=s.metrics, deps=deps, readiness=readiness)),
+        (s.shedding.enabled, lambda a: SheddingStage(a, config=s.shedding, deps=deps)),
+        (s.limits.enabled, lambda a: LimitsStage(a, config=s.limits, deps=deps)),
+        (s.cors.enabled, lambda a: CorsStage(a, config=s.cors, deps=deps)),
+        (s.csrf.enabled, lambda a: CsrfStage(a, config=s.csrf, deps=deps, keyring=csrf_keys)),
+        (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
+        (True, lambda a: OwnRoutes(a, prefix=deps.prefix)),
+    ]
+    app = terminal
+    for enabled, stage in reversed(stages):
+        if enabled:
+            app = stage(app)
+    return app
+
+
+class Bastion:
+    """The engine: ``Bastion(settings).wrap(app)`` protects an ASGI app; ``.gateway()`` builds
+    the reverse proxy of ``bastion serve``."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        principal_resolver: PrincipalResolver | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.metrics = Metrics(self.settings.metrics.latency_buckets)
+        self.stores = Stores(self.settings.store)
+        self.deps = Deps(
+            settings=self.settings,
+            metrics=self.metrics,
+            routes=RouteTable(self.settings.routes),
+            prefix=self.settings.server.prefix,
+            stores=self.stores,
+            principal_resolver=principal_resolver,
+        )
+        self.csrf_keys = CsrfKeyRing(
+            [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
+        )
+        self._observer = RequestObserver(self.metrics, access_log=self.settings.logging.access_log)
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._closers: list[Callable[[], Any]] = []
+
+    def _pipeline(self, terminal: ASGIApp) -> ASGIApp:
+        return build_pipeline(
+            terminal,
+            self.deps,
+            observer=self._observer,
+            readiness=self.readiness,
+            csrf_keys=self.csrf_keys,
+        )
+
+    def wrap(self, app: ASGIApp) -> BastionApp:
+        """Protect an ASGI app (Starlette, FastAPI, …) with the configured stages."""
+        return BastionApp(self, self._pipeline(app), inner_lifespan=app)
+
+    def gateway(self) -> BastionApp:
+        """The reverse-proxy gateway: the configured stages in front of ``[[routes]]``."""
+        from bastion.proxy.gateway import Proxy
+
+        if not self.settings.routes:
+            raise ValueError("the gateway needs at least one route (--upstream URL or [[routes]])")
+        proxy = Proxy(config=self.settings.proxy, deps=self.deps)
+        self._closers.append(proxy.close)
+        return BastionApp(self, self._pipeline(proxy), inner_lifespan=None, on_start=proxy.start)
+
+    async def startup(self) -> None:
+        """Start the stores (applying migrations when ``store.auto_migrate``) and load keys."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.stores.start(migrate=self.settings.store.auto_migrate)
+            if self.settings.csrf.enabled and not self.csrf_keys.keys:
+                self.csrf_keys.set(await self.stores.csrf_keys())
+            self._started = True
+
+    async def shutdown(self) -> None:
+        """Close what :meth:`startup` and the terminal opened."""
+        for close in reversed(self._closers):
+            await close()
+        await self.stores.close()
+        self._started = False
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Per-store readiness checks for ``/_bastion/ready``."""
+        try:
+            await self.startup()
+        except Exception as exc:
+            _log.warning("start-up failed during readiness check", error=str(exc))
+            return {"startup": {"status": "error", "error": type(exc).__name__}}
+        return await self.stores.checks()
+
+
+class BastionApp:
+    """The ASGI application Bastion hands to the server: the pipeline plus lifespan handling.
+
+    On ``lifespan.startup`` Bastion starts first, then the wrapped app's own lifespan runs;
+    shut-down happens in reverse. A server that sends no lifespan events gets a lazy start on
+    the first request instead.
+    """
+
+    def __init__(
+        self,
+        engine: Bastion,
+        pipeline: ASGIApp,
+        *,
+        inner_lifespan: ASGIApp | None,
+        on_start: Callable[[], Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self._inner = inner_lifespan
+        self._on_start = on_start
+        self._ready = False
+
+    async def _start(self) -> None:
+        await self.engine.startup()
+        if self._on_start is not None:
+            await self._on_start()
+        self._ready = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if not self._ready:
+            await self._start()
+        await self.pipeline(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            await self._start()
+        except Exception as exc:
+            _log.error("start-up failed", error=str(exc))
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        inner = _InnerLifespan(self._inner, scope) if self._inner is not None else None
+        if inner is not None:
+            failure = await inner.startup()
+            if failure is not None:
+                await self.engine.shutdown()
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        failure = await inner.shutdown() if inner is not None else None
+        await self.engine.shutdown()
+        if failure is not None:
+            await send({"type": "lifespan.shutdown.failed", "message": failure})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+
+
+class _InnerLifespan:
+    """Drives the wrapped app's lifespan protocol from Bastion's own."""
+
+    def __init__(self, app: ASGIApp, scope: Scope) -> None:
+        self._app = app
+        self._scope = scope
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._unsupported = False
+
+    async def _run(self) -> None:
+        try:
+            await self._app(self._scope, self._to_app.get, self._from_app.put)
+        except Exception as exc:
+            # An app without lifespan support raises on the lifespan scope: that is allowed.
+            self._unsupported = True
+            _log.debug("wrapped app does not support lifespan", error=str(exc))
+        finally:
+            await self._from_app.put({"type": "_ended"})
+
+    async def _exchange(self, message: Message) -> Message:
+        await self._to_app.put(message)
+        return await self._from_app.get()
+
+    async def startup(self) -> str | None:
+        self._task = asyncio.create_task(self._run())
+        reply = await self._exchange({"type": "lifespan.startup"})
+        if reply["type"] == "lifespan.startup.failed":
+            return str(reply.get("message", "the wrapped app failed to start"))
+        return None
+
+    async def shutdown(self) -> str | None:
+        if self._unsupported or self._task is None or self._task.done():
+            return None
+        reply = await self._exchange({"type": "lifespan.shutdown"})
+        await self._task
+        if reply["type"] == "lifespan.shutdown.failed":
+            return str(reply.get("message", "the wrapped app failed to shut down"))
+        return None

@@ -1,0 +1,104 @@
+"""The HTTP server of ``bastion serve``: uvicorn's httptools protocol, refusing in our format.
+
+uvicorn answers a request it cannot parse with a plain-text 400 and buffers header blocks of any
+size. The protocol here bounds what it buffers before the ASGI app runs (header block → 431,
+request target → 414) and answers every such refusal as RFC 9457 problem+json with a request id,
+like the rest of Bastion. Proxy-header handling of the server itself stays off: only Bastion's
+client-IP stage decides whom to believe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bastion.http.problems import BastionError, problem_body
+
+__all__ = ["BastionHttpProtocol", "ServerConfig", "refusal_bytes"]
+
+_REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+def refusal_bytes(error: BastionError) -> bytes:
+    """A complete HTTP/1.1 problem response closing the connection, for refusals made before
+    the ASGI app sees the request."""
+    request_id = os.urandom(16).hex()
+    body = problem_body(error, request_id)
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b"Error")),
+        b"content-type: application/problem+json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"cache-control: no-store\r\n",
+        b"x-content-type-options: nosniff\r\n",
+        b"x-request-id: " + request_id.encode("ascii") + b"\r\n",
+        b"connection: close\r\n\r\n",
+    ]
+    return b"".join(head) + body
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's configuration plus the size bounds the protocol enforces while parsing."""
+
+    def __init__(self, app: Any, *, max_header_bytes: int, max_url_bytes: int, **kw: Any) -> None:
+        super().__init__(app, http=BastionHttpProtocol, **kw)
+        self.max_header_bytes = max_header_bytes
+        self.max_url_bytes = max_url_bytes
+
+
+class BastionHttpProtocol(HttpToolsProtocol):
+    """httptools protocol with bounded request heads and problem+json refusals."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        # Slack for the request line and framing beyond the header-block limit proper.
+        self._max_head = getattr(config, "max_header_bytes", 16384) + 1024
+        self._max_url = getattr(config, "max_url_bytes", 8192)
+        self._head_bytes = 0
+        self._header_total = 0
+        self._in_head = True
+        self._refusal: BastionError | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # A head still incomplete after this many bytes is refused: it bounds what the parser
+        # buffers for one request, whatever the client sends.
+        if self._in_head and self._head_bytes > self._max_head + self._max_url:
+            self._refuse(BastionError("request_header_too_large"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_total = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self._max_url:
+            self._refusal = BastionError("uri_too_long", f"The URL exceeds {self._max_url} bytes")
+            raise ValueError("request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_total += len(name) + len(value) + 4
+        if self._header_total > self._max_head:
+            self._refusal = BastionError("request_header_too_large")
+            raise ValueError("header block too large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        error = self._refusal or BastionError("bad_request", "The request is not valid HTTP/1.1")
+        self._refuse(error)
+
+    def _refuse(self, error: BastionError) -> None:
+        self._refusal = None
+        if not self.transport.is_closing():
+            self.transport.write(refusal_bytes(error))
+            self.transport.close()

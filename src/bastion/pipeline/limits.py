@@ -1,0 +1,136 @@
+"""Request size limits: header block → 431, URL → 414, body → 413.
+
+A declared ``Content-Length`` over the limit is refused before a byte of the body is read. A body
+without one (chunked) is counted while it streams: the read that crosses the limit raises
+``payload_too_large`` into whoever is reading (the proxy aborts its upstream request), and any
+response the app then tries to send is replaced by the 413 problem. Nothing is buffered here.
+"""
+
+from __future__ import annotations
+
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.paths import compile_glob
+from bastion.http.problems import BastionError, send_problem
+from bastion.http.state import state_of
+from bastion.pipeline.config import LimitsConfig
+
+__all__ = ["LimitsStage"]
+
+
+def _media_type(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower().decode("latin-1")
+    return ""
+
+
+class LimitsStage:
+    """Refuses requests whose header block, URL or body exceeds the configured sizes."""
+
+    def __init__(self, app: ASGIApp, *, config: LimitsConfig, deps: Deps) -> None:
+        self.app = app
+        self._max_header = config.max_header_bytes
+        self._max_url = config.max_url_bytes
+        self._default_body = config.max_body_bytes
+        self._rules = tuple(
+            (compile_glob(rule.path).match, frozenset(rule.content_types), rule.max_bytes)
+            for rule in config.body
+        )
+
+    def _body_limit(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> int:
+        if self._rules:
+            path = scope["path"]
+            media = None
+            for match, types, max_bytes in self._rules:
+                if match(path) is None:
+                    continue
+                if types:
+                    if media is None:
+                        media = _media_type(headers)
+                    if media not in types:
+                        continue
+                return max_bytes
+        route = state_of(scope).route
+        if route is not None and route.config.max_body_bytes is not None:
+            return route.config.max_body_bytes
+        return self._default_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" and scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if len(raw_path) + len(scope.get("query_string", b"")) + 1 > self._max_url:
+            raise BastionError("uri_too_long", f"The URL exceeds {self._max_url} bytes")
+        headers = scope["headers"]
+        size = 0
+        declared: int | None = None
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise BastionError("bad_request", "Invalid Content-Length") from None
+        if size > self._max_header:
+            raise BastionError(
+                "request_header_too_large", f"The header block exceeds {self._max_header} bytes"
+            )
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._body_limit(scope, headers)
+        if limit == 0 or (declared is not None and declared <= limit):
+            await self.app(scope, receive, send)
+            return
+        if declared is not None:
+            raise BastionError(
+                "payload_too_large",
+                f"The body exceeds {limit} bytes",
+                headers={"Connection": "close"},
+            )
+        await self._stream_counted(scope, receive, send, limit)
+
+    async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        received = 0
+        exceeded: BastionError | None = None
+        started = False
+        answered = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded is not None:
+                raise exceeded
+            message = await receive()
+            body = message.get("body")
+            if body:
+                received += len(body)
+                if received > limit:
+                    exceeded = BastionError(
+                        "payload_too_large",
+                        f"The body exceeds {limit} bytes",
+                        headers={"Connection": "close"},
+                    )
+                    raise exceeded
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, answered
+            if exceeded is None:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+                return
+            # The body crossed the limit: whatever the app answers is replaced by the 413 (or,
+            # when its response had already begun, dropped so the connection is aborted).
+            if not answered and not started:
+                answered = True
+                await send_problem(send, exceeded, state_of(scope).request_id)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except BastionError as error:
+            if error is not exceeded or not answered:
+                raise
+        if exceeded is not None and not answered:
+            raise exceeded

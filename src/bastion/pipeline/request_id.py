@@ -1,0 +1,108 @@
+"""Outermost stage: request id, per-request state, route match, and end-of-request accounting.
+
+The id is taken from the client when it is 1-128 characters of ``[A-Za-z0-9._-]`` (and trusting
+it is configured), otherwise generated; it is echoed on every response, bound to every log line
+and later audit events. The :class:`RequestState` created here is what every other stage reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import structlog
+
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.client_ip import ClientIpResolver
+from bastion.http.routes import request_host
+from bastion.http.state import RequestState
+from bastion.observe.access import RequestObserver
+from bastion.pipeline.config import RequestIdConfig
+
+__all__ = ["RequestIdStage", "valid_request_id"]
+
+_START_MESSAGES = frozenset(
+    {"http.response.start", "websocket.accept", "websocket.http.response.start"}
+)
+_ALLOWED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def valid_request_id(value: bytes) -> bool:
+    """Whether a client-supplied id is acceptable: 1-128 characters of ``[A-Za-z0-9._-]``."""
+    return 0 < len(value) <= 128 and _ALLOWED.issuperset(value)
+
+
+class RequestIdStage:
+    """Creates the request state, assigns the request id and records the finished request."""
+
+    def __init__(
+        self, app: ASGIApp, *, config: RequestIdConfig, deps: Deps, observer: RequestObserver
+    ) -> None:
+        self.app = app
+        self._header = config.header.lower().encode("latin-1")
+        self._trust = config.trust_incoming
+        self._routes = deps.routes
+        self._needs_host = any(route.host is not None for route in deps.routes)
+        self._peers = ClientIpResolver(
+            deps.settings.client_ip.trusted_proxies, deps.settings.client_ip.headers
+        )
+        self._observer = observer
+
+    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
+        if self._trust:
+            for name, value in headers:
+                if name == self._header:
+                    if valid_request_id(value):
+                        return value.decode("ascii")
+                    break
+        return os.urandom(16).hex()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        request_id = self._request_id(headers)
+        client = scope.get("client")
+        peer, _ = self._peers.peer(client[0] if client else None)
+        state = RequestState(request_id, time.perf_counter(), peer, scope.get("scheme", "http"))
+        host = request_host(headers) if self._needs_host else None
+        state.route = self._routes.match(scope["path"], host)
+        scope_state = scope.get("state")
+        if scope_state is None:
+            scope["state"] = scope_state = {}
+        scope_state["bastion"] = state
+        id_header = (self._header, request_id.encode("ascii"))
+        status = 0
+        bytes_in = 0
+        bytes_out = 0
+
+        async def counting_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            body = message.get("body")
+            if body:
+                bytes_in += len(body)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, bytes_out
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    bytes_out += len(body)
+            elif kind in _START_MESSAGES:
+                status = message.get("status", 101)
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, counting_receive, send_with_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+            state.status = status
+            self._observer.finish(scope, state, status, bytes_in, bytes_out)
