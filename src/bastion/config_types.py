@@ -38,7 +38,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: Any) -> float:
-    """Return seconds for ``"500ms"``, ``"30s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a plain number."""
+    """Seconds for ``"500ms"``, ``"30s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a plain number."""
     if isinstance(value, bool):
         raise ValueError("a duration is a string such as '30s' or a number of seconds")
     if isinstance(value, int | float):

@@ -69,7 +69,10 @@ def build_pipeline(
         (True, lambda a: RequestIdStage(a, config=s.request_id, deps=deps, observer=observer)),
         (s.headers.enabled, lambda a: SecurityHeadersStage(a, config=s.headers, deps=deps)),
         (True, lambda a: ErrorStage(a, deps=deps)),
-        (bool(s.client_ip.trusted_proxies), lambda a: ClientIpStage(a, config=s.client_ip, deps=deps)),
+        (
+            bool(s.client_ip.trusted_proxies),
+            lambda a: ClientIpStage(a, config=s.client_ip, deps=deps),
+        ),
         (True, lambda a: ProbeStage(a, config=s.metrics, deps=deps, readiness=readiness)),
         (s.shedding.enabled, lambda a: SheddingStage(a, config=s.shedding, deps=deps)),
         (s.limits.enabled, lambda a: LimitsStage(a, config=s.limits, deps=deps)),

@@ -204,5 +204,3 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets replaced by ``"**********"``."""
         return self.model_dump(mode="json")
-
-

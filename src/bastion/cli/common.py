@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -40,5 +39,3 @@ def load_settings(config: Path | None, **overrides: Any) -> Settings:
         return Settings.load(config, **overrides)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
-
-

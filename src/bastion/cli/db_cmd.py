@@ -7,8 +7,7 @@ import asyncio
 import typer
 
 from bastion.cli.common import EXIT_RUNTIME, ConfigOption, fail, load_settings
-from bastion.store.database import Database
-from bastion.store.database import StoreError
+from bastion.store.database import Database, StoreError
 from bastion.store.migrate import upgrade as apply_migrations
 
 app = typer.Typer(help="Database migrations.", no_args_is_help=True)

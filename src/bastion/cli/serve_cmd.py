@@ -26,7 +26,10 @@ LogFormat = Literal["json", "console"]
 
 
 def _effective_settings(
-    config: Path | None, upstream: str | None, host: str | None, port: int | None,
+    config: Path | None,
+    upstream: str | None,
+    host: str | None,
+    port: int | None,
     workers: int | None,
 ) -> Settings:
     settings = load_settings(config)
@@ -37,9 +40,7 @@ def _effective_settings(
             fail(f"--upstream: {exc}", EXIT_CONFIG)
     server = settings.server.model_copy(
         update={
-            k: v
-            for k, v in (("host", host), ("port", port), ("workers", workers))
-            if v is not None
+            k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None
         }
     )
     settings = settings.with_updates(server=server)
@@ -57,8 +58,9 @@ def gateway_from_env() -> Any:
     return Bastion(settings).gateway()
 
 
-def run_gateway(settings: Settings, *, log_format: str | None, config: Path | None,
-                upstream: str | None) -> None:
+def run_gateway(
+    settings: Settings, *, log_format: str | None, config: Path | None, upstream: str | None
+) -> None:
     """Serve the gateway with uvicorn (one process, or ``server.workers`` processes)."""
     configure_logging(settings.logging, log_format)
     log: Any = get_logger("bastion.serve")
@@ -78,20 +80,25 @@ def run_gateway(settings: Settings, *, log_format: str | None, config: Path | No
         "max_url_bytes": settings.limits.max_url_bytes,
     }
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes)
-    log.info("gateway starting", listen=f"{server.host}:{server.port}", workers=server.workers,
-             routes=routes)
+    log.info(
+        "gateway starting",
+        listen=f"{server.host}:{server.port}",
+        workers=server.workers,
+        routes=routes,
+    )
     if server.workers == 1:
         uvicorn.Server(ServerConfig(Bastion(settings).gateway(), **common)).run()
         return
     metrics_dir = tempfile.mkdtemp(prefix="bastion-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[_ARGS_ENV] = orjson.dumps(
-        {"config": str(config) if config else None, "upstream": upstream,
-         "log_format": log_format}
+        {"config": str(config) if config else None, "upstream": upstream, "log_format": log_format}
     ).decode()
     try:
         config_obj = ServerConfig(
-            "bastion.cli.serve_cmd:gateway_from_env", factory=True, workers=server.workers,
+            "bastion.cli.serve_cmd:gateway_from_env",
+            factory=True,
+            workers=server.workers,
             **common,
         )
         sock = config_obj.bind_socket()

@@ -142,10 +142,7 @@ class ClientIpResolver:
         if cached is not None:
             return cached
         address = _parse_ip(host)
-        if address is None:
-            result = (host, False)
-        else:
-            result = (str(address), self._trusted(address))
+        result = (host, False) if address is None else (str(address), self._trusted(address))
         if len(self._peer_cache) >= _CACHE_LIMIT:
             self._peer_cache.clear()
         self._peer_cache[host] = result

@@ -42,7 +42,9 @@ class PathGlob:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
         compiled = [compile_glob(p).pattern for p in self.patterns]
-        self._pattern = re.compile("|".join(f"(?:{p})" for p in compiled), re.DOTALL) if compiled else None
+        self._pattern = (
+            re.compile("|".join(f"(?:{p})" for p in compiled), re.DOTALL) if compiled else None
+        )
 
     def matches(self, path: str) -> bool:
         return self._pattern is not None and self._pattern.match(path) is not None

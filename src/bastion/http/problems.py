@@ -16,9 +16,9 @@ import orjson
 from bastion.http.asgi import Send
 
 __all__ = [
+    "PROBLEMS",
     "PROBLEM_CONTENT_TYPE",
     "PROBLEM_TYPE_BASE",
-    "PROBLEMS",
     "BastionError",
     "ProblemSpec",
     "problem_body",

@@ -48,7 +48,9 @@ class RouteTable:
         routes.sort(key=lambda r: (r.host is None, -len(r.prefix)))
         self._routes = tuple(routes)
         only = self._routes[0] if len(self._routes) == 1 else None
-        self._single = only if only is not None and only.prefix == "/" and only.host is None else None
+        self._single = (
+            only if only is not None and only.prefix == "/" and only.host is None else None
+        )
 
     def __len__(self) -> int:
         return len(self._routes)

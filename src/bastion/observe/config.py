@@ -25,7 +25,20 @@ class MetricsConfig(ConfigModel):
     """Client networks allowed to scrape (resolved client IP); default loopback only."""
     latency_buckets: list[float] = Field(
         default_factory=lambda: [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            0.0005,
+            0.001,
+            0.0025,
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.1,
+            0.25,
+            0.5,
+            1.0,
+            2.5,
+            5.0,
+            10.0,
         ]
     )
     """Histogram buckets (seconds) of ``bastion_http_request_duration_seconds``."""

@@ -18,9 +18,12 @@ from bastion.observe.config import LoggingConfig
 
 __all__ = ["configure_logging", "get_logger"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
-
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _render_json(_: WrappedLogger, __: str, event: EventDict) -> bytes:
@@ -49,8 +52,12 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
         cache_logger_on_first_use=True,
     )
     # Libraries log through the standard library; send their warnings to the same stream.
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.WARNING),
+        stream=sys.stderr,
+        force=True,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 def get_logger(name: str) -> Any:

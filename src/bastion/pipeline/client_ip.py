@@ -33,8 +33,10 @@ class ClientIpStage:
             state = state_of(scope)
             state.client_ip = resolved.ip
             if resolved.scheme != state.scheme:
-                state.scheme = resolved.scheme if scope["type"] == "http" else (
-                    "wss" if resolved.scheme == "https" else "ws"
+                state.scheme = (
+                    resolved.scheme
+                    if scope["type"] == "http"
+                    else ("wss" if resolved.scheme == "https" else "ws")
                 )
             state.forwarded_host = resolved.host
         await self.app(scope, receive, send)

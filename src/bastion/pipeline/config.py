@@ -89,7 +89,7 @@ class CorsConfig(ConfigModel):
     """``[cors]``: cross-origin access. Off until ``origins`` or ``origin_patterns`` are set."""
 
     origins: list[str] = Field(default_factory=list)
-    """Exact allowed origins (``https://app.example.com``); ``"*"`` allows any without credentials."""
+    """Exact allowed origins (``https://app.example.com``); ``"*"``: any, without credentials."""
     origin_patterns: list[str] = Field(default_factory=list)
     """Origin globs where ``*`` stands for one DNS label (``https://*.example.com``)."""
     allow_credentials: bool = False
@@ -161,9 +161,7 @@ class HeadersConfig(ConfigModel):
     cross_origin_opener_policy: str = "same-origin"
     frame_options: str = "DENY"
     """``X-Frame-Options``; empty string disables."""
-    remove_response_headers: list[str] = Field(
-        default_factory=lambda: ["server", "x-powered-by"]
-    )
+    remove_response_headers: list[str] = Field(default_factory=lambda: ["server", "x-powered-by"])
     """Headers removed from upstream and app responses."""
     override: bool = False
     """Replace security headers the upstream already set (default: keep the upstream's)."""

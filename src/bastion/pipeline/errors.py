@@ -56,9 +56,7 @@ class ErrorStage:
         except Exception:
             self._log.exception("unhandled error", path=scope.get("path"))
             if not started:
-                await send_problem(
-                    send, BastionError("internal_error"), state_of(scope).request_id
-                )
+                await send_problem(send, BastionError("internal_error"), state_of(scope).request_id)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False

@@ -52,8 +52,12 @@ class SecurityHeadersStage:
             if value:
                 fixed.append((name, value.encode("latin-1")))
         self._fixed = tuple(fixed)
-        self._hsts = (b"strict-transport-security", _hsts_value(config)) if config.hsts.enabled else None
-        self._remove = frozenset(h.lower().encode("latin-1") for h in config.remove_response_headers)
+        self._hsts = (
+            (b"strict-transport-security", _hsts_value(config)) if config.hsts.enabled else None
+        )
+        self._remove = frozenset(
+            h.lower().encode("latin-1") for h in config.remove_response_headers
+        )
         self._override = config.override
         managed = {name for name, _ in fixed}
         if self._csp_template is not None:

@@ -9,6 +9,7 @@ without bound. Health and readiness probes are answered before this stage and ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from bastion.deps import Deps
@@ -58,10 +59,8 @@ class SheddingStage:
                 self._release()
             else:
                 waiter.cancel()
-                try:
+                with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self._refuse()
