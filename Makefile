@@ -1,0 +1,51 @@
+# Developer and CI entry points. `make test` is what CI runs (through .ci/run).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install: the venv is reinstalled only when pyproject.toml changes.
+VENV_STAMP := $(VENV)/.installed
+# Directories that may not exist in a fresh clone are skipped.
+LINT_PATHS := $(wildcard src tests bench examples)
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint format test demo services-up services-down
+
+help:
+	@echo "make venv           create .venv and install bastion with its dev extras"
+	@echo "make lint           ruff check, ruff format --check, mypy --strict"
+	@echo "make format         apply ruff's formatting and safe fixes"
+	@echo "make test           lint, then pytest with coverage against throwaway Redis/PostgreSQL"
+	@echo "make demo           run the demo gateway"
+	@echo "make services-up    start the test Redis/PostgreSQL (eval \"\$$(scripts/services.sh env)\")"
+	@echo "make services-down  stop them"
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
+
+# Services are stopped by scripts/test.sh whatever pytest's outcome; its exit code is kept.
+test: venv lint
+	PYTEST_ARGS='$(PYTEST_ARGS)' scripts/test.sh
+
+demo: venv
+	$(BIN)/bastion demo
+
+services-up:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
