@@ -54,6 +54,9 @@ def test_offset_past_the_end_is_an_empty_page(client):
         pytest.param({"offset": "-1"}, "offset", "out_of_range", id="offset-negative"),
         pytest.param({"offset": "9" * 20}, "offset", "out_of_range", id="offset-huge"),
         pytest.param({"offset": "9" * 5000}, "offset", "int_parsing", id="offset-too-many-digits"),
+        pytest.param({"limit": "1_0"}, "limit", "int_parsing", id="limit-underscore"),
+        pytest.param({"limit": " 5"}, "limit", "int_parsing", id="limit-space"),
+        pytest.param({"limit": "\u0665"}, "limit", "int_parsing", id="limit-arabic-digit"),
     ],
 )
 def test_bad_pagination_is_422(client, query, name, error_type):

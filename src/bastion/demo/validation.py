@@ -8,6 +8,7 @@ offending field, ``loc`` prefixed by ``query``, ``path`` or ``body``) or a :clas
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, TypedDict, TypeVar
 
 import orjson
@@ -26,6 +27,11 @@ __all__ = [
 ]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
+# Plain ASCII decimal only (int() would also take "1_000", " 7 " and other scripts' digits), and
+# short of the digit count past which int() refuses to convert.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,4000}")
 
 
 class FieldError(TypedDict):
@@ -61,10 +67,9 @@ def query_int(request: Request, name: str, *, default: int, minimum: int, maximu
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _query_error(name, "Input should be a valid integer", "int_parsing") from None
+    if _INTEGER.fullmatch(raw) is None:
+        raise _query_error(name, "Input should be a valid integer", "int_parsing")
+    value = int(raw)
     if not minimum <= value <= maximum:
         msg = f"Input should be between {minimum} and {maximum}"
         raise _query_error(name, msg, "out_of_range")
@@ -97,7 +102,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     any of it is read.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0

@@ -19,7 +19,7 @@ def sendable_close_code(code: int) -> bool:
 
 def _parse_close(command: str) -> tuple[int, str] | None:
     code_text, _, reason = command.partition(":")
-    if not code_text.isdigit():
+    if not (code_text.isascii() and code_text.isdigit()):
         return None
     code = int(code_text)
     if not sendable_close_code(code) or len(reason.encode()) > MAX_REASON_BYTES:
