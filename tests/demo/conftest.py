@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from starlette.exceptions import StarletteDeprecationWarning
+from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
 from bastion.demo import create_app
-
-# Starlette 1.x prefers httpx2 for its TestClient and warns once, at import, when only httpx is
-# installed; the client behaves the same either way.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 
 @pytest.fixture
