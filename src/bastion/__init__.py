@@ -6,12 +6,35 @@ Inside a Python app::
     app = Bastion(Settings()).wrap(app)
 
 In front of any service: ``bastion serve --upstream URL``.
+
+The public names are imported on first use, so ``import bastion.<module>`` stays cheap.
 """
 
-from bastion.engine import Bastion, BastionApp
-from bastion.http.principal import Principal
-from bastion.http.problems import BastionError
-from bastion.settings import Settings
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.engine import Bastion, BastionApp
+    from bastion.http.principal import Principal
+    from bastion.http.problems import BastionError
+    from bastion.settings import Settings
 
 __all__ = ["Bastion", "BastionApp", "BastionError", "Principal", "Settings"]
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Bastion": "bastion.engine",
+    "BastionApp": "bastion.engine",
+    "BastionError": "bastion.http.problems",
+    "Principal": "bastion.http.principal",
+    "Settings": "bastion.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion' has no attribute {name!r}")
+    return getattr(import_module(module), name)

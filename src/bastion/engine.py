@@ -12,6 +12,7 @@ from typing import Any
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.framework import adopt_error_handling
 from bastion.http.principal import PrincipalResolver
 from bastion.http.problems import BastionError
 from bastion.http.routes import RouteTable
@@ -128,6 +129,7 @@ class Bastion:
 
     def wrap(self, app: ASGIApp) -> BastionApp:
         """Protect an ASGI app (Starlette, FastAPI, …) with the configured stages."""
+        adopt_error_handling(app)
         return BastionApp(self, self._pipeline(app), inner_lifespan=app)
 
     def gateway(self) -> BastionApp:

@@ -42,6 +42,13 @@ def normalize_ip(text: str) -> str | None:
     return None if address is None else str(address)
 
 
+def _valid_port(port: str) -> bool:
+    """RFC 7239 node-port: digits, or an obfuscated ``_token``."""
+    if port.isdigit():
+        return len(port) <= 5
+    return len(port) > 1 and port[0] == "_" and all(c.isalnum() or c in "._-" for c in port[1:])
+
+
 def _node_address(node: str) -> IPAddress | None:
     """The address of an RFC 7239 node or an X-Forwarded-For entry (ports allowed)."""
     node = node.strip()
@@ -49,11 +56,16 @@ def _node_address(node: str) -> IPAddress | None:
         node = node[1:-1].replace('\\"', '"')
     if node.startswith("["):
         end = node.find("]")
-        if end == -1 or (end + 1 < len(node) and node[end + 1] != ":"):
+        if end == -1:
+            return None
+        rest = node[end + 1 :]
+        if rest and not (rest[0] == ":" and _valid_port(rest[1:])):
             return None
         return _parse_ip(node[1:end])
     if node.count(":") == 1:  # IPv4 with port
-        node = node.split(":", 1)[0]
+        node, port = node.split(":", 1)
+        if not _valid_port(port):
+            return None
     return _parse_ip(node)
 
 

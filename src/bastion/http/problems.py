@@ -29,6 +29,26 @@ PROBLEM_CONTENT_TYPE = b"application/problem+json"
 PROBLEM_TYPE_BASE = "https://bastion.dev/problems/"
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Bastion problem details (RFC 9457)",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "request_id"],
+    "properties": {
+        "type": {"type": "string", "pattern": "^https://bastion\\.dev/problems/[a-z][a-z0-9_]*$"},
+        "title": {"type": "string", "minLength": 1},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string", "minLength": 1},
+        "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+        "request_id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+        "retry_after": {"type": "integer", "minimum": 0},
+        "errors": {"type": "array"},
+        "checks": {"type": "object"},
+    },
+}
+"""JSON schema every problem body Bastion sends validates against (docs/errors.md)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProblemSpec:
     """Status and title of one stable problem code."""

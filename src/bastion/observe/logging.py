@@ -62,4 +62,4 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
 
 def get_logger(name: str) -> Any:
     """A structlog logger tagged with ``logger=name``."""
-    return structlog.get_logger(logger=name)
+    return structlog.get_logger().bind(logger=name)

@@ -8,6 +8,7 @@ upstream already set are kept unless ``override`` is configured.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -73,26 +74,40 @@ class SecurityHeadersStage:
             await self.app(scope, receive, send)
             return
         state = state_of(scope)
-        additions = list(self._fixed)
+        nonce_header: tuple[bytes, bytes] | None = None
         if self._csp_template is not None:
             nonce = secrets.token_urlsafe(16)
             state.csp_nonce = nonce
             head, tail = self._csp_template
-            additions.append((b"content-security-policy", head + nonce.encode("ascii") + tail))
-        if self._hsts is not None and state.scheme == "https":
-            additions.append(self._hsts)
-        drop = self._drop
-        override = self._override
+            nonce_header = (b"content-security-policy", head + nonce.encode("ascii") + tail)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in drop]
-                if override:
-                    headers.extend(additions)
-                else:
-                    present = {k.lower() for k, _ in headers}
-                    headers.extend(h for h in additions if h[0] not in present)
-                message["headers"] = headers
+                message["headers"] = self._apply(
+                    message.get("headers", ()), state.scheme, nonce_header
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _apply(
+        self,
+        original: Iterable[tuple[bytes, bytes]],
+        scheme: str,
+        nonce_header: tuple[bytes, bytes] | None,
+    ) -> list[tuple[bytes, bytes]]:
+        # The scheme is read at response time: the client-IP stage, inside this one, may have
+        # learnt from a trusted proxy that the client used HTTPS.
+        additions = list(self._fixed)
+        if nonce_header is not None:
+            additions.append(nonce_header)
+        if self._hsts is not None and scheme == "https":
+            additions.append(self._hsts)
+        drop = self._drop
+        headers = [(k, v) for k, v in original if k.lower() not in drop]
+        if self._override:
+            headers.extend(additions)
+        else:
+            present = {k.lower() for k, _ in headers}
+            headers.extend(h for h in additions if h[0] not in present)
+        return headers

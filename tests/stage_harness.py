@@ -1,0 +1,71 @@
+"""Harness for stage tests: a stage under test runs inside the real request-id and error stages,
+so it sees the request state and its errors are rendered as in production."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp
+from bastion.http.framework import adopt_error_handling
+from bastion.http.routes import RouteTable
+from bastion.observe.access import RequestObserver
+from bastion.observe.metrics import Metrics
+from bastion.pipeline.errors import ErrorStage
+from bastion.pipeline.request_id import RequestIdStage
+from bastion.settings import Settings
+
+
+def make_deps(settings: Settings | None = None) -> Deps:
+    settings = settings or Settings()
+    return Deps(
+        settings=settings,
+        metrics=Metrics(),
+        routes=RouteTable(settings.routes),
+        prefix=settings.server.prefix,
+    )
+
+
+def around(stage: Callable[[ASGIApp, Deps], ASGIApp], app: ASGIApp, deps: Deps) -> ASGIApp:
+    """``stage`` wrapped in the request-id and error stages, as the engine places it."""
+    observer = RequestObserver(deps.metrics, access_log=False)
+    inner = stage(app, deps)
+    return RequestIdStage(
+        ErrorStage(inner, deps=deps), config=deps.settings.request_id, deps=deps, observer=observer
+    )
+
+
+async def _hello(request: Request) -> Response:
+    return PlainTextResponse("hello")
+
+
+async def _echo(request: Request) -> Response:
+    body = await request.body()
+    return Response(body, media_type=request.headers.get("content-type", "text/plain"))
+
+
+async def _boom(request: Request) -> Response:
+    raise RuntimeError("secret internal detail")
+
+
+def make_echo_app() -> Starlette:
+    """A small app: GET /hello, POST /echo, GET /boom (raises), with the error handlers that
+    ``Bastion.wrap`` registers."""
+    app = Starlette(
+        routes=[
+            Route("/hello", _hello),
+            Route("/echo", _echo, methods=["POST", "PUT"]),
+            Route("/boom", _boom),
+        ]
+    )
+    adopt_error_handling(app)
+    return app
+
+
+
