@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from bastion.demo.app import create_app
+from bastion.demo.server import server_config
 from bastion.engine import Bastion
 from bastion.http.server import ServerConfig
 from bastion.observe.logging import configure_logging
@@ -58,15 +58,19 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
             database = f"sqlite+aiosqlite:///{Path(data) / 'bastion.db'}"
             settings = settings.with_updates(store=StoreConfig(database_url=database))
         settings = settings.with_upstream(upstream_url)
-        upstream = uvicorn.Server(
-            uvicorn.Config(create_app(), host="127.0.0.1", port=upstream_port, loop="uvloop",
-                           log_level="warning", access_log=False, lifespan="on")
-        )
+        upstream = uvicorn.Server(server_config("127.0.0.1", upstream_port))
         gateway = uvicorn.Server(
             ServerConfig(
-                Bastion(settings).gateway(), host=host, port=port, loop="uvloop",
-                lifespan="on", proxy_headers=False, server_header=False, access_log=False,
-                log_level="warning", max_header_bytes=settings.limits.max_header_bytes,
+                Bastion(settings).gateway(),
+                host=host,
+                port=port,
+                loop="uvloop",
+                lifespan="on",
+                proxy_headers=False,
+                server_header=False,
+                access_log=False,
+                log_level="warning",
+                max_header_bytes=settings.limits.max_header_bytes,
                 max_url_bytes=settings.limits.max_url_bytes,
             )
         )
