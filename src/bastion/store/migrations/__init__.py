@@ -1,0 +1,1 @@
+"""Alembic migrations of Bastion's tables, applied by :mod:`bastion.store.migrate`."""

@@ -1,0 +1,1 @@
+"""One module per revision; each later revision names its predecessor in ``down_revision``."""

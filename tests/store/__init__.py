@@ -1,0 +1,1 @@
+"""Tests of bastion.store, run against SQLite and PostgreSQL alike."""
