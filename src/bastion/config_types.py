@@ -60,7 +60,7 @@ def _format_duration(seconds: float) -> str:
         size = _DURATION_UNITS[unit]
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000, 3):g}ms"
+    return f"{seconds * 1000:.3f}".rstrip("0").rstrip(".") + "ms"
 
 
 Duration = Annotated[

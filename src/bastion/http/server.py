@@ -40,9 +40,15 @@ def refusal_bytes(error: BastionError) -> bytes:
 
 
 class ServerConfig(uvicorn.Config):
-    """uvicorn's configuration plus the size bounds the protocol enforces while parsing."""
+    """uvicorn's configuration plus the size bounds the protocol enforces while parsing.
+
+    The server never interprets forwarding headers itself (only the client-IP stage decides
+    whom to believe) and does not announce itself in a ``Server`` header.
+    """
 
     def __init__(self, app: Any, *, max_header_bytes: int, max_url_bytes: int, **kw: Any) -> None:
+        kw["proxy_headers"] = False
+        kw.setdefault("server_header", False)
         super().__init__(app, http=BastionHttpProtocol, **kw)
         self.max_header_bytes = max_header_bytes
         self.max_url_bytes = max_url_bytes

@@ -1,0 +1,124 @@
+"""Refusals made by the HTTP server before the pipeline runs are problem+json too."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from problem_assertions import assert_problem_body
+
+from bastion.http.asgi import Receive, Scope, Send
+from bastion.http.server import ServerConfig
+
+
+async def hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[int]:
+    port = free_port()
+    config = ServerConfig(
+        hello, host="127.0.0.1", port=port, lifespan="off", log_level="critical",
+        max_header_bytes=2048, max_url_bytes=512,
+    )
+    instance = uvicorn.Server(config)
+    task = asyncio.create_task(instance.serve())
+    while not instance.started:
+        await asyncio.sleep(0.01)
+    yield port
+    instance.should_exit = True
+    await task
+
+
+async def exchange(port: int, raw: bytes, *, chunked_send: int = 0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if chunked_send:
+            for start in range(0, len(raw), chunked_send):
+                writer.write(raw[start : start + chunked_send])
+                await writer.drain()
+        else:
+            writer.write(raw)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
+def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return status, headers, body
+
+
+@pytest.mark.parametrize(
+    ("id_", "raw", "status", "code"),
+    [
+        ("garbage", b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
+        ("bad-header-name", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400,
+         "bad_request"),
+        ("long-url", b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        ("big-header", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 4000 + b"\r\n\r\n", 431,
+         "request_header_too_large"),
+        ("many-headers", b"GET / HTTP/1.1\r\nHost: x\r\n"
+         + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(60)) + b"\r\n", 431,
+         "request_header_too_large"),
+        ("conflicting-lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
+    ],
+)
+async def test_refusals_are_problems(server: int, id_: str, raw: bytes, status: int,
+                                     code: str) -> None:
+    got_status, headers, body = parse(await exchange(server, raw))
+    assert got_status == status
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    data = assert_problem_body(body, status, code)
+    assert data["request_id"] == headers["x-request-id"]
+
+
+async def test_endless_header_is_cut_off(server: int) -> None:
+    """A head that never ends is refused once it passes the bound, not buffered forever."""
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"v" * 200_000
+    response = await exchange(server, raw, chunked_send=4096)
+    if response:  # the server may reset the connection while we still write
+        assert parse(response)[0] == 431
+
+
+async def test_normal_requests_and_keepalive(server: int) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(raw)
+    await writer.drain()
+    data = b""
+    while data.count(b"hello") < 3:
+        data += await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    assert data.count(b"HTTP/1.1 200") == 3
+    assert b"server:" not in data.lower()
+
+
+async def test_body_bytes_do_not_count_as_head(server: int) -> None:
+    body = b"x" * 100_000
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(
+        body
+    ) + body
+    status, _, _ = parse(await exchange(server, raw))
+    assert status == 200
