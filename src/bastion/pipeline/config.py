@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bastion.config_types import ByteSize, Cidr, ConfigModel, Duration, SecretValue
+from bastion.http.paths import compile_glob
 
 __all__ = [
     "BodyLimitRule",
     "ClientIpConfig",
+    "CompressionAlgorithm",
     "CompressionConfig",
     "CorsConfig",
     "CsrfConfig",
@@ -19,6 +22,7 @@ __all__ = [
     "LimitsConfig",
     "RequestIdConfig",
     "SheddingConfig",
+    "normalize_origin",
 ]
 
 
@@ -85,24 +89,109 @@ class LimitsConfig(ConfigModel):
     """Per-path and content-type body limits; the first matching rule wins."""
 
 
+_ORIGIN = re.compile(r"^(https?)://([a-z0-9*.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?$")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _origin_parts(value: str, what: str) -> tuple[str, str, str]:
+    """``(scheme, host, ":port" or "")`` of a lower-cased origin, without a default port."""
+    text = value.strip().lower()
+    match = _ORIGIN.match(text)
+    if match is None:
+        raise ValueError(
+            f"invalid {what} {value!r}: use scheme://host[:port] (http or https, no path)"
+        )
+    scheme, host, port = match.groups()
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return scheme, host, ""
+    return scheme, host, ":" + port
+
+
+def normalize_origin(value: str) -> str:
+    """``scheme://host[:port]`` in lower case without a default port; ``ValueError`` otherwise.
+
+    Browsers serialize origins this way, so a configured origin in any other spelling (upper
+    case, ``:443`` on https, a trailing ``/``) would silently never match.
+    """
+    scheme, host, port = _origin_parts(value, "origin")
+    if "*" in host:
+        raise ValueError(f"invalid origin {value!r}: wildcards belong in origin_patterns")
+    return f"{scheme}://{host}{port}"
+
+
+def _normalize_origin_pattern(value: str) -> str:
+    scheme, host, port = _origin_parts(value, "origin pattern")
+    labels = host.split(".")
+    if "*" not in labels:
+        raise ValueError(f"origin pattern {value!r} has no '*' label; list it under origins")
+    if any(label != "*" and _DNS_LABEL.match(label) is None for label in labels):
+        raise ValueError(f"invalid origin pattern {value!r}: '*' must be a whole DNS label")
+    if len(labels) < 3 or "*" in labels[-2:]:
+        raise ValueError(
+            f"origin pattern {value!r} is too broad: its last two labels must be literal"
+        )
+    return f"{scheme}://{host}{port}"
+
+
 class CorsConfig(ConfigModel):
     """``[cors]``: cross-origin access. Off until ``origins`` or ``origin_patterns`` are set."""
 
     origins: list[str] = Field(default_factory=list)
-    """Exact allowed origins (``https://app.example.com``); ``"*"``: any, without credentials."""
+    """Exact allowed origins (``https://app.example.com``); ``["*"]`` alone allows any origin
+    (but never ``null``) and cannot be combined with credentials."""
     origin_patterns: list[str] = Field(default_factory=list)
-    """Origin globs where ``*`` stands for one DNS label (``https://*.example.com``)."""
+    """Origin globs where ``*`` stands for exactly one DNS label (``https://*.example.com``);
+    scheme and port must match exactly."""
     allow_credentials: bool = False
+    """Send ``Access-Control-Allow-Credentials: true`` (cookies, HTTP auth) to allowed origins."""
     allow_methods: list[str] = Field(
         default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     )
+    """Methods a preflight may ask for; anything else is refused with ``cors_rejected``."""
     allow_headers: list[str] = Field(
         default_factory=lambda: ["authorization", "content-type", "x-api-key", "x-request-id"]
     )
     """Request headers a preflight may ask for (CORS-safelisted ones are always allowed)."""
     expose_headers: list[str] = Field(default_factory=lambda: ["x-request-id"])
+    """Response headers scripts of allowed origins may read (``Access-Control-Expose-Headers``)."""
     max_age: Duration = 600.0
     """How long browsers may cache a preflight answer."""
+    allow_private_network: bool = False
+    """Answer Private Network Access preflights (``Access-Control-Allow-Private-Network``)."""
+
+    @field_validator("origins")
+    @classmethod
+    def _normalize_origins(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            if len(value) > 1:
+                raise ValueError("'*' must be the only entry of origins")
+            return value
+        for item in value:
+            if item.strip().lower() == "null":
+                raise ValueError(
+                    "the 'null' origin cannot be allowed (any sandboxed page sends it)"
+                )
+        return [normalize_origin(item) for item in value]
+
+    @field_validator("origin_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        return [_normalize_origin_pattern(item) for item in value]
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _upper_methods(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("list the allowed methods explicitly; '*' is not supported")
+        return [item.strip().upper() for item in value]
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("list the headers explicitly; '*' is not supported")
+        return [item.strip().lower() for item in value]
 
     @model_validator(mode="after")
     def _no_wildcard_with_credentials(self) -> CorsConfig:
@@ -124,17 +213,49 @@ class CsrfConfig(ConfigModel):
     cookie_name: str = "bastion_csrf"
     """Cookie holding the CSRF token (readable by scripts so they can echo it)."""
     header_name: str = "X-CSRF-Token"
-    """Header (or form field ``csrf_token``) echoing the token on unsafe requests."""
+    """Header echoing the token cookie on unsafe requests."""
     secrets: list[SecretValue] = Field(default_factory=list)
-    """Signing keys, newest first; tokens signed with any of them verify. Generated if empty."""
+    """Signing keys (at least 16 characters), newest first; tokens signed with any of them
+    verify. When empty, keys come from the shared key store, the same for every instance."""
     paths: list[str] = Field(default_factory=lambda: ["/**"])
     """Path globs the check applies to."""
     exempt_paths: list[str] = Field(default_factory=list)
+    """Path globs never checked (webhooks and other endpoints that are not cookie-driven)."""
     trusted_origins: list[str] = Field(default_factory=list)
     """Other origins allowed to send unsafe requests (besides the request's own)."""
     cookie_secure: bool = True
+    """Mark the token cookie ``Secure`` (sent over HTTPS only)."""
     cookie_samesite: Literal["strict", "lax", "none"] = "lax"
+    """``SameSite`` attribute of the token cookie; ``none`` requires ``cookie_secure``."""
     token_ttl: Duration = 43200.0
+    """How long an issued token verifies (also the token cookie's ``Max-Age``)."""
+
+    @field_validator("secrets")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(item.get_secret_value()) < 16 for item in value):
+            raise ValueError("each CSRF secret must be at least 16 characters long")
+        return value
+
+    @field_validator("paths", "exempt_paths")
+    @classmethod
+    def _globs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            compile_glob(item)
+        return value
+
+    @field_validator("trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [normalize_origin(item) for item in value]
+
+    @model_validator(mode="after")
+    def _samesite_none_needs_secure(self) -> CsrfConfig:
+        if self.cookie_samesite == "none" and not self.cookie_secure:
+            raise ValueError("cookie_samesite = 'none' requires cookie_secure = true")
+        if self.token_ttl < 1:
+            raise ValueError("token_ttl must be at least one second")
+        return self
 
 
 class HstsConfig(ConfigModel):
@@ -167,19 +288,30 @@ class HeadersConfig(ConfigModel):
     """Replace security headers the upstream already set (default: keep the upstream's)."""
 
 
+CompressionAlgorithm = Literal["zstd", "br", "gzip"]
+
+
+def _default_algorithms() -> list[CompressionAlgorithm]:
+    return ["zstd", "br", "gzip"]
+
+
 class CompressionConfig(ConfigModel):
     """``[compression]``: response compression negotiated by ``Accept-Encoding`` q-values."""
 
     enabled: bool = True
     min_size: ByteSize = 1024
-    """Responses smaller than this (when their length is known) are sent as they are."""
-    algorithms: list[Literal["zstd", "br", "gzip"]] = Field(
-        default_factory=lambda: ["zstd", "br", "gzip"]
+    """Responses smaller than this are sent as they are (``Content-Length``, else the size of a
+    single-message body; streamed bodies of unknown length are always compressed)."""
+    algorithms: list[CompressionAlgorithm] = Field(
+        default_factory=_default_algorithms, min_length=1
     )
-    """Server preference order among encodings the client accepts with equal q."""
+    """Encodings offered, in server preference order among those the client accepts with equal q."""
     gzip_level: int = Field(default=6, ge=1, le=9)
     brotli_quality: int = Field(default=4, ge=0, le=11)
     zstd_level: int = Field(default=3, ge=1, le=22)
+    thread_min_size: ByteSize = 256 * 1024
+    """Bodies (or streamed chunks) at least this large are compressed in a worker thread so the
+    event loop keeps serving other requests."""
     excluded_types: list[str] = Field(
         default_factory=lambda: [
             "image/*",
@@ -197,4 +329,22 @@ class CompressionConfig(ConfigModel):
             "text/event-stream",
         ]
     )
-    """Media types never compressed (already compressed, or streamed events); ``*`` wildcards."""
+    """Media types never compressed (already compressed, or streamed events); ``type/*``
+    wildcards. Responses without a ``Content-Type`` are not compressed either."""
+
+    @field_validator("algorithms")
+    @classmethod
+    def _unique(cls, value: list[CompressionAlgorithm]) -> list[CompressionAlgorithm]:
+        if len(set(value)) != len(value):
+            raise ValueError("each algorithm may be listed once")
+        return value
+
+    @field_validator("excluded_types")
+    @classmethod
+    def _media_types(cls, value: list[str]) -> list[str]:
+        types = [item.strip().lower() for item in value]
+        for item in types:
+            kind, slash, sub = item.partition("/")
+            if not slash or not kind or not sub or kind == "*" or ("*" in sub and sub != "*"):
+                raise ValueError(f"invalid media type {item!r}: use 'type/subtype' or 'type/*'")
+        return types
