@@ -67,12 +67,15 @@ class ServerConfig(ConfigModel):
     """``[server]``: the HTTP server of ``bastion serve``."""
 
     host: str = "127.0.0.1"
+    """Listen address."""
     port: int = Field(default=8080, ge=0, le=65535)
+    """Listen port."""
     workers: int = Field(default=1, ge=1)
     """Processes sharing the listening socket."""
     prefix: str = "/_bastion"
     """Reserved path prefix of Bastion's own endpoints."""
     backlog: int = 2048
+    """Pending connections the listening socket queues."""
     keepalive_timeout: float = 5.0
     """Seconds an idle client connection is kept open."""
 
@@ -132,11 +135,13 @@ class Settings(BaseSettings):
         frozen=True,
         case_sensitive=False,
         validate_default=True,
+        use_attribute_docstrings=True,
     )
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     routes: list[RouteConfig] = Field(default_factory=list)
+    """Gateway routes to upstreams; ``--upstream URL`` is one catch-all route."""
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     request_id: RequestIdConfig = Field(default_factory=RequestIdConfig)
     client_ip: ClientIpConfig = Field(default_factory=ClientIpConfig)

@@ -16,6 +16,7 @@ class MetricsConfig(ConfigModel):
     """``[metrics]``: Prometheus exposition at ``/_bastion/metrics``."""
 
     enabled: bool = True
+    """Serve ``/_bastion/metrics``."""
     allow: list[Cidr] = Field(
         default_factory=lambda: [
             ipaddress.ip_network("127.0.0.0/8"),
@@ -48,7 +49,9 @@ class LoggingConfig(ConfigModel):
     """``[logging]``: structured logs on standard output."""
 
     format: Literal["json", "console"] = "json"
+    """``json`` (one object per line) or ``console`` (human-readable)."""
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
     access_log: bool = True
     """One line per request: request_id, client_ip, method, route, path, status, duration_ms,
     bytes_in, bytes_out, user."""

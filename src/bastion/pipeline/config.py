@@ -50,6 +50,7 @@ class SheddingConfig(ConfigModel):
     """``[shedding]``: bound the requests in flight; excess waits briefly, then gets 503."""
 
     enabled: bool = True
+    """Bound the requests in flight."""
     max_inflight: int = Field(default=1000, ge=1)
     """Requests processed at once by this process."""
     max_queue: int = Field(default=100, ge=0)
@@ -68,6 +69,7 @@ class BodyLimitRule(ConfigModel):
     content_types: list[str] = Field(default_factory=list)
     """Media types (``multipart/form-data``); empty matches any."""
     max_bytes: ByteSize
+    """Largest body accepted → 413."""
 
     @field_validator("content_types")
     @classmethod
@@ -79,6 +81,7 @@ class LimitsConfig(ConfigModel):
     """``[limits]``: request size limits, enforced before and while a body streams."""
 
     enabled: bool = True
+    """Enforce the size limits."""
     max_header_bytes: ByteSize = 16 * 1024
     """Total size of the header block (names, values and separators) → 431."""
     max_url_bytes: ByteSize = 8 * 1024
@@ -208,6 +211,7 @@ class CsrfConfig(ConfigModel):
     """``[csrf]``: signed double-submit tokens for cookie-authenticated unsafe requests."""
 
     enabled: bool = False
+    """Check CSRF tokens on cookie-authenticated unsafe requests."""
     session_cookie: str = "session"
     """Cookie that authenticates the browser; requests without it are not cookie-authenticated."""
     cookie_name: str = "bastion_csrf"
@@ -262,15 +266,20 @@ class HstsConfig(ConfigModel):
     """``[headers.hsts]``: Strict-Transport-Security, sent on HTTPS only."""
 
     enabled: bool = True
+    """Send HSTS on responses to HTTPS requests (directly or via a trusted proxy)."""
     max_age: Duration = 31536000.0
+    """How long browsers remember to use HTTPS only."""
     include_subdomains: bool = True
+    """Apply to every subdomain too."""
     preload: bool = False
+    """Ask to be included in browsers' preload lists (hard to undo)."""
 
 
 class HeadersConfig(ConfigModel):
     """``[headers]``: security headers on every response, Bastion's own errors included."""
 
     enabled: bool = True
+    """Add the security headers below."""
     hsts: HstsConfig = Field(default_factory=HstsConfig)
     content_security_policy: str = "default-src 'none'; frame-ancestors 'none'"
     """CSP sent when the response has none; empty string disables. ``{nonce}`` is replaced by the
@@ -278,8 +287,11 @@ class HeadersConfig(ConfigModel):
     content_type_options: bool = True
     """``X-Content-Type-Options: nosniff``."""
     referrer_policy: str = "no-referrer"
+    """``Referrer-Policy``; empty string disables."""
     permissions_policy: str = "camera=(), microphone=(), geolocation=(), payment=()"
+    """``Permissions-Policy``; empty string disables."""
     cross_origin_opener_policy: str = "same-origin"
+    """``Cross-Origin-Opener-Policy``; empty string disables."""
     frame_options: str = "DENY"
     """``X-Frame-Options``; empty string disables."""
     remove_response_headers: list[str] = Field(default_factory=lambda: ["server", "x-powered-by"])
@@ -299,6 +311,7 @@ class CompressionConfig(ConfigModel):
     """``[compression]``: response compression negotiated by ``Accept-Encoding`` q-values."""
 
     enabled: bool = True
+    """Compress responses."""
     min_size: ByteSize = 1024
     """Responses smaller than this are sent as they are (``Content-Length``, else the size of a
     single-message body; streamed bodies of unknown length are always compressed)."""
@@ -307,8 +320,11 @@ class CompressionConfig(ConfigModel):
     )
     """Encodings offered, in server preference order among those the client accepts with equal q."""
     gzip_level: int = Field(default=6, ge=1, le=9)
+    """gzip level, 1 (fast) to 9 (small)."""
     brotli_quality: int = Field(default=4, ge=0, le=11)
+    """Brotli quality, 0 (fast) to 11 (small)."""
     zstd_level: int = Field(default=3, ge=1, le=22)
+    """zstd level, 1 (fast) to 22 (small)."""
     thread_min_size: ByteSize = 256 * 1024
     """Bodies (or streamed chunks) at least this large are compressed in a worker thread so the
     event loop keeps serving other requests."""
