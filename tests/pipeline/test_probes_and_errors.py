@@ -131,3 +131,40 @@ def test_requests_are_counted() -> None:
     assert 'bastion_http_requests_total{method="GET",route="_none",status="200"} 1.0' in text
     assert 'bastion_http_requests_total{method="GET",route="_none",status="500"} 1.0' in text
     assert "bastion_http_request_duration_seconds_bucket" in text
+
+
+async def test_inflight_gauge_counts_requests_in_progress() -> None:
+    import asyncio
+
+    deps = make_deps()
+    release = asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = around(lambda a, d: a, slow, deps)
+
+    async def one() -> None:
+        async def receive():  # type: ignore[no-untyped-def]
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):  # type: ignore[no-untyped-def]
+            return None
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "state": {},
+                 "query_string": b"", "client": ("127.0.0.1", 1)}
+        await app(scope, receive, send)
+
+    def gauge() -> float:
+        value = deps.metrics.registry.get_sample_value("bastion_inflight_requests")
+        assert value is not None
+        return value
+
+    tasks = [asyncio.create_task(one()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert gauge() == 3
+    release.set()
+    await asyncio.gather(*tasks)
+    assert gauge() == 0

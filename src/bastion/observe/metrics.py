@@ -77,9 +77,25 @@ class Metrics:
             registry=reg,
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        # In one process the gauge reads a plain counter when scraped (no lock per request);
+        # across workers each process's value lives in the shared files and is summed.
+        self._inflight = 0
+        if self.multiprocess_dir is None:
+            self.inflight.set_function(lambda: self._inflight)
+
+    def begin_request(self) -> None:
+        """Count a request as in flight until :meth:`observe_request`."""
+        if self.multiprocess_dir is None:
+            self._inflight += 1
+        else:
+            self.inflight.inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
+        """Count one answered request and its duration; it is no longer in flight."""
+        if self.multiprocess_dir is None:
+            self._inflight -= 1
+        else:
+            self.inflight.dec()
         key = (route, method, status)
         children = self._request_children.get(key)
         if children is None:

@@ -48,6 +48,7 @@ class RequestIdStage:
             deps.settings.client_ip.trusted_proxies, deps.settings.client_ip.headers
         )
         self._observer = observer
+        self._metrics = deps.metrics
 
     def _request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
         if self._trust:
@@ -99,6 +100,7 @@ class RequestIdStage:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
+        self._metrics.begin_request()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, counting_receive, send_with_id)

@@ -1,0 +1,32 @@
+"""The configuration reference files are generated from the models and must be current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bastion.config_reference import render_markdown, render_toml
+from bastion.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REGENERATE = "run `python -m bastion.config_reference` and commit the result"
+
+
+def test_example_toml_is_current() -> None:
+    assert (ROOT / "examples" / "bastion.toml").read_text() == render_toml(), REGENERATE
+
+
+def test_configuration_doc_is_current() -> None:
+    assert (ROOT / "docs" / "configuration.md").read_text() == render_markdown(), REGENERATE
+
+
+def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("BASTION_CONFIG", raising=False)
+    example = Settings.from_file(ROOT / "examples" / "bastion.toml")
+    defaults = Settings.load()
+    for name in Settings.model_fields:
+        if name == "routes":
+            assert [r.name for r in example.routes] == ["api"]
+        elif name == "limits":
+            assert example.limits.model_copy(update={"body": []}) == defaults.limits
+        else:
+            assert getattr(example, name) == getattr(defaults, name), name
