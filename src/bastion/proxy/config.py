@@ -19,6 +19,7 @@ class RouteConfig(ConfigModel):
     name: str = ""
     """Route name used in metrics, logs and policies; defaults to the prefix."""
     prefix: str = "/"
+    """Path prefix (segment-aware: ``/api`` matches ``/api`` and ``/api/x``, not ``/apix``)."""
     host: str | None = None
     """Exact host (``api.example.com``) or one-label wildcard (``*.example.com``)."""
     upstream: str = ""
@@ -71,7 +72,8 @@ class ProxyConfig(ConfigModel):
     connect_timeout: Duration = 5.0
     """Time to open a connection to the upstream → 502 ``upstream_unavailable``."""
     read_timeout: Duration = 60.0
-    """Longest wait for the upstream's response head or next body chunk → 504 ``upstream_timeout``."""
+    """Longest wait for the upstream's response head or next body chunk → 504
+    ``upstream_timeout``; ``0`` waits without limit."""
     pool_size: int = Field(default=256, ge=1)
     """Idle keep-alive connections kept per upstream."""
     keepalive_timeout: Duration = 30.0
