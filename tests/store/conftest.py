@@ -14,7 +14,7 @@ from bastion.store.migrate import upgrade
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     """A started :class:`Database` over a new, empty database (SQLite, then PostgreSQL)."""
-    db = Database(database_url)
+    db = Database.from_url(database_url)
     await db.start()
     try:
         yield db

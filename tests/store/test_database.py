@@ -24,17 +24,17 @@ async def test_start_ping_and_dialect(database: Database, database_url: str) -> 
         assert await session.scalar(text("SELECT 1")) == 1
 
 
-async def test_from_config_carries_timeout_and_pool_size(tmp_path: Path) -> None:
+def test_config_carries_timeout_and_pool_size(tmp_path: Path) -> None:
     config = StoreConfig(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db", timeout="750ms", pool_size=3
     )
-    db = Database.from_config(config)
+    db = Database(config)
     assert (db.timeout, db.pool_size) == (0.75, 3)
 
 
 async def test_sqlite_creates_directory_and_sets_pragmas(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "deeper" / "bastion.db"
-    db = Database(f"sqlite+aiosqlite:///{path}", timeout=1.5)
+    db = Database.from_url(f"sqlite+aiosqlite:///{path}", timeout=1.5)
     await db.start()
     try:
         assert path.exists()
@@ -64,22 +64,17 @@ async def test_sqlite_creates_directory_and_sets_pragmas(tmp_path: Path) -> None
     ],
 )
 def test_sqlite_path_is_none_without_a_file(url: str) -> None:
-    assert Database(url).sqlite_path is None
-
-
-def test_unsupported_database_is_refused() -> None:
-    with pytest.raises(StoreError, match="unsupported database 'mysql'"):
-        Database("mysql+aiomysql://localhost/db")
+    assert Database.from_url(url).sqlite_path is None
 
 
 def test_display_url_masks_the_password() -> None:
-    db = Database("postgresql+asyncpg://bastion:s3cret@db.internal:5432/bastion")
+    db = Database.from_url("postgresql+asyncpg://bastion:s3cret@db.internal:5432/bastion")
     assert "s3cret" not in db.display_url
     assert db.display_url.startswith("postgresql+asyncpg://bastion:***@db.internal")
 
 
 async def test_calls_before_start_raise_store_error() -> None:
-    db = Database("sqlite+aiosqlite://")
+    db = Database.from_url("sqlite+aiosqlite://")
     with pytest.raises(StoreError, match="not started"):
         await db.ping()
     with pytest.raises(StoreError, match="not started"):
@@ -89,7 +84,9 @@ async def test_calls_before_start_raise_store_error() -> None:
 
 
 async def test_start_fails_with_store_error_when_nothing_listens(closed_port: int) -> None:
-    db = Database(f"postgresql+asyncpg://bastion@127.0.0.1:{closed_port}/bastion", timeout=1.0)
+    db = Database.from_url(
+        f"postgresql+asyncpg://bastion@127.0.0.1:{closed_port}/bastion", timeout=1.0
+    )
     with pytest.raises(StoreError, match="database ping failed") as caught:
         await db.start()
     assert caught.value.__cause__ is not None
@@ -133,7 +130,7 @@ async def test_maintenance_connection_has_no_statement_timeout(database: Databas
 
 
 async def test_pooled_postgres_statements_time_out(postgres_database_url: str) -> None:
-    db = Database(postgres_database_url, timeout=0.3)
+    db = Database.from_url(postgres_database_url, timeout=0.3)
     await db.start()
     try:
         with pytest.raises(StoreError, match="database call failed"):

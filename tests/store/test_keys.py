@@ -36,7 +36,7 @@ class CountingFactory:
 @pytest.fixture
 async def second_database(migrated: Database, database_url: str) -> AsyncIterator[Database]:
     """Another engine (its own pool) over the same database, like a second instance."""
-    other = Database(database_url)
+    other = Database.from_url(database_url)
     await other.start()
     try:
         yield other
@@ -153,7 +153,7 @@ async def test_wrapped_material_is_bound_to_its_row(migrated: Database) -> None:
     ],
 )
 def test_invalid_key_encryption_key_is_refused(value: str, message: str) -> None:
-    database = Database("sqlite+aiosqlite://")
+    database = Database.from_url("sqlite+aiosqlite://")
     with pytest.raises(StoreError, match=message) as caught:
         KeyStore(database, key_encryption_key=value)
     assert "os.urandom(32)" in str(caught.value)
@@ -162,11 +162,11 @@ def test_invalid_key_encryption_key_is_refused(value: str, message: str) -> None
 def test_url_safe_base64_is_accepted() -> None:
     value = base64.urlsafe_b64encode(b"\xfb" * 32).decode()
     assert "-" in value or "_" in value
-    assert KeyStore(Database("sqlite+aiosqlite://"), key_encryption_key=value).encrypted
+    assert KeyStore(Database.from_url("sqlite+aiosqlite://"), key_encryption_key=value).encrypted
 
 
 def test_without_key_encryption_key_the_store_says_so() -> None:
-    assert not KeyStore(Database("sqlite+aiosqlite://")).encrypted
+    assert not KeyStore(Database.from_url("sqlite+aiosqlite://")).encrypted
 
 
 async def test_rotation_signs_with_the_newest_and_retires_beyond_keep(

@@ -66,7 +66,7 @@ async def test_keys_table_matches_the_model(migrated: Database) -> None:
 
 
 async def test_concurrent_upgrades_apply_each_revision_exactly_once(database_url: str) -> None:
-    databases = [Database(database_url) for _ in range(3)]
+    databases = [Database.from_url(database_url) for _ in range(3)]
     for database in databases:
         await database.start()
     try:
@@ -84,7 +84,7 @@ async def test_upgrade_waits_for_the_postgres_advisory_lock(
     holder = await asyncpg.connect(
         make_url(postgres_database_url).set(drivername="postgresql").render_as_string(False)
     )
-    database = Database(postgres_database_url)
+    database = Database.from_url(postgres_database_url)
     await database.start()
     try:
         await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
@@ -104,7 +104,7 @@ async def test_upgrade_waits_for_the_postgres_advisory_lock(
 
 async def test_upgrade_waits_for_the_sqlite_lock_file(tmp_path: Path) -> None:
     path = tmp_path / "bastion.db"
-    database = Database(f"sqlite+aiosqlite:///{path}")
+    database = Database.from_url(f"sqlite+aiosqlite:///{path}")
     await database.start()
     try:
         with open(f"{path}.migrate.lock", "a") as handle:
@@ -117,7 +117,7 @@ async def test_upgrade_waits_for_the_sqlite_lock_file(tmp_path: Path) -> None:
 
 
 async def test_in_memory_sqlite_migrates_without_a_lock_file() -> None:
-    database = Database("sqlite+aiosqlite://")
+    database = Database.from_url("sqlite+aiosqlite://")
     await database.start()
     try:
         assert await upgrade(database) == ["0001"]
@@ -134,7 +134,9 @@ async def test_a_failing_migration_raises_store_error(database: Database) -> Non
 
 
 async def test_unreachable_database_raises_store_error(closed_port: int) -> None:
-    database = Database(f"postgresql+asyncpg://bastion@127.0.0.1:{closed_port}/x", timeout=1)
+    database = Database.from_url(
+        f"postgresql+asyncpg://bastion@127.0.0.1:{closed_port}/x", timeout=1
+    )
     with pytest.raises(StoreError, match="migration failed"):
         await upgrade(database)
     with pytest.raises(StoreError, match="not started"):

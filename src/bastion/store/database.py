@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from bastion.store.config import StoreConfig
 from bastion.store.errors import StoreConflictError, StoreError, describe
 
-__all__ = ["Database"]
+__all__ = ["Database", "StoreConflictError", "StoreError"]
 
 # Errors a driver raises for an unreachable or failing server; anything else is the caller's.
 _DRIVER_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
@@ -37,20 +37,18 @@ class Database:
     checkout and ``timeout`` as the per-statement timeout.
     """
 
-    def __init__(self, url: str, *, timeout: float = 2.0, pool_size: int = 10) -> None:
-        self._url: URL = make_url(url)
-        if self._url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise StoreError(f"unsupported database {self._url.get_backend_name()!r}")
-        self.timeout = timeout
+    def __init__(self, config: StoreConfig) -> None:
+        self._url: URL = make_url(config.database_url)
+        self.timeout = config.timeout
         """Seconds allowed for connecting and for each statement."""
-        self.pool_size = pool_size
+        self.pool_size = config.pool_size
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
 
     @classmethod
-    def from_config(cls, config: StoreConfig) -> Database:
-        """The database named by ``[store]``."""
-        return cls(config.database_url, timeout=config.timeout, pool_size=config.pool_size)
+    def from_url(cls, url: str, *, timeout: float = 2.0, pool_size: int = 10) -> Database:
+        """A database for ``url`` (``sqlite+aiosqlite://…`` or ``postgresql+asyncpg://…``)."""
+        return cls(StoreConfig(database_url=url, timeout=timeout, pool_size=pool_size))
 
     @property
     def dialect(self) -> str:

@@ -33,7 +33,7 @@ class Stores:
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self.database = Database.from_config(config)
+        self.database = Database(config)
         self.redis: RedisConnector | None = (
             RedisConnector.from_url(config.redis_url, timeout=config.timeout)
             if config.redis_url
