@@ -130,11 +130,11 @@ async def test_maintenance_connection_has_no_statement_timeout(database: Databas
 
 
 async def test_pooled_postgres_statements_time_out(postgres_database_url: str) -> None:
-    db = Database.from_url(postgres_database_url, timeout=0.3)
+    db = Database.from_url(postgres_database_url, timeout=0.5)
     await db.start()
     try:
         with pytest.raises(StoreError, match="database call failed"):
-            await _wrapped(db, text("SELECT pg_sleep(2)"))
+            await _wrapped(db, text("SELECT pg_sleep(3)"))
     finally:
         await db.close()
 
