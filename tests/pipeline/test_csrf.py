@@ -88,6 +88,7 @@ async def call(
     path: str = "/api/items",
     scheme: str = "https",
     forwarded_host: str | None = None,
+    host: bytes | None = b"shop.example.com",
 ) -> list[Message]:
     state = RequestState("req-1", 0.0, "203.0.113.9", scheme)
     state.forwarded_host = forwarded_host
@@ -95,7 +96,7 @@ async def call(
         "type": "http",
         "method": method,
         "path": path,
-        "headers": [(b"host", b"shop.example.com"), *(headers or [])],
+        "headers": [*([(b"host", host)] if host else []), *(headers or [])],
         "state": {"bastion": state},
     }
     sent: list[Message] = []
@@ -419,6 +420,17 @@ async def test_own_origin_from_request_state(
     else:
         with pytest.raises(BastionError):
             await call(stage, "POST", headers, scheme=scheme, forwarded_host=forwarded_host)
+
+
+async def test_origin_without_host_is_refused() -> None:
+    stage = make_stage()
+    headers = submitted(stage.issue(SESSION.encode()), origin="https://shop.example.com")
+    with pytest.raises(BastionError) as caught:
+        await call(stage, "POST", headers, host=None)
+    assert caught.value.detail == "Origin not allowed"
+    assert (await call(stage, "POST", submitted(stage.issue(SESSION.encode())), host=None))[0][
+        "status"
+    ] == 200
 
 
 def test_keyring_derives_and_rotates() -> None:
