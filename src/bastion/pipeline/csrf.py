@@ -58,6 +58,7 @@ class CsrfKeyRing:
 
     @property
     def keys(self) -> tuple[bytes, ...]:
+        """The derived keys, newest first; empty until configured or loaded."""
         return self._keys
 
 
@@ -92,7 +93,11 @@ def _cookies(
 
 
 class CsrfStage:
-    """Verifies CSRF tokens and origins on unsafe cookie-authenticated requests; issues tokens."""
+    """Verifies CSRF tokens and origins on unsafe cookie-authenticated requests; issues tokens.
+
+    ``keyring`` is the engine's ring, filled at start-up from ``secrets`` or the shared key store;
+    without one the stage makes its own from ``secrets``, which must then be set.
+    """
 
     def __init__(
         self, app: ASGIApp, *, config: CsrfConfig, deps: Deps, keyring: CsrfKeyRing | None = None
