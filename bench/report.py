@@ -1,0 +1,487 @@
+"""Markdown rendering of a benchmark run (``docs/benchmarks.md``).
+
+:class:`Report` holds everything a run measured; :func:`render` turns it into the page. Nothing
+here measures anything, so the page can be re-rendered from the saved results:
+``python -m bench.report .bench/results.json > docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.micro import MicroResult
+
+__all__ = [
+    "LatencyScenario",
+    "LatencyTarget",
+    "Report",
+    "ThroughputScenario",
+    "ThroughputTarget",
+    "WrkRun",
+    "added_latency",
+    "ratio",
+    "render",
+]
+
+
+@dataclass
+class WrkRun:
+    """One wrk run: requests per second and latency percentiles in milliseconds."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int = 0
+    non_2xx: int = 0
+    socket_errors: int = 0
+
+
+@dataclass
+class ThroughputTarget:
+    """One stack measured with wrk; ``min_ratio`` is a goal, ``reference_ratio`` a number
+    measured earlier on these machines, shown for comparison only."""
+
+    key: str
+    label: str
+    runs: list[WrkRun] = field(default_factory=list)
+    min_ratio: float | None = None
+    reference_ratio: float | None = None
+    note: str = ""
+
+    @property
+    def rps(self) -> float:
+        return _median([r.rps for r in self.runs])
+
+    @property
+    def p50_ms(self) -> float:
+        return _median([r.p50_ms for r in self.runs])
+
+    @property
+    def p99_ms(self) -> float:
+        return _median([r.p99_ms for r in self.runs])
+
+    @property
+    def failed_requests(self) -> int:
+        return sum(r.non_2xx + r.socket_errors for r in self.runs)
+
+
+@dataclass
+class ThroughputScenario:
+    key: str
+    title: str
+    intro: str
+    baseline: str
+    """Key of the target every ratio is taken against."""
+    targets: list[ThroughputTarget]
+    commands: list[str] = field(default_factory=list)
+    reference_baseline_rps: float | None = None
+
+    def target(self, key: str) -> ThroughputTarget:
+        for item in self.targets:
+            if item.key == key:
+                return item
+        raise KeyError(key)
+
+    def ratio_of(self, key: str) -> float:
+        return ratio(self.target(key).rps, self.target(self.baseline).rps)
+
+
+@dataclass
+class LatencyTarget:
+    key: str
+    label: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    """:class:`bench.loadgen.LoadResult` objects as dictionaries, one per round."""
+
+    def median(self, series: str, pct: str) -> float:
+        return _median([run[series][pct] for run in self.runs])
+
+    @property
+    def failed_requests(self) -> int:
+        return sum(int(run["errors"]) + int(run["non_2xx"]) for run in self.runs)
+
+
+@dataclass
+class LatencyScenario:
+    key: str
+    title: str
+    intro: str
+    baseline: str
+    targets: list[LatencyTarget]
+    rate: float
+    connections: int
+    duration: float
+    goals: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per target key: the most added latency allowed, ``{"p50": 0.5, "p99": 2.0}`` (ms)."""
+    commands: list[str] = field(default_factory=list)
+
+    def target(self, key: str) -> LatencyTarget:
+        for item in self.targets:
+            if item.key == key:
+                return item
+        raise KeyError(key)
+
+
+@dataclass
+class Report:
+    date: str
+    machine: dict[str, str]
+    versions: dict[str, str]
+    parameters: dict[str, str]
+    throughput: list[ThroughputScenario] = field(default_factory=list)
+    latency: LatencyScenario | None = None
+    micro: MicroResult | None = None
+    micro_commands: list[str] = field(default_factory=list)
+    setup_commands: list[str] = field(default_factory=list)
+    configs: dict[str, str] = field(default_factory=dict)
+    """Generated configuration files by name (``bastion.toml``, ``nginx.conf``)."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Scenarios that could not run, with the reason."""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["micro"] = self.micro.to_json() if self.micro is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        throughput = [
+            ThroughputScenario(
+                **{
+                    **s,
+                    "targets": [
+                        ThroughputTarget(**{**t, "runs": [WrkRun(**r) for r in t["runs"]]})
+                        for t in s["targets"]
+                    ],
+                }
+            )
+            for s in data["throughput"]
+        ]
+        latency = data.get("latency")
+        return cls(
+            **{
+                **data,
+                "throughput": throughput,
+                "latency": (
+                    LatencyScenario(
+                        **{**latency, "targets": [LatencyTarget(**t) for t in latency["targets"]]}
+                    )
+                    if latency
+                    else None
+                ),
+                "micro": MicroResult.from_json(data["micro"]) if data.get("micro") else None,
+            }
+        )
+
+
+TIMES = "\u00d7"
+"""The multiplication sign written after ratios."""
+DASH = "\u2013"
+"""The en dash written between the ends of a range."""
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def ratio(value: float, baseline: float) -> float:
+    """``value / baseline`` (``nan`` when the baseline is zero or missing)."""
+    if not baseline or math.isnan(baseline):
+        return math.nan
+    return value / baseline
+
+
+def added_latency(scenario: LatencyScenario, key: str, pct: str) -> float:
+    """Median over rounds of (target - baseline) at ``pct``, pairing runs of the same round so
+    drift between rounds cancels (ms)."""
+    target, base = scenario.target(key), scenario.target(scenario.baseline)
+    diffs = [
+        run["latency_ms"][pct] - ref["latency_ms"][pct]
+        for run, ref in zip(target.runs, base.runs, strict=False)
+    ]
+    return _median(diffs)
+
+
+def _num(value: float, digits: int = 0) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.2f} ms" if value >= 1 else f"{value:.3f} ms"
+
+
+def _x(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}{TIMES}"
+
+
+def _met(ok: bool) -> str:
+    return "**yes**" if ok else "**no**"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _throughput_goal(scenario: ThroughputScenario, target: ThroughputTarget) -> tuple[str, str]:
+    """(goal text, met text) for one row."""
+    if target.key == scenario.baseline:
+        return "baseline", "—"
+    value = scenario.ratio_of(target.key)
+    if target.min_ratio is not None:
+        ok = not math.isnan(value) and value >= target.min_ratio and not target.failed_requests
+        return f"≥ {target.min_ratio:.2f}{TIMES}", _met(ok)
+    if target.reference_ratio is not None:
+        return f"reference {target.reference_ratio:g}{TIMES}", "—"
+    return "—", "—"
+
+
+def _throughput_section(scenario: ThroughputScenario, number: int) -> list[str]:
+    lines = [f"## {number}. {scenario.title}", "", scenario.intro, ""]
+    rows = []
+    for target in scenario.targets:
+        goal, met = _throughput_goal(scenario, target)
+        spread = (
+            f"{_num(min(r.rps for r in target.runs))}{DASH}{_num(max(r.rps for r in target.runs))}"
+            if target.runs
+            else "n/a"
+        )
+        label = target.label
+        if target.failed_requests:
+            label += f" ⚠ {target.failed_requests} failed or non-2xx responses"
+        rows.append(
+            [
+                label,
+                _num(target.rps),
+                spread,
+                _ms(target.p50_ms),
+                _ms(target.p99_ms),
+                _x(scenario.ratio_of(target.key)),
+                goal,
+                met,
+            ]
+        )
+    lines += _table(
+        ["stack", "rps (median)", "rps of the runs", "p50", "p99", "ratio", "target", "met"],
+        rows,
+    )
+    notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
+    if scenario.reference_baseline_rps is not None:
+        base = scenario.target(scenario.baseline)
+        notes.append(
+            f"- Baseline reference measured earlier on these machines: "
+            f"≈ {_num(scenario.reference_baseline_rps)} rps ({base.label}); "
+            f"this run: {_num(base.rps)} rps."
+        )
+    if notes:
+        lines += ["", *notes]
+    lines += ["", "Commands:", "", "```sh", *scenario.commands, "```", ""]
+    return lines
+
+
+def _latency_section(scenario: LatencyScenario, number: int) -> list[str]:
+    lines = [f"## {number}. {scenario.title}", "", scenario.intro, ""]
+    rows = []
+    for target in scenario.targets:
+        label = target.label
+        if target.failed_requests:
+            label += f" ⚠ {target.failed_requests} failed or non-2xx responses"
+        row = [
+            label,
+            _ms(target.median("latency_ms", "p50")),
+            _ms(target.median("latency_ms", "p90")),
+            _ms(target.median("latency_ms", "p99")),
+            _ms(target.median("latency_ms", "p999")),
+            _ms(target.median("latency_ms", "max")),
+        ]
+        if target.key == scenario.baseline:
+            row += ["baseline", "baseline"]
+        else:
+            row += [
+                _ms(added_latency(scenario, target.key, "p50")),
+                _ms(added_latency(scenario, target.key, "p99")),
+            ]
+        rows.append(row)
+    lines += _table(["path", "p50", "p90", "p99", "p99.9", "max", "added p50", "added p99"], rows)
+    lines.append("")
+    goal_rows = []
+    for key, goals in scenario.goals.items():
+        target = scenario.target(key)
+        for pct, limit in goals.items():
+            added = added_latency(scenario, key, pct)
+            ok = not math.isnan(added) and added <= limit and not target.failed_requests
+            goal_rows.append(
+                [f"{target.label}, added {pct}", _ms(added), f"≤ {_ms(limit)}", _met(ok)]
+            )
+    if goal_rows:
+        lines += _table(["goal", "measured", "target", "met"], goal_rows)
+        lines.append("")
+    lag_p50 = _median([_median([r["lag_ms"]["p50"] for r in t.runs]) for t in scenario.targets])
+    lag_p99 = _median([_median([r["lag_ms"]["p99"] for r in t.runs]) for t in scenario.targets])
+    lines += [
+        f"Latency is measured from each request's scheduled send time (coordinated-omission "
+        f"corrected). The generator kept its schedule to within {_ms(lag_p50)} at p50 and "
+        f"{_ms(lag_p99)} at p99 (actual send minus scheduled send), which bounds its own share "
+        f'of the figures. "Added" is the median over the rounds of the difference to the '
+        f"direct run of the same round.",
+        "",
+        "Commands:",
+        "",
+        "```sh",
+        *scenario.commands,
+        "```",
+        "",
+    ]
+    return lines
+
+
+def _micro_section(result: MicroResult, commands: Sequence[str], number: int) -> list[str]:
+    lines = [
+        f"## {number}. In-process microbenchmark",
+        "",
+        "Microseconds per request through the ASGI stack with no network: the app is called "
+        "directly with a copy of a prebuilt `GET /hello` scope (headers `host`, `user-agent`, "
+        "`accept`, as curl sends them), a `receive` returning an empty body and a `send` that "
+        "drops messages. The terminal is a raw ASGI hello. Each case ran "
+        f"{result.batches} interleaved batches of {_num(result.iterations)} requests; the table "
+        "shows the median batch. *Own cost* is the case minus its baseline: the terminal alone, "
+        "or (for stages that read the request state the request-id stage creates) the terminal "
+        "with a state built per request.",
+        "",
+    ]
+    rows = []
+    for case in result.cases:
+        spread = f"{min(case.ns_batches) / 1000:.2f}{DASH}{max(case.ns_batches) / 1000:.2f}"
+        own = "—" if case.baseline is None else f"{result.net_us(case.name):.2f}"
+        rows.append([case.name, f"{case.median_ns / 1000:.2f}", own, spread, case.config or "—"])
+    lines += _table(
+        ["case", "µs/request", "own cost µs", f"batches µs (min{DASH}max)", "configured to enable"],
+        rows,
+    )
+    lines.append("")
+    stages = [c for c in result.cases if c.group == "stage" and not c.config]
+    default_sum = sum(result.net_us(c.name) for c in stages if "access log off" not in c.name)
+    pipelines = [c for c in result.cases if c.group == "pipeline"]
+    derived = []
+    if len(pipelines) == 2:
+        full, quiet = (result.net_us(c.name) for c in pipelines)
+        derived.append(
+            f"- The access log line costs {full - quiet:.2f} µs per request "
+            f"(full pipeline with it minus without it)."
+        )
+        derived.append(
+            f"- Stages of the default chain measured alone add up to {default_sum:.2f} µs; "
+            f"the full pipeline costs {full:.2f} µs (the rest is the application wrapper, the "
+            f"stages' interaction and measurement noise)."
+        )
+    lines += [*derived, "", "Command:", "", "```sh", *commands, "```", ""]
+    return lines
+
+
+def _summary(report: Report) -> list[str]:
+    rows = []
+    for scenario in report.throughput:
+        for target in scenario.targets:
+            if target.min_ratio is None:
+                continue
+            value = scenario.ratio_of(target.key)
+            _, met = _throughput_goal(scenario, target)
+            rows.append(
+                [
+                    f"{target.label} vs {scenario.target(scenario.baseline).label}",
+                    _x(value),
+                    f"≥ {target.min_ratio:.2f}{TIMES}",
+                    met,
+                ]
+            )
+    if report.latency is not None:
+        for key, goals in report.latency.goals.items():
+            target = report.latency.target(key)
+            for pct, limit in goals.items():
+                added = added_latency(report.latency, key, pct)
+                ok = not math.isnan(added) and added <= limit and not target.failed_requests
+                rows.append(
+                    [
+                        f"{target.label}: added {pct} latency at {_num(report.latency.rate)} req/s",
+                        _ms(added),
+                        f"≤ {_ms(limit)}",
+                        _met(ok),
+                    ]
+                )
+    if not rows:
+        return []
+    return ["## Targets at a glance", "", *_table(["goal", "measured", "target", "met"], rows), ""]
+
+
+def render(report: Report) -> str:
+    """The Markdown page for ``report``."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m bench.run`); do not edit by hand. "
+        "Numbers from a shared, noisy 2-core machine: compare ratios within one run, not "
+        "absolute numbers across runs.",
+        "",
+        f"Run: {report.date}.",
+        "",
+        "## Machine and method",
+        "",
+        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()) + ".",
+        "",
+        *_table(["parameter", "value"], [[k, v] for k, v in report.parameters.items()]),
+        "",
+    ]
+    lines += [f"- {note}" for note in report.notes]
+    if report.notes:
+        lines.append("")
+    if report.setup_commands:
+        lines += ["Set-up:", "", "```sh", *report.setup_commands, "```", ""]
+    if report.failures:
+        lines += ["## Scenarios that did not run", ""]
+        lines += [f"- **{name}**: {reason}" for name, reason in report.failures.items()]
+        lines.append("")
+    lines += _summary(report)
+    number = 0
+    for scenario in report.throughput:
+        number += 1
+        lines += _throughput_section(scenario, number)
+    if report.latency is not None:
+        number += 1
+        lines += _latency_section(report.latency, number)
+    if report.micro is not None:
+        number += 1
+        lines += _micro_section(report.micro, report.micro_commands, number)
+    if report.configs:
+        lines += ["## Generated configuration", ""]
+        for name, text in report.configs.items():
+            lang = "nginx" if name.endswith(".conf") else "toml"
+            lines += [f"`{name}`:", "", f"```{lang}", text.rstrip("\n"), "```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("results", type=Path, help="results JSON written by bench.run")
+    args = parser.parse_args(argv)
+    report = Report.from_json(json.loads(args.results.read_text()))
+    sys.stdout.write(render(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,918 @@
+"""Benchmark orchestrator: ``make bench`` → ``docs/benchmarks.md``.
+
+Scenarios (all in one run unless ``--only`` picks some):
+
+- ``middleware`` — bare Starlette vs Bastion-wrapped (access log on and off) vs a typical
+  hand-assembled FastAPI stack vs bare FastAPI, each on uvicorn; wrk at full speed.
+- ``gateway`` — the demo upstream directly vs through ``bastion serve`` vs through nginx; wrk.
+- ``latency`` — the same three paths at a fixed 1,000 requests/s (:mod:`bench.loadgen`).
+- ``micro`` — microseconds per request through the ASGI stages, in process (:mod:`bench.micro`).
+
+Servers (and, for the proxies, the upstream too, as a sidecar sharing its core) are pinned to
+CPU 0, the load generator to CPU 1. Every target gets a warm-up, then the measured runs are
+interleaved (A, B, C, A, B, C, …) so drift hits every target alike, and the median is reported.
+Every server runs in its own process group and is stopped however the run ends.
+
+Environment: ``BENCH_DURATION`` (seconds per wrk run, default 5), ``BENCH_WARMUP`` (seconds per
+target, default 2), ``BENCH_RUNS`` (rounds, default 3), ``BENCH_LATENCY_DURATION`` (seconds per
+fixed-rate run, default 10), ``BENCH_RATE`` (requests/s, default 1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.apps import PATH, bastion_toml, bearer_token, configured_sections
+from bench.micro import MicroResult
+from bench.report import (
+    LatencyScenario,
+    LatencyTarget,
+    Report,
+    ThroughputScenario,
+    ThroughputTarget,
+    WrkRun,
+    render,
+)
+
+__all__ = ["SCENARIOS", "main", "parse_wrk"]
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / ".bench"
+DOC = REPO / "docs" / "benchmarks.md"
+SCENARIOS = ("middleware", "gateway", "latency", "micro")
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+WRK_CONNECTIONS = 64
+LATENCY_CONNECTIONS = 16
+START_TIMEOUT = 60.0
+VERSIONED = (
+    "bastion",
+    "uvicorn",
+    "starlette",
+    "fastapi",
+    "slowapi",
+    "limits",
+    "PyJWT",
+    "aiohttp",
+    "httptools",
+    "uvloop",
+    "pydantic",
+    "structlog",
+    "orjson",
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    duration: int
+    warmup: int
+    runs: int
+    latency_duration: float
+    rate: float
+    micro_iterations: int
+    micro_batches: int
+    only: tuple[str, ...]
+    output: Path
+    quick: bool
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def parse_options(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short smoke run (1 s runs, one round); writes .bench/benchmarks.md",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        default=[],
+        help="run only this scenario (repeatable)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="Markdown output (default docs/benchmarks.md for a full run, "
+        ".bench/benchmarks.md for --quick or --only)",
+    )
+    args = parser.parse_args(argv)
+    only = tuple(s for s in SCENARIOS if s in args.only) or SCENARIOS
+    partial = args.quick or only != SCENARIOS
+    output = args.output or (WORK / "benchmarks.md" if partial else DOC)
+    if args.quick:
+        return Options(
+            duration=1,
+            warmup=1,
+            runs=1,
+            latency_duration=2.0,
+            rate=_env_number("BENCH_RATE", 1000),
+            micro_iterations=500,
+            micro_batches=2,
+            only=only,
+            output=output,
+            quick=True,
+        )
+    # wrk takes whole seconds.
+    return Options(
+        duration=max(1, round(_env_number("BENCH_DURATION", 5))),
+        warmup=max(1, round(_env_number("BENCH_WARMUP", 2))),
+        runs=max(1, round(_env_number("BENCH_RUNS", 3))),
+        latency_duration=_env_number("BENCH_LATENCY_DURATION", 10),
+        rate=_env_number("BENCH_RATE", 1000),
+        micro_iterations=20000,
+        micro_batches=7,
+        only=only,
+        output=output,
+        quick=False,
+    )
+
+
+# ---------------------------------------------------------------- tools
+
+
+def ensure_tools(setup: list[str]) -> None:
+    """Install wrk and nginx with apt when they are missing (the machine runs as root)."""
+    missing = [pkg for pkg in ("wrk", "nginx") if _which(pkg) is None]
+    if not missing:
+        return
+    install = ["apt-get", "install", "-y", "-q", *missing]
+    if os.geteuid() != 0:
+        install = ["sudo", *install]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log(f"installing {' '.join(missing)}")
+    setup.append(shlex.join(install))
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=False).returncode != 0:
+        update = ["apt-get", "update", "-q"] if os.geteuid() == 0 else ["sudo", "apt-get", "update"]
+        subprocess.run(update, env=env, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=True)
+    still = [pkg for pkg in missing if _which(pkg) is None]
+    if still:
+        raise SystemExit(f"could not install {', '.join(still)}")
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
+def _tool_version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "not installed"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------- servers
+
+
+@dataclass
+class _Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class Servers(contextlib.AbstractContextManager["Servers"]):
+    """Server processes pinned to the server CPU, each in its own process group, all stopped
+    (SIGTERM, then SIGKILL) when the block exits, however it exits."""
+
+    def __init__(self, log_dir: Path, commands: list[str]) -> None:
+        self._log_dir = log_dir
+        self._commands = commands
+        self._servers: list[_Server] = []
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+        check_headers: dict[str, str] | None = None,
+    ) -> str:
+        """Start ``argv`` pinned to the server CPU and wait until ``GET /hello`` on ``port``
+        answers 200; return the URL of ``/hello``."""
+        full = ["taskset", "-c", SERVER_CPU, *argv]
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+        self._commands.append(f"{prefix}{shlex.join(full)} >/dev/null &")
+        log_path = self._log_dir / f"{name}.log"
+        with log_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                full,
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        server = _Server(name, process, log_path)
+        self._servers.append(server)
+        _wait_ready(server, port, check_headers or {})
+        return f"http://127.0.0.1:{port}{PATH}"
+
+    def __exit__(self, *exc: object) -> None:
+        for server in reversed(self._servers):
+            _stop(server.process)
+        self._servers.clear()
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def _wait_ready(server: _Server, port: int, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode} during start-up:\n"
+                f"{_log_tail(server.log_path)}"
+            )
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", PATH, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+            finally:
+                conn.close()
+            if response.status == 200 and body == b"Hello, world!":
+                return
+            last = f"status {response.status}, body {body[:80]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{server.name} not ready on port {port} after {START_TIMEOUT:.0f} s ({last}):\n"
+        f"{_log_tail(server.log_path)}"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- load
+
+
+_LATENCY_LINE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_wrk(output: str) -> WrkRun:
+    """The figures of ``wrk --latency`` output: Requests/sec, the 50% and 99% lines of the
+    latency distribution, request count, non-2xx/3xx responses and socket errors."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if rps is None:
+        raise ValueError(f"no Requests/sec in wrk output:\n{output}")
+    latency = {
+        pct: float(value) * _UNIT_MS[unit] for pct, value, unit in _LATENCY_LINE.findall(output)
+    }
+    if "50" not in latency or "99" not in latency:
+        raise ValueError(f"no latency distribution in wrk output (run with --latency):\n{output}")
+    requests = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return WrkRun(
+        rps=float(rps.group(1)),
+        p50_ms=latency["50"],
+        p99_ms=latency["99"],
+        requests=int(requests.group(1)) if requests else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+def wrk_argv(url: str, duration: int, headers: Sequence[str] = ()) -> list[str]:
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        "wrk",
+        "-t1",
+        f"-c{WRK_CONNECTIONS}",
+        f"-d{duration}s",
+        "--latency",
+    ]
+    for header in headers:
+        argv += ["-H", header]
+    return [*argv, url]
+
+
+def run_wrk(url: str, duration: int, headers: Sequence[str] = ()) -> WrkRun:
+    done = subprocess.run(
+        wrk_argv(url, duration, headers),
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def loadgen_argv(url: str, rate: float, duration: float, warmup: float) -> list[str]:
+    return [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--rate",
+        f"{rate:g}",
+        "--connections",
+        str(LATENCY_CONNECTIONS),
+        "--duration",
+        f"{duration:g}",
+        "--warmup",
+        f"{warmup:g}",
+    ]
+
+
+def run_loadgen(url: str, rate: float, duration: float, warmup: float) -> dict[str, Any]:
+    done = subprocess.run(
+        loadgen_argv(url, rate, duration, warmup),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=warmup + duration + 60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@dataclass
+class _Target:
+    key: str
+    label: str
+    url: str = ""
+    headers: list[str] = field(default_factory=list)
+    shown_headers: list[str] = field(default_factory=list)
+    """``headers`` as printed in the report (secrets replaced by a shell variable)."""
+
+
+def interleave(
+    targets: Sequence[_Target], runs: int, measure: Callable[[_Target], Any]
+) -> dict[str, list[Any]]:
+    """Run ``measure`` over the targets ``runs`` times in rotation: A, B, C, A, B, C, …"""
+    results: dict[str, list[Any]] = {t.key: [] for t in targets}
+    for round_number in range(runs):
+        for target in targets:
+            log(f"round {round_number + 1}/{runs}: {target.label}")
+            results[target.key].append(measure(target))
+    return results
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def _uvicorn(factory: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        factory,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def middleware_scenario(opts: Options, tmp: Path, report: Report) -> ThroughputScenario:
+    commands: list[str] = []
+    configs = {}
+    for name, access_log in (("bastion.toml", True), ("bastion-no-access-log.toml", False)):
+        path = tmp / name
+        path.write_text(bastion_toml(tmp / f"{path.stem}.db", access_log=access_log))
+        configs[name] = path
+    report.configs["bastion.toml"] = configs["bastion.toml"].read_text()
+    token = bearer_token()
+    auth_header = f"Authorization: Bearer {token}"
+    specs: list[tuple[ThroughputTarget, str, dict[str, str], list[str]]] = [
+        (ThroughputTarget("starlette", "bare Starlette"), "bench.apps:starlette_app", {}, []),
+        (
+            ThroughputTarget(
+                "bastion",
+                "Bastion default",
+                min_ratio=0.6,
+                note="`Bastion(Settings()).wrap(starlette_app)`, access log on "
+                "(stdout to /dev/null)",
+            ),
+            "bench.apps:bastion_app",
+            {"BASTION_CONFIG": str(configs["bastion.toml"])},
+            [],
+        ),
+        (
+            ThroughputTarget(
+                "bastion_quiet",
+                "Bastion default, access log off",
+                note="same, with `logging.access_log = false`",
+            ),
+            "bench.apps:bastion_app",
+            {"BASTION_CONFIG": str(configs["bastion-no-access-log.toml"])},
+            [],
+        ),
+        (
+            ThroughputTarget(
+                "typical",
+                "typical hand-assembled stack",
+                reference_ratio=0.085,
+                note="FastAPI + slowapi limit on the route + CORSMiddleware + "
+                "BaseHTTPMiddleware security headers + PyJWT HS256 bearer "
+                "dependency (`bench/apps.py`)",
+            ),
+            "bench.apps:typical_app",
+            {},
+            [auth_header],
+        ),
+        (
+            ThroughputTarget("fastapi", "bare FastAPI", reference_ratio=0.40),
+            "bench.apps:fastapi_app",
+            {},
+            [],
+        ),
+    ]
+    targets: list[_Target] = []
+    with Servers(WORK / "logs", commands) as servers:
+        for result, factory, env, headers in specs:
+            port = free_port()
+            log(f"starting {result.label} on port {port}")
+            url = servers.start(
+                result.key,
+                _uvicorn(factory, port),
+                port=port,
+                env=env,
+                check_headers=dict(_split(h) for h in headers),
+            )
+            shown = ["Authorization: Bearer $TOKEN" if h == auth_header else h for h in headers]
+            targets.append(_Target(result.key, result.label, url, headers, shown))
+        results = _throughput(opts, targets, commands)
+    if any(t.shown_headers for t in targets):
+        commands.insert(
+            0, "TOKEN=$(python -c 'from bench.apps import bearer_token; print(bearer_token())')"
+        )
+    for result, *_ in specs:
+        result.runs = results[result.key]
+    return ThroughputScenario(
+        key="middleware",
+        title="Middleware mode",
+        intro=(
+            "One uvicorn process per app (httptools, uvloop, no access log, log level warning) "
+            f"pinned to CPU {SERVER_CPU}; wrk with 1 thread and {WRK_CONNECTIONS} connections "
+            f"pinned to CPU {LOAD_CPU}. Every app answers `GET {PATH}` with `Hello, world!`. "
+            "Ratios are to bare Starlette in this run."
+        ),
+        baseline="starlette",
+        targets=[s[0] for s in specs],
+        commands=commands,
+        reference_baseline_rps=34000,
+    )
+
+
+def _split(header: str) -> tuple[str, str]:
+    name, _, value = header.partition(":")
+    return name.strip(), value.strip()
+
+
+def _throughput(
+    opts: Options, targets: Sequence[_Target], commands: list[str]
+) -> dict[str, list[WrkRun]]:
+    for target in targets:
+        log(f"warm-up: {target.label}")
+        run_wrk(target.url, opts.warmup, target.headers)
+    for target in targets:
+        commands.append(
+            shlex.join(wrk_argv(target.url, opts.duration, target.shown_headers)).replace(
+                "'Authorization: Bearer $TOKEN'", '"Authorization: Bearer $TOKEN"'
+            )
+        )
+    return interleave(targets, opts.runs, lambda t: run_wrk(t.url, opts.duration, t.headers))
+
+
+def nginx_conf(prefix: Path, listen: int, upstream: int) -> str:
+    """A reverse proxy with one worker and a keep-alive upstream pool."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream demo {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://demo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def gateway_servers(tmp: Path, commands: list[str], report: Report) -> Iterator[dict[str, _Target]]:
+    """The demo upstream, ``bastion serve`` and nginx in front of it, all on the server CPU."""
+    up, gw, ng = free_port(), free_port(), free_port()
+    config = tmp / "bastion-gateway.toml"
+    config.write_text(bastion_toml(tmp / "gateway.db"))
+    report.configs["bastion-gateway.toml"] = config.read_text()
+    prefix = tmp / "nginx"
+    prefix.mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf(prefix, ng, up))
+    report.configs["nginx.conf"] = conf.read_text()
+    bastion = str(Path(sys.executable).with_name("bastion"))
+    with Servers(WORK / "logs", commands) as servers:
+        log(f"starting the demo upstream on port {up}")
+        direct = servers.start(
+            "upstream", [sys.executable, "-m", "bastion.demo", "--port", str(up)], port=up
+        )
+        log(f"starting bastion serve on port {gw}")
+        gateway = servers.start(
+            "gateway",
+            [
+                bastion,
+                "serve",
+                "--config",
+                str(config),
+                "--upstream",
+                f"http://127.0.0.1:{up}",
+                "--port",
+                str(gw),
+            ],
+            port=gw,
+        )
+        log(f"starting nginx on port {ng}")
+        nginx = servers.start(
+            "nginx",
+            [
+                _which("nginx") or "nginx",
+                "-e",
+                str(prefix / "error.log"),
+                "-c",
+                str(conf),
+                "-p",
+                str(prefix),
+                "-g",
+                "daemon off;",
+            ],
+            port=ng,
+        )
+        yield {
+            "direct": _Target("direct", "direct to the upstream", direct),
+            "bastion": _Target("bastion", "through `bastion serve`", gateway),
+            "nginx": _Target("nginx", "through nginx", nginx),
+        }
+
+
+def gateway_scenario(
+    opts: Options, targets: dict[str, _Target], start_commands: list[str]
+) -> ThroughputScenario:
+    commands = list(start_commands)
+    order = [targets["direct"], targets["bastion"], targets["nginx"]]
+    results = _throughput(opts, order, commands)
+    rows = [
+        ThroughputTarget(
+            "direct",
+            targets["direct"].label,
+            note="`python -m bastion.demo`, uvicorn, the `GET /hello` fast path",
+        ),
+        ThroughputTarget(
+            "bastion",
+            targets["bastion"].label,
+            min_ratio=0.4,
+            note="1 worker, default settings, access log on (stdout to /dev/null)",
+        ),
+        ThroughputTarget(
+            "nginx",
+            targets["nginx"].label,
+            reference_ratio=0.61,
+            note="1 worker process, keep-alive upstream pool of 64, access log off",
+        ),
+    ]
+    for row in rows:
+        row.runs = results[row.key]
+    return ThroughputScenario(
+        key="gateway",
+        title="Gateway (sidecar layout)",
+        intro=(
+            f"The demo upstream and the proxy in front of it share CPU {SERVER_CPU}, as a sidecar "
+            f"shares its pod's core; wrk (1 thread, {WRK_CONNECTIONS} connections) runs on CPU "
+            f"{LOAD_CPU}. Ratios are to the upstream measured directly in this run."
+        ),
+        baseline="direct",
+        targets=rows,
+        commands=commands,
+    )
+
+
+def latency_scenario(
+    opts: Options, targets: dict[str, _Target], start_commands: list[str]
+) -> LatencyScenario:
+    commands = list(start_commands)
+    order = [targets["direct"], targets["bastion"], targets["nginx"]]
+    warmup = float(opts.warmup)
+    for target in order:
+        commands.append(
+            shlex.join(loadgen_argv(target.url, opts.rate, opts.latency_duration, warmup))
+        )
+    results = interleave(
+        order,
+        opts.runs,
+        lambda t: run_loadgen(t.url, opts.rate, opts.latency_duration, warmup),
+    )
+    return LatencyScenario(
+        key="latency",
+        title="Light-load latency",
+        intro=(
+            f"A fixed {opts.rate:,.0f} requests/s over {LATENCY_CONNECTIONS} keep-alive "
+            f"connections for {opts.latency_duration:g} s (after {warmup:g} s unrecorded) per "
+            f"run, from `bench/loadgen.py` pinned to CPU {LOAD_CPU}; same servers and pinning as "
+            "the gateway scenario. Figures are medians over the rounds."
+        ),
+        baseline="direct",
+        targets=[LatencyTarget(t.key, t.label, results[t.key]) for t in order],
+        rate=opts.rate,
+        connections=LATENCY_CONNECTIONS,
+        duration=opts.latency_duration,
+        goals={"bastion": {"p50": 0.5, "p99": 2.0}},
+        commands=commands,
+    )
+
+
+def micro_scenario(opts: Options, report: Report) -> MicroResult:
+    argv = [
+        "taskset",
+        "-c",
+        SERVER_CPU,
+        sys.executable,
+        "-m",
+        "bench.micro",
+        "--iterations",
+        str(opts.micro_iterations),
+        "--batches",
+        str(opts.micro_batches),
+    ]
+    report.micro_commands.append(shlex.join(argv))
+    done = subprocess.run(
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.micro failed with exit code {done.returncode}")
+    return MicroResult.from_json(json.loads(done.stdout))
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + (" with uncommitted changes" if dirty.strip() else "")
+
+
+def new_report(opts: Options) -> Report:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine = {
+        "CPU": _cpu_model(),
+        "logical CPUs": str(os.cpu_count()),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "wrk": _tool_version(["wrk", "-v"]),
+        "nginx": _tool_version([_which("nginx") or "nginx", "-v"]),
+        "load average at start": load,
+        "source": _git_revision(),
+    }
+    sections = configured_sections()
+    parameters = {
+        "wrk run": f"{opts.duration} s, `-t1 -c{WRK_CONNECTIONS} --latency`",
+        "warm-up per target": f"{opts.warmup} s",
+        "rounds (interleaved)": str(opts.runs),
+        "reported": f"median of the {opts.runs} rounds" if opts.runs > 1 else "single round",
+        "fixed-rate run": f"{opts.rate:,.0f} req/s, {LATENCY_CONNECTIONS} connections, "
+        f"{opts.latency_duration:g} s",
+        "microbenchmark": f"{opts.micro_batches} batches of {opts.micro_iterations:,} requests",
+        "pinning": f"servers and upstreams CPU {SERVER_CPU}, load generators CPU {LOAD_CPU}",
+        "Bastion settings": "defaults; SQLite store in a temp dir"
+        + "".join(f"; {s}" for s in sections),
+    }
+    notes = []
+    if not sections:
+        notes.append(
+            "Rate limiting is not part of this build of Bastion, so its cost is not included; "
+            "once `[ratelimit]` exists the benchmark configures the built-in `global` policy "
+            "in shadow mode (`bench/apps.py`)."
+        )
+    if opts.quick:
+        notes.append("Quick smoke run: 1-second runs, one round. Not for comparison.")
+    return Report(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine,
+        versions=versions,
+        parameters=parameters,
+        notes=notes,
+    )
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_options(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("the benchmark pins servers and load generators to CPUs 0 and 1")
+    WORK.mkdir(exist_ok=True)
+    (WORK / "logs").mkdir(exist_ok=True)
+    setup: list[str] = []
+    if {"middleware", "gateway", "latency"} & set(opts.only):
+        ensure_tools(setup)
+    report = new_report(opts)
+    report.setup_commands = setup
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if "middleware" in opts.only:
+            _attempt(
+                report,
+                "middleware",
+                lambda: report.throughput.append(middleware_scenario(opts, tmp, report)),
+            )
+        if "gateway" in opts.only or "latency" in opts.only:
+            _attempt(report, "gateway", lambda: _gateway_and_latency(opts, tmp, report))
+        if "micro" in opts.only:
+            log("microbenchmark")
+
+            def micro() -> None:
+                report.micro = micro_scenario(opts, report)
+
+            _attempt(report, "micro", micro)
+    elapsed = time.monotonic() - started
+    report.parameters["total time"] = f"{elapsed / 60:.1f} min"
+    (WORK / "results.json").write_text(json.dumps(report.to_json(), indent=1))
+    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    opts.output.write_text(render(report))
+    log(f"wrote {opts.output} in {elapsed:.0f} s")
+    return 1 if report.failures else 0
+
+
+def _gateway_and_latency(opts: Options, tmp: Path, report: Report) -> None:
+    start_commands: list[str] = []
+    with gateway_servers(tmp, start_commands, report) as targets:
+        if "gateway" in opts.only:
+            _attempt(
+                report,
+                "gateway",
+                lambda: report.throughput.append(gateway_scenario(opts, targets, start_commands)),
+            )
+        if "latency" in opts.only:
+            log("fixed-rate latency")
+
+            def latency() -> None:
+                report.latency = latency_scenario(opts, targets, start_commands)
+
+            _attempt(report, "latency", latency)
+
+
+def _attempt(report: Report, name: str, action: Callable[[], None]) -> None:
+    """Run one scenario; a failure is recorded in the report and the others still run."""
+    try:
+        action()
+    except (RuntimeError, OSError, ValueError, ImportError, subprocess.SubprocessError) as exc:
+        message = " ".join(str(exc).split())
+        log(f"{name} failed: {exc}")
+        report.failures[name] = message[:600]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
