@@ -9,7 +9,7 @@ VENV_STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard src tests bench examples)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test demo services-up services-down
+.PHONY: help venv lint format test demo services-up services-down bench
 
 help:
 	@echo "make venv           create .venv and install bastion with its dev extras"
@@ -49,3 +49,7 @@ services-up:
 
 services-down:
 	scripts/services.sh down
+
+# Benchmarks → docs/benchmarks.md (BENCH_ARGS='--quick' or '--only gateway'; see bench/run.py).
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
