@@ -230,7 +230,9 @@ class RequestHeaderRewriter:
         public_host = state.forwarded_host or host_text
 
         append((b"host", host if self._preserve_host and host else self._upstream_host))
-        xff_value, forwarded_value = self._chain(scope, client_ip, host_text, xff, forwarded)
+        xff_value, forwarded_value = self._chain(
+            scope, client_ip, scheme, host_text, xff, forwarded
+        )
         append((b"x-forwarded-for", xff_value))
         append((b"x-forwarded-proto", scheme.encode("latin-1")))
         if public_host:
@@ -247,6 +249,7 @@ class RequestHeaderRewriter:
         self,
         scope: Scope,
         client_ip: str,
+        client_scheme: str,
         host: str | None,
         xff: Sequence[bytes],
         forwarded: Sequence[bytes],
@@ -278,7 +281,7 @@ class RequestHeaderRewriter:
         if forwarded:
             forwarded_value = b", ".join(forwarded) + b", " + own.encode("latin-1")
         elif client_ip != peer_ip:
-            first = forwarded_element(client_ip, scheme, None)
+            first = forwarded_element(client_ip, client_scheme, None)
             forwarded_value = f"{first}, {own}".encode("latin-1")
         else:
             forwarded_value = own.encode("latin-1")

@@ -14,18 +14,19 @@ was not completed) and the failure is logged once.
 from __future__ import annotations
 
 import asyncio
-import logging
+from typing import Any
 
 from bastion.http.asgi import Message, Receive, Scope, Send
 from bastion.http.problems import BastionError
 from bastion.http.state import RequestState
+from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.proxy.client import UpstreamConnection, UpstreamError
 from bastion.proxy.upstream import UpstreamTarget
 
 __all__ = ["ClientGone", "HttpForwarder"]
 
-logger = logging.getLogger("bastion.proxy")
+logger: Any = get_logger("bastion.proxy")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -184,11 +185,10 @@ class HttpForwarder:
                 code = "upstream_timeout" if exc.kind == "timeout" else "upstream_unavailable"
                 raise BastionError(code, _DETAILS.get(exc.kind)) from None
             logger.warning(
-                "upstream %s after the response started on route %s: %s; "
-                "closing the client connection",
-                exc.kind,
-                target.name,
-                exc,
+                "upstream failed after the response started; closing the client connection",
+                route=target.name,
+                kind=exc.kind,
+                reason=str(exc),
             )
         finally:
             if companion is not None and not companion.done():

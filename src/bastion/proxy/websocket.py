@@ -3,7 +3,8 @@
 The upstream handshake happens first, with the client's subprotocols and headers (same header
 rules as HTTP); only when it succeeds is the client accepted, with the subprotocol the upstream
 chose. A refused or failed handshake answers the client with a 502/504 problem response where
-the server supports ``websocket.http.response``, else closes the handshake with 1011.
+the server supports ``websocket.http.response``, else closes the handshake with 1011 (the
+error stage renders the :class:`~bastion.http.problems.BastionError` raised here).
 
 Each direction is a reader and a writer joined by a queue of at most ``websocket_max_queue``
 messages: when a consumer is slow, the queue fills and the reader stops reading the producer, so
@@ -15,22 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from bastion.http.asgi import Receive, Scope, Send
-from bastion.http.problems import BastionError, problem_body, problem_headers
+from bastion.http.problems import BastionError
 from bastion.http.state import RequestState
+from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.proxy.config import ProxyConfig
 from bastion.proxy.upstream import UpstreamTarget
 
 __all__ = ["WebSocketRelay", "relayable_close_code"]
 
-logger = logging.getLogger("bastion.proxy")
+logger: Any = get_logger("bastion.proxy")
 
 _MESSAGE_TOO_BIG = 1009
 _INTERNAL_ERROR = 1011
@@ -126,14 +128,11 @@ class WebSocketRelay:
                     compress=0,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            await self._refuse(scope, send, state, target, "protocol", f"upgrade refused: {exc}")
-            return
+            raise self._refused(target, "protocol", f"upgrade refused: {exc.status}") from None
         except TimeoutError:
-            await self._refuse(scope, send, state, target, "timeout", "handshake timed out")
-            return
+            raise self._refused(target, "timeout", "handshake timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
-            await self._refuse(scope, send, state, target, "connect", f"connect failed: {exc}")
-            return
+            raise self._refused(target, "connect", f"connect failed: {exc}") from None
 
         try:
             await send({"type": "websocket.accept", "subprotocol": ws.protocol})
@@ -151,35 +150,16 @@ class WebSocketRelay:
             if not ws.closed:
                 await ws.close(code=_GOING_AWAY)
 
-    async def _refuse(
-        self,
-        scope: Scope,
-        send: Send,
-        state: RequestState,
-        target: UpstreamTarget,
-        kind: str,
-        reason: str,
-    ) -> None:
+    def _refused(self, target: UpstreamTarget, kind: str, reason: str) -> BastionError:
+        """Count and log a failed upstream handshake; the error stage answers the client (a
+        problem response where the server supports it, else close code 1011)."""
         self._metrics.upstream_error(target.name, kind)
-        logger.warning("websocket upstream %s on route %s: %s", kind, target.name, reason)
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            await send({"type": "websocket.close", "code": _INTERNAL_ERROR})
-            return
+        logger.warning("websocket upstream failed", route=target.name, kind=kind, reason=reason)
         if kind == "timeout":
-            error = BastionError("upstream_timeout", "The upstream service did not answer in time")
-        else:
-            error = BastionError(
-                "upstream_unavailable", "The upstream service refused the WebSocket connection"
-            )
-        body = problem_body(error, state.request_id)
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": error.status,
-                "headers": problem_headers(error, body),
-            }
+            return BastionError("upstream_timeout", "The upstream service did not answer in time")
+        return BastionError(
+            "upstream_unavailable", "The upstream service refused the WebSocket connection"
         )
-        await send({"type": "websocket.http.response.body", "body": body})
 
 
 class _Session:
@@ -240,7 +220,7 @@ class _Session:
             return
         error = task.exception()
         if error is not None:
-            logger.warning("websocket relay failed: %r", error)
+            logger.warning("websocket relay failed", error=repr(error))
             self._finish(_INTERNAL_ERROR, _INTERNAL_ERROR)
 
     def _too_big(self, message: str | bytes) -> bool:
