@@ -163,11 +163,11 @@ async def main(requests: int, concurrency: int) -> None:
 
             async with session.request("GET", url + "/hello", headers=headers) as response:
                 raw = [
-                    (n.lower(), v)
-                    for n, v in response.raw_headers
-                    if n.lower() not in HOP_BY_HOP
+                    (n.lower(), v) for n, v in response.raw_headers if n.lower() not in HOP_BY_HOP
                 ]
-                await send({"type": "http.response.start", "status": response.status, "headers": raw})
+                await send(
+                    {"type": "http.response.start", "status": response.status, "headers": raw}
+                )
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
