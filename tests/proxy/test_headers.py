@@ -289,6 +289,7 @@ def test_response_hop_by_hop_headers_are_removed() -> None:
         (b"keep-alive", b"timeout=5"),
         (b"transfer-encoding", b"chunked"),
         (b"proxy-authenticate", b"Basic"),
+        (b"date", b"Tue, 01 Dec 2026 10:00:00 GMT"),
         (b"set-cookie", b"a=1"),
     ]
     assert strip_response_headers(headers, frozenset({b"x-hop"})) == [

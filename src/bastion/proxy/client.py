@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from bastion.proxy.headers import HOP_BY_HOP, connection_tokens
+from bastion.proxy.headers import RESPONSE_NOT_RELAYED, connection_tokens
 
 if TYPE_CHECKING:
     from bastion.proxy.pool import ConnectionPool
@@ -300,7 +300,7 @@ class UpstreamConnection(asyncio.Protocol):
             elif name == b"transfer-encoding":
                 framed = True
                 continue
-            if name in HOP_BY_HOP or name in listed:
+            if name in RESPONSE_NOT_RELAYED or name in listed:
                 continue
             kept.append(pair)
         self.headers = kept

@@ -5,7 +5,8 @@ Towards the upstream, hop-by-hop headers (RFC 9110 §7.6.1, plus every name list
 knows: ``X-Forwarded-For``/``-Proto``/``-Host``, RFC 7239 ``Forwarded``, ``X-Real-IP``, the
 request id, ``Host`` and the verified identity. A client's forwarding headers are only extended
 when the peer is a trusted proxy; otherwise they are replaced, so a client can never smuggle an
-address into the upstream's view. Towards the client, hop-by-hop headers are removed.
+address into the upstream's view. Towards the client, hop-by-hop headers are removed, and the
+upstream's ``Date`` (the gateway's server stamps its own).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bastion.http.state import RequestState
 __all__ = [
     "HOP_BY_HOP",
     "IDENTITY_PREFIX",
+    "RESPONSE_NOT_RELAYED",
     "RequestHeaderRewriter",
     "RewrittenHeaders",
     "connection_tokens",
@@ -44,6 +46,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 """Headers that describe one connection, never the message (RFC 9110 §7.6.1)."""
+
+RESPONSE_NOT_RELAYED = HOP_BY_HOP | {b"date"}
+"""Upstream response headers the gateway drops: hop-by-hop ones, and ``Date``, which the
+gateway's server stamps on every response itself (a second one would make it ambiguous)."""
 
 IDENTITY_PREFIX = b"x-bastion-"
 """Prefix of the identity headers only Bastion may set; client-sent ones are always dropped."""
@@ -297,5 +303,8 @@ class RequestHeaderRewriter:
 def strip_response_headers(
     headers: Iterable[tuple[bytes, bytes]], listed: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
-    """Remove hop-by-hop headers (and those listed in ``Connection``) from a response."""
-    return [pair for pair in headers if pair[0] not in HOP_BY_HOP and pair[0] not in listed]
+    """Remove hop-by-hop headers (and those listed in ``Connection``) and ``Date`` from a
+    response."""
+    return [
+        pair for pair in headers if pair[0] not in RESPONSE_NOT_RELAYED and pair[0] not in listed
+    ]
