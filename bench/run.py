@@ -810,6 +810,7 @@ def new_report(opts: Options) -> Report:
         "wrk": _tool_version(["wrk", "-v"]),
         "nginx": _tool_version([_which("nginx") or "nginx", "-v"]),
         "load average at start": load,
+        "load average at end": "",
         "source": _git_revision(),
     }
     sections = configured_sections()
@@ -879,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _attempt(report, "micro", micro)
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
+    report.machine["load average at end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     (WORK / "results.json").write_text(json.dumps(report.to_json(), indent=1))
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     opts.output.write_text(render(report))
