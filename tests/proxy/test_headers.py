@@ -214,6 +214,59 @@ def test_forwarding_headers(
         assert headers[name] == [value], name
 
 
+def _rewriter(trusted: tuple[str, ...] = ()) -> RequestHeaderRewriter:
+    networks = [ipaddress.ip_network(t) for t in trusted]
+    return RequestHeaderRewriter(
+        upstream_host=b"upstream.internal:9000",
+        preserve_host=False,
+        request_id_header="X-Request-ID",
+        resolver=ClientIpResolver(networks, ["x-forwarded-for"]) if trusted else None,
+    )
+
+
+@pytest.mark.parametrize("trusted", [(), ("10.0.0.0/8",)])
+def test_head_lines_match_the_header_pairs(trusted: tuple[str, ...]) -> None:
+    rewriter = _rewriter(trusted)
+    state = RequestState("rid", 0.0, "198.51.100.9", "https")
+    state.principal = Principal(subject="u", method="bearer", roles=("r",))
+    scope = {
+        "headers": [
+            (b"host", b"gw.example"),
+            (b"x-forwarded-for", b"198.51.100.9"),
+            (b"content-length", b"3"),
+            (b"accept", b"*/*"),
+        ],
+        "client": ("10.0.0.5", 1),
+        "scheme": "http",
+    }
+    pairs = rewriter.rewrite(scope, state)
+    lines, content_length, transfer_encoding = rewriter.http_head(scope, state, b"GET / HTTP/1.1")
+    assert lines[0] == b"GET / HTTP/1.1"
+    assert b"\r\n".join(lines[1:]) == b"\r\n".join(n + b": " + v for n, v in pairs.headers)
+    assert (content_length, transfer_encoding) == (pairs.content_length, False) == (b"3", False)
+
+
+def test_cached_forwarding_headers_follow_the_client() -> None:
+    rewriter = _rewriter()
+    seen = []
+    for ip, host in [
+        ("192.0.2.1", b"a.example"),
+        ("192.0.2.2", b"a.example"),
+        ("192.0.2.1", b"b.example"),
+        ("192.0.2.1", b"a.example"),
+    ]:
+        state = RequestState("rid", 0.0, ip, "http")
+        scope = {"headers": [(b"host", host)], "client": (ip, 1), "scheme": "http"}
+        headers = dict(rewriter.rewrite(scope, state).headers)
+        seen.append((headers[b"x-forwarded-for"], headers[b"x-forwarded-host"]))
+    assert seen == [
+        (b"192.0.2.1", b"a.example"),
+        (b"192.0.2.2", b"a.example"),
+        (b"192.0.2.1", b"b.example"),
+        (b"192.0.2.1", b"a.example"),
+    ]
+
+
 def test_host_is_the_upstream_unless_preserved() -> None:
     assert rewrite([(b"host", b"gw.example")])[b"host"] == [b"upstream.internal:9000"]
     assert rewrite([(b"host", b"gw.example")], preserve_host=True)[b"host"] == [b"gw.example"]

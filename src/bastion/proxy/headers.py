@@ -28,6 +28,7 @@ __all__ = [
     "connection_tokens",
     "forwarded_element",
     "forwarded_node",
+    "has_body",
     "identity_headers",
     "strip_response_headers",
 ]
@@ -78,6 +79,8 @@ _WEBSOCKET_HANDSHAKE = frozenset(
         b"sec-websocket-accept",
     }
 )
+_CACHE_LIMIT = 4096
+"""Clients whose forwarding headers are kept ready (the cache is emptied when full)."""
 _CONNECTION_OPTIONS_IGNORED = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -153,22 +156,33 @@ class RewrittenHeaders:
         self.transfer_encoding = transfer_encoding
         """Whether the client sent a ``Transfer-Encoding`` (its body is streamed)."""
 
-    @property
-    def has_body(self) -> bool:
-        """Whether the client's framing announces a body at all."""
-        return self.transfer_encoding or (
-            self.content_length is not None and self.content_length != b"0"
-        )
+
+def has_body(content_length: bytes | None, transfer_encoding: bool) -> bool:
+    """Whether a request's framing announces a body at all."""
+    return transfer_encoding or (content_length is not None and content_length != b"0")
+
+
+_Forwarding = tuple[tuple[tuple[bytes, bytes], ...], bytes]
+"""Forwarding headers as pairs and as ready ``name: value`` lines joined by CRLF."""
 
 
 class RequestHeaderRewriter:
     """Rewrites a client's request headers for one route's upstream.
 
     Precomputes the names to drop and the upstream ``Host``; per request it walks the header
-    list once and appends the forwarding headers.
+    list once and appends the forwarding headers (cached per client when no chain is extended).
+    :meth:`http_head` renders straight into request-head lines; :meth:`rewrite` gives pairs.
     """
 
-    __slots__ = ("_drop", "_preserve_host", "_request_id", "_resolver", "_upstream_host")
+    __slots__ = (
+        "_cache",
+        "_drop",
+        "_preserve_host",
+        "_request_id",
+        "_request_id_line",
+        "_resolver",
+        "_upstream_host",
+    )
 
     def __init__(
         self,
@@ -182,6 +196,7 @@ class RequestHeaderRewriter:
         self._upstream_host = upstream_host
         self._preserve_host = preserve_host
         self._request_id = request_id_header.lower().encode("latin-1")
+        self._request_id_line = self._request_id + b": "
         self._resolver = resolver if resolver is not None and resolver.enabled else None
         drop = set(HOP_BY_HOP | _REPLACED)
         drop.add(b"host")
@@ -189,9 +204,37 @@ class RequestHeaderRewriter:
         if websocket:
             drop |= _WEBSOCKET_HANDSHAKE
         self._drop = frozenset(drop)
+        self._cache: dict[tuple[str, str, str | None, bytes | None, str | None], _Forwarding] = {}
 
     def rewrite(self, scope: Scope, state: RequestState) -> RewrittenHeaders:
-        """The upstream request headers of ``scope`` (without framing headers)."""
+        """The upstream request headers of ``scope`` as pairs (without framing headers)."""
+        kept, content_length, transfer_encoding, forwarding = self._scan(scope, state)
+        kept.extend(forwarding[0])
+        kept.append((self._request_id, state.request_id.encode("latin-1")))
+        principal = state.principal
+        if isinstance(principal, Principal):
+            kept.extend(identity_headers(principal))
+        return RewrittenHeaders(kept, content_length, transfer_encoding)
+
+    def http_head(
+        self, scope: Scope, state: RequestState, request_line: bytes
+    ) -> tuple[list[bytes], bytes | None, bool]:
+        """Request-head lines for the upstream (``request_line`` first, then ``name: value``
+        lines without CRLF and without framing headers), the client's ``Content-Length`` and
+        whether it sent a ``Transfer-Encoding``."""
+        kept, content_length, transfer_encoding, forwarding = self._scan(scope, state)
+        lines = [request_line]
+        lines.extend([name + b": " + value for name, value in kept])
+        lines.append(forwarding[1])
+        lines.append(self._request_id_line + state.request_id.encode("latin-1"))
+        principal = state.principal
+        if isinstance(principal, Principal):
+            lines.extend([name + b": " + value for name, value in identity_headers(principal)])
+        return lines, content_length, transfer_encoding
+
+    def _scan(
+        self, scope: Scope, state: RequestState
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool, _Forwarding]:
         drop = self._drop
         kept: list[tuple[bytes, bytes]] = []
         append = kept.append
@@ -220,36 +263,62 @@ class RequestHeaderRewriter:
                 xff.append(value)
             elif name == b"forwarded":
                 forwarded.append(value)
-            elif name == b"connection":
+            elif name == b"connection" and value.lower() not in _CONNECTION_OPTIONS_IGNORED:
                 listed = listed | connection_tokens(value)
         if listed:
             kept = [pair for pair in kept if pair[0] not in listed]
-            append = kept.append
 
         client_ip = state.client_ip
         scheme = state.scheme
+        if self._resolver is not None and self._peer(scope)[1]:
+            forwarding = self._forwarding(
+                scope, client_ip, scheme, host, state.forwarded_host, xff, forwarded
+            )
+        else:
+            # From an untrusted peer no chain is extended: the forwarding headers depend only
+            # on these values, which repeat across a client's requests. Compute them once.
+            key = (client_ip, scheme, scope.get("scheme"), host, state.forwarded_host)
+            cached = self._cache.get(key)
+            if cached is None:
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._cache.clear()
+                cached = self._cache[key] = self._forwarding(
+                    scope, client_ip, scheme, host, state.forwarded_host, xff, forwarded
+                )
+            forwarding = cached
+        return kept, content_length, transfer_encoding, forwarding
+
+    def _forwarding(
+        self,
+        scope: Scope,
+        client_ip: str,
+        scheme: str,
+        host: bytes | None,
+        forwarded_host: str | None,
+        xff: Sequence[bytes],
+        forwarded: Sequence[bytes],
+    ) -> _Forwarding:
+        """``Host`` and the forwarding headers (``X-Forwarded-*``, ``Forwarded``,
+        ``X-Real-IP``) for a request from ``client_ip``."""
         if scheme == "ws":
             scheme = "http"
         elif scheme == "wss":
             scheme = "https"
         host_text = host.decode("latin-1") if host is not None else None
-        public_host = state.forwarded_host or host_text
-
-        append((b"host", host if self._preserve_host and host else self._upstream_host))
+        public_host = forwarded_host or host_text
         xff_value, forwarded_value = self._chain(
             scope, client_ip, scheme, host_text, xff, forwarded
         )
-        append((b"x-forwarded-for", xff_value))
-        append((b"x-forwarded-proto", scheme.encode("latin-1")))
+        headers = [
+            (b"host", host if self._preserve_host and host else self._upstream_host),
+            (b"x-forwarded-for", xff_value),
+            (b"x-forwarded-proto", scheme.encode("latin-1")),
+        ]
         if public_host:
-            append((b"x-forwarded-host", public_host.encode("latin-1")))
-        append((b"forwarded", forwarded_value))
-        append((b"x-real-ip", client_ip.encode("latin-1")))
-        append((self._request_id, state.request_id.encode("latin-1")))
-        principal = state.principal
-        if isinstance(principal, Principal):
-            kept.extend(identity_headers(principal))
-        return RewrittenHeaders(kept, content_length, transfer_encoding)
+            headers.append((b"x-forwarded-host", public_host.encode("latin-1")))
+        headers.append((b"forwarded", forwarded_value))
+        headers.append((b"x-real-ip", client_ip.encode("latin-1")))
+        return tuple(headers), b"\r\n".join([name + b": " + value for name, value in headers])
 
     def _chain(
         self,

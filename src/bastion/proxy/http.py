@@ -22,6 +22,7 @@ from bastion.http.state import RequestState
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.proxy.client import UpstreamConnection, UpstreamError
+from bastion.proxy.headers import has_body
 from bastion.proxy.upstream import UpstreamTarget
 
 __all__ = ["ClientGone", "HttpForwarder"]
@@ -30,6 +31,10 @@ logger: Any = get_logger("bastion.proxy")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_METHODS = {
+    m: m.encode("ascii") + b" "
+    for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+}
 _SEPARATE_WRITE = 64 * 1024
 """Body size from which the head and the body are written separately instead of joined."""
 _DETAILS = {
@@ -66,28 +71,28 @@ class HttpForwarder:
         state: RequestState,
         target: UpstreamTarget,
     ) -> None:
-        rewritten = target.http_headers.rewrite(scope, state)
         method: str = scope["method"]
-        lines = [method.encode("ascii") + b" " + target.target(scope) + b" HTTP/1.1"]
-        for name, value in rewritten.headers:
-            lines.append(name + b": " + value)
+        method_prefix = _METHODS.get(method) or method.encode("ascii") + b" "
+        lines, content_length, transfer_encoding = target.http_headers.http_head(
+            scope, state, method_prefix + target.target(scope) + b" HTTP/1.1"
+        )
 
         body = b""
         streaming = False
         chunked = False
-        if rewritten.has_body:
+        if has_body(content_length, transfer_encoding):
             message = await receive()
             if message["type"] != "http.request":
                 return
             body = message.get("body", b"")
             streaming = message.get("more_body", False)
         if streaming:
-            if rewritten.content_length is not None:
-                lines.append(b"content-length: " + rewritten.content_length)
+            if content_length is not None:
+                lines.append(b"content-length: " + content_length)
             else:
                 lines.append(b"transfer-encoding: chunked")
                 chunked = True
-        elif body or rewritten.content_length is not None or method in _BODY_METHODS:
+        elif body or content_length is not None or method in _BODY_METHODS:
             lines.append(b"content-length: %d" % len(body))
         lines.append(b"\r\n")
         head = b"\r\n".join(lines)
