@@ -7,6 +7,7 @@ goes through the lean pooled client (:mod:`bastion.proxy.client`), WebSockets th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from bastion.http.asgi import Receive, Scope, Send
@@ -95,7 +96,9 @@ class Proxy:
         self._client.close()
         await self._websocket.close()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing back the forwarder's coroutine: callers await it exactly as
+        # they would this method's own, minus one coroutine frame per request.
         state: RequestState = scope["state"]["bastion"]
         route = state.route
         if route is None:
@@ -105,6 +108,11 @@ class Proxy:
             target = self._targets[route.name] = self._target(route)
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send, state, target)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send, state, target)
+            return self._http(scope, receive, send, state, target)
+        if kind == "websocket":
+            return self._websocket(scope, receive, send, state, target)
+        return _ignored()
+
+
+async def _ignored() -> None:
+    """Scopes other than HTTP and WebSocket have nothing to forward."""
