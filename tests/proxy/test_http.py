@@ -613,6 +613,32 @@ async def test_invalid_response_is_502_protocol(
     assert gateway.upstream_errors("api", "protocol") == 1
 
 
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(b"HTTP/1.1 799 Odd\r\nContent-Length: 0\r\n\r\n", id="status over 599"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n", id="huge head"
+        ),
+        pytest.param(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", id="unasked upgrade"),
+    ],
+)
+async def test_unacceptable_response_heads_are_502_protocol(
+    raw_upstream: RawFactory, make_proxy: MakeProxy, response: bytes
+) -> None:
+    async def script(conn: RawConnection) -> None:
+        await conn.read_request()
+        await conn.write(response)
+        await asyncio.sleep(1)
+
+    server = await raw_upstream(script)
+    gateway = await make_proxy([route(server.url)])
+    with pytest.raises(BastionError) as caught:
+        await call(gateway, "GET", "/")
+    assert caught.value.code == "upstream_unavailable"
+    assert gateway.upstream_errors("api", "protocol") == 1
+
+
 async def test_payload_too_large_mid_stream_aborts_the_upstream_request(
     raw_upstream: RawFactory, make_proxy: MakeProxy
 ) -> None:

@@ -26,6 +26,8 @@ __all__ = ["UpstreamConnection", "UpstreamError"]
 
 _HIGH_WATER = 256 * 1024
 """Buffered response bytes at which the connection stops reading from the upstream."""
+_MAX_HEAD_BYTES = 64 * 1024
+"""Largest response head accepted (the parser itself would buffer header values unbounded)."""
 
 
 class UpstreamError(Exception):
@@ -39,6 +41,10 @@ class UpstreamError(Exception):
         self.received = received
 
 
+class _HeadTooLarge(Exception):
+    """Raised inside the parser's header callback to stop parsing an oversized head."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream, reused by the pool between exchanges."""
 
@@ -47,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_buffered",
         "_chunks",
         "_drain_waiter",
+        "_head_bytes",
         "_head_method",
         "_head_waiter",
         "_interim",
@@ -86,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._head_method = False
+        self._head_bytes = 0
         self._interim = False
         self._keep_alive = False
         self._until_close = False
@@ -111,6 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
             # The parser expected the body a HEAD response announces; start afresh.
             self._parser = httptools.HttpResponseParser(self)
         self._head_method = head_method
+        self._head_bytes = 0
         self.timeout = timeout
         self.status = 0
         self.headers = []
@@ -243,8 +252,17 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(UpstreamError("protocol", "unexpected protocol switch", received=True))
+            return
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamError("protocol", f"invalid response: {exc}", received=True))
+            too_large = isinstance(exc.__context__, _HeadTooLarge)
+            reason = "response head too large" if too_large else f"invalid response: {exc}"
+            self.fail(UpstreamError("protocol", reason, received=True))
+            return
+        if not self.head_done:
+            # A header still incomplete: the parser keeps buffering it, so bound it here.
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self.fail(UpstreamError("protocol", "response head too large", received=True))
 
     def eof_received(self) -> bool | None:
         self._closed_by_peer(None)
@@ -272,6 +290,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
             return  # trailer fields are not relayed
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise _HeadTooLarge
         name = name.lower()
         if name == b"connection":
             self._listed = self._listed | connection_tokens(value)
@@ -279,6 +300,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status > 599:
+            self.fail(UpstreamError("protocol", f"invalid status {status}", received=True))
+            return
         if status < 200:
             if status == 101:
                 self.fail(UpstreamError("protocol", "unexpected protocol switch", received=True))
