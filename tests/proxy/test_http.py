@@ -390,6 +390,26 @@ async def test_pool_size_bounds_idle_connections(
     assert server.closed_connections == 4
 
 
+async def test_idle_connections_expire_after_the_keepalive_timeout(
+    raw_upstream: RawFactory, make_proxy: MakeProxy
+) -> None:
+    async def script(conn: RawConnection) -> None:
+        while await conn.read_request() is not None:
+            await conn.write(response_bytes(200, b"ok"))
+
+    server = await raw_upstream(script)
+    gateway = await make_proxy([route(server.url)], keepalive_timeout="200ms")
+    await call(gateway, "GET", "/")
+    assert server.closed_connections == 0
+    for _ in range(40):  # idle connections are swept about once a second
+        if server.closed_connections:
+            break
+        await asyncio.sleep(0.05)
+    assert server.closed_connections == 1
+    assert (await call(gateway, "GET", "/")).status == 200
+    assert server.connections == 2
+
+
 async def test_connection_close_from_upstream_is_honoured(
     raw_upstream: RawFactory, make_proxy: MakeProxy
 ) -> None:

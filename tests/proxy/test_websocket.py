@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bastion.proxy import RouteConfig
 from bastion.proxy.websocket import _Session, relayable_close_code
-from proxy.harness import MakeProxy, serve_gateway
+from proxy.harness import MakeProxy, RawConnection, RawUpstream, Script, serve_gateway
+
+RawFactory = Callable[[Script], Awaitable[RawUpstream]]
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def ws_url(base: str, path: str) -> str:
@@ -153,6 +159,33 @@ async def test_oversized_upstream_message_closes_with_1009(
             await ws.recv()
     assert caught.value.rcvd is not None
     assert caught.value.rcvd.code == 1009
+
+
+async def test_upstream_vanishing_closes_the_client_with_1011(
+    raw_upstream: RawFactory, make_proxy: MakeProxy
+) -> None:
+    async def script(conn: RawConnection) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        key = request.header("sec-websocket-key") or ""
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+        await conn.write(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ).encode()
+        )
+        await asyncio.sleep(0.1)
+        conn.reset()
+
+    server = await raw_upstream(script)
+    gateway = await make_proxy([RouteConfig(name="ws", upstream=server.url)])
+    async with serve_gateway(gateway) as front, connect(ws_url(front, "/ws")) as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            await ws.recv()
+    assert caught.value.rcvd is not None
+    assert caught.value.rcvd.code == 1011
+    assert gateway.upstream_errors("ws", "reset") == 1
 
 
 @pytest.mark.parametrize(
