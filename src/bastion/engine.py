@@ -7,6 +7,7 @@ Stages a configuration disables are not in the chain at all.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,9 @@ __all__ = ["Bastion", "BastionApp", "build_pipeline"]
 _log: Any = get_logger("bastion.engine")
 
 Stage = Callable[[ASGIApp], ASGIApp]
+
+_LAZY_START_RETRY = 5.0
+"""Seconds between attempts of a lazy start that failed."""
 
 
 class OwnRoutes:
@@ -177,8 +181,10 @@ class BastionApp:
     """The ASGI application Bastion hands to the server: the pipeline plus lifespan handling.
 
     On ``lifespan.startup`` Bastion starts first, then the wrapped app's own lifespan runs;
-    shut-down happens in reverse. A server that sends no lifespan events gets a lazy start on
-    the first request instead.
+    shut-down happens in reverse, and a start-up failure stops the server from starting. A
+    server that sends no lifespan events gets a lazy start on the first request instead; if that
+    fails, requests are still served (``/_bastion/ready`` reports the failure) and the start is
+    retried at most every few seconds.
     """
 
     def __init__(
@@ -194,6 +200,7 @@ class BastionApp:
         self._inner = inner_lifespan
         self._on_start = on_start
         self._ready = False
+        self._retry_at = 0.0
 
     async def _start(self) -> None:
         await self.engine.startup()
@@ -205,8 +212,12 @@ class BastionApp:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if not self._ready:
-            await self._start()
+        if not self._ready and time.monotonic() >= self._retry_at:
+            try:
+                await self._start()
+            except Exception as exc:
+                self._retry_at = time.monotonic() + _LAZY_START_RETRY
+                _log.error("start-up failed; serving without it", error=str(exc))
         await self.pipeline(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -218,14 +229,16 @@ class BastionApp:
         except Exception as exc:
             _log.error("start-up failed", error=str(exc))
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
+            raise
         inner = _InnerLifespan(self._inner, scope) if self._inner is not None else None
         if inner is not None:
             failure = await inner.startup()
             if failure is not None:
                 await self.engine.shutdown()
                 await send({"type": "lifespan.startup.failed", "message": failure})
-                return
+                # Like Starlette's router: the server learns of the failure from the message and
+                # the exception both (uvicorn then exits without logging it twice).
+                raise RuntimeError(failure)
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         failure = await inner.shutdown() if inner is not None else None

@@ -61,5 +61,5 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger tagged with ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    """A structlog logger tagged with ``logger_name=name``, configured lazily on first use."""
+    return structlog.get_logger(logger_name=name)
