@@ -4,7 +4,6 @@ so it sees the request state and its errors are rendered as in production."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,6 +65,3 @@ def make_echo_app() -> Starlette:
     )
     adopt_error_handling(app)
     return app
-
-
-

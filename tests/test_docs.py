@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_problem_code_documented() -> None:
     text = (ROOT / "docs" / "errors.md").read_text()
-    missing = [code for code, spec in PROBLEMS.items() if f"| `{code}` | {spec.status} |" not in text]
+    missing = [
+        code for code, spec in PROBLEMS.items() if f"| `{code}` | {spec.status} |" not in text
+    ]
     assert not missing, f"docs/errors.md lacks rows for {missing}"
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from problem_assertions import assert_problem
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -30,6 +29,7 @@ from bastion.pipeline.csrf import CsrfStage
 from bastion.pipeline.headers import SecurityHeadersStage
 from bastion.pipeline.request_id import RequestIdStage
 from bastion.store.config import StoreConfig
+from problem_assertions import assert_problem
 
 
 @pytest.fixture
@@ -59,8 +59,11 @@ def starlette_app(events: list[str] | None = None) -> Starlette:
             events.append("app-shutdown")
 
     return Starlette(
-        routes=[Route("/hello", hello), Route("/echo", echo, methods=["POST"]),
-                Route("/fail", fail)],
+        routes=[
+            Route("/hello", hello),
+            Route("/echo", echo, methods=["POST"]),
+            Route("/fail", fail),
+        ],
         lifespan=lifespan,
     )
 
@@ -78,8 +81,14 @@ def chain(app: Any) -> list[str]:
 def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
     app = Bastion(Settings(store=store)).wrap(starlette_app())
     assert chain(app) == [
-        "RequestIdStage", "SecurityHeadersStage", "ErrorStage", "ProbeStage", "SheddingStage",
-        "LimitsStage", "CompressionStage", "OwnRoutes",
+        "RequestIdStage",
+        "SecurityHeadersStage",
+        "ErrorStage",
+        "ProbeStage",
+        "SheddingStage",
+        "LimitsStage",
+        "CompressionStage",
+        "OwnRoutes",
     ]
     everything = Settings(
         store=store,
@@ -97,25 +106,45 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
 @pytest.mark.parametrize(
     ("id_", "settings", "request_args", "status", "code"),
     [
-        ("413", {"limits": LimitsConfig(max_body_bytes=10)},
-         ("POST", "/echo", {"content": b"x" * 100}), 413, "payload_too_large"),
-        ("414", {"limits": LimitsConfig(max_url_bytes=64)},
-         ("GET", "/hello?" + "q" * 100, {}), 414, "uri_too_long"),
-        ("431", {"limits": LimitsConfig(max_header_bytes=256)},
-         ("GET", "/hello", {"headers": {"x-pad": "p" * 300}}), 431, "request_header_too_large"),
+        (
+            "413",
+            {"limits": LimitsConfig(max_body_bytes=10)},
+            ("POST", "/echo", {"content": b"x" * 100}),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "414",
+            {"limits": LimitsConfig(max_url_bytes=64)},
+            ("GET", "/hello?" + "q" * 100, {}),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "431",
+            {"limits": LimitsConfig(max_header_bytes=256)},
+            ("GET", "/hello", {"headers": {"x-pad": "p" * 300}}),
+            431,
+            "request_header_too_large",
+        ),
         ("app-raised", {}, ("GET", "/fail", {}), 504, "upstream_timeout"),
         ("own-prefix", {}, ("GET", "/_bastion/nothing", {}), 404, "not_found"),
     ],
 )
 def test_bastion_errors_carry_headers_and_request_id(
-    store: StoreConfig, id_: str, settings: dict[str, Any], request_args: tuple[str, str, dict],  # type: ignore[type-arg]
-    status: int, code: str,
+    store: StoreConfig,
+    id_: str,
+    settings: dict[str, Any],
+    request_args: tuple[str, str, dict],  # type: ignore[type-arg]
+    status: int,
+    code: str,
 ) -> None:
     app = Bastion(Settings(store=store, **settings)).wrap(starlette_app())
     method, url, kwargs = request_args
     with TestClient(app) as client:
-        response = client.request(method, url, headers={"X-Request-ID": "order-1",
-                                                        **kwargs.pop("headers", {})}, **kwargs)
+        response = client.request(
+            method, url, headers={"X-Request-ID": "order-1", **kwargs.pop("headers", {})}, **kwargs
+        )
     data = assert_problem(response, status, code)
     assert data["request_id"] == "order-1"
     assert response.headers["x-content-type-options"] == "nosniff"
@@ -134,8 +163,9 @@ async def test_shed_response_carries_headers(store: StoreConfig) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
 
-    engine = Bastion(Settings(store=store, shedding=SheddingConfig(max_inflight=1,
-                                                                   queue_timeout=0)))
+    engine = Bastion(
+        Settings(store=store, shedding=SheddingConfig(max_inflight=1, queue_timeout=0))
+    )
     app = engine.wrap(slow)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -177,8 +207,9 @@ async def test_lazy_start_without_lifespan(tmp_path: Path, store: StoreConfig) -
 async def test_failing_store_reports_not_ready_and_requests_still_served() -> None:
     import httpx
 
-    settings = Settings(store=StoreConfig(
-        database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none", timeout=0.5))
+    settings = Settings(
+        store=StoreConfig(database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none", timeout=0.5)
+    )
     engine = Bastion(settings)
     transport = httpx.ASGITransport(app=engine.wrap(starlette_app()))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

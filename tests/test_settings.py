@@ -39,7 +39,9 @@ def test_zero_config_defaults() -> None:
 
 
 def test_file_env_and_kwargs_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, "[server]\nport = 9000\nhost = '0.0.0.0'\n[shedding]\nmax_inflight = 5\n")
+    path = write(
+        tmp_path, "[server]\nport = 9000\nhost = '0.0.0.0'\n[shedding]\nmax_inflight = 5\n"
+    )
     monkeypatch.setenv("BASTION_SERVER__PORT", "9100")
     s = Settings.from_file(path)
     assert (s.server.host, s.server.port, s.shedding.max_inflight) == ("0.0.0.0", 9100, 5)
@@ -63,11 +65,17 @@ def test_env_lists_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ("[server]\nprot = 1\n", "server.prot", "unknown key"),
         ("[sever]\nport = 1\n", "sever", "unknown key"),
         ("[limits]\nmax_body_bytes = '10 parsecs'\n", "limits.max_body_bytes", "invalid size"),
-        ("[shedding]\nqueue_timeout = '5 fortnights'\n", "shedding.queue_timeout",
-         "invalid duration"),
+        (
+            "[shedding]\nqueue_timeout = '5 fortnights'\n",
+            "shedding.queue_timeout",
+            "invalid duration",
+        ),
         ("[shedding]\nmax_inflight = 0\n", "shedding.max_inflight", "greater than or equal"),
-        ("[client_ip]\ntrusted_proxies = ['10.0.0.0/33']\n", "client_ip.trusted_proxies.0",
-         "invalid IP network"),
+        (
+            "[client_ip]\ntrusted_proxies = ['10.0.0.0/33']\n",
+            "client_ip.trusted_proxies.0",
+            "invalid IP network",
+        ),
         ("[[routes]]\nprefix = 'api'\nupstream = 'http://x'\n", "routes.0.prefix", "starts with"),
         ("[[routes]]\nupstream = 'ftp://x'\n", "routes.0.upstream", "http://"),
         ("[store]\ndatabase_url = 'mysql://x'\n", "store.database_url", "sqlite+aiosqlite"),
@@ -133,8 +141,15 @@ def test_with_upstream_and_updates() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30), ("15m", 900), ("1h", 3600), ("7d", 604800), (2, 2.0),
-     ("1.5s", 1.5)],
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("15m", 900),
+        ("1h", 3600),
+        ("7d", 604800),
+        (2, 2.0),
+        ("1.5s", 1.5),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -142,7 +157,7 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "5", "5 sec", "-1s", "1w", True, None, "s"])
 def test_bad_durations(text: object) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 
@@ -156,7 +171,7 @@ def test_sizes(text: str | int, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "1.5MiB", "MiB", "-5", "ten", False, 1.5])
 def test_bad_sizes(text: object) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="size"):
         parse_byte_size(text)
 
 

@@ -25,8 +25,9 @@ __all__ = ["render_markdown", "render_toml"]
 _EXAMPLES: dict[str, list[BaseModel]] = {
     "routes": [RouteConfig(name="api", prefix="/api", upstream="http://127.0.0.1:9000")],
     "limits.body": [
-        BodyLimitRule(path="/uploads/**", content_types=["multipart/form-data"],
-                      max_bytes=100 * 1024 * 1024)
+        BodyLimitRule(
+            path="/uploads/**", content_types=["multipart/form-data"], max_bytes=100 * 1024 * 1024
+        )
     ],
 }
 
@@ -153,7 +154,9 @@ def _md_rows(cls: type[BaseModel], model: BaseModel | None, path: str) -> Iterat
         yield f"| `{name}` | {default} | {description} |"
 
 
-def _md_section(cls: type[BaseModel], model: BaseModel | None, path: str, title: str) -> Iterator[str]:
+def _md_section(
+    cls: type[BaseModel], model: BaseModel | None, path: str, title: str
+) -> Iterator[str]:
     yield ""
     yield f"## `{title}`"
     yield ""

@@ -24,51 +24,97 @@ def h(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
 XFF_CASES = [
     # id, peer, headers, expected client
     ("untrusted-peer-spoofs-xff", "203.0.113.7", h(("x-forwarded-for", "1.2.3.4")), "203.0.113.7"),
-    ("untrusted-peer-spoofs-forwarded", "203.0.113.7", h(("forwarded", "for=1.2.3.4")),
-     "203.0.113.7"),
+    (
+        "untrusted-peer-spoofs-forwarded",
+        "203.0.113.7",
+        h(("forwarded", "for=1.2.3.4")),
+        "203.0.113.7",
+    ),
     ("trusted-peer-honoured", "10.0.0.1", h(("x-forwarded-for", "198.51.100.2")), "198.51.100.2"),
-    ("chain-rightmost-untrusted-wins", "10.0.0.1",
-     h(("x-forwarded-for", "6.6.6.6, 198.51.100.2, 10.0.0.5")), "198.51.100.2"),
-    ("client-prepends-fake-hop", "10.0.0.1",
-     h(("x-forwarded-for", "10.9.9.9, 198.51.100.2")), "198.51.100.2"),
+    (
+        "chain-rightmost-untrusted-wins",
+        "10.0.0.1",
+        h(("x-forwarded-for", "6.6.6.6, 198.51.100.2, 10.0.0.5")),
+        "198.51.100.2",
+    ),
+    (
+        "client-prepends-fake-hop",
+        "10.0.0.1",
+        h(("x-forwarded-for", "10.9.9.9, 198.51.100.2")),
+        "198.51.100.2",
+    ),
     ("all-trusted-leftmost", "10.0.0.1", h(("x-forwarded-for", "10.0.0.7, 10.0.0.5")), "10.0.0.7"),
-    ("malformed-hop-stops-walk", "10.0.0.1",
-     h(("x-forwarded-for", "198.51.100.2, not-an-ip")), "10.0.0.1"),
-    ("malformed-behind-trusted", "10.0.0.1",
-     h(("x-forwarded-for", "garbage, 10.0.0.5")), "10.0.0.5"),
+    (
+        "malformed-hop-stops-walk",
+        "10.0.0.1",
+        h(("x-forwarded-for", "198.51.100.2, not-an-ip")),
+        "10.0.0.1",
+    ),
+    (
+        "malformed-behind-trusted",
+        "10.0.0.1",
+        h(("x-forwarded-for", "garbage, 10.0.0.5")),
+        "10.0.0.5",
+    ),
     ("empty-xff", "10.0.0.1", h(("x-forwarded-for", "")), "10.0.0.1"),
     ("xff-with-port", "10.0.0.1", h(("x-forwarded-for", "198.51.100.2:4711")), "198.51.100.2"),
-    ("xff-ipv6-bracketed-port", "10.0.0.1", h(("x-forwarded-for", "[2001:db8::1]:80")),
-     "2001:db8::1"),
+    (
+        "xff-ipv6-bracketed-port",
+        "10.0.0.1",
+        h(("x-forwarded-for", "[2001:db8::1]:80")),
+        "2001:db8::1",
+    ),
     ("xff-ipv6-normalised", "10.0.0.1", h(("x-forwarded-for", "2001:0DB8:0:0::1")), "2001:db8::1"),
-    ("xff-ipv4-mapped", "10.0.0.1", h(("x-forwarded-for", "::ffff:198.51.100.2")),
-     "198.51.100.2"),
-    ("xff-multiple-lines-joined", "10.0.0.1",
-     h(("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.3")), "198.51.100.3"),
+    ("xff-ipv4-mapped", "10.0.0.1", h(("x-forwarded-for", "::ffff:198.51.100.2")), "198.51.100.2"),
+    (
+        "xff-multiple-lines-joined",
+        "10.0.0.1",
+        h(("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.3")),
+        "198.51.100.3",
+    ),
     ("xff-overlong-number", "10.0.0.1", h(("x-forwarded-for", "1.2.3.4444")), "10.0.0.1"),
     ("xff-octal-looking", "10.0.0.1", h(("x-forwarded-for", "010.0.0.1")), "10.0.0.1"),
     ("trusted-ipv6-peer", "fd00::1", h(("x-forwarded-for", "198.51.100.9")), "198.51.100.9"),
     ("ipv6-peer-normalised", "2001:DB8::0:1", [], "2001:db8::1"),
-    ("mapped-peer-trusted", "::ffff:10.0.0.1", h(("x-forwarded-for", "198.51.100.2")),
-     "198.51.100.2"),
+    (
+        "mapped-peer-trusted",
+        "::ffff:10.0.0.1",
+        h(("x-forwarded-for", "198.51.100.2")),
+        "198.51.100.2",
+    ),
 ]
 
 FORWARDED_CASES = [
     ("simple", "10.0.0.1", h(("forwarded", "for=198.51.100.2")), "198.51.100.2"),
-    ("quoted-ipv6", "10.0.0.1", h(("forwarded", 'for="[2001:db8:cafe::17]:4711"')),
-     "2001:db8:cafe::17"),
+    (
+        "quoted-ipv6",
+        "10.0.0.1",
+        h(("forwarded", 'for="[2001:db8:cafe::17]:4711"')),
+        "2001:db8:cafe::17",
+    ),
     ("case-insensitive-param", "10.0.0.1", h(("forwarded", "For=198.51.100.2")), "198.51.100.2"),
-    ("chain", "10.0.0.1", h(("forwarded", "for=6.6.6.6, for=198.51.100.2;proto=https")),
-     "198.51.100.2"),
-    ("obfuscated-stops", "10.0.0.1", h(("forwarded", "for=198.51.100.2, for=_hidden")),
-     "10.0.0.1"),
+    (
+        "chain",
+        "10.0.0.1",
+        h(("forwarded", "for=6.6.6.6, for=198.51.100.2;proto=https")),
+        "198.51.100.2",
+    ),
+    ("obfuscated-stops", "10.0.0.1", h(("forwarded", "for=198.51.100.2, for=_hidden")), "10.0.0.1"),
     ("unknown-stops", "10.0.0.1", h(("forwarded", "for=unknown")), "10.0.0.1"),
-    ("comma-in-quotes", "10.0.0.1", h(("forwarded", 'for="198.51.100.2";host="a,b"')),
-     "198.51.100.2"),
+    (
+        "comma-in-quotes",
+        "10.0.0.1",
+        h(("forwarded", 'for="198.51.100.2";host="a,b"')),
+        "198.51.100.2",
+    ),
     ("unquoted-ipv6-invalid", "10.0.0.1", h(("forwarded", "for=[2001:db8::1]:80x")), "10.0.0.1"),
     ("missing-for", "10.0.0.1", h(("forwarded", "proto=https")), "10.0.0.1"),
-    ("forwarded-preferred-over-xff", "10.0.0.1",
-     h(("forwarded", "for=198.51.100.2"), ("x-forwarded-for", "6.6.6.6")), "198.51.100.2"),
+    (
+        "forwarded-preferred-over-xff",
+        "10.0.0.1",
+        h(("forwarded", "for=198.51.100.2"), ("x-forwarded-for", "6.6.6.6")),
+        "198.51.100.2",
+    ),
     ("garbage-pair", "10.0.0.1", h(("forwarded", "for")), "10.0.0.1"),
 ]
 
@@ -100,7 +146,9 @@ def test_no_trusted_proxies_means_peer_always() -> None:
         ("10.0.0.1", h(("forwarded", "for=1.2.3.4;proto=javascript")), "http"),
     ],
 )
-def test_scheme_only_from_trusted(peer: str, headers: list[tuple[bytes, bytes]], scheme: str) -> None:
+def test_scheme_only_from_trusted(
+    peer: str, headers: list[tuple[bytes, bytes]], scheme: str
+) -> None:
     assert resolver().resolve(peer, "http", headers).scheme == scheme
 
 

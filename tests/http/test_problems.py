@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from problem_assertions import assert_problem_body
 
 from bastion.http.problems import PROBLEMS, BastionError, problem_body, problem_headers, register
+from problem_assertions import assert_problem_body
 
 
 @pytest.mark.parametrize("code", sorted(PROBLEMS))

@@ -44,7 +44,8 @@ ROUTES = table(
 )
 def test_most_specific_route(path: str, host: str | None, expected: str) -> None:
     route = ROUTES.match(path, host)
-    assert route is not None and route.name == expected
+    assert route is not None
+    assert route.name == expected
 
 
 def test_no_match() -> None:

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import uvicorn
-from problem_assertions import assert_problem_body
 
 from bastion.http.asgi import Receive, Scope, Send
 from bastion.http.server import ServerConfig
+from problem_assertions import assert_problem_body
 
 
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -31,8 +31,13 @@ def free_port() -> int:
 async def server() -> AsyncIterator[int]:
     port = free_port()
     config = ServerConfig(
-        hello, host="127.0.0.1", port=port, lifespan="off", log_level="critical",
-        max_header_bytes=2048, max_url_bytes=512,
+        hello,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_level="critical",
+        max_header_bytes=2048,
+        max_url_bytes=512,
     )
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
@@ -72,20 +77,39 @@ def parse(response: bytes) -> tuple[int, dict[str, str], bytes]:
     ("id_", "raw", "status", "code"),
     [
         ("garbage", b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
-        ("bad-header-name", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n", 400,
-         "bad_request"),
+        (
+            "bad-header-name",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n",
+            400,
+            "bad_request",
+        ),
         ("long-url", b"GET /" + b"a" * 600 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
-        ("big-header", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 4000 + b"\r\n\r\n", 431,
-         "request_header_too_large"),
-        ("many-headers", b"GET / HTTP/1.1\r\nHost: x\r\n"
-         + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(60)) + b"\r\n", 431,
-         "request_header_too_large"),
-        ("conflicting-lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad_request"),
+        (
+            "big-header",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 4000 + b"\r\n\r\n",
+            431,
+            "request_header_too_large",
+        ),
+        (
+            "many-headers",
+            b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 50) for i in range(60))
+            + b"\r\n",
+            431,
+            "request_header_too_large",
+        ),
+        (
+            "conflicting-lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "bad_request",
+        ),
     ],
 )
-async def test_refusals_are_problems(server: int, id_: str, raw: bytes, status: int,
-                                     code: str) -> None:
+async def test_refusals_are_problems(
+    server: int, id_: str, raw: bytes, status: int, code: str
+) -> None:
     got_status, headers, body = parse(await exchange(server, raw))
     assert got_status == status
     assert headers["content-type"] == "application/problem+json"
@@ -117,8 +141,9 @@ async def test_normal_requests_and_keepalive(server: int) -> None:
 
 async def test_body_bytes_do_not_count_as_head(server: int) -> None:
     body = b"x" * 100_000
-    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(
-        body
-    ) + body
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
     status, _, _ = parse(await exchange(server, raw))
     assert status == 200

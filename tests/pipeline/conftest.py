@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from stage_harness import make_echo_app
 from starlette.applications import Starlette
+
+from stage_harness import make_echo_app
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from stage_harness import around, make_deps
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -17,6 +16,7 @@ from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.config import ClientIpConfig, HeadersConfig
 from bastion.pipeline.headers import SecurityHeadersStage
 from bastion.settings import Settings
+from stage_harness import around, make_deps
 
 
 async def _leaky(request: Request) -> Response:
@@ -107,7 +107,8 @@ def test_csp_nonce_per_request() -> None:
     c = client(config)
     first = c.get("/nonce")
     second = c.get("/nonce")
-    assert first.text and first.text != second.text
+    assert first.text
+    assert first.text != second.text
     assert first.headers["content-security-policy"] == f"script-src 'nonce-{first.text}'"
 
 

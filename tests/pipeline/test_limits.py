@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from stage_harness import around, make_deps
-from problem_assertions import assert_problem
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
@@ -15,6 +13,8 @@ from bastion.pipeline.config import BodyLimitRule, LimitsConfig
 from bastion.pipeline.limits import LimitsStage
 from bastion.proxy.config import RouteConfig
 from bastion.settings import Settings
+from problem_assertions import assert_problem
+from stage_harness import around, make_deps
 
 
 def client(app, config: LimitsConfig, routes: list[RouteConfig] | None = None) -> TestClient:  # type: ignore[no-untyped-def]
@@ -39,19 +39,41 @@ SMALL = LimitsConfig(max_header_bytes=2048, max_url_bytes=256, max_body_bytes=40
     [
         ("url-too-long", {"url": "/hello?q=" + "a" * 300}, 414, "uri_too_long"),
         ("path-too-long", {"url": "/" + "p" * 300}, 414, "uri_too_long"),
-        ("one-huge-header", {"url": "/hello", "headers": {"x-big": "v" * 3000}}, 431,
-         "request_header_too_large"),
-        ("many-headers", {"url": "/hello", "headers": {f"x-h{i}": "v" * 40 for i in range(60)}},
-         431, "request_header_too_large"),
-        ("declared-body-too-large", {"url": "/echo", "method": "POST", "content": b"x" * 5000},
-         413, "payload_too_large"),
-        ("chunked-body-too-large", {"url": "/echo", "method": "POST", "content": chunks(9000)},
-         413, "payload_too_large"),
-        ("bad-content-length", {"url": "/echo", "method": "POST",
-                                "headers": {"content-length": "abc"}}, 400, "bad_request"),
+        (
+            "one-huge-header",
+            {"url": "/hello", "headers": {"x-big": "v" * 3000}},
+            431,
+            "request_header_too_large",
+        ),
+        (
+            "many-headers",
+            {"url": "/hello", "headers": {f"x-h{i}": "v" * 40 for i in range(60)}},
+            431,
+            "request_header_too_large",
+        ),
+        (
+            "declared-body-too-large",
+            {"url": "/echo", "method": "POST", "content": b"x" * 5000},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "chunked-body-too-large",
+            {"url": "/echo", "method": "POST", "content": chunks(9000)},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "bad-content-length",
+            {"url": "/echo", "method": "POST", "headers": {"content-length": "abc"}},
+            400,
+            "bad_request",
+        ),
     ],
 )
-def test_refusals(echo_app: Starlette, id_: str, request_kwargs: dict, status: int, code: str) -> None:  # type: ignore[type-arg]
+def test_refusals(
+    echo_app: Starlette, id_: str, request_kwargs: dict, status: int, code: str
+) -> None:  # type: ignore[type-arg]
     method = request_kwargs.pop("method", "GET")
     response = client(echo_app, SMALL).request(method, **request_kwargs)
     assert_problem(response, status, code)
@@ -71,20 +93,31 @@ def test_413_closes_connection(echo_app: Starlette) -> None:
 def test_body_rules_by_path_and_type(echo_app: Starlette) -> None:
     config = LimitsConfig(
         max_body_bytes=100,
-        body=[BodyLimitRule(path="/echo", content_types=["application/octet-stream"],
-                            max_bytes=10_000)],
+        body=[
+            BodyLimitRule(
+                path="/echo", content_types=["application/octet-stream"], max_bytes=10_000
+            )
+        ],
     )
     c = client(echo_app, config)
     big = b"z" * 5000
-    assert c.post("/echo", content=big,
-                  headers={"content-type": "application/octet-stream"}).status_code == 200
-    assert_problem(c.post("/echo", content=big, headers={"content-type": "text/plain"}), 413,
-                   "payload_too_large")
+    assert (
+        c.post(
+            "/echo", content=big, headers={"content-type": "application/octet-stream"}
+        ).status_code
+        == 200
+    )
+    assert_problem(
+        c.post("/echo", content=big, headers={"content-type": "text/plain"}),
+        413,
+        "payload_too_large",
+    )
 
 
 def test_route_override(echo_app: Starlette) -> None:
-    routes = [RouteConfig(name="up", prefix="/echo", upstream="http://127.0.0.1:1",
-                          max_body_bytes=50_000)]
+    routes = [
+        RouteConfig(name="up", prefix="/echo", upstream="http://127.0.0.1:1", max_body_bytes=50_000)
+    ]
     c = client(echo_app, LimitsConfig(max_body_bytes=100), routes)
     assert c.post("/echo", content=b"q" * 40_000).status_code == 200
 
@@ -122,10 +155,19 @@ async def test_stream_aborted_without_reading_everything() -> None:
         sent.append(message)
 
     app = around(lambda a, d: LimitsStage(a, config=config, deps=d), reader, deps)
-    scope = {"type": "http", "method": "POST", "path": "/up", "raw_path": b"/up",
-             "query_string": b"", "headers": [(b"transfer-encoding", b"chunked")],
-             "client": ("127.0.0.1", 5), "scheme": "http", "state": {}}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/up",
+        "raw_path": b"/up",
+        "query_string": b"",
+        "headers": [(b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 5),
+        "scheme": "http",
+        "state": {},
+    }
     await app(scope, receive, send)
     assert pulled == 11
-    assert reader_error and getattr(reader_error[0], "code", None) == "payload_too_large"
+    assert reader_error
+    assert getattr(reader_error[0], "code", None) == "payload_too_large"
     assert sent[0]["status"] == 413

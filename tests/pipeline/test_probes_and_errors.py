@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from problem_assertions import assert_problem
-from stage_harness import around, make_deps
 from starlette.testclient import TestClient
 
 from bastion.http.asgi import ASGIApp, Receive, Scope, Send
@@ -13,6 +11,8 @@ from bastion.http.problems import BastionError
 from bastion.observe.config import MetricsConfig
 from bastion.pipeline.probes import ProbeStage
 from bastion.settings import Settings
+from problem_assertions import assert_problem
+from stage_harness import around, make_deps
 
 
 def with_peer(app: ASGIApp, peer: str) -> ASGIApp:
@@ -36,8 +36,11 @@ async def terminal(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"terminal"})
 
 
-def probes(checks: dict[str, dict[str, Any]] | None = None, config: MetricsConfig | None = None,
-           peer: str = "127.0.0.1") -> TestClient:
+def probes(
+    checks: dict[str, dict[str, Any]] | None = None,
+    config: MetricsConfig | None = None,
+    peer: str = "127.0.0.1",
+) -> TestClient:
     deps = make_deps(Settings(metrics=config or MetricsConfig()))
 
     async def readiness() -> dict[str, dict[str, Any]]:
@@ -91,7 +94,8 @@ def test_probe_methods() -> None:
     assert_problem(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "GET, HEAD"
     head = probes().head("/_bastion/health")
-    assert head.status_code == 200 and head.content == b""
+    assert head.status_code == 200
+    assert head.content == b""
 
 
 def test_bastion_error_rendered() -> None:
@@ -122,7 +126,8 @@ def test_requests_are_counted() -> None:
 
     app = around(
         lambda a, d: ProbeStage(a, config=MetricsConfig(), deps=d, readiness=readiness),
-        terminal, deps,
+        terminal,
+        deps,
     )
     client = TestClient(with_peer(app, "127.0.0.1"))
     client.get("/x")
@@ -153,8 +158,15 @@ async def test_inflight_gauge_counts_requests_in_progress() -> None:
         async def send(message):  # type: ignore[no-untyped-def]
             return None
 
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "state": {},
-                 "query_string": b"", "client": ("127.0.0.1", 1)}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "headers": [],
+            "state": {},
+            "query_string": b"",
+            "client": ("127.0.0.1", 1),
+        }
         await app(scope, receive, send)
 
     def gauge() -> float:

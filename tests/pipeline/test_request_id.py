@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from stage_harness import around, make_deps
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from bastion.http.asgi import ASGIApp
 from bastion.pipeline.request_id import valid_request_id
+from stage_harness import around, make_deps
 
 
 def client(app: ASGIApp) -> TestClient:

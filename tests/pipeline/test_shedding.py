@@ -5,19 +5,27 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from stage_harness import around, make_deps
-from problem_assertions import assert_problem_body
 
 from bastion.http.asgi import Message, Receive, Scope, Send
 from bastion.pipeline.config import SheddingConfig
 from bastion.pipeline.shedding import SheddingStage
 from bastion.settings import Settings
+from problem_assertions import assert_problem_body
+from stage_harness import around, make_deps
 
 
 def http_scope() -> Scope:
-    return {"type": "http", "method": "GET", "path": "/work", "raw_path": b"/work",
-            "query_string": b"", "headers": [], "client": ("127.0.0.1", 9), "scheme": "http",
-            "state": {}}
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": "/work",
+        "raw_path": b"/work",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 9),
+        "scheme": "http",
+        "state": {},
+    }
 
 
 class Gate:
@@ -34,7 +42,9 @@ class Gate:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def call(app, ) -> list[Message]:  # type: ignore[no-untyped-def]
+async def call(
+    app,
+) -> list[Message]:  # type: ignore[no-untyped-def]
     sent: list[Message] = []
 
     async def receive() -> Message:
