@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import typer
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from bastion.cli.common import EXIT_CONFIG, ConfigOption, fail, load_settings
 from bastion.engine import Bastion
@@ -102,9 +103,7 @@ def run_gateway(
             **common,
         )
         sock = config_obj.bind_socket()
-        uvicorn.supervisors.Multiprocess(
-            config_obj, target=uvicorn.Server(config_obj).run, sockets=[sock]
-        ).run()
+        Multiprocess(config_obj, sockets=[sock]).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

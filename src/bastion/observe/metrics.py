@@ -119,6 +119,8 @@ class Metrics:
         """The Prometheus text format of every series (all workers in multiprocess mode)."""
         if self.multiprocess_dir:
             registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            prom_multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                registry, path=self.multiprocess_dir
+            )
             return generate_latest(registry)
         return generate_latest(self.registry)

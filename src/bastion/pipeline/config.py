@@ -35,14 +35,19 @@ class RequestIdConfig(ConfigModel):
     """Accept a client's id when it is 1-128 characters of ``[A-Za-z0-9._-]``; else generate."""
 
 
+ForwardingHeader = Literal["x-forwarded-for", "forwarded"]
+
+
+def _default_forwarding_headers() -> list[ForwardingHeader]:
+    return ["forwarded", "x-forwarded-for"]
+
+
 class ClientIpConfig(ConfigModel):
     """``[client_ip]``: which peers may tell Bastion the original client address."""
 
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     """Networks whose forwarding headers are believed. Default none: the peer is the client."""
-    headers: list[Literal["x-forwarded-for", "forwarded"]] = Field(
-        default_factory=lambda: ["forwarded", "x-forwarded-for"]
-    )
+    headers: list[ForwardingHeader] = Field(default_factory=_default_forwarding_headers)
     """Forwarding headers read from trusted peers, first present wins."""
 
 
