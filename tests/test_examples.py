@@ -7,8 +7,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from problem_assertions import assert_problem
 from starlette.testclient import TestClient
+
+from problem_assertions import assert_problem
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
