@@ -129,6 +129,27 @@ async def test_prefix_is_stripped_and_base_path_prepended(
     assert (await call(gateway, "GET", "/keep/inspect")).json()["raw_path"] == "/keep/inspect"
 
 
+async def test_ipv6_upstream(make_proxy: MakeProxy) -> None:
+    seen: list[str | None] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await RawConnection(reader, writer, 1).read_request()
+        seen.append(request.header("host") if request else None)
+        writer.write(response_bytes(200, b"v6"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gateway = await make_proxy([route(f"http://[::1]:{port}")])
+        assert (await call(gateway, "GET", "/")).body == b"v6"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [f"[::1]:{port}"]
+
+
 async def test_no_route_is_not_found(upstream: str, make_proxy: MakeProxy) -> None:
     gateway = await make_proxy([route(upstream, prefix="/api")])
     with pytest.raises(BastionError) as caught:
