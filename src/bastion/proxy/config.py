@@ -78,6 +78,9 @@ class ProxyConfig(ConfigModel):
     """Idle keep-alive connections kept per upstream."""
     keepalive_timeout: Duration = 30.0
     """Idle connections older than this are closed."""
+    upstream_ca_file: str | None = None
+    """PEM file of certificate authorities trusted for ``https://`` upstreams (an internal CA);
+    default: the system's trust store. Certificates and host names are always verified."""
     websocket_max_message: ByteSize = 1024 * 1024
     """Largest WebSocket message relayed; larger ones close the socket with 1009."""
     websocket_max_queue: int = Field(default=32, ge=1)

@@ -64,12 +64,13 @@ class Proxy:
             pool_size=config.pool_size,
             keepalive_timeout=config.keepalive_timeout,
             tick=_tick_interval(read_timeouts),
+            ca_file=config.upstream_ca_file,
         )
         self._targets: dict[str, UpstreamTarget] = {}
         for route in deps.routes:
             self._targets[route.name] = self._target(route)
         self._http = HttpForwarder(deps.metrics)
-        self._websocket = WebSocketRelay(config=config, metrics=deps.metrics)
+        self._websocket = WebSocketRelay(config=config, metrics=deps.metrics, client=self._client)
 
     def _target(self, route: Route) -> UpstreamTarget:
         return UpstreamTarget(

@@ -137,19 +137,30 @@ class UpstreamClient:
     """
 
     __slots__ = (
+        "_ca_file",
         "_handle",
         "_last_sweep",
         "_loop",
         "_pools",
         "_tick",
+        "_tls",
         "busy",
         "closed",
         "keepalive_timeout",
         "pool_size",
     )
 
-    def __init__(self, *, pool_size: int, keepalive_timeout: float, tick: float) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        keepalive_timeout: float,
+        tick: float,
+        ca_file: str | None = None,
+    ) -> None:
         self.pool_size = pool_size
+        self._ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
         self.keepalive_timeout = keepalive_timeout
         self._tick = tick
         self._pools: dict[tuple[str, str, int], ConnectionPool] = {}
@@ -165,12 +176,21 @@ class UpstreamClient:
             raise RuntimeError("the upstream client is not started")
         return self._loop
 
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        """The client TLS context for ``https://`` upstreams (verifying, HTTP/1.1 by ALPN)."""
+        if self._tls is None:
+            context = ssl.create_default_context(cafile=self._ca_file)
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls = context
+        return self._tls
+
     def pool(self, scheme: str, host: str, port: int) -> ConnectionPool:
         """The pool of one origin (shared by every route pointing at it)."""
         key = (scheme, host, port)
         pool = self._pools.get(key)
         if pool is None:
-            context = ssl.create_default_context() if scheme == "https" else None
+            context = self.tls_context if scheme == "https" else None
             pool = self._pools[key] = ConnectionPool(self, host, port, context)
         return pool
 

@@ -28,6 +28,7 @@ from bastion.http.state import RequestState
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.proxy.config import ProxyConfig
+from bastion.proxy.pool import UpstreamClient
 from bastion.proxy.upstream import UpstreamTarget
 
 __all__ = ["WebSocketRelay", "relayable_close_code"]
@@ -72,10 +73,11 @@ _Item = str | bytes | _Close
 class WebSocketRelay:
     """Proxies WebSocket scopes; owns the aiohttp session used for upstream WebSockets."""
 
-    __slots__ = ("_config", "_heartbeat", "_metrics", "_session")
+    __slots__ = ("_client", "_config", "_heartbeat", "_metrics", "_session")
 
-    def __init__(self, *, config: ProxyConfig, metrics: Metrics) -> None:
+    def __init__(self, *, config: ProxyConfig, metrics: Metrics, client: UpstreamClient) -> None:
         self._config = config
+        self._client = client
         self._metrics = metrics
         self._heartbeat = config.websocket_heartbeat or None
         self._session: aiohttp.ClientSession | None = None
@@ -114,6 +116,7 @@ class WebSocketRelay:
         rewritten = target.websocket_headers.rewrite(scope, state)
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in rewritten.headers]
         url = URL(target.websocket_url(scope), encoded=True)
+        tls = self._client.tls_context if url.scheme == "wss" else None
         try:
             async with asyncio.timeout(target.connect_timeout + target.read_timeout or None):
                 ws = await session.ws_connect(
@@ -126,6 +129,7 @@ class WebSocketRelay:
                     max_msg_size=self._config.websocket_max_message,
                     timeout=aiohttp.ClientWSTimeout(ws_close=_CLOSE_TIMEOUT),
                     compress=0,
+                    ssl=tls if tls is not None else True,
                 )
         except aiohttp.WSServerHandshakeError as exc:
             raise self._refused(target, "protocol", f"upgrade refused: {exc.status}") from None
