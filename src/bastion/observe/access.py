@@ -7,7 +7,7 @@ from typing import Any
 
 from bastion.http.asgi import Scope
 from bastion.http.state import RequestState
-from bastion.observe.logging import get_logger
+from bastion.observe.logging import access_output, get_logger
 from bastion.observe.metrics import Metrics
 
 __all__ = ["RequestObserver"]
@@ -31,17 +31,26 @@ class RequestObserver:
         route = state.route.name if state.route is not None else "_none"
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         self._metrics.observe_request(route, method, status, duration)
-        if self._log_enabled:
-            self._log.info(
-                "request",
-                request_id=state.request_id,
-                client_ip=state.client_ip,
-                method=method,
-                route=route,
-                path=scope["path"],
-                status=status,
-                duration_ms=round(duration * 1000, 3),
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                user=state.user,
-            )
+        if not self._log_enabled:
+            return
+        fields = {
+            "request_id": state.request_id,
+            "client_ip": state.client_ip,
+            "method": method,
+            "route": route,
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "user": state.user,
+        }
+        output = access_output()
+        if output is None:
+            self._log.info("request", **fields)
+            return
+        fields["event"] = "request"
+        fields["level"] = "info"
+        fields["logger_name"] = "bastion.access"
+        fields["timestamp"] = output.timestamp()
+        output.write(fields)

@@ -2,13 +2,22 @@
 
 The request id is bound in a context variable for the duration of each request, so every line
 logged while serving it — Bastion's own and the wrapped app's structlog calls — carries it.
+
+The access log writes one line per request, so in JSON mode it skips structlog's processor chain
+(a third of the whole pipeline's budget, measured) and renders the same line shape directly:
+orjson, a timestamp formatted once per second, and a buffered stream flushed within a second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
-from typing import Any
+import time
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -16,7 +25,10 @@ from structlog.typing import EventDict, WrappedLogger
 
 from bastion.observe.config import LoggingConfig
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["REQUEST_ID", "JsonLines", "access_output", "configure_logging", "get_logger"]
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("bastion_request_id", default=None)
+"""The id of the request being served; added to every structlog line logged meanwhile."""
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -30,19 +42,79 @@ def _render_json(_: WrappedLogger, __: str, event: EventDict) -> bytes:
     return orjson.dumps(event, default=str)
 
 
+def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
+_FLUSH_AFTER = 1.0
+"""Seconds a buffered access-log line may wait before it is flushed."""
+
+
+class JsonLines:
+    """Appends JSON lines to a binary stream without flushing each one; a flush follows within
+    a second of the first unflushed line (and on every structlog line, which flushes itself)."""
+
+    __slots__ = ("_flush_scheduled", "_second", "_stamp", "_stream")
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._second = -1
+        self._stamp = ""
+        self._flush_scheduled = False
+
+    def timestamp(self) -> str:
+        """UTC ISO-8601 with microseconds, as structlog's ``TimeStamper(fmt="iso")`` writes it."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f"{self._stamp}{int((now - second) * 1_000_000):06d}Z"
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._stream.write(orjson.dumps(record, default=str) + b"\n")
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_later(_FLUSH_AFTER, self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        # A stream that went away (closed pipe, shut-down) leaves nothing to save.
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
+_access_output: JsonLines | None = None
+
+
+def access_output() -> JsonLines | None:
+    """The fast JSON-lines writer in JSON mode; ``None`` in console mode (use structlog)."""
+    return _access_output
+
+
 def configure_logging(config: LoggingConfig, log_format: str | None = None) -> None:
     """Configure structlog (and the standard library's root logger) for this process."""
+    global _access_output
     fmt = log_format or config.format
     level = _LEVELS[config.level]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
         processors = [*shared, structlog.processors.format_exc_info, _render_json]
         factory: Any = structlog.BytesLoggerFactory(sys.stdout.buffer)
+        _access_output = JsonLines(sys.stdout.buffer) if level <= logging.INFO else None
     else:
+        _access_output = None
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(

@@ -17,6 +17,8 @@ from bastion.pipeline.config import LimitsConfig
 
 __all__ = ["LimitsStage"]
 
+_HTTP1 = frozenset({"1.0", "1.1"})
+
 
 def _media_type(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
@@ -66,6 +68,7 @@ class LimitsStage:
         headers = scope["headers"]
         size = 0
         declared: int | None = None
+        chunked = False
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"content-length":
@@ -73,11 +76,16 @@ class LimitsStage:
                     declared = int(value)
                 except ValueError:
                     raise BastionError("bad_request", "Invalid Content-Length") from None
+            elif name == b"transfer-encoding":
+                chunked = True
         if size > self._max_header:
             raise BastionError(
                 "request_header_too_large", f"The header block exceeds {self._max_header} bytes"
             )
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            # HTTP/1.x framing: without Content-Length or Transfer-Encoding there is no body.
+            declared is None and not chunked and scope.get("http_version", "1.1") in _HTTP1
+        ):
             await self.app(scope, receive, send)
             return
         limit = self._body_limit(scope, headers)

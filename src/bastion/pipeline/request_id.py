@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import time
 
-import structlog
-
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.client_ip import ClientIpResolver
 from bastion.http.routes import request_host
 from bastion.http.state import RequestState
 from bastion.observe.access import RequestObserver
+from bastion.observe.logging import REQUEST_ID
 from bastion.pipeline.config import RequestIdConfig
 
 __all__ = ["RequestIdStage", "valid_request_id"]
@@ -25,6 +24,7 @@ __all__ = ["RequestIdStage", "valid_request_id"]
 _START_MESSAGES = frozenset(
     {"http.response.start", "websocket.accept", "websocket.http.response.start"}
 )
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 _ALLOWED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
@@ -50,14 +50,17 @@ class RequestIdStage:
         self._observer = observer
         self._metrics = deps.metrics
 
-    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> str:
-        if self._trust:
-            for name, value in headers:
-                if name == self._header:
-                    if valid_request_id(value):
-                        return value.decode("ascii")
-                    break
-        return os.urandom(16).hex()
+    def _scan(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
+        """The request id to use, and whether the request has a body (one pass over headers)."""
+        request_id = None
+        has_body = False
+        for name, value in headers:
+            if name == self._header:
+                if request_id is None and self._trust and valid_request_id(value):
+                    request_id = value.decode("ascii")
+            elif name in _BODY_HEADERS:
+                has_body = True
+        return request_id or os.urandom(16).hex(), has_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -65,7 +68,7 @@ class RequestIdStage:
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        request_id = self._request_id(headers)
+        request_id, has_body = self._scan(headers)
         client = scope.get("client")
         peer, _ = self._peers.peer(client[0] if client else None)
         state = RequestState(request_id, time.perf_counter(), peer, scope.get("scheme", "http"))
@@ -101,10 +104,10 @@ class RequestIdStage:
             await send(message)
 
         self._metrics.begin_request()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        token = REQUEST_ID.set(request_id)
         try:
-            await self.app(scope, counting_receive, send_with_id)
+            await self.app(scope, counting_receive if has_body else receive, send_with_id)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            REQUEST_ID.reset(token)
             state.status = status
             self._observer.finish(scope, state, status, bytes_in, bytes_out)
