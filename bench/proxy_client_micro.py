@@ -131,7 +131,7 @@ async def main(requests: int, concurrency: int) -> None:
         deps = Deps(settings=Settings(), metrics=Metrics(), routes=routes, prefix="/_bastion")
         proxy = Proxy(config=ProxyConfig(), deps=deps)
         await proxy.start()
-        rewriter = proxy._targets[route.name].http_headers
+        rewriter = proxy.target(route).http_headers
 
         async def lean() -> int:
             status = 0

@@ -68,19 +68,24 @@ class Proxy:
         )
         self._targets: dict[str, UpstreamTarget] = {}
         for route in deps.routes:
-            self._targets[route.name] = self._target(route)
+            self.target(route)
         self._http = HttpForwarder(deps.metrics)
         self._websocket = WebSocketRelay(config=config, metrics=deps.metrics, client=self._client)
 
-    def _target(self, route: Route) -> UpstreamTarget:
-        return UpstreamTarget(
-            route,
-            client=self._client,
-            connect_timeout=self._config.connect_timeout,
-            read_timeout=self._config.read_timeout,
-            request_id_header=self._request_id_header,
-            resolver=self._resolver,
-        )
+    def target(self, route: Route) -> UpstreamTarget:
+        """The prepared upstream of ``route`` (built on first use for a route not configured at
+        start, e.g. one a caller constructed itself)."""
+        target = self._targets.get(route.name)
+        if target is None or target.route is not route:
+            target = self._targets[route.name] = UpstreamTarget(
+                route,
+                client=self._client,
+                connect_timeout=self._config.connect_timeout,
+                read_timeout=self._config.read_timeout,
+                request_id_header=self._request_id_header,
+                resolver=self._resolver,
+            )
+        return target
 
     @property
     def client(self) -> UpstreamClient:
@@ -106,7 +111,7 @@ class Proxy:
             raise BastionError("not_found", "No route for this path")
         target = self._targets.get(route.name)
         if target is None or target.route is not route:
-            target = self._targets[route.name] = self._target(route)
+            target = self.target(route)
         kind = scope["type"]
         if kind == "http":
             return self._http(scope, receive, send, state, target)
