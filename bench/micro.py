@@ -55,7 +55,7 @@ from bastion.pipeline.request_id import RequestIdStage
 from bastion.pipeline.shedding import SheddingStage
 from bench.apps import PATH, bastion_toml, raw_hello
 
-__all__ = ["MicroCase", "MicroResult", "request_scope", "run_micro"]
+__all__ = ["MicroCase", "MicroResult", "pipeline_chain", "request_scope", "run_micro"]
 
 _REQUEST_HEADERS = [
     (b"host", b"127.0.0.1:8000"),
@@ -109,6 +109,8 @@ class MicroResult:
     iterations: int
     batches: int
     cases: list[MicroCase]
+    chain: list[str] = field(default_factory=list)
+    """Class names of the default pipeline, outermost first, as the engine built it."""
 
     def case(self, name: str) -> MicroCase:
         for item in self.cases:
@@ -133,7 +135,12 @@ class MicroResult:
     def from_json(cls, data: dict[str, Any]) -> MicroResult:
         fields = ("name", "group", "baseline", "config", "ns_batches")
         cases = [MicroCase(**{k: c[k] for k in fields}) for c in data["cases"]]
-        return cls(iterations=data["iterations"], batches=data["batches"], cases=cases)
+        return cls(
+            iterations=data["iterations"],
+            batches=data["batches"],
+            cases=cases,
+            chain=list(data.get("chain", [])),
+        )
 
 
 async def _receive() -> Message:
@@ -171,6 +178,16 @@ def _scopes_with_state(template: Scope) -> ScopeFactory:
         return scope
 
     return make
+
+
+def pipeline_chain(app: Any) -> list[str]:
+    """Class names from ``app`` inwards, following each stage's ``app`` attribute."""
+    names: list[str] = []
+    current = getattr(app, "pipeline", app)
+    while current is not None and hasattr(current, "app"):
+        names.append(type(current).__name__)
+        current = current.app
+    return names
 
 
 async def _batch(app: ASGIApp, scopes: ScopeFactory, send: _Sink, iterations: int) -> float:
@@ -275,11 +292,14 @@ async def _measure(
         (MicroCase(TERMINAL, "baseline", None), terminal, plain),
         (MicroCase(TERMINAL_STATE, "baseline", None), terminal, with_state),
     ]
+    chain: list[str] = []
     for flag, engine in engines.items():
         await engine.startup()
         label = "full default pipeline" + ("" if flag else " (access log off)")
         config = "" if flag else "logging.access_log = false"
-        runs.append((MicroCase(label, "pipeline", TERMINAL, config), engine.wrap(terminal), plain))
+        wrapped = engine.wrap(terminal)
+        chain = chain or pipeline_chain(wrapped)
+        runs.append((MicroCase(label, "pipeline", TERMINAL, config), wrapped, plain))
     for name, config, app, baseline in _stage_cases(deps, deps_on, terminal):
         scopes = plain if baseline == TERMINAL else with_state
         runs.append((MicroCase(name, "stage", baseline, config), app, scopes))
@@ -299,7 +319,8 @@ async def _measure(
     finally:
         for engine in engines.values():
             await engine.shutdown()
-    return MicroResult(iterations=iterations, batches=batches, cases=[c for c, _, _ in runs])
+    cases = [c for c, _, _ in runs]
+    return MicroResult(iterations=iterations, batches=batches, cases=cases, chain=chain)
 
 
 def run_micro(

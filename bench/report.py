@@ -374,7 +374,7 @@ def _micro_section(result: MicroResult, commands: Sequence[str], number: int) ->
     )
     lines.append("")
     stages = [c for c in result.cases if c.group == "stage" and not c.config]
-    default_sum = sum(result.net_us(c.name) for c in stages if "access log off" not in c.name)
+    default_sum = sum(result.net_us(c.name) for c in stages)
     pipelines = [c for c in result.cases if c.group == "pipeline"]
     derived = []
     if len(pipelines) == 2:
@@ -387,6 +387,13 @@ def _micro_section(result: MicroResult, commands: Sequence[str], number: int) ->
             f"- Stages of the default chain measured alone add up to {default_sum:.2f} µs; "
             f"the full pipeline costs {full:.2f} µs (the rest is the application wrapper, the "
             f"stages' interaction and measurement noise)."
+        )
+    if result.chain:
+        derived.insert(
+            0,
+            "- The default chain, outermost first: "
+            + " → ".join(f"`{name}`" for name in result.chain)
+            + " → terminal.",
         )
     lines += [*derived, "", "Command:", "", "```sh", *commands, "```", ""]
     return lines

@@ -71,8 +71,10 @@ def test_microbenchmark_runs_every_case() -> None:
         assert stage in names
     assert sum(case.group == "pipeline" for case in result.cases) == 2
     assert all(len(case.ns_batches) == 2 for case in result.cases)
+    assert result.chain[0] == "RequestIdStage"
     again = micro.MicroResult.from_json(result.to_json())
     assert [c.name for c in again.cases] == names
+    assert again.chain == result.chain
     rendered = report.render(_report(micro_result=again))
     assert "| headers |" in rendered
 
@@ -194,3 +196,14 @@ def test_options_scenarios_and_output() -> None:
     full = run.parse_options([])
     assert full.only == run.SCENARIOS
     assert full.output == run.DOC
+
+
+def test_pipeline_chain_follows_the_stages() -> None:
+    class Inner:
+        app = None
+
+    class Outer:
+        def __init__(self) -> None:
+            self.app = Inner()
+
+    assert micro.pipeline_chain(Outer()) == ["Outer", "Inner"]
