@@ -7,6 +7,7 @@ Stages a configuration disables are not in the chain at all.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -177,6 +178,18 @@ class Bastion:
         return await self.stores.checks()
 
 
+def settle_heap() -> None:
+    """Move everything alive after start-up out of the cyclic collector's view.
+
+    Modules, settings, compiled patterns and pools live for the whole process; without this,
+    every collection of the older generations walks them again, which cost a sixth of the
+    gateway's CPU per request (measured with perf). Allocation-heavy request paths then trigger
+    collections that only see per-request garbage.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class BastionApp:
     """The ASGI application Bastion hands to the server: the pipeline plus lifespan handling.
 
@@ -239,6 +252,7 @@ class BastionApp:
                 # Like Starlette's router: the server learns of the failure from the message and
                 # the exception both (uvicorn then exits without logging it twice).
                 raise RuntimeError(failure)
+        settle_heap()
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         failure = await inner.shutdown() if inner is not None else None

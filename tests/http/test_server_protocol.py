@@ -14,8 +14,29 @@ from bastion.http.server import ServerConfig
 from problem_assertions import assert_problem_body
 
 
+STREAM_GATE: asyncio.Event | None = None
+
+
 async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/sized":
+        headers = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else b"sized"}
+        )
+        return
+    if scope["path"] == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert STREAM_GATE is not None
+        await STREAM_GATE.wait()
+        await send({"type": "http.response.body", "body": b"late"})
+        return
+    if scope["path"] == "/close":
+        headers = [(b"content-length", b"3"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"bye"})
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"hello"})
@@ -147,3 +168,56 @@ async def test_body_bytes_do_not_count_as_head(server: int) -> None:
     )
     status, _, _ = parse(await exchange(server, raw))
     assert status == 200
+
+
+async def test_sized_response_head_and_body_in_one_write(server: int) -> None:
+    raw = b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(raw)
+    await writer.drain()
+    first = await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    # Head and body arrive together: one send by the server.
+    assert first.startswith(b"HTTP/1.1 200")
+    assert first.endswith(b"\r\n\r\nsized")
+
+
+async def test_head_response_is_written_without_body(server: int) -> None:
+    raw = b"HEAD /sized HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, headers, body = parse(await exchange(server, raw))
+    assert status == 200
+    assert headers["content-length"] == "5"
+    assert body == b""
+
+
+async def test_streamed_head_is_not_held_back(server: int) -> None:
+    global STREAM_GATE
+    STREAM_GATE = asyncio.Event()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"transfer-encoding: chunked" in head
+    STREAM_GATE.set()
+    rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+    writer.close()
+    assert b"late" in rest
+
+
+async def test_connection_close_response_is_complete(server: int) -> None:
+    raw = b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n"
+    status, headers, body = parse(await exchange(server, raw))
+    assert (status, body) == (200, b"bye")
+    assert headers["connection"] == "close"
+
+
+async def test_pipelined_sized_responses_in_order(server: int) -> None:
+    raw = b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(raw)
+    await writer.drain()
+    data = b""
+    while data.count(b"HTTP/1.1 200") < 3 or not data.endswith(b"0\r\n\r\n"):
+        data += await asyncio.wait_for(reader.read(65536), 5)
+    writer.close()
+    assert data.index(b"sized") < data.rindex(b"sized") < data.index(b"hello")
