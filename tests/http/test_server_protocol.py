@@ -13,7 +13,6 @@ from bastion.http.asgi import Receive, Scope, Send
 from bastion.http.server import ServerConfig
 from problem_assertions import assert_problem_body
 
-
 STREAM_GATE: asyncio.Event | None = None
 
 
