@@ -276,7 +276,7 @@ def _throughput_section(scenario: ThroughputScenario, number: int) -> list[str]:
             ]
         )
     lines += _table(
-        ["stack", "rps (median)", "rps of the runs", "p50", "p99", "ratio", "target", "met"],
+        ["stack", "rps (median)", f"rps (min{DASH}max)", "p50", "p99", "ratio", "target", "met"],
         rows,
     )
     notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
@@ -369,7 +369,13 @@ def _micro_section(result: MicroResult, commands: Sequence[str], number: int) ->
         own = "—" if case.baseline is None else f"{result.net_us(case.name):.2f}"
         rows.append([case.name, f"{case.median_ns / 1000:.2f}", own, spread, case.config or "—"])
     lines += _table(
-        ["case", "µs/request", "own cost µs", f"batches µs (min{DASH}max)", "configured to enable"],
+        [
+            "case",
+            "µs/request",
+            "own cost µs",
+            f"batches µs (min{DASH}max)",
+            "configuration (beyond defaults)",
+        ],
         rows,
     )
     lines.append("")
@@ -459,6 +465,12 @@ def render(report: Report) -> str:
         lines.append("")
     if report.setup_commands:
         lines += ["Set-up:", "", "```sh", *report.setup_commands, "```", ""]
+    else:
+        lines += [
+            "wrk and nginx were already installed (`make bench` installs them with apt-get "
+            "when they are missing).",
+            "",
+        ]
     if report.failures:
         lines += ["## Scenarios that did not run", ""]
         lines += [f"- **{name}**: {reason}" for name, reason in report.failures.items()]

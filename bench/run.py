@@ -545,7 +545,8 @@ def middleware_scenario(opts: Options, tmp: Path, report: Report) -> ThroughputS
         key="middleware",
         title="Middleware mode",
         intro=(
-            "One uvicorn process per app (httptools, uvloop, no access log, log level warning) "
+            "One uvicorn process per app (httptools, uvloop, uvicorn's own access log off, log "
+            "level warning) "
             f"pinned to CPU {SERVER_CPU}; wrk with 1 thread and {WRK_CONNECTIONS} connections "
             f"pinned to CPU {LOAD_CPU}. Every app answers `GET {PATH}` with `Hello, world!`. "
             "Ratios are to bare Starlette in this run."
