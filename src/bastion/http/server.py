@@ -10,6 +10,7 @@ client-IP stage decides whom to believe.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -18,6 +19,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from bastion.http.problems import BastionError, problem_body
 
 __all__ = ["BastionHttpProtocol", "CoalescingCycle", "ServerConfig", "refusal_bytes"]
+
+_LINGER_SECONDS = 2.0
+"""How long a lingering close keeps discarding the client's unread body."""
+_LINGER_BYTES = 4 * 1024 * 1024
+"""How much of it is discarded before closing anyway."""
 
 _REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
@@ -66,8 +72,15 @@ class BastionHttpProtocol(HttpToolsProtocol):
         self._header_total = 0
         self._in_head = True
         self._refusal: BastionError | None = None
+        self._lingering = False
+        self._lingered = 0
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingered += len(data)
+            if self._lingered > _LINGER_BYTES:
+                self.transport.close()
+            return
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -101,6 +114,38 @@ class BastionHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = CoalescingCycle
+            cycle._closer = self.linger_close  # type: ignore[attr-defined]
+
+    def linger_close(self) -> None:
+        """Close after a response sent before the request body was read (a 413, say).
+
+        Closing at once would make the kernel answer the client's unread body with a reset,
+        and the client would likely lose the response. Like nginx's lingering close: send
+        FIN after the response, discard what the client still sends for a short while (and a
+        bounded amount), then close.
+        """
+        transport = self.transport
+        if transport.is_closing() or self._lingering:
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            transport.close()
+            return
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.flow.resume_reading()
+        self.loop.call_later(_LINGER_SECONDS, self._end_linger)
+
+    def _end_linger(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        if self._lingering:
+            self.transport.close()
+            return
+        super().eof_received()
 
     def send_400_response(self, msg: str) -> None:
         error = self._refusal or BastionError("bad_request", "The request is not valid HTTP/1.1")
@@ -108,9 +153,15 @@ class BastionHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: BastionError) -> None:
         self._refusal = None
-        if not self.transport.is_closing():
-            self.transport.write(refusal_bytes(error))
-            self.transport.close()
+        transport = self.transport
+        if transport.is_closing() or self._lingering:
+            return
+        transport.write(refusal_bytes(error))
+        # The rest of what the client sends is discarded, not parsed, until the close.
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_LINGER_SECONDS, self._end_linger)
 
 
 class _HeldWrites:
@@ -118,11 +169,19 @@ class _HeldWrites:
     held back and written together with the first body bytes, so a complete response costs one
     send instead of two (the send is the largest single cost per request here, measured)."""
 
-    __slots__ = ("_capture", "_transport", "held")
+    __slots__ = ("_capture", "_closer", "_transport", "held")
 
-    def __init__(self, transport: Any, held: bytes | None, *, capture: bool = False) -> None:
+    def __init__(
+        self,
+        transport: Any,
+        held: bytes | None,
+        *,
+        capture: bool = False,
+        closer: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._capture = capture
+        self._closer = closer
         self.held = held
 
     def write(self, data: bytes) -> None:
@@ -144,7 +203,10 @@ class _HeldWrites:
 
     def close(self) -> None:
         self.release()
-        self._transport.close()
+        if self._closer is not None:
+            self._closer()
+        else:
+            self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -156,11 +218,12 @@ class CoalescingCycle(RequestResponseCycle):
     streams show their headers without waiting for the first chunk."""
 
     _held: bytes | None = None
+    _closer: Callable[[], None] | None = None
 
     async def send(self, message: Any) -> None:
         transport = self.transport
         if not self.response_started:
-            shim = _HeldWrites(transport, None, capture=True)
+            shim = _HeldWrites(transport, None, capture=True, closer=self._closer)
             self.transport = shim  # type: ignore[assignment]
             try:
                 await super().send(message)
@@ -172,11 +235,11 @@ class CoalescingCycle(RequestResponseCycle):
                 self._held = shim.held
             return
         held = self._held
-        if held is None:
+        if held is None and self.keep_alive:
             await super().send(message)
             return
         self._held = None
-        shim = _HeldWrites(transport, held)
+        shim = _HeldWrites(transport, held, closer=self._closer)
         self.transport = shim  # type: ignore[assignment]
         try:
             await super().send(message)
