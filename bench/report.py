@@ -29,6 +29,7 @@ __all__ = [
     "added_latency",
     "ratio",
     "render",
+    "run_spread",
 ]
 
 
@@ -193,6 +194,18 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+NOISY_SPREAD = 0.15
+"""Runs of one target differing by more than this (max-min over median) are flagged."""
+
+
+def run_spread(target: ThroughputTarget) -> float:
+    """(max - min) / median of the target's requests per second (0 with fewer than 2 runs)."""
+    values = [r.rps for r in target.runs]
+    if len(values) < 2 or not target.rps:
+        return 0.0
+    return (max(values) - min(values)) / target.rps
+
+
 def ratio(value: float, baseline: float) -> float:
     """``value / baseline`` (``nan`` when the baseline is zero or missing)."""
     if not baseline or math.isnan(baseline):
@@ -280,6 +293,14 @@ def _throughput_section(scenario: ThroughputScenario, number: int) -> list[str]:
         rows,
     )
     notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
+    for target in scenario.targets:
+        spread = run_spread(target)
+        if spread > NOISY_SPREAD:
+            notes.append(
+                f"- ⚠ The runs of {target.label} differ by {spread:.0%} (max{DASH}min over the "
+                "median): other work on the machine disturbed some of them; read its ratio "
+                "with care."
+            )
     if scenario.reference_baseline_rps is not None:
         base = scenario.target(scenario.baseline)
         notes.append(

@@ -15,7 +15,9 @@ Every server runs in its own process group and is stopped however the run ends.
 
 Environment: ``BENCH_DURATION`` (seconds per wrk run, default 5), ``BENCH_WARMUP`` (seconds per
 target, default 2), ``BENCH_RUNS`` (rounds, default 3), ``BENCH_LATENCY_DURATION`` (seconds per
-fixed-rate run, default 10), ``BENCH_RATE`` (requests/s, default 1000).
+fixed-rate run, default 10), ``BENCH_RATE`` (requests/s, default 1000), ``BENCH_QUIET_WAIT``
+(seconds the whole run may spend waiting for CPUs 0 and 1 to be idle before measured runs, so
+other work on a shared machine does not land on one target only; default 180, 0 disables).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class Options:
     only: tuple[str, ...]
     output: Path
     quick: bool
+    gate: QuietGate = field(default_factory=lambda: QuietGate(budget=0.0))
 
 
 def _env_number(name: str, default: float) -> float:
@@ -160,6 +163,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
             quick=True,
         )
     # wrk takes whole seconds.
+    quiet_wait = os.environ.get("BENCH_QUIET_WAIT", "").strip()
     return Options(
         duration=max(1, round(_env_number("BENCH_DURATION", 5))),
         warmup=max(1, round(_env_number("BENCH_WARMUP", 2))),
@@ -171,6 +175,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         only=only,
         output=output,
         quick=False,
+        gate=QuietGate(budget=float(quiet_wait) if quiet_wait else 180.0),
     )
 
 
@@ -322,6 +327,68 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+# ---------------------------------------------------------------- quiet gate
+
+
+def _cpu_times(cpus: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``(busy, total)`` jiffies per CPU from /proc/stat."""
+    times: dict[str, tuple[int, int]] = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:] in cpus:
+                values = [int(v) for v in fields]
+                idle = values[3] + (values[4] if len(values) > 4 else 0)
+                times[name[3:]] = (sum(values) - idle, sum(values))
+    return times
+
+
+def cpu_busy(cpus: Sequence[str] = (SERVER_CPU, LOAD_CPU), window: float = 0.5) -> float:
+    """The highest busy fraction among ``cpus`` over ``window`` seconds."""
+    before = _cpu_times(cpus)
+    time.sleep(window)
+    after = _cpu_times(cpus)
+    busiest = 0.0
+    for cpu, (busy, total) in after.items():
+        busy0, total0 = before.get(cpu, (busy, total))
+        if total > total0:
+            busiest = max(busiest, (busy - busy0) / (total - total0))
+    return busiest
+
+
+class QuietGate:
+    """Before each measured run, waits (within one budget for the whole benchmark) until the
+    benchmark's CPUs are idle. Between runs our own servers are idle, so what keeps those CPUs
+    busy is someone else's work, which would otherwise land on one target's runs only."""
+
+    def __init__(self, budget: float, threshold: float = 0.10) -> None:
+        self.budget = budget
+        self.threshold = threshold
+        self.waited = 0.0
+        self.runs = 0
+        self.noisy_starts = 0
+
+    def wait(self) -> None:
+        self.runs += 1
+        started = time.monotonic()
+        busy = cpu_busy()
+        while busy > self.threshold and self.waited + time.monotonic() - started < self.budget:
+            time.sleep(1.0)
+            busy = cpu_busy()
+        self.waited += time.monotonic() - started
+        if busy > self.threshold:
+            self.noisy_starts += 1
+            log(f"starting with a CPU {busy:.0%} busy with other work")
+
+    def summary(self) -> str:
+        return (
+            f"before each measured run, waited for CPUs {SERVER_CPU} and {LOAD_CPU} to be idle "
+            f"(at most {self.budget:.0f} s in all; waited {self.waited:.0f} s); "
+            f"{self.noisy_starts} of {self.runs} runs still started with other work above "
+            f"{self.threshold:.0%} of a CPU"
+        )
+
+
 # ---------------------------------------------------------------- load
 
 
@@ -431,12 +498,17 @@ class _Target:
 
 
 def interleave(
-    targets: Sequence[_Target], runs: int, measure: Callable[[_Target], Any]
+    targets: Sequence[_Target],
+    runs: int,
+    measure: Callable[[_Target], Any],
+    gate: QuietGate | None = None,
 ) -> dict[str, list[Any]]:
     """Run ``measure`` over the targets ``runs`` times in rotation: A, B, C, A, B, C, …"""
     results: dict[str, list[Any]] = {t.key: [] for t in targets}
     for round_number in range(runs):
         for target in targets:
+            if gate is not None:
+                gate.wait()
             log(f"round {round_number + 1}/{runs}: {target.label}")
             results[target.key].append(measure(target))
     return results
@@ -575,7 +647,9 @@ def _throughput(
                 "'Authorization: Bearer $TOKEN'", '"Authorization: Bearer $TOKEN"'
             )
         )
-    return interleave(targets, opts.runs, lambda t: run_wrk(t.url, opts.duration, t.headers))
+    return interleave(
+        targets, opts.runs, lambda t: run_wrk(t.url, opts.duration, t.headers), opts.gate
+    )
 
 
 def nginx_conf(prefix: Path, listen: int, upstream: int) -> str:
@@ -721,6 +795,7 @@ def latency_scenario(
         order,
         opts.runs,
         lambda t: run_loadgen(t.url, opts.rate, opts.latency_duration, warmup),
+        opts.gate,
     )
     return LatencyScenario(
         key="latency",
@@ -755,6 +830,7 @@ def micro_scenario(opts: Options, report: Report) -> MicroResult:
         str(opts.micro_batches),
     ]
     report.micro_commands.append(shlex.join(argv))
+    opts.gate.wait()
     done = subprocess.run(
         argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900, check=False
     )
@@ -881,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _attempt(report, "micro", micro)
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
+    if opts.gate.budget > 0:
+        report.parameters["quiet machine"] = opts.gate.summary()
     report.machine["load average at end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     (WORK / "results.json").write_text(json.dumps(report.to_json(), indent=1))
     opts.output.parent.mkdir(parents=True, exist_ok=True)

@@ -207,3 +207,21 @@ def test_pipeline_chain_follows_the_stages() -> None:
             self.app = Inner()
 
     assert micro.pipeline_chain(Outer()) == ["Outer", "Inner"]
+
+
+def test_widely_spread_runs_are_flagged() -> None:
+    scenario = _throughput()
+    assert report.run_spread(scenario.target("base")) == pytest.approx(1.0)
+    assert report.run_spread(scenario.target("fast")) == 0
+    text = report.render(report.Report("d", {}, {}, {}, throughput=[scenario]))
+    flagged = [line for line in text.splitlines() if line.startswith("- ⚠ The runs of")]
+    assert len(flagged) == 1
+    assert "bare differ by 100%" in flagged[0]
+
+
+def test_quiet_gate_gives_up_within_its_budget() -> None:
+    gate = run.QuietGate(budget=0.0, threshold=-1.0)
+    gate.wait()
+    assert gate.runs == 1
+    assert gate.noisy_starts == 1
+    assert "1 of 1 runs" in gate.summary()
