@@ -13,12 +13,13 @@ from starlette.testclient import TestClient
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.fields import merge_vary
 from bastion.http.problems import BastionError, send_problem
 from bastion.http.routes import RouteTable
 from bastion.http.state import RequestState
 from bastion.observe.metrics import Metrics
 from bastion.pipeline.config import CorsConfig
-from bastion.pipeline.cors import CorsStage, merge_vary
+from bastion.pipeline.cors import CorsStage
 from bastion.settings import Settings
 
 Headers = list[tuple[bytes, bytes]]

@@ -24,8 +24,8 @@ import zstandard
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.fields import merge_vary
 from bastion.pipeline.config import CompressionConfig
-from bastion.pipeline.cors import merge_vary
 
 __all__ = ["CompressionStage", "negotiate"]
 

@@ -17,10 +17,11 @@ import re
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.fields import merge_vary
 from bastion.http.problems import BastionError
 from bastion.pipeline.config import CorsConfig
 
-__all__ = ["CorsStage", "merge_vary"]
+__all__ = ["CorsStage"]
 
 _SAFELISTED_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
 """CORS-safelisted request headers: always allowed when a preflight names them."""
@@ -37,24 +38,6 @@ _UPSTREAM_CORS_HEADERS = frozenset(
 )
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 _LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-
-
-def merge_vary(headers: list[tuple[bytes, bytes]], token: bytes) -> None:
-    """Add ``token`` (a field name) to the response's ``Vary`` unless it is already covered."""
-    wanted = token.lower()
-    first = -1
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"vary":
-            listed = {item.strip().lower() for item in value.split(b",")}
-            if wanted in listed or b"*" in listed:
-                return
-            if first < 0:
-                first = index
-    if first < 0:
-        headers.append((b"vary", token))
-    else:
-        name, value = headers[first]
-        headers[first] = (name, value + b", " + token if value.strip() else token)
 
 
 def _pattern_source(pattern: str) -> str:
