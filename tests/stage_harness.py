@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion.deps import Deps
-from bastion.http.asgi import ASGIApp
+from bastion.http.asgi import ASGIApp, Receive, Scope, Send
 from bastion.http.framework import adopt_error_handling
 from bastion.http.routes import RouteTable
 from bastion.observe.access import RequestObserver
@@ -65,3 +65,16 @@ def make_echo_app() -> Starlette:
     )
     adopt_error_handling(app)
     return app
+
+
+class RecordingApp:
+    """A raw ASGI app answering 200 ``ok`` with fixed headers, counting its calls."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.headers = headers or []
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": list(self.headers)})
+        await send({"type": "http.response.body", "body": b"ok"})

@@ -328,22 +328,6 @@ async def test_content_type_cache_is_bounded() -> None:
     assert 0 < len(stage._types) <= 256
 
 
-async def test_non_http_scopes_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        raise AssertionError("not read")
-
-    async def send(message: Message) -> None:
-        raise AssertionError("not sent")
-
-    await make_stage(app)({"type": "websocket", "headers": []}, receive, send)
-    assert seen == ["websocket"]
-
-
 @pytest.mark.parametrize(
     "values",
     [

@@ -21,6 +21,7 @@ from bastion.observe.metrics import Metrics
 from bastion.pipeline.config import CorsConfig
 from bastion.pipeline.cors import CorsStage
 from bastion.settings import Settings
+from stage_harness import RecordingApp as Upstream
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -31,19 +32,6 @@ PATTERNS = ["https://*.example.com", "https://*.dev.example.org:8443"]
 def make_stage(app: ASGIApp | None = None, **config: Any) -> CorsStage:
     deps = Deps(settings=Settings(), metrics=Metrics(), routes=RouteTable([]), prefix="/_bastion")
     return CorsStage(app or Upstream(), config=CorsConfig(**config), deps=deps)
-
-
-class Upstream:
-    """A raw ASGI app answering 200 ``ok`` with fixed headers, counting its calls."""
-
-    def __init__(self, headers: Headers | None = None) -> None:
-        self.headers = headers or []
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await send({"type": "http.response.start", "status": 200, "headers": list(self.headers)})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 async def call(
@@ -249,22 +237,6 @@ async def test_private_network_access(configured: bool, answered: bytes | None) 
     stage = make_stage(origins=[EXACT], allow_private_network=configured)
     start = (await call(stage, "OPTIONS", headers))[0]
     assert header(start, b"access-control-allow-private-network") == answered
-
-
-async def test_non_http_scopes_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        raise AssertionError("not read")
-
-    async def send(message: Message) -> None:
-        raise AssertionError("not sent")
-
-    await make_stage(app, origins=[EXACT])({"type": "websocket", "headers": []}, receive, send)
-    assert seen == ["websocket"]
 
 
 CONFIG_ERRORS = [

@@ -24,6 +24,7 @@ from bastion.observe.metrics import Metrics
 from bastion.pipeline.config import CsrfConfig
 from bastion.pipeline.csrf import CsrfKeyRing, CsrfStage
 from bastion.settings import Settings
+from stage_harness import RecordingApp as Upstream
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -31,19 +32,6 @@ KEY_OLD = b"old-signing-key-0123456789"
 KEY_NEW = b"new-signing-key-0123456789"
 SESSION = "sess-A"
 OTHER_SESSION = "sess-B"
-
-
-class Upstream:
-    """A raw ASGI app answering 200 with fixed headers, counting its calls."""
-
-    def __init__(self, headers: Headers | None = None) -> None:
-        self.headers = headers or []
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await send({"type": "http.response.start", "status": 200, "headers": list(self.headers)})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 class Resolver:
@@ -478,22 +466,6 @@ async def test_empty_keyring_fails_at_request_time() -> None:
 def test_config_refuses(values: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         CsrfConfig(**values)
-
-
-async def test_non_http_scopes_pass_through() -> None:
-    seen: list[str] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    async def receive() -> Message:
-        raise AssertionError("not read")
-
-    async def send(message: Message) -> None:
-        raise AssertionError("not sent")
-
-    await make_stage(app)({"type": "websocket", "headers": cookies()}, receive, send)
-    assert seen == ["websocket"]
 
 
 def test_login_then_unsafe_request_through_starlette() -> None:

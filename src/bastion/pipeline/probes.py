@@ -45,10 +45,10 @@ class ProbeStage:
         self._readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        if scope["type"] != "http" or path not in self._paths:
+        if scope["type"] != "http" or scope["path"] not in self._paths:
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
         if scope["method"] not in ("GET", "HEAD"):
             raise BastionError(
                 "method_not_allowed",
