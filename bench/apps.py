@@ -35,6 +35,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion import Bastion, BastionApp, Settings
+from bastion.http.asgi import Receive, Scope, Send
 from bastion.observe.logging import configure_logging
 
 __all__ = [
@@ -154,11 +155,7 @@ def bastion_app() -> BastionApp:
     return Bastion(settings).wrap(starlette_app())
 
 
-async def raw_hello(
-    scope: dict[str, Any],
-    receive: Callable[[], Awaitable[Any]],
-    send: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
+async def raw_hello(scope: Scope, receive: Receive, send: Send) -> None:
     """The bare ASGI terminal: fresh messages and header list on each call (stages mutate them)."""
     await send(
         {

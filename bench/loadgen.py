@@ -124,7 +124,7 @@ class _Connection(asyncio.Protocol):
     async def request(self, data: bytes) -> int:
         if self._transport is None:
             raise ConnectionResetError("connection closed by the server")
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._transport.write(data)
         return await waiter

@@ -68,7 +68,7 @@ TERMINAL = "terminal"
 TERMINAL_STATE = "terminal + state"
 
 
-def request_scope() -> Scope:
+def request_scope() -> dict[str, Any]:
     """The ``GET /hello`` HTTP scope every case copies per request."""
     return {
         "type": "http",
@@ -163,12 +163,12 @@ class _Sink:
 ScopeFactory = Callable[[], Scope]
 
 
-def _plain_scopes(template: Scope) -> ScopeFactory:
+def _plain_scopes(template: dict[str, Any]) -> ScopeFactory:
     copy = template.copy
     return lambda: copy()
 
 
-def _scopes_with_state(template: Scope) -> ScopeFactory:
+def _scopes_with_state(template: dict[str, Any]) -> ScopeFactory:
     copy = template.copy
     perf_counter = time.perf_counter
 

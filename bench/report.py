@@ -294,10 +294,10 @@ def _throughput_section(scenario: ThroughputScenario, number: int) -> list[str]:
     )
     notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
     for target in scenario.targets:
-        spread = run_spread(target)
-        if spread > NOISY_SPREAD:
+        relative = run_spread(target)
+        if relative > NOISY_SPREAD:
             notes.append(
-                f"- ⚠ The runs of {target.label} differ by {spread:.0%} (max{DASH}min over the "
+                f"- ⚠ The runs of {target.label} differ by {relative:.0%} (max{DASH}min over the "
                 "median): other work on the machine disturbed some of them; read its ratio "
                 "with care."
             )
@@ -444,13 +444,13 @@ def _summary(report: Report) -> list[str]:
             )
     if report.latency is not None:
         for key, goals in report.latency.goals.items():
-            target = report.latency.target(key)
+            path = report.latency.target(key)
             for pct, limit in goals.items():
                 added = added_latency(report.latency, key, pct)
-                ok = not math.isnan(added) and added <= limit and not target.failed_requests
+                ok = not math.isnan(added) and added <= limit and not path.failed_requests
                 rows.append(
                     [
-                        f"{target.label}: added {pct} latency at {_num(report.latency.rate)} req/s",
+                        f"{path.label}: added {pct} latency at {_num(report.latency.rate)} req/s",
                         _ms(added),
                         f"≤ {_ms(limit)}",
                         _met(ok),
