@@ -19,7 +19,7 @@ from bastion.http.principal import PrincipalResolver
 from bastion.http.problems import BastionError
 from bastion.http.routes import RouteTable
 from bastion.observe.access import RequestObserver
-from bastion.observe.logging import get_logger
+from bastion.observe.logging import access_output, get_logger
 from bastion.observe.metrics import Metrics
 from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.compression import CompressionStage
@@ -166,6 +166,9 @@ class Bastion:
         for close in reversed(self._closers):
             await close()
         await self.stores.close()
+        output = access_output()
+        if output is not None:
+            output.flush()
         self._started = False
 
     async def readiness(self) -> dict[str, dict[str, Any]]:

@@ -60,10 +60,11 @@ def test_spoofed_forwarded_for_is_not_believed(processes: Processes) -> None:
     headers = {k.lower(): v for k, v in seen["headers"].items()}
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert "x-bastion-user" not in headers
-    # The access log names the real peer.
+    # The access log names the real peer (lines are buffered until flushed, at the latest on
+    # shut-down).
     access = [
         orjson.loads(line)
-        for line in gateway.output().splitlines()
+        for line in gateway.stop().splitlines()
         if line.startswith("{") and '"bastion.access"' in line
     ]
     assert any(r["path"] == "/headers" and r["client_ip"] == "127.0.0.1" for r in access)

@@ -32,6 +32,11 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
         await STREAM_GATE.wait()
         await send({"type": "http.response.body", "body": b"late"})
         return
+    if scope["path"] == "/inject":
+        headers = [(b"x-note", b"ok\r\nset-cookie: stolen=1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"never"})
+        return
     if scope["path"] == "/close":
         headers = [(b"content-length", b"3"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -220,3 +225,9 @@ async def test_pipelined_sized_responses_in_order(server: int) -> None:
         data += await asyncio.wait_for(reader.read(65536), 5)
     writer.close()
     assert data.index(b"sized") < data.rindex(b"sized") < data.index(b"hello")
+
+
+async def test_header_injection_from_the_app_is_refused(server: int) -> None:
+    response = await exchange(server, b"GET /inject HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"stolen" not in response
+    assert b"never" not in response

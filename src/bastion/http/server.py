@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from bastion.http.problems import BastionError, problem_body
 
@@ -165,29 +172,21 @@ class BastionHttpProtocol(HttpToolsProtocol):
 
 
 class _HeldWrites:
-    """Stands in for the transport while uvicorn handles one ASGI message: a response head is
-    held back and written together with the first body bytes, so a complete response costs one
-    send instead of two (the send is the largest single cost per request here, measured)."""
+    """Stands in for the transport while uvicorn sends the first body message of a response
+    whose head is held: the head goes out in the same send as the first body bytes, and a close
+    is routed to the protocol's lingering close."""
 
-    __slots__ = ("_capture", "_closer", "_transport", "held")
+    __slots__ = ("_closer", "_transport", "held")
 
     def __init__(
-        self,
-        transport: Any,
-        held: bytes | None,
-        *,
-        capture: bool = False,
-        closer: Callable[[], None] | None = None,
+        self, transport: Any, held: bytes | None, *, closer: Callable[[], None] | None
     ) -> None:
         self._transport = transport
-        self._capture = capture
         self._closer = closer
         self.held = held
 
     def write(self, data: bytes) -> None:
-        if self._capture:
-            self.held = data if self.held is None else self.held + data
-        elif self.held is None:
+        if self.held is None:
             self._transport.write(data)
         elif data:
             self._transport.write(self.held + data)
@@ -195,7 +194,6 @@ class _HeldWrites:
 
     def release(self) -> None:
         """Write what is still held (a response with no body bytes, such as HEAD's)."""
-        self._capture = False
         if self.held is not None:
             held, self.held = self.held, None
             if not self._transport.is_closing():
@@ -213,27 +211,28 @@ class _HeldWrites:
 
 
 class CoalescingCycle(RequestResponseCycle):
-    """uvicorn's request-response cycle writing the head of a response with a known length
-    together with its body. Heads of chunked (streamed) responses are written at once, so
-    streams show their headers without waiting for the first chunk."""
+    """uvicorn's request-response cycle, leaner where the measurements pointed:
+
+    - the head of a response with a known length is written together with its body (one send
+      instead of two); heads of chunked (streamed) responses are written at once, so streams
+      show their headers without waiting for the first chunk;
+    - header fields are validated as uvicorn does, but each distinct (name, value) pair only
+      once: the security headers every response carries cost two regular-expression searches
+      apiece per response otherwise (about 9 µs per request for Bastion's set, measured).
+    """
 
     _held: bytes | None = None
     _closer: Callable[[], None] | None = None
 
     async def send(self, message: Any) -> None:
-        transport = self.transport
         if not self.response_started:
-            shim = _HeldWrites(transport, None, capture=True, closer=self._closer)
-            self.transport = shim  # type: ignore[assignment]
-            try:
-                await super().send(message)
-            finally:
-                self.transport = transport
-            if self.chunked_encoding or self.response_complete or not self.response_started:
-                shim.release()
-            else:
-                self._held = shim.held
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected:
+                return
+            self._start_response(message)
             return
+        transport = self.transport
         held = self._held
         if held is None and self.keep_alive:
             await super().send(message)
@@ -246,3 +245,73 @@ class CoalescingCycle(RequestResponseCycle):
         finally:
             self.transport = transport
             shim.release()
+
+    def _start_response(self, message: Any) -> None:
+        """uvicorn's response-head handling, writing or holding the head it builds."""
+        if message["type"] != "http.response.start":
+            raise RuntimeError(
+                f"Expected ASGI message 'http.response.start', but got '{message['type']}'."
+            )
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status_code = message["status"]
+        headers = self.default_headers + list(message.get("headers", []))
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status_code,
+            )
+        content = [STATUS_LINE[status_code]]
+        has_connection_close = False
+        for name, value in headers:
+            _check_field(name, value)
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                tokens = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in tokens:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content.extend([name, b": ", value, b"\r\n"])
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status_code not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        head = b"".join(content)
+        if self.chunked_encoding:
+            self.transport.write(head)
+        else:
+            self._held = head
+
+
+_VALID_FIELDS: dict[tuple[bytes, bytes], None] = {}
+_VALID_FIELDS_LIMIT = 4096
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    """uvicorn's header-field validation, remembered per distinct field."""
+    key = (name, value)
+    if key in _VALID_FIELDS:
+        return
+    if HEADER_RE.search(name):
+        raise RuntimeError("Invalid HTTP header name.")
+    if HEADER_VALUE_RE.search(value):
+        raise RuntimeError("Invalid HTTP header value.")
+    if len(_VALID_FIELDS) >= _VALID_FIELDS_LIMIT:
+        _VALID_FIELDS.clear()
+    _VALID_FIELDS[key] = None
