@@ -84,26 +84,20 @@ class KeyStore:
 
     async def active(self, purpose: str) -> list[StoredKey]:
         """Keys neither retired nor past ``not_after``, newest first (the first one signs)."""
-        now = utc_now()
-        query = (
-            select(KeyRecord)
-            .where(
-                KeyRecord.purpose == purpose,
-                KeyRecord.retired_at.is_(None),
-                or_(KeyRecord.not_after.is_(None), KeyRecord.not_after > now),
-            )
-            .order_by(KeyRecord.generation.desc())
-        )
-        async with self._database.session() as session:
-            records = (await session.scalars(query)).all()
+        records, _ = await self._snapshot(purpose)
         return [self._unwrap(record) for record in records]
 
     async def get_or_create(self, purpose: str, factory: KeyFactory) -> list[StoredKey]:
-        """The active keys of ``purpose``, generating the first one if there is none."""
-        keys = await self.active(purpose)
-        if keys:
-            return keys
-        await self._insert_generation(purpose, await self._latest_generation(purpose) + 1, factory)
+        """The active keys of ``purpose``, generating the first one if there is none.
+
+        The active keys and the latest generation come from one statement, so one snapshot:
+        every instance that finds no active key targets the same next generation, and the
+        unique (purpose, generation) constraint lets exactly one of them create it.
+        """
+        records, latest = await self._snapshot(purpose)
+        if records:
+            return [self._unwrap(record) for record in records]
+        await self._insert_generation(purpose, latest + 1, factory)
         return await self._require_active(purpose)
 
     async def rotate(
@@ -182,6 +176,24 @@ class KeyStore:
         if not keys:
             raise StoreError(f"no active {purpose} key after creating one")
         return keys
+
+    async def _snapshot(self, purpose: str) -> tuple[list[KeyRecord], int]:
+        """The active records of ``purpose`` (newest first) and its latest generation, read by
+        a single statement."""
+        query = (
+            select(KeyRecord)
+            .where(KeyRecord.purpose == purpose)
+            .order_by(KeyRecord.generation.desc())
+        )
+        async with self._database.session() as session:
+            records = (await session.scalars(query)).all()
+        now = utc_now()
+        active = [
+            record
+            for record in records
+            if record.retired_at is None and (record.not_after is None or record.not_after > now)
+        ]
+        return active, records[0].generation if records else 0
 
     async def _latest_generation(self, purpose: str) -> int:
         query = select(func.max(KeyRecord.generation)).where(KeyRecord.purpose == purpose)
