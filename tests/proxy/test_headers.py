@@ -32,11 +32,10 @@ def rewrite(
     principal: Any = None,
     forwarded_host: str | None = None,
     websocket: bool = False,
+    header: str = "x-forwarded-for",
 ) -> dict[bytes, list[bytes]]:
     resolver = (
-        ClientIpResolver(
-            [ipaddress.ip_network(t) for t in trusted], ["forwarded", "x-forwarded-for"]
-        )
+        ClientIpResolver([ipaddress.ip_network(t) for t in trusted], header)
         if trusted
         else None
     )
@@ -179,11 +178,25 @@ FORWARDING_CASES: list[
     ),
     (
         "trusted peer with a Forwarded chain",
-        {"peer": "10.0.0.5", "client_ip": "198.51.100.9", "trusted": ("10.0.0.0/8",)},
-        [(b"forwarded", b"for=198.51.100.9;proto=https")],
+        {
+            "peer": "10.0.0.5",
+            "client_ip": "198.51.100.9",
+            "trusted": ("10.0.0.0/8",),
+            "header": "forwarded",
+        },
+        [(b"forwarded", b"for=198.51.100.9;proto=https"), (b"x-forwarded-for", b"6.6.6.6")],
         {
             b"x-forwarded-for": b"198.51.100.9, 10.0.0.5",
             b"forwarded": b"for=198.51.100.9;proto=https, for=10.0.0.5;proto=http;host=gw.example",
+        },
+    ),
+    (
+        "trusted peer believed for X-Forwarded-For: a client's Forwarded is rebuilt",
+        {"peer": "10.0.0.5", "client_ip": "198.51.100.9", "trusted": ("10.0.0.0/8",)},
+        [(b"forwarded", b"for=127.0.0.1;proto=https"), (b"x-forwarded-for", b"198.51.100.9")],
+        {
+            b"x-forwarded-for": b"198.51.100.9, 10.0.0.5",
+            b"forwarded": b"for=198.51.100.9;proto=http, for=10.0.0.5;proto=http;host=gw.example",
         },
     ),
     (
@@ -220,7 +233,7 @@ def _rewriter(trusted: tuple[str, ...] = ()) -> RequestHeaderRewriter:
         upstream_host=b"upstream.internal:9000",
         preserve_host=False,
         request_id_header="X-Request-ID",
-        resolver=ClientIpResolver(networks, ["x-forwarded-for"]) if trusted else None,
+        resolver=ClientIpResolver(networks, "x-forwarded-for") if trusted else None,
     )
 
 

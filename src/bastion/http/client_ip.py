@@ -131,12 +131,19 @@ class ClientAddress:
 class ClientIpResolver:
     """Resolves the client address from the peer and, for trusted peers only, forwarding headers."""
 
-    __slots__ = ("_headers", "_networks", "_peer_cache")
+    __slots__ = ("_header", "_networks", "_peer_cache")
 
-    def __init__(self, trusted: Iterable[IPNetwork], headers: Sequence[str]) -> None:
+    def __init__(self, trusted: Iterable[IPNetwork], header: str = "x-forwarded-for") -> None:
         self._networks = tuple(trusted)
-        self._headers = tuple(h.lower().encode("latin-1") for h in headers)
+        self._header = header.lower().encode("latin-1")
+        if self._header not in (b"x-forwarded-for", b"forwarded"):
+            raise ValueError(f"unsupported forwarding header {header!r}")
         self._peer_cache: dict[str, tuple[str, bool]] = {}
+
+    @property
+    def header(self) -> bytes:
+        """The forwarding header believed from trusted peers."""
+        return self._header
 
     @property
     def enabled(self) -> bool:
@@ -167,15 +174,14 @@ class ClientIpResolver:
         peer, trusted = self.peer(peer_host)
         if not trusted:
             return ClientAddress(peer, scheme)
-        for name in self._headers:
-            values = [v.decode("latin-1") for k, v in headers if k == name]
-            if not values:
-                continue
-            joined = ",".join(values)
-            if name == b"forwarded":
-                return self._walk_forwarded(peer, scheme, joined)
-            return self._walk_xff(peer, scheme, joined, headers)
-        return ClientAddress(peer, scheme)
+        name = self._header
+        values = [v.decode("latin-1") for k, v in headers if k == name]
+        if not values:
+            return ClientAddress(peer, scheme)
+        joined = ",".join(values)
+        if name == b"forwarded":
+            return self._walk_forwarded(peer, scheme, joined)
+        return self._walk_xff(peer, scheme, joined, headers)
 
     def _walk_xff(
         self, peer: str, scheme: str, value: str, headers: Sequence[tuple[bytes, bytes]]

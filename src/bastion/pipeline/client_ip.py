@@ -22,7 +22,7 @@ class ClientIpStage:
 
     def __init__(self, app: ASGIApp, *, config: ClientIpConfig, deps: Deps) -> None:
         self.app = app
-        self._resolver = ClientIpResolver(config.trusted_proxies, config.headers)
+        self._resolver = ClientIpResolver(config.trusted_proxies, config.header)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" or scope["type"] == "websocket":

@@ -38,17 +38,16 @@ class RequestIdConfig(ConfigModel):
 ForwardingHeader = Literal["x-forwarded-for", "forwarded"]
 
 
-def _default_forwarding_headers() -> list[ForwardingHeader]:
-    return ["forwarded", "x-forwarded-for"]
-
-
 class ClientIpConfig(ConfigModel):
     """``[client_ip]``: which peers may tell Bastion the original client address."""
 
     trusted_proxies: list[Cidr] = Field(default_factory=list)
     """Networks whose forwarding headers are believed. Default none: the peer is the client."""
-    headers: list[ForwardingHeader] = Field(default_factory=_default_forwarding_headers)
-    """Forwarding headers read from trusted peers, first present wins."""
+    header: ForwardingHeader = "x-forwarded-for"
+    """The one forwarding header read from trusted peers: ``x-forwarded-for`` (with
+    ``X-Forwarded-Proto``/``-Host``) or RFC 7239 ``forwarded``. Only one: proxies append to the
+    header they use and pass the other through as the client sent it, so reading both would let
+    clients choose their own address."""
 
 
 class SheddingConfig(ConfigModel):

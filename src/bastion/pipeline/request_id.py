@@ -52,7 +52,7 @@ class RequestIdStage:
         self._routes = deps.routes
         self._needs_host = any(route.host is not None for route in deps.routes)
         self._peers = ClientIpResolver(
-            deps.settings.client_ip.trusted_proxies, deps.settings.client_ip.headers
+            deps.settings.client_ip.trusted_proxies, deps.settings.client_ip.header
         )
         self._observer = observer
         self._metrics = deps.metrics

@@ -54,7 +54,7 @@ class Proxy:
         self._config = config
         settings = deps.settings
         trusted = settings.client_ip.trusted_proxies
-        self._resolver = ClientIpResolver(trusted, settings.client_ip.headers) if trusted else None
+        self._resolver = ClientIpResolver(trusted, settings.client_ip.header) if trusted else None
         self._request_id_header = settings.request_id.header
         read_timeouts = [config.read_timeout]
         read_timeouts.extend(

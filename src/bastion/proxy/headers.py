@@ -332,8 +332,10 @@ class RequestHeaderRewriter:
         """``X-Forwarded-For`` and ``Forwarded`` values.
 
         From an untrusted peer the resolved client (the peer itself) replaces whatever the
-        client claimed. From a trusted proxy the chain it sent is kept and the proxy's own hop
-        (the peer) appended, so the upstream sees the same chain Bastion believed.
+        client claimed. From a trusted proxy the chain it sent in the header Bastion believes
+        (``client_ip.header``) is kept and the proxy's own hop (the peer) appended, so the
+        upstream sees the same chain Bastion believed; the other header is rebuilt from the
+        resolved client, since the proxy passed it through as the client wrote it.
         """
         scheme = scope.get("scheme", "http")
         if scheme == "ws":
@@ -347,13 +349,14 @@ class RequestHeaderRewriter:
                 forwarded_element(client_ip, scheme, host).encode("latin-1"),
             )
         own = forwarded_element(peer_ip, scheme, host)
-        if xff:
+        believed = self._resolver.header if self._resolver is not None else b""
+        if xff and believed == b"x-forwarded-for":
             xff_value = b", ".join(xff) + b", " + peer_ip.encode("latin-1")
         elif client_ip != peer_ip:
             xff_value = f"{client_ip}, {peer_ip}".encode("latin-1")
         else:
             xff_value = peer_ip.encode("latin-1")
-        if forwarded:
+        if forwarded and believed == b"forwarded":
             forwarded_value = b", ".join(forwarded) + b", " + own.encode("latin-1")
         elif client_ip != peer_ip:
             first = forwarded_element(client_ip, client_scheme, None)
