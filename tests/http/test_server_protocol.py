@@ -32,6 +32,19 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
         await STREAM_GATE.wait()
         await send({"type": "http.response.body", "body": b"late"})
         return
+    if scope["path"] == "/seen":
+        while (await receive()).get("more_body"):
+            pass
+        names = b",".join(sorted(name for name, _ in scope["headers"]))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(names)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": names})
+        return
     if scope["path"] == "/inject":
         headers = [(b"x-note", b"ok\r\nset-cookie: stolen=1")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -231,3 +244,48 @@ async def test_header_injection_from_the_app_is_refused(server: int) -> None:
     response = await exchange(server, b"GET /inject HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b"stolen" not in response
     assert b"never" not in response
+
+
+async def test_trailers_never_become_request_headers(server: int) -> None:
+    raw = (
+        b"POST /seen HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\n"
+        b"Authorization: Bearer injected\r\nX-Smuggled: 1\r\n\r\n"
+    )
+    status, _, body = parse(await exchange(server, raw))
+    assert status == 200
+    assert b"authorization" not in body
+    assert b"x-smuggled" not in body
+    assert b"host" in body
+
+
+async def test_duplicate_host_refused(server: int) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: public.example\r\nHost: internal.example\r\n\r\n"
+    status, headers, body = parse(await exchange(server, raw))
+    assert status == 400
+    assert_problem_body(body, 400, "bad_request")
+    assert headers["connection"] == "close"
+
+
+async def test_endless_trailer_line_is_cut_off(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(
+        b"POST /seen HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: "
+    )
+    closed = False
+    try:
+        for _ in range(200):  # at most 6.4 MB; the server closes long before
+            writer.write(b"a" * 32768)
+            await asyncio.wait_for(writer.drain(), 5)
+            if reader.at_eof():
+                closed = True
+                break
+            await asyncio.sleep(0)
+        else:
+            closed = await asyncio.wait_for(reader.read(), 5) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        closed = True
+    finally:
+        writer.close()
+    assert closed

@@ -116,9 +116,12 @@ async def test_any_origin_answers_star_and_never_null() -> None:
     assert header(start, b"access-control-allow-origin") is None
 
 
-async def test_request_without_origin_is_untouched() -> None:
-    start = (await call(make_stage(origins=[EXACT])))[0]
-    assert start["headers"] == []
+async def test_request_without_origin_still_varies_on_origin() -> None:
+    upstream = Upstream([(b"access-control-allow-origin", b"*")])
+    start = (await call(make_stage(upstream, origins=[EXACT])))[0]
+    # A shared cache must not serve this (CORS-less) answer to a cross-origin caller, and the
+    # upstream's own CORS headers never decide.
+    assert start["headers"] == [(b"vary", b"Origin")]
 
 
 async def test_upstream_cors_headers_are_replaced() -> None:

@@ -79,6 +79,13 @@ def test_refusals(
     assert_problem(response, status, code)
 
 
+def test_duplicate_host_refused(echo_app: Starlette) -> None:
+    response = client(echo_app, SMALL).get(
+        "/hello", headers=[("host", "public.example"), ("host", "internal.example")]
+    )
+    assert_problem(response, 400, "bad_request")
+
+
 def test_within_limits_pass(echo_app: Starlette) -> None:
     c = client(echo_app, SMALL)
     assert c.post("/echo", content=b"y" * 4096).content == b"y" * 4096

@@ -35,9 +35,7 @@ def rewrite(
     header: str = "x-forwarded-for",
 ) -> dict[bytes, list[bytes]]:
     resolver = (
-        ClientIpResolver([ipaddress.ip_network(t) for t in trusted], header)
-        if trusted
-        else None
+        ClientIpResolver([ipaddress.ip_network(t) for t in trusted], header) if trusted else None
     )
     rewriter = RequestHeaderRewriter(
         upstream_host=b"upstream.internal:9000",

@@ -77,6 +77,8 @@ class BastionHttpProtocol(HttpToolsProtocol):
         self._max_url = getattr(config, "max_url_bytes", 8192)
         self._head_bytes = 0
         self._header_total = 0
+        self._since_body = 0
+        self._host_seen = False
         self._in_head = True
         self._refusal: BastionError | None = None
         self._lingering = False
@@ -90,17 +92,30 @@ class BastionHttpProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        else:
+            self._since_body += len(data)
         super().data_received(data)
         # A head still incomplete after this many bytes is refused: it bounds what the parser
         # buffers for one request, whatever the client sends.
         if self._in_head and self._head_bytes > self._max_head + self._max_url:
             self._refuse(BastionError("request_header_too_large"))
+        elif not self._in_head and self._since_body > self._max_head + self._max_url:
+            # Past the head, only chunk framing and trailers are not body: a line of either
+            # that never ends would be buffered without bound. The request is under way, so
+            # the connection is simply closed.
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._since_body = 0
+        super().on_body(body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
         self._header_total = 0
+        self._since_body = 0
+        self._host_seen = False
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -113,6 +128,15 @@ class BastionHttpProtocol(HttpToolsProtocol):
         if self._header_total > self._max_head:
             self._refusal = BastionError("request_header_too_large")
             raise ValueError("header block too large")
+        if not self._in_head:
+            # A chunked body's trailer fields: never merged into the request's headers, where
+            # they would bypass every check made on the head (and reach the upstream).
+            return
+        if name.lower() == b"host":
+            if self._host_seen:
+                self._refusal = BastionError("bad_request", "More than one Host header")
+                raise ValueError("duplicate Host")
+            self._host_seen = True
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

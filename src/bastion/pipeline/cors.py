@@ -95,16 +95,18 @@ class CorsStage:
                 origin = value
                 break
         if origin is None:
-            await self.app(scope, receive, send)
-            return
-        allowed = self.allows(origin.decode("latin-1"))
-        if scope["method"] == "OPTIONS":
+            # Still Vary: Origin, so a shared cache never serves this answer (without CORS
+            # headers) to a cross-origin caller; and the upstream's own CORS headers go.
+            allowed = False
+        else:
+            allowed = self.allows(origin.decode("latin-1"))
+        if origin is not None and scope["method"] == "OPTIONS":
             requested = _preflight_request(scope["headers"])
             if requested is not None:
                 await self._preflight(send, origin, allowed, *requested)
                 return
         additions: list[tuple[bytes, bytes]] = []
-        if allowed:
+        if allowed and origin is not None:
             acao = b"*" if self._any else origin
             additions = [(b"access-control-allow-origin", acao), *self._credentials, *self._expose]
 

@@ -69,6 +69,7 @@ class LimitsStage:
         size = 0
         declared: int | None = None
         chunked = False
+        hosts = 0
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"content-length":
@@ -78,6 +79,11 @@ class LimitsStage:
                     raise BastionError("bad_request", "Invalid Content-Length") from None
             elif name == b"transfer-encoding":
                 chunked = True
+            elif name == b"host":
+                hosts += 1
+        if hosts > 1:
+            # RFC 9112 §3.2: routing on one Host and forwarding another must never happen.
+            raise BastionError("bad_request", "More than one Host header")
         if size > self._max_header:
             raise BastionError(
                 "request_header_too_large", f"The header block exceeds {self._max_header} bytes"
