@@ -94,12 +94,9 @@ class CorsStage:
             if name == b"origin":
                 origin = value
                 break
-        if origin is None:
-            # Still Vary: Origin, so a shared cache never serves this answer (without CORS
-            # headers) to a cross-origin caller; and the upstream's own CORS headers go.
-            allowed = False
-        else:
-            allowed = self.allows(origin.decode("latin-1"))
+        # Without Origin the response still gets Vary: Origin (so a shared cache never serves
+        # this CORS-less answer to a cross-origin caller) and loses the upstream's CORS headers.
+        allowed = origin is not None and self.allows(origin.decode("latin-1"))
         if origin is not None and scope["method"] == "OPTIONS":
             requested = _preflight_request(scope["headers"])
             if requested is not None:
