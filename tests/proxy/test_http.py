@@ -801,3 +801,29 @@ async def test_hundred_concurrent_requests(upstream: str, make_proxy: MakeProxy)
     assert [r.status for r in results] == [200] * 100
     ids = {dict((n, v) for n, v in r.json()["headers"])["x-request-id"] for r in results}
     assert ids == {f"r{i}" for i in range(100)}
+
+
+async def test_slow_upload_does_not_use_up_the_read_timeout(
+    raw_upstream: RawFactory, make_proxy: MakeProxy
+) -> None:
+    """The read timeout is the upstream's time to answer: a body still arriving (slowly, but
+    making progress) restarts it."""
+
+    async def script(conn: RawConnection) -> None:
+        request = await conn.read_request()
+        assert request is not None
+        await conn.write(response_bytes(200, b"%d" % len(request.body)))
+        await conn.read_request()
+
+    server = await raw_upstream(script)
+    gateway = await make_proxy([route(server.url, read_timeout="300ms")])
+    chunks = [b"x" * 10] * 6  # 6 chunks 150 ms apart: 0.9 s in all, three read timeouts
+    exchange = await call(
+        gateway,
+        "POST",
+        "/up",
+        headers=with_body_headers(None),
+        receive=body_receive(chunks, delay=0.15),
+    )
+    assert exchange.status == 200
+    assert exchange.body == b"60"

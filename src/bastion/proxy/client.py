@@ -178,6 +178,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_waiter = None
             self.deadline = 0.0
 
+    def sending(self) -> None:
+        """The request body made progress: a wait for the response head restarts its clock.
+
+        The read timeout is the upstream's time to answer, so a slow upload must not use it up
+        (a client that stops sending altogether still runs into it).
+        """
+        if self._head_waiter is not None and self.timeout:
+            self.deadline = self._loop.time() + self.timeout
+
     def take_body(self) -> bytes:
         """Everything buffered so far (empty when nothing is)."""
         chunks = self._chunks

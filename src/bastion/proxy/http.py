@@ -219,6 +219,7 @@ async def _pump(conn: UpstreamConnection, receive: Receive, chunked: bool) -> No
                     conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
                 else:
                     conn.write(data)
+                conn.sending()
             if not more:
                 if chunked:
                     conn.write(b"0\r\n\r\n")
