@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from bastion.config_types import ConfigModel
+from bastion.config_types import ConfigModel, Duration
 from bastion.observe.config import LoggingConfig, MetricsConfig
 from bastion.pipeline.config import (
     ClientIpConfig,
@@ -78,6 +78,9 @@ class ServerConfig(ConfigModel):
     """Pending connections the listening socket queues."""
     keepalive_timeout: float = 5.0
     """Seconds an idle client connection is kept open."""
+    header_timeout: Duration = 10.0
+    """Longest time a client may take to send a request head (from connecting, or from the
+    first byte of a later request) → 408 ``request_timeout``; an idle new connection is closed."""
 
     @field_validator("prefix")
     @classmethod

@@ -76,6 +76,7 @@ async def server() -> AsyncIterator[int]:
         log_level="critical",
         max_header_bytes=2048,
         max_url_bytes=512,
+        header_timeout=0.5,
     )
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
@@ -289,3 +290,31 @@ async def test_endless_trailer_line_is_cut_off(server: int) -> None:
     finally:
         writer.close()
     assert closed
+
+
+async def test_slow_head_gets_408(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    status, headers, body = parse(response)
+    assert status == 408
+    assert_problem_body(body, 408, "request_timeout")
+
+
+async def test_idle_new_connection_is_closed(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_timer_does_not_cut_a_served_connection(server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    for _ in range(3):  # requests spread over longer than the head timeout
+        writer.write(b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.readuntil(b"sized"), 5)
+        assert data.startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.3)
+    writer.close()

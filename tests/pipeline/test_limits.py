@@ -79,6 +79,31 @@ def test_refusals(
     assert_problem(response, status, code)
 
 
+@pytest.mark.parametrize(
+    "raw_path",
+    [b"/a/../hello", b"/a/%2e%2e/hello", b"/./hello", b"/a/..", b"/a/%2E/b", b"/.."],
+)
+def test_dot_segments_refused(echo_app: Starlette, raw_path: bytes) -> None:
+    from urllib.parse import unquote
+
+    async def with_path(scope, receive, send):  # type: ignore[no-untyped-def]
+        scope["raw_path"] = raw_path
+        scope["path"] = unquote(raw_path.decode())
+        await app(scope, receive, send)
+
+    app = client(echo_app, SMALL).app
+    assert_problem(TestClient(with_path).get("/x"), 400, "bad_request")
+
+
+@pytest.mark.parametrize("path", ["/.well-known/x", "/a/.hidden", "/a/b..c", "/a/..b", "/v1.2/x"])
+def test_dots_inside_segments_pass(path: str) -> None:
+    async def ok(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    assert client(ok, SMALL).get(path).status_code == 204
+
+
 def test_duplicate_host_refused(echo_app: Starlette) -> None:
     response = client(echo_app, SMALL).get(
         "/hello", headers=[("host", "public.example"), ("host", "internal.example")]

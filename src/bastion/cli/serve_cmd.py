@@ -76,6 +76,7 @@ def run_gateway(
         "access_log": False,
         "log_level": "warning",
         "timeout_keep_alive": int(server.keepalive_timeout),
+        "header_timeout": server.header_timeout,
         "backlog": server.backlog,
         "max_header_bytes": settings.limits.max_header_bytes,
         "max_url_bytes": settings.limits.max_url_bytes,

@@ -72,6 +72,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
                 log_level="warning",
                 max_header_bytes=settings.limits.max_header_bytes,
                 max_url_bytes=settings.limits.max_url_bytes,
+                header_timeout=settings.server.header_timeout,
             )
         )
         upstream_task = asyncio.create_task(upstream.serve())

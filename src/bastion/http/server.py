@@ -9,6 +9,7 @@ client-IP stage decides whom to believe.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,12 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
 """How much of it is discarded before closing anyway."""
 
-_REASONS = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
 
 
 def refusal_bytes(error: BastionError) -> bytes:
@@ -59,12 +65,21 @@ class ServerConfig(uvicorn.Config):
     whom to believe) and does not announce itself in a ``Server`` header.
     """
 
-    def __init__(self, app: Any, *, max_header_bytes: int, max_url_bytes: int, **kw: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_header_bytes: int,
+        max_url_bytes: int,
+        header_timeout: float = 10.0,
+        **kw: Any,
+    ) -> None:
         kw["proxy_headers"] = False
         kw.setdefault("server_header", False)
         super().__init__(app, http=BastionHttpProtocol, **kw)
         self.max_header_bytes = max_header_bytes
         self.max_url_bytes = max_url_bytes
+        self.header_timeout = header_timeout
 
 
 class BastionHttpProtocol(HttpToolsProtocol):
@@ -75,6 +90,9 @@ class BastionHttpProtocol(HttpToolsProtocol):
         # Slack for the request line and framing beyond the header-block limit proper.
         self._max_head = getattr(config, "max_header_bytes", 16384) + 1024
         self._max_url = getattr(config, "max_url_bytes", 8192)
+        self._header_timeout = getattr(config, "header_timeout", 10.0)
+        self._head_started = False
+        self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._header_total = 0
         self._since_body = 0
@@ -83,6 +101,34 @@ class BastionHttpProtocol(HttpToolsProtocol):
         self._refusal: BastionError | None = None
         self._lingering = False
         self._lingered = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        # Slow clients (a head dribbled a byte at a time, or a connection opened and left
+        # idle) would otherwise hold a connection for as long as they like.
+        if self._head_timer is None and self._header_timeout > 0:
+            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self._head_started:
+            self._refuse(BastionError("request_timeout", "The request head took too long"))
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -111,6 +157,8 @@ class BastionHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_started = True
+        self._arm_head_timer()
         self._in_head = True
         self._head_bytes = 0
         self._header_total = 0
@@ -141,6 +189,8 @@ class BastionHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_started = False
+        self._disarm_head_timer()
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and type(cycle) is RequestResponseCycle:

@@ -27,6 +27,10 @@ def _media_type(headers: list[tuple[bytes, bytes]]) -> str:
     return ""
 
 
+def _has_dot_segment(path: str) -> bool:
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
 class LimitsStage:
     """Refuses requests whose header block, URL or body exceeds the configured sizes."""
 
@@ -62,7 +66,13 @@ class LimitsStage:
         if scope["type"] != "http" and scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path: str = scope["path"]
+        if "/." in path and _has_dot_segment(path):
+            # Routes, exemptions and body rules match the decoded path while the raw one is
+            # forwarded: `/public/../admin` (or `%2e%2e`) would match one thing and reach
+            # another. Browsers never send dot segments; refusing them removes the ambiguity.
+            raise BastionError("bad_request", "The path contains '.' or '..' segments")
+        raw_path = scope.get("raw_path") or path.encode("utf-8")
         if len(raw_path) + len(scope.get("query_string", b"")) + 1 > self._max_url:
             raise BastionError("uri_too_long", f"The URL exceeds {self._max_url} bytes")
         headers = scope["headers"]
