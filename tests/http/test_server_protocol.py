@@ -300,6 +300,7 @@ async def test_slow_head_gets_408(server: int) -> None:
     writer.close()
     status, headers, body = parse(response)
     assert status == 408
+    assert headers["connection"] == "close"
     assert_problem_body(body, 408, "request_timeout")
 
 
