@@ -503,3 +503,58 @@ def test_login_then_unsafe_request_through_starlette() -> None:
         )
         assert accepted.status_code == 200
         assert accepted.text == "updated"
+
+
+WS_CASES = [
+    # id, origin, with session cookie, refused
+    ("own-origin", b"https://shop.example.com", True, False),
+    ("cross-site", b"https://evil.example", True, True),
+    ("null-origin", b"null", True, True),
+    ("scheme-downgrade", b"http://shop.example.com", True, True),
+    ("no-session-cookie", b"https://evil.example", False, False),
+    ("no-origin-not-a-browser", None, True, False),
+    ("trusted-origin", b"https://partner.example", True, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("origin", "with_session", "refused"),
+    [case[1:] for case in WS_CASES],
+    ids=[case[0] for case in WS_CASES],
+)
+async def test_websocket_handshakes_checked_for_cross_site_hijacking(
+    origin: bytes | None, with_session: bool, refused: bool
+) -> None:
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["type"])
+
+    stage = make_stage(app, trusted_origins=["https://partner.example"])
+    headers: Headers = [(b"host", b"shop.example.com")]
+    if with_session:
+        headers += cookies()
+    if origin is not None:
+        headers.append((b"origin", origin))
+    state = RequestState("req-1", 0.0, "203.0.113.9", "wss")
+    scope: Scope = {
+        "type": "websocket",
+        "path": "/api/live",
+        "headers": headers,
+        "state": {"bastion": state},
+    }
+
+    async def receive() -> Message:
+        raise AssertionError("not read")
+
+    async def send(message: Message) -> None:
+        raise AssertionError("not sent")
+
+    if refused:
+        with pytest.raises(BastionError) as info:
+            await stage(scope, receive, send)
+        assert info.value.code == "csrf_failed"
+        assert reached == []
+    else:
+        await stage(scope, receive, send)
+        assert reached == ["websocket"]

@@ -37,6 +37,8 @@ __all__ = ["CsrfKeyRing", "CsrfStage"]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _EXEMPT_METHODS = frozenset({"bearer", "api_key"})
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+"""Origins are HTTP origins, also for WebSocket handshakes."""
 _CLOCK_SKEW = 60
 """Seconds a token's issue time may lie in the future (clocks of several instances differ)."""
 
@@ -152,6 +154,8 @@ class CsrfStage:
         return keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            self._check_websocket(scope)
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -207,6 +211,28 @@ class CsrfStage:
             return "CSRF token does not match its cookie"
         return self.verify(sent, session)
 
+    def _check_websocket(self, scope: Scope) -> None:
+        """Refuse cross-site WebSocket hijacking: a handshake carrying the session cookie must
+        come from the request's own origin (or a trusted one). Browsers always send ``Origin``
+        on handshakes and scripts cannot forge it; handshakes without it are not a browser's."""
+        headers = scope["headers"]
+        sessions, _ = _cookies(headers, self._names)
+        if not sessions or not self._paths.matches(scope["path"]):
+            return
+        if self._exempt.matches(scope["path"]):
+            return
+        origin: str | None = None
+        host: bytes | None = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value.decode("latin-1").strip().lower()
+            elif name == b"host":
+                host = value
+        if origin is None or origin in self._trusted:
+            return
+        if origin == "null" or origin != self._own_origin(scope, host):
+            raise BastionError("csrf_failed", "Cross-origin WebSocket handshake")
+
     @staticmethod
     def _own_origin(scope: Scope, host: bytes | None) -> str | None:
         state = state_of(scope)
@@ -214,10 +240,11 @@ class CsrfStage:
         if not authority:
             return None
         authority = authority.strip().lower()
-        default = _DEFAULT_PORTS.get(state.scheme, "")
+        scheme = _HTTP_SCHEMES.get(state.scheme, state.scheme)
+        default = _DEFAULT_PORTS.get(scheme, "")
         if default and authority.endswith(default):
             authority = authority[: -len(default)]
-        return f"{state.scheme}://{authority}"
+        return f"{scheme}://{authority}"
 
     async def _exempt_principal(self, scope: Scope, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether a verified bearer token or API key authenticates the request."""
