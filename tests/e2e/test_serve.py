@@ -155,3 +155,23 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "limits.max_body_bytez" in result.stderr
+
+
+async def test_refused_websocket_handshake_is_a_problem_and_logs_no_error(
+    processes: Processes,
+) -> None:
+    demo = processes.demo()
+    gateway = processes.bastion("--upstream", demo.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"GET /_bastion/nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    assert b"x-content-type-options: nosniff" in head
+    assert orjson.loads(body)["code"] == "not_found"
+    assert "without completing handshake" not in gateway.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -50,12 +51,25 @@ def _effective_settings(
     return settings
 
 
+class _RefusedHandshakeFilter(logging.Filter):
+    """Drops uvicorn's error line for WebSocket handshakes the pipeline refused on purpose
+    (with a problem response or a close code): a client could fill the error log with them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
+def _quiet_refused_handshakes() -> None:
+    logging.getLogger("uvicorn.error").addFilter(_RefusedHandshakeFilter())
+
+
 def gateway_from_env() -> Any:
     """Factory run in each worker process: rebuilds the settings the parent validated."""
     args = orjson.loads(os.environ[_ARGS_ENV])
     config = Path(args["config"]) if args["config"] else None
     settings = _effective_settings(config, args["upstream"], None, None, None)
     configure_logging(settings.logging, args["log_format"])
+    _quiet_refused_handshakes()
     return Bastion(settings).gateway()
 
 
@@ -89,7 +103,9 @@ def run_gateway(
         routes=routes,
     )
     if server.workers == 1:
-        uvicorn.Server(ServerConfig(Bastion(settings).gateway(), **common)).run()
+        config_obj = ServerConfig(Bastion(settings).gateway(), **common)
+        _quiet_refused_handshakes()  # after uvicorn configured its loggers
+        uvicorn.Server(config_obj).run()
         return
     metrics_dir = tempfile.mkdtemp(prefix="bastion-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -70,6 +70,9 @@ class SecurityHeadersStage:
         self._drop = self._remove | (frozenset(managed) if self._override else frozenset())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, self._websocket_send(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -89,6 +92,18 @@ class SecurityHeadersStage:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _websocket_send(self, scope: Scope, send: Send) -> Send:
+        """Handshakes refused with an HTTP response (the denial extension) get the headers too."""
+        state = state_of(scope)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "websocket.http.response.start":
+                scheme = "https" if state.scheme == "wss" else "http"
+                message["headers"] = self._apply(message.get("headers", ()), scheme, None)
+            await send(message)
+
+        return send_with_headers
 
     def _apply(
         self,
