@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion.deps import Deps
-from bastion.http.asgi import ASGIApp, Receive, Scope, Send
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.framework import adopt_error_handling
 from bastion.http.routes import RouteTable
 from bastion.observe.access import RequestObserver
@@ -78,3 +78,17 @@ class RecordingApp:
         self.calls += 1
         await send({"type": "http.response.start", "status": 200, "headers": list(self.headers)})
         await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def exchange(app: ASGIApp, scope: Scope) -> list[Message]:
+    """Call ``app`` with ``scope`` and an empty request body; return the messages it sent."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent

@@ -22,6 +22,7 @@ from bastion.pipeline.config import CorsConfig
 from bastion.pipeline.cors import CorsStage
 from bastion.settings import Settings
 from stage_harness import RecordingApp as Upstream
+from stage_harness import exchange
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -44,16 +45,7 @@ async def call(
         "headers": headers or [],
         "state": {"bastion": RequestState("req-1", 0.0, "203.0.113.9", "https")},
     }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await stage(scope, receive, send)
-    return sent
+    return await exchange(stage, scope)
 
 
 def header(message: Message, name: bytes) -> bytes | None:

@@ -25,6 +25,7 @@ from bastion.pipeline.config import CsrfConfig
 from bastion.pipeline.csrf import CsrfKeyRing, CsrfStage
 from bastion.settings import Settings
 from stage_harness import RecordingApp as Upstream
+from stage_harness import exchange
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -87,16 +88,7 @@ async def call(
         "headers": [*([(b"host", host)] if host else []), *(headers or [])],
         "state": {"bastion": state},
     }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await stage(scope, receive, send)
-    return sent
+    return await exchange(stage, scope)
 
 
 def token_for(session: str, keys: tuple[bytes, ...] = (KEY_NEW,)) -> str:
