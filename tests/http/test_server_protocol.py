@@ -319,3 +319,36 @@ async def test_timer_does_not_cut_a_served_connection(server: int) -> None:
         assert data.startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.3)
     writer.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "code"),
+    [
+        (b"Sec-WebSocket-Protocol: a b\r\n", 400, "bad_request"),
+        (b"X-Pad: " + b"p" * 9000 + b"\r\n", 431, "request_header_too_large"),
+    ],
+)
+async def test_malformed_handshakes_are_problems(
+    server: int, extra: bytes, status: int, code: str
+) -> None:
+    raw = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        + extra
+        + b"\r\n"
+    )
+    got_status, headers, body = parse(await exchange(server, raw))
+    assert got_status == status
+    assert headers["content-type"] == "application/problem+json"
+    assert_problem_body(body, status, code)
+
+
+async def test_unsupported_websocket_version_is_426(server: int) -> None:
+    raw = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    )
+    status, headers, body = parse(await exchange(server, raw))
+    assert status == 426
+    assert headers["sec-websocket-version"] == "13"
+    assert_problem_body(body, 426, "upgrade_required")

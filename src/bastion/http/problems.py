@@ -63,6 +63,7 @@ PROBLEMS: dict[str, ProblemSpec] = {
     "method_not_allowed": ProblemSpec(405, "Method not allowed"),
     "forbidden": ProblemSpec(403, "Forbidden"),
     "request_timeout": ProblemSpec(408, "Request timeout"),
+    "upgrade_required": ProblemSpec(426, "Upgrade required"),
     "request_header_too_large": ProblemSpec(431, "Request header fields too large"),
     "uri_too_long": ProblemSpec(414, "URI too long"),
     "payload_too_large": ProblemSpec(413, "Payload too large"),

@@ -25,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from bastion.http.problems import BastionError, problem_body
+from bastion.http.upgrade import upgrade_problem
 
 __all__ = ["BastionHttpProtocol", "CoalescingCycle", "ServerConfig", "refusal_bytes"]
 
@@ -36,6 +37,7 @@ _LINGER_BYTES = 4 * 1024 * 1024
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
+    426: b"Upgrade Required",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
 }
@@ -53,6 +55,10 @@ def refusal_bytes(error: BastionError) -> bytes:
         b"cache-control: no-store\r\n",
         b"x-content-type-options: nosniff\r\n",
         b"x-request-id: " + request_id.encode("ascii") + b"\r\n",
+        *(
+            name.lower().encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+            for name, value in error.headers.items()
+        ),
         b"connection: close\r\n\r\n",
     ]
     return b"".join(head) + body
@@ -227,6 +233,13 @@ class BastionHttpProtocol(HttpToolsProtocol):
     def _end_linger(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
+
+    def handle_websocket_upgrade(self) -> None:
+        problem = upgrade_problem(self.scope["headers"])
+        if problem is not None:
+            self._refuse(problem)
+            return
+        super().handle_websocket_upgrade()
 
     def eof_received(self) -> None:
         if self._lingering:
