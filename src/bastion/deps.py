@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from bastion.http.client_ip import ClientIpResolver
 from bastion.http.routes import RouteTable
 from bastion.observe.metrics import Metrics
 
@@ -30,3 +31,10 @@ class Deps:
     principal_resolver: PrincipalResolver | None = None
     """Verifies Bastion credentials on demand (stages before ``auth`` that must know the
     verified principal, such as CSRF exemption for bearer-authenticated requests)."""
+    client_ips: ClientIpResolver = field(init=False)
+    """The one trust rule for client addresses (``[client_ip]``), shared by every stage that
+    needs it, with one cache of normalised peers."""
+
+    def __post_init__(self) -> None:
+        config = self.settings.client_ip
+        self.client_ips = ClientIpResolver(config.trusted_proxies, config.header)

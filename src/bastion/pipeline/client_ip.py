@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Receive, Scope, Send
-from bastion.http.client_ip import ClientIpResolver
 from bastion.http.state import state_of
 from bastion.pipeline.config import ClientIpConfig
 
@@ -22,7 +21,7 @@ class ClientIpStage:
 
     def __init__(self, app: ASGIApp, *, config: ClientIpConfig, deps: Deps) -> None:
         self.app = app
-        self._resolver = ClientIpResolver(config.trusted_proxies, config.header)
+        self._resolver = deps.client_ips
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" or scope["type"] == "websocket":

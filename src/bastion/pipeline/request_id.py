@@ -12,7 +12,6 @@ import time
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from bastion.http.client_ip import ClientIpResolver
 from bastion.http.routes import request_host
 from bastion.http.state import RequestState
 from bastion.observe.access import RequestObserver
@@ -51,9 +50,7 @@ class RequestIdStage:
         self._trust = config.trust_incoming
         self._routes = deps.routes
         self._needs_host = any(route.host is not None for route in deps.routes)
-        self._peers = ClientIpResolver(
-            deps.settings.client_ip.trusted_proxies, deps.settings.client_ip.header
-        )
+        self._peers = deps.client_ips
         self._observer = observer
         self._metrics = deps.metrics
 

@@ -11,7 +11,6 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from bastion.http.asgi import Receive, Scope, Send
-from bastion.http.client_ip import ClientIpResolver
 from bastion.http.problems import BastionError
 from bastion.http.state import RequestState
 from bastion.proxy.config import ProxyConfig
@@ -53,8 +52,7 @@ class Proxy:
     def __init__(self, *, config: ProxyConfig, deps: Deps) -> None:
         self._config = config
         settings = deps.settings
-        trusted = settings.client_ip.trusted_proxies
-        self._resolver = ClientIpResolver(trusted, settings.client_ip.header) if trusted else None
+        self._resolver = deps.client_ips if deps.client_ips.enabled else None
         self._request_id_header = settings.request_id.header
         read_timeouts = [config.read_timeout]
         read_timeouts.extend(
