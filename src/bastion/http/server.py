@@ -224,10 +224,14 @@ class BastionHttpProtocol(HttpToolsProtocol):
         if cycle is None or not cycle.more_body:
             transport.close()
             return
-        self._lingering = True
-        if transport.can_write_eof():
-            transport.write_eof()
+        self._linger()
         self.flow.resume_reading()
+
+    def _linger(self) -> None:
+        """Send FIN, discard (not parse) what the client still sends, close a little later."""
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         self.loop.call_later(_LINGER_SECONDS, self._end_linger)
 
     def _end_linger(self) -> None:
@@ -257,11 +261,7 @@ class BastionHttpProtocol(HttpToolsProtocol):
         if transport.is_closing() or self._lingering:
             return
         transport.write(refusal_bytes(error))
-        # The rest of what the client sends is discarded, not parsed, until the close.
-        self._lingering = True
-        if transport.can_write_eof():
-            transport.write_eof()
-        self.loop.call_later(_LINGER_SECONDS, self._end_linger)
+        self._linger()
 
 
 _SWEEPING = "bastion_head_sweep"
