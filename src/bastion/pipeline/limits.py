@@ -27,6 +27,13 @@ def _media_type(headers: list[tuple[bytes, bytes]]) -> str:
     return ""
 
 
+def _too_large(limit: int) -> BastionError:
+    # The unread rest of the body makes the connection unusable for another request.
+    return BastionError(
+        "payload_too_large", f"The body exceeds {limit} bytes", headers={"Connection": "close"}
+    )
+
+
 def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.split("/"))
 
@@ -109,11 +116,7 @@ class LimitsStage:
             await self.app(scope, receive, send)
             return
         if declared is not None:
-            raise BastionError(
-                "payload_too_large",
-                f"The body exceeds {limit} bytes",
-                headers={"Connection": "close"},
-            )
+            raise _too_large(limit)
         await self._stream_counted(scope, receive, send, limit)
 
     async def _stream_counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -131,11 +134,7 @@ class LimitsStage:
             if body:
                 received += len(body)
                 if received > limit:
-                    exceeded = BastionError(
-                        "payload_too_large",
-                        f"The body exceeds {limit} bytes",
-                        headers={"Connection": "close"},
-                    )
+                    exceeded = _too_large(limit)
                     raise exceeded
             return message
 
