@@ -39,7 +39,6 @@ class ProbeStage:
         self._ready = prefix + "/ready"
         self._metrics_path = prefix + "/metrics" if config.enabled else None
         self._paths = frozenset(p for p in (self._health, self._ready, self._metrics_path) if p)
-        self._prefix = prefix
         self._allow = tuple(config.allow)
         self._metrics = deps.metrics
         self._readiness = readiness
