@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -117,7 +117,8 @@ class KeyStore:
         """
         if keep < 1:
             raise ValueError("keep must be at least 1: the new key itself")
-        newest = await self._latest_generation(purpose) + 1
+        _, latest = await self._snapshot(purpose)
+        newest = latest + 1
         await self._insert_generation(purpose, newest, factory)
         now = utc_now()
         retire = (
@@ -194,12 +195,6 @@ class KeyStore:
             if record.retired_at is None and (record.not_after is None or record.not_after > now)
         ]
         return active, records[0].generation if records else 0
-
-    async def _latest_generation(self, purpose: str) -> int:
-        query = select(func.max(KeyRecord.generation)).where(KeyRecord.purpose == purpose)
-        async with self._database.session() as session:
-            latest = await session.scalar(query)
-        return latest or 0
 
     async def _insert_generation(self, purpose: str, generation: int, factory: KeyFactory) -> None:
         new = factory()
