@@ -28,5 +28,8 @@ def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ign
             assert [r.name for r in example.routes] == ["api"]
         elif name == "limits":
             assert example.limits.model_copy(update={"body": []}) == defaults.limits
+        elif name == "auth":
+            assert [rule.path for rule in example.auth.rules] == ["/api/admin/**", "/api/health"]
+            assert example.auth.model_copy(update={"rules": []}) == defaults.auth
         else:
             assert getattr(example, name) == getattr(defaults, name), name

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from bastion.auth.config import AccessRule
 from bastion.pipeline.config import BodyLimitRule
 from bastion.proxy.config import RouteConfig
 from bastion.settings import Settings
@@ -28,6 +29,10 @@ _EXAMPLES: dict[str, list[BaseModel]] = {
         BodyLimitRule(
             path="/uploads/**", content_types=["multipart/form-data"], max_bytes=100 * 1024 * 1024
         )
+    ],
+    "auth.rules": [
+        AccessRule(path="/api/admin/**", methods=["GET", "POST"], require="admin:*"),
+        AccessRule(path="/api/health", public=True),
     ],
 }
 
@@ -79,6 +84,9 @@ def _toml_value(value: Any) -> str:
         return orjson.dumps(value).decode()
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items())
+        return "{ " + items + " }" if items else "{}"
     raise TypeError(f"cannot render {value!r} as TOML")
 
 

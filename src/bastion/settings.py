@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bastion.auth.config import AuthConfig
 from bastion.config_types import ConfigModel, Duration
 from bastion.observe.config import LoggingConfig, MetricsConfig
 from bastion.pipeline.config import (
@@ -152,6 +153,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     csrf: CsrfConfig = Field(default_factory=CsrfConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -24,6 +24,9 @@ from bastion.store.migrate import (
     upgrade,
 )
 
+ALL_REVISIONS = ["0001", "0002"]
+"""Every revision, oldest first: what an upgrade of an empty database applies."""
+
 
 async def _tables(database: Database) -> set[str]:
     async with database.engine.connect() as connection:
@@ -33,8 +36,8 @@ async def _tables(database: Database) -> set[str]:
 
 async def test_upgrade_applies_every_revision_once(database: Database) -> None:
     assert await current_revisions(database) == set()
-    assert await upgrade(database) == ["0001"]
-    assert await current_revisions(database) == head_revisions() == {"0001"}
+    assert await upgrade(database) == ALL_REVISIONS
+    assert await current_revisions(database) == head_revisions() == {ALL_REVISIONS[-1]}
     assert {"bastion_keys", VERSION_TABLE} <= await _tables(database)
     assert await upgrade(database) == []
     assert await current_revisions(database) == head_revisions()
@@ -71,7 +74,7 @@ async def test_concurrent_upgrades_apply_each_revision_exactly_once(database_url
         await database.start()
     try:
         results = await asyncio.gather(*(upgrade(database) for database in databases))
-        assert sorted(results) == [[], [], ["0001"]]
+        assert sorted(results) == [[], [], ALL_REVISIONS]
         assert await current_revisions(databases[0]) == head_revisions()
     finally:
         for database in databases:
@@ -96,7 +99,7 @@ async def test_upgrade_waits_for_the_postgres_advisory_lock(
         await asyncio.sleep(0.3)
         assert not waiting.done()
         await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
-        assert await waiting == ["0001"]
+        assert await waiting == ALL_REVISIONS
     finally:
         await holder.close()
         await database.close()
@@ -111,7 +114,7 @@ async def test_upgrade_waits_for_the_sqlite_lock_file(tmp_path: Path) -> None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             with pytest.raises(StoreError, match=r"lock file of bastion.db was not released"):
                 await upgrade(database, lock_timeout=0.3)
-        assert await upgrade(database) == ["0001"]
+        assert await upgrade(database) == ALL_REVISIONS
     finally:
         await database.close()
 
@@ -120,7 +123,7 @@ async def test_in_memory_sqlite_migrates_without_a_lock_file() -> None:
     database = Database.from_url("sqlite+aiosqlite://")
     await database.start()
     try:
-        assert await upgrade(database) == ["0001"]
+        assert await upgrade(database) == ALL_REVISIONS
         assert "bastion_keys" in await _tables(database)
     finally:
         await database.close()

@@ -13,6 +13,7 @@ from alembic import context
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import Connection
 
+import bastion.auth.models  # noqa: F401  (registers the identity tables on Base.metadata)
 from bastion.store.models import Base
 
 VERSION_TABLE = "bastion_alembic_version"

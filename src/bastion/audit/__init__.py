@@ -1,0 +1,1 @@
+"""Security-relevant events: what happened, who did it, from where (DESIGN.md §9)."""
