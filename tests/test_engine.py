@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bastion import Bastion, BastionError, Settings
+from bastion.auth.config import AuthConfig
 from bastion.pipeline.compression import CompressionStage
 from bastion.pipeline.config import (
     ClientIpConfig,
@@ -87,9 +88,12 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
         "ProbeStage",
         "SheddingStage",
         "LimitsStage",
+        "AuthStage",
         "CompressionStage",
         "OwnRoutes",
     ]
+    without_auth = Settings(store=store, auth=AuthConfig(enabled=False))
+    assert "AuthStage" not in chain(Bastion(without_auth).wrap(starlette_app()))
     everything = Settings(
         store=store,
         client_ip=ClientIpConfig(trusted_proxies=["10.0.0.0/8"]),
@@ -98,7 +102,8 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
     )
     full = chain(Bastion(everything).wrap(starlette_app()))
     assert full.index("ClientIpStage") == full.index("ErrorStage") + 1
-    assert full.index("CorsStage") < full.index("CsrfStage") < full.index("CompressionStage")
+    assert full.index("CorsStage") < full.index("CsrfStage") < full.index("AuthStage")
+    assert full.index("AuthStage") < full.index("CompressionStage")
     assert isinstance(Bastion(everything).wrap(starlette_app()).pipeline, RequestIdStage)
     _ = (CorsStage, CsrfStage, CompressionStage, SecurityHeadersStage)
 

@@ -16,12 +16,21 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bastion.auth.dependencies import current_principal, require
     from bastion.engine import Bastion, BastionApp
     from bastion.http.principal import Principal
     from bastion.http.problems import BastionError
     from bastion.settings import Settings
 
-__all__ = ["Bastion", "BastionApp", "BastionError", "Principal", "Settings"]
+__all__ = [
+    "Bastion",
+    "BastionApp",
+    "BastionError",
+    "Principal",
+    "Settings",
+    "current_principal",
+    "require",
+]
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -30,6 +39,8 @@ _EXPORTS = {
     "BastionError": "bastion.http.problems",
     "Principal": "bastion.http.principal",
     "Settings": "bastion.settings",
+    "current_principal": "bastion.auth.dependencies",
+    "require": "bastion.auth.dependencies",
 }
 
 

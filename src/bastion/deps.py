@@ -10,6 +10,7 @@ from bastion.http.routes import RouteTable
 from bastion.observe.metrics import Metrics
 
 if TYPE_CHECKING:
+    from bastion.audit.events import AuditSink
     from bastion.http.principal import PrincipalResolver
     from bastion.settings import Settings
     from bastion.store.stores import Stores
@@ -31,6 +32,8 @@ class Deps:
     principal_resolver: PrincipalResolver | None = None
     """Verifies Bastion credentials on demand (stages before ``auth`` that must know the
     verified principal, such as CSRF exemption for bearer-authenticated requests)."""
+    audit: AuditSink | None = None
+    """Where security-relevant events go (DESIGN.md §9)."""
     client_ips: ClientIpResolver = field(init=False)
     """The one trust rule for client addresses (``[client_ip]``), shared by every stage that
     needs it, with one cache of normalised peers."""

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bastion.audit.events import LoggingAuditSink
+from bastion.auth.wiring import Identity
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.framework import adopt_error_handling
@@ -46,18 +48,40 @@ _LAZY_START_RETRY = 5.0
 
 class OwnRoutes:
     """Terminal dispatch: Bastion's own endpoints under the reserved prefix, everything else to
-    the wrapped app or the proxy. Capabilities mount their endpoints here."""
+    the wrapped app or the proxy. Capabilities mount their endpoints here: ``mounts`` maps a
+    path below the prefix (``/auth``: that path and everything under it) to an ASGI app;
+    ``exact`` maps full paths outside the prefix (a second JWKS location) to one."""
 
-    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        prefix: str,
+        mounts: dict[str, ASGIApp] | None = None,
+        exact: dict[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
         self._prefix = prefix
         self._prefix_slash = prefix + "/"
+        self._mounts = [
+            (prefix + path, prefix + path + "/", app) for path, app in (mounts or {}).items()
+        ]
+        self._exact = dict(exact or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             path: str = scope["path"]
             if path == self._prefix or path.startswith(self._prefix_slash):
+                for whole, below, mounted in self._mounts:
+                    if path == whole or path.startswith(below):
+                        await mounted(scope, receive, send)
+                        return
                 raise BastionError("not_found", "No such Bastion endpoint")
+            if self._exact:
+                mounted_app = self._exact.get(path)
+                if mounted_app is not None:
+                    await mounted_app(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
@@ -68,9 +92,11 @@ def build_pipeline(
     observer: RequestObserver,
     readiness: Callable[[], Any],
     csrf_keys: CsrfKeyRing,
+    identity: Identity | None = None,
 ) -> ASGIApp:
     """Wrap ``terminal`` in the stages ``deps.settings`` enables, outermost first."""
     s = deps.settings
+    mounts, exact = identity.endpoints(deps.prefix) if identity is not None else ({}, {})
     stages: list[tuple[bool, Stage]] = [
         (True, lambda a: RequestIdStage(a, config=s.request_id, deps=deps, observer=observer)),
         (s.headers.enabled, lambda a: SecurityHeadersStage(a, config=s.headers, deps=deps)),
@@ -84,8 +110,9 @@ def build_pipeline(
         (s.limits.enabled, lambda a: LimitsStage(a, config=s.limits, deps=deps)),
         (s.cors.enabled, lambda a: CorsStage(a, config=s.cors, deps=deps)),
         (s.csrf.enabled, lambda a: CsrfStage(a, config=s.csrf, deps=deps, keyring=csrf_keys)),
+        (identity is not None, lambda a: identity.stage(a, deps) if identity else a),
         (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
-        (True, lambda a: OwnRoutes(a, prefix=deps.prefix)),
+        (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
     app = terminal
     for enabled, stage in reversed(stages):
@@ -114,7 +141,13 @@ class Bastion:
             prefix=self.settings.server.prefix,
             stores=self.stores,
             principal_resolver=principal_resolver,
+            audit=LoggingAuditSink(),
         )
+        self.identity: Identity | None = None
+        if self.settings.auth.enabled:
+            self.identity = Identity(self.settings.auth, self.deps)
+            if principal_resolver is None:
+                self.deps.principal_resolver = self.identity.resolver
         self.csrf_keys = CsrfKeyRing(
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
@@ -130,6 +163,7 @@ class Bastion:
             observer=self._observer,
             readiness=self.readiness,
             csrf_keys=self.csrf_keys,
+            identity=self.identity,
         )
 
     def wrap(self, app: ASGIApp) -> BastionApp:
@@ -159,12 +193,16 @@ class Bastion:
             await self.stores.start(migrate=self.settings.store.auto_migrate)
             if self.settings.csrf.enabled and not self.csrf_keys.keys:
                 self.csrf_keys.set(await self.stores.csrf_keys())
+            if self.identity is not None:
+                await self.identity.service.start()
             self._started = True
 
     async def shutdown(self) -> None:
         """Close what :meth:`startup` and the terminal opened."""
         for close in reversed(self._closers):
             await close()
+        if self.identity is not None:
+            await self.identity.service.close()
         await self.stores.close()
         output = access_output()
         if output is not None:

@@ -73,6 +73,7 @@ def test_all_stages_covered() -> None:
         "LimitsStage",
         "CorsStage",
         "CsrfStage",
+        "AuthStage",
         "CompressionStage",
         "OwnRoutes",
     }

@@ -76,6 +76,13 @@ class Metrics:
             ("store", "op"),
             registry=reg,
         )
+        self.auth_attempts = Counter(
+            "bastion_auth_attempts_total",
+            "Authentication attempts, by method (password, refresh, bearer, api_key, otp) and "
+            "result (success, failure, throttled, reused, mfa_required, denied).",
+            ("method", "result"),
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
         # across workers each process's value lives in the shared files and is summed.
@@ -111,6 +118,9 @@ class Metrics:
 
     def upstream_error(self, route: str, kind: str) -> None:
         self.upstream_errors.labels(route, kind).inc()
+
+    def auth_attempt(self, method: str, result: str) -> None:
+        self.auth_attempts.labels(method, result).inc()
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()

@@ -1,0 +1,182 @@
+"""The ``auth`` stage: resolves the principal a request's Bastion credential proves and enforces
+``[[auth.rules]]`` (DESIGN.md §1, step 10).
+
+- A Bastion credential (its JWT, a ``bst_`` key) is verified wherever it appears; one that
+  fails is a 401 even on a route no rule protects. Any other ``Authorization`` value passes to
+  the upstream untouched, except on protected routes, where it cannot authenticate.
+- 401 ``authentication_required`` (no credential) and 403 ``permission_denied`` (a principal
+  without the permission) are distinct; every 401 carries an RFC 6750 challenge.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from bastion.audit.events import AuditEvent
+from bastion.auth.api_keys import looks_like_api_key
+from bastion.auth.config import AuthConfig
+from bastion.auth.dependencies import IDENTITY_STATE_KEY
+from bastion.auth.errors import AuthError
+from bastion.auth.rbac import AccessRules
+from bastion.auth.service import IdentityService
+from bastion.auth.tokens import looks_like_bastion_jwt
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Receive, Scope, Send
+from bastion.http.principal import Principal
+from bastion.http.state import state_of
+
+__all__ = ["AuthStage", "Credential", "CredentialResolver", "extract_credential"]
+
+_SLASHES = re.compile(r"/{2,}")
+_AUTHORIZATION = b"authorization"
+_BEARER = "bearer "
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a request presents: a bearer token, or an API key (in ``X-API-Key`` or as a bearer
+    token starting with ``bst_``)."""
+
+    kind: Literal["bearer", "api_key"]
+    value: str
+
+
+def extract_credential(
+    headers: list[tuple[bytes, bytes]], api_key_header: bytes
+) -> Credential | None:
+    """The one credential a request presents, or ``None``.
+
+    Refused with 401 ``invalid_token``: several ``Authorization`` headers, several tokens in
+    one (``a.b.c d.e.f``), or a bearer token and an API key together — ambiguity is never
+    resolved by guessing which one counts.
+    """
+    bearer: str | None = None
+    api_key: str | None = None
+    seen_authorization = False
+    for name, raw in headers:
+        if name == _AUTHORIZATION:
+            if seen_authorization:
+                raise AuthError("invalid_token", "Send one Authorization header")
+            seen_authorization = True
+            value = raw.decode("latin-1").strip()
+            if value[:7].lower() != _BEARER:
+                continue
+            token = value[7:].strip()
+            if not token or not _TOKEN_CHARS.issuperset(token):
+                raise AuthError("invalid_token", "Send exactly one bearer token")
+            bearer = token
+        elif name == api_key_header:
+            if api_key is not None:
+                raise AuthError("invalid_token", "Send one API key")
+            api_key = raw.decode("latin-1").strip()
+    if bearer is not None and api_key is not None:
+        raise AuthError("invalid_token", "Send either a bearer token or an API key, not both")
+    if api_key is not None:
+        return Credential("api_key", api_key)
+    if bearer is not None:
+        if looks_like_api_key(bearer):
+            return Credential("api_key", bearer)
+        return Credential("bearer", bearer)
+    return None
+
+
+class CredentialResolver:
+    """Verifies the Bastion credential a request carries (``Deps.principal_resolver``), for
+    stages that run before ``auth`` and must know the verified principal (CSRF exemption)."""
+
+    def __init__(self, service: IdentityService, config: AuthConfig) -> None:
+        self._service = service
+        self._header = config.api_key_header.lower().encode("latin-1")
+        self._issuer = config.tokens.issuer
+
+    def ours(self, credential: Credential) -> bool:
+        """Whether ``credential`` looks like Bastion's own (and so must verify)."""
+        if credential.kind == "api_key":
+            return True
+        kids = self._service.signing.ring.kids
+        return looks_like_bastion_jwt(credential.value, issuer=self._issuer, kids=kids)
+
+    async def verify(self, credential: Credential) -> Principal:
+        if credential.kind == "api_key":
+            return await self._service.authenticate_api_key(credential.value)
+        return await self._service.authenticate_bearer(credential.value)
+
+    async def __call__(self, scope: Scope) -> Principal | None:
+        try:
+            credential = extract_credential(scope["headers"], self._header)
+            if credential is None or not self.ours(credential):
+                return None
+            return await self.verify(credential)
+        except AuthError:
+            return None
+
+
+class AuthStage:
+    """Resolves ``state.principal`` and enforces the route rules."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: AuthConfig,
+        deps: Deps,
+        service: IdentityService,
+        resolver: CredentialResolver,
+    ) -> None:
+        self.app = app
+        self._service = service
+        self._resolver = resolver
+        self._rules = AccessRules(config.rules, config.protect)
+        self._header = config.api_key_header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        state = state_of(scope)
+        scope["state"][IDENTITY_STATE_KEY] = self._service
+        credential = extract_credential(scope["headers"], self._header)
+        path: str = scope["path"]
+        if "//" in path:
+            # Upstreams commonly merge empty segments; rules must see the path they will serve.
+            path = _SLASHES.sub("/", path)
+        decision = self._rules.decide(scope.get("method", "GET"), path)
+        rule = decision.kind
+        principal: Principal | None = None
+        if credential is not None and (
+            rule in ("authenticated", "require", "deny") or self._resolver.ours(credential)
+        ):
+            principal = await self._resolver.verify(credential)
+            state.principal = principal
+            state.user = principal.subject
+        if rule == "none" or rule == "public":
+            await self.app(scope, receive, send)
+            return
+        if principal is None:
+            raise AuthError("authentication_required", "This route requires authentication")
+        required = decision.permission if rule == "require" else ("*" if rule == "deny" else None)
+        if required is not None and not self._service.authorizer.allows(
+            roles=principal.roles, required=required, scopes=principal.scopes
+        ):
+            await self._denied(scope, principal, required)
+        await self.app(scope, receive, send)
+
+    async def _denied(self, scope: Scope, principal: Principal, required: str) -> None:
+        state = state_of(scope)
+        self._service.metrics.auth_attempt(principal.method, "denied")
+        await self._service.audit.emit(
+            AuditEvent(
+                kind="access.denied",
+                outcome="denied",
+                actor=principal.subject,
+                target=scope["path"][:256],
+                client_ip=state.client_ip,
+                request_id=state.request_id,
+                detail={"permission": required, "method": scope.get("method", "GET")},
+            )
+        )
+        raise AuthError("permission_denied", "You do not have the permission this route requires")
