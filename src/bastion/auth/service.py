@@ -112,8 +112,9 @@ class IdentityService:
             self.store, self._on_change, interval=config.revocation_poll, redis=stores.redis
         )
         self._status_ttl = config.status_cache_ttl
-        self._seen_sessions: dict[str, datetime] = {}
-        self._used_keys: dict[str, datetime] = {}
+        # Epoch seconds by session / key id, written in batches by the upkeep task.
+        self._seen_sessions: dict[str, float] = {}
+        self._used_keys: dict[str, float] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._started = False
 
@@ -161,7 +162,10 @@ class IdentityService:
         """The principal a Bastion access token proves; :class:`AuthError` when it proves none."""
         entry = self.credentials.get(token)
         if entry is not None:
-            if entry.expires > self.clock() and entry.fresh_until > time.monotonic():
+            now = self.clock()
+            if entry.expires > now and entry.fresh_until > time.monotonic():
+                if entry.session_id is not None:
+                    self._seen_sessions[entry.session_id] = now
                 return entry.principal
             self.credentials.discard(token)
         try:
@@ -190,7 +194,7 @@ class IdentityService:
         )
         self._remember(token, principal, float(claims["exp"]), account.user_id, session_id, None)
         if session_id is not None:
-            self._seen_sessions[session_id] = _utc(self.clock())
+            self._seen_sessions[session_id] = self.clock()
         return principal
 
     async def authenticate_api_key(self, key: str) -> Principal:
@@ -200,7 +204,7 @@ class IdentityService:
         if entry is not None:
             if entry.expires > now and entry.fresh_until > time.monotonic():
                 if entry.key_id is not None:
-                    self._used_keys[entry.key_id] = _utc(now)
+                    self._used_keys[entry.key_id] = now
                 return entry.principal
             self.credentials.discard(key)
         if not well_formed_api_key(key):
@@ -224,7 +228,7 @@ class IdentityService:
             extra={"key_id": stored.id},
         )
         self._remember(key, principal, expires, account.user_id, None, stored.id)
-        self._used_keys[stored.id] = _utc(now)
+        self._used_keys[stored.id] = now
         return principal
 
     def _remember(
@@ -532,8 +536,8 @@ class IdentityService:
         """Write the batched session "last seen" and key "last used" stamps."""
         seen, self._seen_sessions = self._seen_sessions, {}
         used, self._used_keys = self._used_keys, {}
-        await self.store.touch_sessions(seen)
-        await self.store.touch_api_keys(used)
+        await self.store.touch_sessions({key: _utc(at) for key, at in seen.items()})
+        await self.store.touch_api_keys({key: _utc(at) for key, at in used.items()})
 
     async def _flush_forever(self) -> None:
         """Periodic upkeep: usage stamps; the signing keys (so a rotation made by another
