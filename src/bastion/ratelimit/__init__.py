@@ -1,0 +1,2 @@
+"""Rate limiting: algorithms, policies, memory and Redis storage, bans, the gate and ratelimit
+stages."""
