@@ -25,6 +25,7 @@ from typing import Protocol
 from bastion.ratelimit.config import Algorithm
 
 __all__ = [
+    "BanLedger",
     "BanRecord",
     "BanRule",
     "Check",
@@ -113,6 +114,21 @@ class BanRecord:
     until: float
     """Epoch seconds."""
     level: int
+
+
+class BanLedger(Protocol):
+    """Shares bans between processes whose counters are not shared (memory store, several
+    workers or instances, no Redis): the SQL store records them and every process mirrors them.
+    Both methods are synchronous and cheap: they read and write an in-process mirror; the
+    ledger writes to (and refreshes from) the database in the background."""
+
+    def banned_until(self, client: str) -> tuple[float, int]:
+        """``(until, level)`` of the client's current or latest ban (``(0.0, 0)``: none)."""
+        ...
+
+    def record(self, client: str, *, until: float, level: int) -> None:
+        """A process started a ban; durable and visible to the others shortly."""
+        ...
 
 
 class RateLimitStoreError(Exception):
