@@ -50,8 +50,14 @@ def require(
     permission: str, *, resource_param: str | None = None
 ) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that admits principals holding ``permission`` (globally, or on the resource
-    named by the path parameter ``resource_param``) and returns the principal."""
+    named by the path parameter ``resource_param``) and returns the principal.
+
+    Raises ``ValueError`` at once for a malformed permission, or for a ``resource_param`` with a
+    permission that names no single resource (``*:edit``), which no grant could cover."""
     check_permission(permission)
+    if resource_param is not None:
+        # Refused here, at import time, rather than as a 500 on every request.
+        resource_key(permission, "id")
 
     async def dependency(request: Request) -> Principal:
         service = _service(request)

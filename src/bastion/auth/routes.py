@@ -59,20 +59,26 @@ async def _read_json(receive: Receive) -> dict[str, Any]:
     try:
         data = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
-        raise BastionError("bad_request", "The request body must be a JSON object") from None
+        raise _invalid("body", "must be a JSON object") from None
     if not isinstance(data, dict):
-        raise BastionError("bad_request", "The request body must be a JSON object")
+        raise _invalid("body", "must be a JSON object")
     return data
+
+
+def _invalid(field: str, message: str) -> BastionError:
+    """A 400 whose ``errors`` member names what is wrong, for every malformed body alike."""
+    subject = "The request body" if field == "body" else f"'{field}'"
+    return BastionError(
+        "bad_request",
+        f"{subject} {message}",
+        extensions={"errors": [{"field": field, "message": message}]},
+    )
 
 
 def _required(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
-        raise BastionError(
-            "bad_request",
-            f"'{name}' must be a non-empty string",
-            extensions={"errors": [{"field": name, "message": "must be a non-empty string"}]},
-        )
+        raise _invalid(name, "must be a non-empty string")
     return value
 
 
@@ -84,6 +90,16 @@ def _principal(scope: Scope) -> Principal:
     principal = state_of(scope).principal
     if not isinstance(principal, Principal):
         raise AuthError("authentication_required", "Sign in first")
+    return principal
+
+
+def _signed_in(scope: Scope) -> Principal:
+    """The principal of a signed-in session. Changing the account's second factor or ending
+    its sessions needs one: an API key (perhaps limited to a few scopes, and held by a service)
+    must not be able to enrol an authenticator the user does not have, or turn MFA off."""
+    principal = _principal(scope)
+    if principal.session_id is None:
+        raise AuthError("permission_denied", "This needs a signed-in session, not an API key")
     return principal
 
 
@@ -169,21 +185,22 @@ class AuthEndpoints:
 
     async def _revoke_session(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
         session_id = scope["path"].rsplit("/", 1)[1]
-        if not await self._service.revoke_session(_principal(scope), session_id, _context(scope)):
+        principal = _signed_in(scope)
+        if not await self._service.revoke_session(principal, session_id, _context(scope)):
             raise BastionError("not_found", "No such session")
         return 204, None
 
     async def _mfa_setup(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        return 200, await self._mfa.setup(_principal(scope), _context(scope))
+        return 200, await self._mfa.setup(_signed_in(scope), _context(scope))
 
     async def _mfa_verify(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        principal = _principal(scope)
+        principal = _signed_in(scope)
         otp = _required(await _read_json(receive), "otp")
         await self._mfa.verify(principal, otp, _context(scope))
         return 200, {"mfa": True}
 
     async def _mfa_disable(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        principal = _principal(scope)
+        principal = _signed_in(scope)
         otp = _required(await _read_json(receive), "otp")
         await self._mfa.disable(principal, otp, _context(scope))
         return 200, {"mfa": False}

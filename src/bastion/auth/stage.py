@@ -6,6 +6,8 @@
   the upstream untouched, except on protected routes, where it cannot authenticate.
 - 401 ``authentication_required`` (no credential) and 403 ``permission_denied`` (a principal
   without the permission) are distinct; every 401 carries an RFC 6750 challenge.
+- Bastion's own identity endpoints (``<prefix>/auth/*`` and the JWKS locations) are outside the
+  rules: they authenticate for themselves, and login must stay reachable under ``protect``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from bastion.auth.api_keys import looks_like_api_key
 from bastion.auth.config import AuthConfig
 from bastion.auth.dependencies import IDENTITY_STATE_KEY
 from bastion.auth.errors import AuthError
-from bastion.auth.rbac import AccessRules
+from bastion.auth.rbac import UNPROTECTED, AccessRules
 from bastion.auth.service import IdentityService
 from bastion.auth.tokens import looks_like_bastion_jwt
 from bastion.deps import Deps
@@ -131,6 +133,17 @@ class AuthStage:
         self._resolver = resolver
         self._rules = AccessRules(config.rules, config.protect)
         self._header = config.api_key_header.lower().encode("latin-1")
+        # Bastion's own identity endpoints authenticate for themselves: a rule or ``protect``
+        # glob covering them (``protect = ["/**"]``) must not lock everyone out of logging in.
+        # Matched on the raw path, exactly as the terminal dispatches them.
+        self._own_below = deps.prefix + "/auth/"
+        self._own_exact = frozenset(
+            [
+                deps.prefix + "/auth",
+                deps.prefix + "/.well-known/jwks.json",
+                *config.tokens.jwks_paths,
+            ]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -141,10 +154,13 @@ class AuthStage:
         scope["state"][IDENTITY_STATE_KEY] = self._service
         credential = extract_credential(scope["headers"], self._header)
         path: str = scope["path"]
-        if "//" in path:
-            # Upstreams commonly merge empty segments; rules must see the path they will serve.
-            path = _SLASHES.sub("/", path)
-        decision = self._rules.decide(scope.get("method", "GET"), path)
+        if path in self._own_exact or path.startswith(self._own_below):
+            decision = UNPROTECTED
+        else:
+            if "//" in path:
+                # Upstreams commonly merge empty segments; rules must see the path they serve.
+                path = _SLASHES.sub("/", path)
+            decision = self._rules.decide(scope.get("method", "GET"), path)
         rule = decision.kind
         principal: Principal | None = None
         if credential is not None and (
