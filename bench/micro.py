@@ -55,7 +55,17 @@ from bastion.pipeline.request_id import RequestIdStage
 from bastion.pipeline.shedding import SheddingStage
 from bench.apps import PATH, bastion_toml, raw_hello
 
-__all__ = ["MicroCase", "MicroResult", "pipeline_chain", "request_scope", "run_micro"]
+__all__ = [
+    "MicroCase",
+    "MicroResult",
+    "StatusSink",
+    "access_log_to_devnull",
+    "empty_body",
+    "pipeline_chain",
+    "request_scope",
+    "run_batch",
+    "run_micro",
+]
 
 _REQUEST_HEADERS = [
     (b"host", b"127.0.0.1:8000"),
@@ -143,11 +153,12 @@ class MicroResult:
         )
 
 
-async def _receive() -> Message:
+async def empty_body() -> Message:
+    """``receive`` of a request without a body."""
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-class _Sink:
+class StatusSink:
     """``send`` that keeps the last response status, to check each case answers 200."""
 
     __slots__ = ("status",)
@@ -190,8 +201,9 @@ def pipeline_chain(app: Any) -> list[str]:
     return names
 
 
-async def _batch(app: ASGIApp, scopes: ScopeFactory, send: _Sink, iterations: int) -> float:
-    receive = _receive
+async def run_batch(app: ASGIApp, scopes: ScopeFactory, send: StatusSink, iterations: int) -> float:
+    """Nanoseconds per request of ``iterations`` requests, one after the other."""
+    receive = empty_body
     start = time.perf_counter_ns()
     for _ in range(iterations):
         await app(scopes(), receive, send)
@@ -306,8 +318,8 @@ async def _measure(
 
     try:
         for case, app, scopes in runs:
-            sink = _Sink()
-            await _batch(app, scopes, sink, max(1, iterations // 10))  # warm-up
+            sink = StatusSink()
+            await run_batch(app, scopes, sink, max(1, iterations // 10))  # warm-up
             if sink.status != 200:
                 raise RuntimeError(f"{case.name}: answered {sink.status}, expected 200")
         for index in range(batches):
@@ -315,7 +327,7 @@ async def _measure(
                 progress(f"batch {index + 1}/{batches}")
             for case, app, scopes in runs:
                 gc.collect()
-                case.ns_batches.append(await _batch(app, scopes, _Sink(), iterations))
+                case.ns_batches.append(await run_batch(app, scopes, StatusSink(), iterations))
     finally:
         for engine in engines.values():
             await engine.shutdown()
@@ -334,7 +346,7 @@ def run_micro(
 
 
 @contextmanager
-def _access_log_to_devnull() -> Iterator[None]:
+def access_log_to_devnull() -> Iterator[None]:
     """Configure Bastion's JSON logging with standard output pointed at /dev/null, as the
     servers of the other scenarios run, so the access-log line is rendered and written."""
     with open(os.devnull, "w") as sink:
@@ -352,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=20000, help="requests per batch")
     parser.add_argument("--batches", type=int, default=7, help="batches per case")
     args = parser.parse_args(argv)
-    with _access_log_to_devnull():
+    with access_log_to_devnull():
         result = run_micro(
             iterations=args.iterations,
             batches=args.batches,

@@ -7,6 +7,9 @@ Scenarios (all in one run unless ``--only`` picks some):
 - ``gateway`` — the demo upstream directly vs through ``bastion serve`` vs through nginx; wrk.
 - ``latency`` — the same three paths at a fixed 1,000 requests/s (:mod:`bench.loadgen`).
 - ``micro`` — microseconds per request through the ASGI stages, in process (:mod:`bench.micro`).
+- ``auth`` — identity in process (:mod:`bench.auth`): a request with a cached access token or API
+  key, first sight of a token (HS256, EdDSA) against PyJWT, logins, and other requests' latency
+  while logins hash.
 
 Servers (and, for the proxies, the upstream too, as a sidecar sharing its core) are pinned to
 CPU 0, the load generator to CPU 1. Every target gets a warm-up, then the measured runs are
@@ -46,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from bench.apps import PATH, bastion_toml, bearer_token, configured_sections
+from bench.auth import AuthResult
 from bench.micro import MicroResult
 from bench.report import (
     LatencyScenario,
@@ -62,7 +66,7 @@ __all__ = ["SCENARIOS", "main", "parse_wrk"]
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
 DOC = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("middleware", "gateway", "latency", "micro")
+SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 WRK_CONNECTIONS = 64
@@ -839,6 +843,22 @@ def micro_scenario(opts: Options, report: Report) -> MicroResult:
     return MicroResult.from_json(json.loads(done.stdout))
 
 
+def auth_scenario(opts: Options, report: Report) -> AuthResult:
+    """:mod:`bench.auth` in its own process. It may use both benchmark CPUs: the argon2id
+    threads of a login run beside the event loop, as they do in a server."""
+    argv = ["taskset", "-c", f"{SERVER_CPU},{LOAD_CPU}", sys.executable, "-m", "bench.auth"]
+    if opts.quick:
+        argv.append("--quick")
+    report.auth_commands.append(shlex.join(argv))
+    opts.gate.wait()
+    done = subprocess.run(
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.auth failed with exit code {done.returncode}")
+    return AuthResult.from_json(json.loads(done.stdout))
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -899,6 +919,8 @@ def new_report(opts: Options) -> Report:
         "fixed-rate run": f"{opts.rate:,.0f} req/s, {LATENCY_CONNECTIONS} connections, "
         f"{opts.latency_duration:g} s",
         "microbenchmark": f"{opts.micro_batches} batches of {opts.micro_iterations:,} requests",
+        "identity (auth)": f"in process on CPUs {SERVER_CPU} and {LOAD_CPU}; "
+        + ("`--quick` sizes" if opts.quick else "default sizes (`bench/auth.py`)"),
         "pinning": f"servers and upstreams CPU {SERVER_CPU}, load generators CPU {LOAD_CPU}",
         "Bastion settings": "defaults; SQLite store in a temp dir"
         + "".join(f"; {s}" for s in sections),
@@ -955,6 +977,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report.micro = micro_scenario(opts, report)
 
             _attempt(report, "micro", micro)
+        if "auth" in opts.only:
+            log("identity (auth)")
+
+            def auth() -> None:
+                report.auth = auth_scenario(opts, report)
+
+            _attempt(report, "auth", auth)
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
     if opts.gate.budget > 0:
