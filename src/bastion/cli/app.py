@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import config_cmd, db_cmd, demo_cmd, serve_cmd
+from bastion.cli import config_cmd, db_cmd, demo_cmd, keys_cmd, roles_cmd, serve_cmd, users_cmd
 
 app = typer.Typer(
     name="bastion",
@@ -17,6 +17,9 @@ app.command("serve")(serve_cmd.serve)
 app.command("demo")(demo_cmd.demo)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(users_cmd.app, name="users")
+app.add_typer(roles_cmd.app, name="roles")
+app.add_typer(keys_cmd.app, name="keys")
 
 
 def main() -> None:

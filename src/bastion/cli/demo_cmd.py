@@ -1,4 +1,4 @@
-"""``bastion demo``: the gateway in front of the built-in demo API."""
+"""``bastion demo``: the gateway in front of the built-in demo API, with demo users."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from bastion.cli.common import ConfigOption, load_settings
+from bastion.cli.common import EXIT_RUNTIME, ConfigOption, fail, load_settings
+from bastion.store.errors import StoreError
 
 __all__ = ["demo"]
 
@@ -16,7 +17,12 @@ def demo(
     host: Annotated[str, typer.Option(help="Listen address of the gateway.")] = "127.0.0.1",
     config: ConfigOption = None,
 ) -> None:
-    """Run the gateway on HOST:PORT in front of the demo upstream; prints URLs to try."""
+    """Run the gateway on HOST:PORT in front of the demo upstream, with two demo users; prints
+    URLs, credentials and commands to try."""
     from bastion.demo.runner import run_demo
 
-    run_demo(load_settings(config), host=host, port=port)
+    settings = load_settings(config)
+    try:
+        run_demo(settings, host=host, port=port)
+    except StoreError as exc:
+        fail(f"database failure: {exc}", EXIT_RUNTIME)
