@@ -1,0 +1,293 @@
+"""Which policies apply to a request, and the bucket each one counts it in.
+
+:class:`PolicySet` compiles ``[[ratelimit.policies]]`` (plus the built-in ones) once into two
+lists: *early* policies, whose keys need only the client address, the route and headers (decided
+by the gate before anything expensive runs), and *late* ones, which need the principal (decided
+after authentication). Per request it turns the matching policies into :class:`Check` s.
+
+Key parts:
+
+- ``ip``: the client address the client-IP stage resolved (forwarding headers are believed only
+  from trusted proxies, there, never here), counted per ``ipv4_prefix`` / ``ipv6_prefix``
+  network: one IPv6 site usually holds a whole /56, so per-address buckets would be free to dodge.
+- ``user``: the principal's subject; ``api_key``: the key id when the principal authenticated
+  with an API key; ``tenant``: ``principal.extra["tenant"]``; ``claim:<name>``: that entry of
+  ``principal.extra`` (or of ``principal.extra["claims"]``).
+- ``route``: the gateway route's name; Bastion's own endpoints count as the route ``_bastion``.
+- ``header:<Name>``: the header's value (long or unusual values are hashed).
+
+A policy whose key part is missing for a request (an anonymous request on a ``user`` policy,
+an absent header) does not apply to it: there is nothing to count. Combine such parts with
+``ip`` (``ip+user``), or add an ``ip`` policy, where leaving the part out must not escape limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from bastion.http.asgi import Scope
+from bastion.http.client_ip import IPAddress, IPNetwork
+from bastion.http.paths import PathGlob
+from bastion.http.principal import Principal
+from bastion.http.state import RequestState
+from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
+from bastion.ratelimit.core import Check, Rule
+
+__all__ = ["CompiledPolicy", "PolicySet", "StageName"]
+
+StageName = Literal["gate", "late"]
+
+_CACHE_LIMIT = 4096
+_VALUE_LIMIT = 64
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._:@/=+-]{1,64}")
+_SLASHES = re.compile(r"/{2,}")
+_OWN_ROUTE = "_bastion"
+
+
+def _bounded(value: str) -> str:
+    """``value`` itself when short and plain; else a digest, so a client cannot grow keys
+    without bound or smuggle the separator ``|`` into them."""
+    if len(value) <= _VALUE_LIMIT and _PLAIN_VALUE.fullmatch(value):
+        return value
+    return "#" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _claim(principal: Principal, name: str) -> str | None:
+    value = principal.extra.get(name)
+    if value is None:
+        claims = principal.extra.get("claims")
+        value = claims.get(name) if isinstance(claims, dict) else None
+    if value is None or isinstance(value, dict | list):
+        return None
+    return _bounded(str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """One policy made ready for the request path."""
+
+    config: PolicyConfig
+    rule: Rule
+    parts: tuple[str, ...]
+    header_names: tuple[bytes | None, ...]
+    """Per key part: the lower-case header name for ``header:`` parts, else ``None``."""
+    paths: PathGlob | None
+    methods: frozenset[str]
+    routes: frozenset[str]
+    exempt: tuple[IPNetwork, ...]
+    exempt_roles: frozenset[str]
+    zone: ZoneInfo | None
+    """quota only: the calendar's time zone."""
+
+    def matches(self, method: str, path: str, route: str | None) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        if self.routes and route not in self.routes:
+            return False
+        return self.paths is None or self.paths.matches(path)
+
+
+def _compile(policy: PolicyConfig) -> CompiledPolicy:
+    burst = policy.burst if policy.algorithm == "gcra" and policy.burst else policy.limit
+    parts = policy.key_parts
+    return CompiledPolicy(
+        config=policy,
+        rule=Rule(policy.name, policy.algorithm, policy.limit, float(policy.period), burst),
+        parts=parts,
+        header_names=tuple(
+            p[7:].lower().encode("latin-1") if p.startswith("header:") else None for p in parts
+        ),
+        paths=PathGlob(policy.match.paths) if policy.match.paths else None,
+        methods=frozenset(policy.match.methods),
+        routes=frozenset(policy.match.routes),
+        exempt=tuple(policy.exempt_cidrs),
+        exempt_roles=frozenset(policy.exempt_roles),
+        zone=ZoneInfo(policy.timezone) if policy.algorithm == "quota" else None,
+    )
+
+
+def quota_window(zone: ZoneInfo, calendar: str, now: float) -> tuple[int, float, float]:
+    """``(window id, seconds until it ends, its whole length)`` of the calendar period holding
+    ``now`` (epoch seconds) in ``zone``: ids are ``YYYYMMDD`` or ``YYYYMM``."""
+    local = datetime.fromtimestamp(now, zone)
+    today = local.date()
+    if calendar == "day":
+        first = today
+        following = today + timedelta(days=1)
+        window = today.year * 10000 + today.month * 100 + today.day
+    else:
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        window = today.year * 100 + today.month
+    # Midnights in the zone, so a period holding a DST change is 23 or 25 hours long.
+    begin = datetime(first.year, first.month, first.day, tzinfo=zone).timestamp()
+    end = datetime(following.year, following.month, following.day, tzinfo=zone).timestamp()
+    return window, max(end - now, 1.0), end - begin
+
+
+class PolicySet:
+    """The compiled policies of one ``[ratelimit]`` section.
+
+    ``prefix`` is Bastion's reserved path prefix: requests below it count as route
+    ``_bastion`` for ``route`` keys. ``clock`` gives epoch seconds (quota calendars).
+    """
+
+    def __init__(
+        self, config: RateLimitConfig, *, prefix: str, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.config = config
+        compiled = [_compile(policy) for policy in config.effective_policies()]
+        self.early: tuple[CompiledPolicy, ...] = tuple(p for p in compiled if p.config.early)
+        self.late: tuple[CompiledPolicy, ...] = tuple(p for p in compiled if not p.config.early)
+        self.by_name = {p.config.name: p for p in compiled}
+        self._prefix = prefix
+        self._prefix_slash = prefix + "/"
+        self._clock = clock or time.time
+        self._v4 = config.ipv4_prefix
+        self._v6 = config.ipv6_prefix
+        self._clients: dict[str, tuple[str, IPAddress | None]] = {}
+        self._matches: dict[tuple[StageName, str, str, str | None], tuple[CompiledPolicy, ...]] = {}
+
+    @property
+    def has_concurrency(self) -> bool:
+        """Whether any policy holds slots that must be released."""
+        return any(p.rule.algorithm == "concurrency" for p in self.by_name.values())
+
+    def client(self, ip: str) -> tuple[str, IPAddress | None]:
+        """The bucket of a client address (its network at the configured prefix length) and the
+        parsed address (``None`` when the peer is not an IP, e.g. a Unix socket)."""
+        cached = self._clients.get(ip)
+        if cached is not None:
+            return cached
+        try:
+            address: IPAddress | None = ipaddress.ip_address(ip)
+        except ValueError:
+            address = None
+        result: tuple[str, IPAddress | None]
+        if address is None:
+            result = (_bounded(ip), None)
+        else:
+            bits = self._v4 if address.version == 4 else self._v6
+            if bits == address.max_prefixlen:
+                result = (str(address), address)
+            else:
+                network = ipaddress.ip_network(f"{address}/{bits}", strict=False)
+                result = (str(network), address)
+        if len(self._clients) >= _CACHE_LIMIT:
+            self._clients.clear()
+        self._clients[ip] = result
+        return result
+
+    def _route(self, path: str, state: RequestState) -> str | None:
+        if path == self._prefix or path.startswith(self._prefix_slash):
+            return _OWN_ROUTE
+        return state.route.name if state.route is not None else None
+
+    def matching(
+        self, scope: Scope, state: RequestState, stage: StageName
+    ) -> Sequence[CompiledPolicy]:
+        """The policies of ``stage`` whose ``match`` selects this request (cached)."""
+        method: str = scope.get("method", "GET")
+        path: str = scope["path"]
+        route = self._route(path, state)
+        cache_key = (stage, method, path, route)
+        found = self._matches.get(cache_key)
+        if found is None:
+            pool = self.early if stage == "gate" else self.late
+            clean = _SLASHES.sub("/", path) if "//" in path else path
+            found = tuple(p for p in pool if p.matches(method, clean, route))
+            if len(self._matches) >= _CACHE_LIMIT:
+                self._matches.clear()
+            self._matches[cache_key] = found
+        return found
+
+    def checks_for(self, scope: Scope, state: RequestState, *, stage: StageName) -> list[Check]:
+        """The checks of the ``stage`` policies that apply to this request."""
+        policies = self.matching(scope, state, stage)
+        if not policies:
+            return []
+        checks: list[Check] = []
+        for policy in policies:
+            check = self.check(policy, scope, state)
+            if check is not None:
+                checks.append(check)
+        return checks
+
+    def check(self, policy: CompiledPolicy, scope: Scope, state: RequestState) -> Check | None:
+        """``policy`` applied to this request, ignoring its ``match``; ``None`` when the request
+        is exempt or lacks a key part."""
+        bucket, address = self.client(state.client_ip)
+        if (
+            policy.exempt
+            and address is not None
+            and any(address in network for network in policy.exempt)
+        ):
+            return None
+        principal = state.principal if isinstance(state.principal, Principal) else None
+        if (
+            policy.exempt_roles
+            and principal is not None
+            and not policy.exempt_roles.isdisjoint(principal.roles)
+        ):
+            return None
+        values: list[str] = [policy.config.name]
+        for part, header in zip(policy.parts, policy.header_names, strict=True):
+            value = self._part(part, header, bucket, scope, state, principal)
+            if value is None:
+                return None
+            values.append(value)
+        key = "|".join(values)
+        config = policy.config
+        if policy.zone is None:
+            return Check(policy.rule, key, config.cost, config.mode == "enforce")
+        window, remaining, _ = quota_window(policy.zone, config.calendar, self._clock())
+        rule = Rule(config.name, "quota", config.limit, remaining, config.limit)
+        return Check(rule, key, config.cost, config.mode == "enforce", window)
+
+    def _part(
+        self,
+        part: str,
+        header: bytes | None,
+        bucket: str,
+        scope: Scope,
+        state: RequestState,
+        principal: Principal | None,
+    ) -> str | None:
+        if part == "ip":
+            return "ip:" + bucket
+        if header is not None:
+            for name, raw in scope["headers"]:
+                if name == header:
+                    return part + "=" + _bounded(raw.decode("latin-1").strip())
+            return None
+        if part == "route":
+            route = self._route(scope["path"], state)
+            return None if route is None else "route:" + route
+        if principal is None:
+            return None
+        if part == "user":
+            return "user:" + _bounded(principal.subject)
+        if part == "api_key":
+            key_id = principal.extra.get("key_id") if principal.method == "api_key" else None
+            return None if key_id is None else "api_key:" + _bounded(str(key_id))
+        if part == "tenant":
+            tenant = principal.extra.get("tenant")
+            return None if tenant is None else "tenant:" + _bounded(str(tenant))
+        claim = _claim(principal, part[6:])
+        return None if claim is None else part + "=" + claim
+
+    def window_length(self, check: Check) -> float:
+        """The whole period of a check's policy in seconds (a quota's current calendar
+        period), for the ``w`` parameter of ``RateLimit-Policy``."""
+        policy = self.by_name[check.rule.policy]
+        if policy.zone is None:
+            return policy.rule.period
+        return quota_window(policy.zone, policy.config.calendar, self._clock())[2]
