@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bastion.auth.api_keys import generate_api_key, hash_api_key, new_key_id
+from bastion.auth.config import check_permission
 from bastion.auth.errors import AuthError
 from bastion.auth.models import User
 from bastion.auth.passwords import normalize_username
@@ -135,9 +136,10 @@ class IdentityAdmin:
     async def _end_everything(self, user_id: str, *, reason: str) -> int:
         service = self._service
         revoked = await service.store.revoke_user_sessions(user_id, reason=reason)
-        # Whole seconds: token ``iat`` has second precision, and a token issued in the same
-        # second as the revocation must not survive it.
-        cutoff = datetime.fromtimestamp(int(service.clock()) + 1, UTC)
+        # Every access token names its session, so revoking the sessions ends them all; the
+        # cutoff also refuses tokens from earlier whole seconds (``iat`` has second precision),
+        # without refusing a login made right after this change.
+        cutoff = datetime.fromtimestamp(int(service.clock()), UTC)
         await service.store.invalidate_tokens(user_id, before=cutoff)
         for session_id in revoked:
             await service.announce("session", session_id)
@@ -159,15 +161,17 @@ class IdentityAdmin:
             raise BastionError("bad_request", f"unknown role {role!r}")
         user = await self._user(username)
         added = await service.store.grant(user.id, role, resource)
-        await service.announce("user", user.id)
-        await self._audit("admin.role.granted", user.id, {"role": role, "resource": resource})
+        if added:
+            await service.announce("user", user.id)
+            await self._audit("admin.role.granted", user.id, {"role": role, "resource": resource})
         return added
 
     async def revoke(self, username: str, role: str, resource: str = "") -> bool:
         user = await self._user(username)
         removed = await self._service.store.revoke_grant(user.id, role, resource)
-        await self._service.announce("user", user.id)
-        await self._audit("admin.role.revoked", user.id, {"role": role, "resource": resource})
+        if removed:
+            await self._service.announce("user", user.id)
+            await self._audit("admin.role.revoked", user.id, {"role": role, "resource": resource})
         return removed
 
     # -- API keys ------------------------------------------------------------------------------
@@ -181,12 +185,19 @@ class IdentityAdmin:
         expires_in: float | None = None,
     ) -> CreatedApiKey:
         service = self._service
+        for scope in scopes:
+            try:
+                check_permission(scope)
+            except ValueError as exc:
+                raise BastionError("bad_request", str(exc)) from None
+        if expires_in is not None and expires_in <= 0:
+            raise BastionError("bad_request", "an API key's lifetime must be positive")
         user = await self._user(username)
         key = generate_api_key()
         key_id = new_key_id()
         expires_at = (
             datetime.fromtimestamp(service.clock(), UTC) + timedelta(seconds=expires_in)
-            if expires_in
+            if expires_in is not None
             else None
         )
         await service.store.add_api_key(

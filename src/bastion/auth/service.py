@@ -47,6 +47,8 @@ _STATUS_CODES = {"suspended": "account_suspended", "disabled": "account_disabled
 _REFRESH_PREFIX = "bst_rt_"
 _KEY_REFRESH = 60.0
 """Seconds between reloads of the signing keys."""
+_LIVE_SESSIONS_MAX = 100_000
+"""Live sessions remembered; the oldest entry goes first beyond this."""
 _THROTTLE_PRUNE = 3600.0
 """Seconds between removals of forgotten throttle rows."""
 
@@ -115,6 +117,8 @@ class IdentityService:
         # Epoch seconds by session / key id, written in batches by the upkeep task.
         self._seen_sessions: dict[str, float] = {}
         self._used_keys: dict[str, float] = {}
+        self._live_sessions: dict[str, tuple[str, float, float]] = {}
+        """Live sessions: id → (user id, expiry epoch, monotonic time to re-read)."""
         self._flusher: asyncio.Task[None] | None = None
         self._started = False
 
@@ -145,6 +149,7 @@ class IdentityService:
 
     def _on_change(self, kind: str, subject: str) -> None:
         if kind == "session":
+            self._live_sessions.pop(subject, None)
             self.credentials.drop_session(subject)
         elif kind == "user":
             self.accounts.drop(subject)
@@ -265,13 +270,25 @@ class IdentityService:
         return account
 
     async def _session_live(self, session_id: str, user_id: str) -> bool:
+        """Whether the session is live, from a cache of live sessions: a revocation drops the
+        entry through the change feed, and entries are re-read after ``status_cache_ttl``."""
+        now = self.clock()
+        cached = self._live_sessions.get(session_id)
+        if cached is not None and cached[2] > time.monotonic():
+            return cached[0] == user_id and cached[1] > now
         record = await self.store.session(session_id)
-        return (
-            record is not None
-            and record.user_id == user_id
-            and record.revoked_at is None
-            and record.expires_at.timestamp() > self.clock()
+        if record is None or record.revoked_at is not None:
+            self._live_sessions.pop(session_id, None)
+            return False
+        if len(self._live_sessions) >= _LIVE_SESSIONS_MAX:
+            self._live_sessions.pop(next(iter(self._live_sessions)))
+        expires = record.expires_at.timestamp()
+        self._live_sessions[session_id] = (
+            record.user_id,
+            expires,
+            time.monotonic() + self._status_ttl,
         )
+        return record.user_id == user_id and expires > now
 
     async def account(self, user_id: str) -> AccountSnapshot | None:
         """The cached account of ``user_id`` (roles and per-resource grants)."""
@@ -294,10 +311,9 @@ class IdentityService:
             name = username.strip().casefold()[:320]
         since = datetime.now(UTC) - timedelta(days=self.config.throttle.known_ip_days)
         known = await self.store.known_address(name, context.client_ip, since=since)
-        if self.config.throttle.enabled:
-            verdict = await self.throttle.check(name, context.client_ip, known_ip=known)
-            if verdict is not None:
-                await self._throttled(name, context, verdict)
+        verdict, pair_seen = await self.throttle.assess(name, context.client_ip, known_ip=known)
+        if verdict is not None:
+            await self._throttled(name, context, verdict)
         user = await self.store.user_by_name(name)
         stored_hash = user.password_hash if user is not None else None
         if not await self.hasher.verify(stored_hash, password) or user is None:
@@ -315,7 +331,7 @@ class IdentityService:
             if not await self.check_second_factor(user.id, otp):
                 await self._login_failed(name, context, known, reason="otp", method="otp")
             mfa = True
-        if self.config.throttle.enabled:
+        if pair_seen:
             await self.throttle.success(name, context.client_ip)
         if stored_hash is not None and self.hasher.needs_rehash(stored_hash):
             await self.store.set_password(user.id, await self.hasher.hash(password))
@@ -423,7 +439,7 @@ class IdentityService:
     async def _pair(
         self, user_id: str, session_id: str, refresh_id: str, *, mfa: bool
     ) -> TokenPair:
-        account = await self.accounts.load(user_id)
+        account = await self.accounts.get(user_id)
         roles = account.roles if account is not None else ()
         access, _ = self.issuer.access_token(
             subject=user_id, session_id=session_id, roles=roles, scopes=(), mfa=mfa

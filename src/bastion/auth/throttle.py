@@ -143,18 +143,31 @@ class LoginThrottle:
         address recently), the username ceiling, in one ``SELECT``; returns the longest
         remaining wait among the blocked keys.
         """
+        verdict, _ = await self.assess(username, client_ip, known_ip=known_ip)
+        return verdict
+
+    async def assess(
+        self, username: str, client_ip: str, *, known_ip: bool
+    ) -> tuple[ThrottleVerdict | None, bool]:
+        """:meth:`check`, plus whether the pair has failures on record — when it has none, a
+        successful login need not clear it (one write fewer per login)."""
         if not self._config.enabled:
-            return None
+            return None, False
         keys = self._keys(username, client_ip, known_ip=known_ip)
         by_stored = {key.stored: key for key in keys}
         now = self._now()
         query = select(ThrottleRecord.key, ThrottleRecord.blocked_until).where(
-            ThrottleRecord.key.in_(by_stored), ThrottleRecord.blocked_until > now
+            ThrottleRecord.key.in_(by_stored)
         )
         async with self._database.session() as session:
             rows = (await session.execute(query)).all()
-        blocks = [(by_stored[key].scope, until) for key, until in rows if until is not None]
-        return _longest(blocks, now)
+        blocks = [
+            (by_stored[key].scope, until)
+            for key, until in rows
+            if until is not None and until > now
+        ]
+        pair_seen = any(by_stored[key].scope == "pair" for key, _ in rows)
+        return _longest(blocks, now), pair_seen
 
     async def failure(
         self, username: str, client_ip: str, *, known_ip: bool
