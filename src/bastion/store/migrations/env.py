@@ -13,7 +13,9 @@ from alembic import context
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import Connection
 
-import bastion.auth.models  # noqa: F401  (registers the identity tables on Base.metadata)
+# Imported for their side effect: each registers its capability's tables on Base.metadata.
+import bastion.auth.models
+import bastion.ratelimit.models  # noqa: F401  (one binding of `bastion` covers both imports)
 from bastion.store.models import Base
 
 VERSION_TABLE = "bastion_alembic_version"
