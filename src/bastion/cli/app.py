@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from bastion.cli import config_cmd, db_cmd, demo_cmd, keys_cmd, roles_cmd, serve_cmd, users_cmd
+from bastion.cli import (
+    bans_cmd,
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    keys_cmd,
+    roles_cmd,
+    serve_cmd,
+    users_cmd,
+)
 
 app = typer.Typer(
     name="bastion",
@@ -20,6 +29,7 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(users_cmd.app, name="users")
 app.add_typer(roles_cmd.app, name="roles")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(bans_cmd.app, name="bans")
 
 
 def main() -> None:
