@@ -145,6 +145,33 @@ async def test_foreign_credentials_pass_untouched_on_unprotected_routes(
         assert response.json()["principal"] is None
 
 
+@pytest.mark.parametrize(
+    ("id_", "authorization"),
+    [
+        ("tab-after-scheme", "Bearer\tbst_abc"),
+        ("upper-case-scheme", "BEARER bst_abc"),
+        ("lower-case-scheme", "bearer bst_abc"),
+        ("spaces-around", "  Bearer   bst_abc  "),
+    ],
+)
+async def test_scheme_spelling_does_not_hide_a_bastion_credential(
+    tmp_path: Path, id_: str, authorization: str
+) -> None:
+    async with wrapped(tmp_path, make_app()) as w:
+        response = await w.client.get("/open", headers={"Authorization": authorization})
+        assert_auth_problem(response, 401, "invalid_token")
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer   "])
+async def test_an_empty_authorization_is_no_credential(tmp_path: Path, authorization: str) -> None:
+    auth = auth_config(rules=[AccessRule(path="/private/**", authenticated=True)])
+    async with wrapped(tmp_path, make_app(), auth) as w:
+        headers = {"Authorization": authorization}
+        assert (await w.client.get("/open", headers=headers)).status_code == 200
+        private = await w.client.get("/private/x", headers=headers)
+        assert_auth_problem(private, 401, "authentication_required")
+
+
 async def test_foreign_credentials_cannot_authenticate_on_protected_routes(tmp_path: Path) -> None:
     auth = auth_config(rules=[AccessRule(path="/api/**", authenticated=True)])
     async with wrapped(tmp_path, make_app(), auth) as w:
@@ -175,12 +202,18 @@ RULE_CASES = [
     ("admin-as-operator", "POST", "/api/admin/users", "operator", 403, "permission_denied"),
     ("admin-anonymous", "GET", "/api/admin/users", "anonymous", 401, "authentication_required"),
     ("admin-head-anonymous", "HEAD", "/api/admin/users", "anonymous", 401, None),
-    ("admin-lowercase-get", "get", "/api/admin/users", "anonymous", 401, None),
     ("orders-read-as-viewer", "GET", "/api/orders/7", "viewer", 200, None),
     ("orders-read-anonymous", "GET", "/api/orders/7", "anonymous", 401, "authentication_required"),
     ("orders-write-as-viewer", "POST", "/api/orders/7", "viewer", 403, "permission_denied"),
     ("orders-write-as-operator", "POST", "/api/orders/7", "operator", 200, None),
-    ("orders-delete-anonymous", "DELETE", "/api/orders/7", "anonymous", 401, None),
+    (
+        "orders-delete-anonymous",
+        "DELETE",
+        "/api/orders/7",
+        "anonymous",
+        401,
+        "authentication_required",
+    ),
     ("catch-all-public", "GET", "/api/else", "anonymous", 200, None),
     ("double-slash", "GET", "//api/admin/x", "anonymous", 401, "authentication_required"),
     ("double-slash-viewer", "GET", "//api/admin/x", "viewer", 403, "permission_denied"),
@@ -204,8 +237,8 @@ async def test_route_rules(tmp_path: Path) -> None:
             assert response.status_code == status, (id_, response.text)
             if code is not None:
                 assert_auth_problem(response, status, code)
-            elif status == 401:
-                assert response.headers["www-authenticate"].startswith("Bearer"), id_
+            elif status == 401:  # HEAD: no body to read, but the challenge is there
+                assert response.headers["www-authenticate"] == 'Bearer realm="bastion"', id_
             if status == 200 and method != "HEAD":
                 seen = response.json()["principal"]
                 assert (seen is None) == (user == "anonymous"), id_

@@ -33,7 +33,7 @@ __all__ = ["AuthStage", "Credential", "CredentialResolver", "extract_credential"
 
 _SLASHES = re.compile(r"/{2,}")
 _AUTHORIZATION = b"authorization"
-_BEARER = "bearer "
+_BEARER = "bearer"
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 
 
@@ -63,11 +63,12 @@ def extract_credential(
             if seen_authorization:
                 raise AuthError("invalid_token", "Send one Authorization header")
             seen_authorization = True
-            value = raw.decode("latin-1").strip()
-            if value[:7].lower() != _BEARER:
+            # Any whitespace after the scheme: "Bearer<TAB>bst_…" must not pass as foreign.
+            parts = raw.decode("latin-1").split(None, 1)
+            if len(parts) != 2 or parts[0].lower() != _BEARER:
                 continue
-            token = value[7:].strip()
-            if not token or not _TOKEN_CHARS.issuperset(token):
+            token = parts[1].strip()
+            if not _TOKEN_CHARS.issuperset(token):
                 raise AuthError("invalid_token", "Send exactly one bearer token")
             bearer = token
         elif name == api_key_header:
