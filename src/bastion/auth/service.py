@@ -35,6 +35,7 @@ from bastion.auth.repository import ChangeKind, IdentityStore
 from bastion.auth.throttle import LoginThrottle, ThrottleVerdict
 from bastion.auth.tokens import REFRESH_TYPE, TokenError, TokenIssuer, TokenVerifier
 from bastion.http.principal import Principal
+from bastion.http.problems import BastionError
 from bastion.observe.metrics import Metrics
 from bastion.store.errors import StoreError
 from bastion.store.stores import Stores
@@ -504,7 +505,7 @@ class IdentityService:
     async def logout(self, principal: Principal, context: RequestContext) -> None:
         """End the principal's session (its refresh family and every access token of it)."""
         if principal.session_id is None:
-            raise AuthError("authentication_required", "Logging out needs a session token")
+            raise BastionError("bad_request", "Only a session's access token can log out")
         revoked = await self.store.revoke_sessions(
             [principal.session_id], reason="logout", user_id=principal.subject
         )

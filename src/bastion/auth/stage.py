@@ -34,7 +34,9 @@ __all__ = ["AuthStage", "Credential", "CredentialResolver", "extract_credential"
 _SLASHES = re.compile(r"/{2,}")
 _AUTHORIZATION = b"authorization"
 _BEARER = "bearer"
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 ``b64token``; a compiled match runs in C (a Python set test cost 3 µs per JWT)."""
+_OURS_INSIDE = re.compile(r"(?:^|[\s,])(?:eyJ|bst_)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +70,12 @@ def extract_credential(
             if len(parts) != 2 or parts[0].lower() != _BEARER:
                 continue
             token = parts[1].strip()
-            if not _TOKEN_CHARS.issuperset(token):
-                raise AuthError("invalid_token", "Send exactly one bearer token")
+            if _B64TOKEN.fullmatch(token) is None:
+                # Not RFC 6750 syntax. Several tokens in one header, one of them Bastion's, is
+                # ambiguous and refused; anything else is someone else's credential.
+                if _OURS_INSIDE.search(token):
+                    raise AuthError("invalid_token", "Send exactly one bearer token")
+                continue
             bearer = token
         elif name == api_key_header:
             if api_key is not None:
@@ -97,7 +103,7 @@ class CredentialResolver:
 
     def ours(self, credential: Credential) -> bool:
         """Whether ``credential`` looks like Bastion's own (and so must verify)."""
-        if credential.kind == "api_key":
+        if credential.kind == "api_key" or self._service.credentials.get(credential.value):
             return True
         kids = self._service.signing.ring.kids
         return looks_like_bastion_jwt(credential.value, issuer=self._issuer, kids=kids)
@@ -138,6 +144,14 @@ class AuthStage:
         # glob covering them (``protect = ["/**"]``) must not lock everyone out of logging in.
         # Matched on the raw path, exactly as the terminal dispatches them.
         self._own_below = deps.prefix + "/auth/"
+        self._credential_free = frozenset(
+            [
+                deps.prefix + "/auth/login",
+                deps.prefix + "/auth/refresh",
+                deps.prefix + "/.well-known/jwks.json",
+                *config.tokens.jwks_paths,
+            ]
+        )
         self._own_exact = frozenset(
             [
                 deps.prefix + "/auth",
@@ -153,8 +167,13 @@ class AuthStage:
             return
         state = state_of(scope)
         scope["state"][IDENTITY_STATE_KEY] = self._service
-        credential = extract_credential(scope["headers"], self._header)
         path: str = scope["path"]
+        if path in self._credential_free:
+            # Login, refresh and the JWKS take no credential: a stale access token a client
+            # attaches to every call must not stop it from refreshing or logging in again.
+            await self.app(scope, receive, send)
+            return
+        credential = extract_credential(scope["headers"], self._header)
         if path in self._own_exact or path.startswith(self._own_below):
             decision = UNPROTECTED
         else:
