@@ -1,0 +1,312 @@
+--[[
+Bastion rate limiting on Redis: every check of one request, and the client's ban, decided and
+counted atomically by one call (bastion.ratelimit.redis_store loads it and calls it by SHA).
+
+The arithmetic mirrors bastion/ratelimit/algorithms.py; times are integer microseconds of the
+server's clock (TIME), so every instance agrees whatever its own clock says. EPSILON (1 us, the
+1e-6 s of algorithms.py) is the tolerance of GCRA's time comparison; the sliding window keeps
+algorithms.py's 1e-6 on estimated counts.
+
+ARGV[1] is the operation.
+
+"e": evaluate.
+  ARGV[2]  token unique to this call (names sorted-set members)
+  ARGV[3]  n, the number of checks
+  ARGV[4 + 7*(i-1) ...] for check i (1-based): algorithm code, limit, period (us), burst, cost,
+           enforce ("1" or "0"), window ("" unless quota)
+           codes: 1 gcra, 2 sliding_window, 3 fixed_window, 4 sliding_log, 5 concurrency, 6 quota
+  then, with bans: threshold, window (us), reset_after (us), duration 1 (us), duration 2, ...
+  KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the ban record, KEYS[n+2] the refusals.
+  Reply, all integers: now, allowed (1/0), banned_for (us), new_ban (us), ban level, then per
+  check: allowed (1/0), remaining, reset (us), retry_after (us). A banned client gets only the
+  first five.
+
+"r": release. ARGV[2..] the costs; KEYS the concurrency buckets. Reply: 0.
+
+"l": lift. KEYS[1] the ban record, KEYS[2] the refusals. Reply: 1 when a ban was active.
+
+Bucket values:
+  gcra            string: tat
+  fixed_window    string: "window count"
+  sliding_window  string: "window current previous"
+  quota           string: "window count end"
+  sliding_log     sorted set, one member per cost unit, scored by its time
+  concurrency     sorted set, one member per held slot, scored by its expiry
+  ban record      string: "until level" (kept until the ban ends plus reset_after)
+  refusals        sorted set of refusal times within the ban window
+]]
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local op = ARGV[1]
+local floor = math.floor
+local call = redis.call
+
+-- Microseconds to the integer a reply carries.
+local function us(value)
+    return floor(value + 0.5)
+end
+
+-- Expiry in whole milliseconds, rounded up so a bucket never expires before its reset.
+local function ttl_ms(micros)
+    local ms = math.ceil(micros / 1000)
+    if ms < 1 then
+        return 1
+    end
+    return ms
+end
+
+local function score_at(key, rank)
+    local found = call('ZRANGE', key, rank, rank, 'WITHSCORES')
+    return tonumber(found[2])
+end
+
+if op == 'r' then
+    for i = 1, #KEYS do
+        call('ZPOPMIN', KEYS[i], tonumber(ARGV[i + 1]))
+    end
+    return 0
+end
+
+if op == 'l' then
+    local record = call('GET', KEYS[1])
+    call('DEL', KEYS[1], KEYS[2])
+    if record then
+        local until_ = tonumber(string.match(record, '^(%S+)'))
+        if until_ > now then
+            return 1
+        end
+    end
+    return 0
+end
+
+local token = ARGV[2]
+local n = tonumber(ARGV[3])
+local banning = #KEYS > n
+local ban_at = 4 + 7 * n
+
+if banning then
+    local record = call('GET', KEYS[n + 1])
+    if record then
+        local until_, level = string.match(record, '^(%S+) (%S+)$')
+        until_ = tonumber(until_)
+        if until_ > now then
+            return {now, 0, us(until_ - now), 0, tonumber(level)}
+        end
+    end
+end
+
+local reply = {now, 1, 0, 0, 0}
+local allowed_all = true
+-- What each allowed check writes if the whole request is allowed: a string value and its
+-- expiry, or the members to add to a sorted set.
+local values = {}
+local lifetimes = {}
+
+for i = 1, n do
+    local at = 4 + 7 * (i - 1)
+    local code = ARGV[at]
+    local limit = tonumber(ARGV[at + 1])
+    local period = tonumber(ARGV[at + 2])
+    local cost = tonumber(ARGV[at + 4])
+    local key = KEYS[i]
+    local allowed, remaining, reset, retry
+
+    if code == '1' then
+        local burst = tonumber(ARGV[at + 3])
+        local interval = period / limit
+        local tau = interval * burst
+        local tat = tonumber(call('GET', key) or 0)
+        local base = tat > now and tat or now
+        local new_tat = base + interval * cost
+        local backlog = new_tat - now
+        if backlog <= tau + 1 then
+            allowed, remaining, reset, retry = true, floor((tau - backlog + 1) / interval), backlog, 0
+            values[i] = string.format('%.17g', new_tat)
+            lifetimes[i] = backlog
+        else
+            allowed, remaining, reset, retry = false, 0, base - now, backlog - tau
+        end
+    elseif code == '3' then
+        local current = floor(now / period)
+        local count = 0
+        local state = call('GET', key)
+        if state then
+            local window, stored = string.match(state, '^(%S+) (%S+)$')
+            if tonumber(window) == current then
+                count = tonumber(stored)
+            end
+        end
+        reset = (current + 1) * period - now
+        if count + cost <= limit then
+            allowed, remaining, retry = true, limit - count - cost, 0
+            values[i] = string.format('%.17g %d', current, count + cost)
+            lifetimes[i] = reset
+        else
+            allowed, remaining, retry = false, 0, reset
+        end
+    elseif code == '2' then
+        local now_window = floor(now / period)
+        local current, previous = 0, 0
+        local state = call('GET', key)
+        if state then
+            local window, stored_current, stored_previous =
+                string.match(state, '^(%S+) (%S+) (%S+)$')
+            window = tonumber(window)
+            if window == now_window then
+                current, previous = tonumber(stored_current), tonumber(stored_previous)
+            elseif window == now_window - 1 then
+                previous = tonumber(stored_current)
+            end
+        end
+        local elapsed = (now - now_window * period) / period
+        local estimate = previous * (1 - elapsed) + current
+        if estimate + cost <= limit + 1e-6 then
+            allowed, retry = true, 0
+            remaining = floor(limit - estimate - cost + 1e-6)
+            reset = (now_window + 2) * period - now
+            values[i] = string.format('%.17g %d %d', now_window, current + cost, previous)
+            lifetimes[i] = reset
+        else
+            allowed, remaining = false, 0
+            if current > 0 then
+                reset = (now_window + 2) * period - now
+            elseif previous > 0 then
+                reset = (now_window + 1) * period - now
+            else
+                reset = 0
+            end
+            if cost > limit then
+                retry = period
+            elseif previous > 0 and current + cost <= limit then
+                retry = (1 - (limit - cost - current) / previous - elapsed) * period
+            else
+                local weight = 0
+                if current > limit - cost then
+                    weight = 1 - (limit - cost) / current
+                end
+                retry = (1 - elapsed + weight) * period
+            end
+        end
+    elseif code == '6' then
+        local request_window = ARGV[at + 6]
+        local count, ends = 0, nil
+        local state = call('GET', key)
+        if state then
+            local window, stored, stored_end = string.match(state, '^(%S+) (%S+) (%S+)$')
+            if window == request_window then
+                count, ends = tonumber(stored), tonumber(stored_end)
+            end
+        end
+        if ends == nil then
+            ends = now + period
+        end
+        reset = ends > now and ends - now or 0
+        if count + cost <= limit then
+            allowed, remaining, retry = true, limit - count - cost, 0
+            values[i] = string.format('%s %d %.17g', request_window, count + cost, ends)
+            lifetimes[i] = reset
+        else
+            allowed, remaining, retry = false, 0, reset
+        end
+    else
+        -- The two sorted sets: a log of counted units (score: time) or of held slots (score:
+        -- expiry). Dropping what no longer counts is not a consumption, so it happens even when
+        -- the request is refused.
+        local is_log = code == '4'
+        if is_log then
+            call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+        else
+            call('ZREMRANGEBYSCORE', key, '-inf', now)
+        end
+        local held = call('ZCARD', key)
+        if held + cost <= limit then
+            allowed, remaining, reset, retry = true, limit - held - cost, period, 0
+            values[i] = is_log and now or now + period
+            lifetimes[i] = period
+        else
+            allowed, remaining = false, 0
+            if held > 0 then
+                local newest = score_at(key, -1)
+                reset = is_log and newest + period - now or newest - now
+            else
+                reset = 0
+            end
+            if cost > limit then
+                retry = period
+            else
+                local edge = score_at(key, held + cost - limit - 1)
+                retry = is_log and edge + period - now or edge - now
+            end
+        end
+    end
+
+    if allowed then
+        reply[#reply + 1] = 1
+    else
+        reply[#reply + 1] = 0
+        if ARGV[at + 5] == '1' then
+            allowed_all = false
+        end
+    end
+    reply[#reply + 1] = remaining
+    reply[#reply + 1] = us(reset)
+    reply[#reply + 1] = us(retry)
+end
+
+if allowed_all then
+    for i = 1, n do
+        local value = values[i]
+        if value ~= nil then
+            local code = ARGV[4 + 7 * (i - 1)]
+            if code == '4' or code == '5' then
+                local cost = tonumber(ARGV[4 + 7 * (i - 1) + 4])
+                -- One member per unit, added 100 at a time (unpack's stack is bounded).
+                local members = {}
+                for unit = 1, cost do
+                    members[#members + 1] = value
+                    members[#members + 1] = now .. ':' .. token .. ':' .. unit
+                    if #members == 200 or unit == cost then
+                        call('ZADD', KEYS[i], unpack(members))
+                        members = {}
+                    end
+                end
+                call('PEXPIRE', KEYS[i], ttl_ms(lifetimes[i]))
+            else
+                call('SET', KEYS[i], value, 'PX', ttl_ms(lifetimes[i]))
+            end
+        end
+    end
+    return reply
+end
+
+reply[2] = 0
+if banning then
+    -- Refusal times within the ban window, as in the memory store: the threshold-th one starts a
+    -- ban, the next offence when within reset_after of the previous ban's end, else offence 1.
+    local refusals = KEYS[n + 2]
+    local window = tonumber(ARGV[ban_at + 1])
+    call('ZREMRANGEBYSCORE', refusals, '-inf', now - window)
+    call('ZADD', refusals, now, now .. ':' .. token)
+    if call('ZCARD', refusals) < tonumber(ARGV[ban_at]) then
+        call('PEXPIRE', refusals, ttl_ms(window))
+        return reply
+    end
+    local reset_after = tonumber(ARGV[ban_at + 2])
+    local level = 1
+    local record = call('GET', KEYS[n + 1])
+    if record then
+        local until_, previous = string.match(record, '^(%S+) (%S+)$')
+        if now - tonumber(until_) <= reset_after then
+            level = tonumber(previous) + 1
+        end
+    end
+    local durations = #ARGV - ban_at - 2
+    local duration = tonumber(ARGV[ban_at + 2 + math.min(level, durations)])
+    call('SET', KEYS[n + 1], string.format('%.17g %d', now + duration, level), 'PX',
+        ttl_ms(duration + reset_after))
+    call('DEL', refusals)
+    reply[4] = duration
+    reply[5] = level
+end
+return reply
