@@ -220,6 +220,18 @@ def test_new_bans_are_recorded_in_the_ledger(clock: Clock) -> None:
     assert ledger.recorded == [("a", START + 10.0, 1)]
 
 
+def test_a_lift_in_the_ledger_ends_the_ban_in_the_process_that_started_it(
+    clock: Clock,
+) -> None:
+    ledger = FakeLedger()
+    store = MemoryStore(clock=clock, ledger=ledger)
+    assert offend(store, "a").new_ban == 10.0
+    allowed = Check(limit(), "p|a")
+    assert store.evaluate_now([allowed], client="a", bans=BANS).banned_for > 0
+    del ledger.bans["a"]  # `bastion bans lift a` elsewhere, seen by this ledger's poll
+    assert store.evaluate_now([allowed], client="a", bans=BANS).allowed
+
+
 def test_bans_of_other_processes_are_honoured(clock: Clock) -> None:
     ledger = FakeLedger(bans={"a": (START + 30.0, 2)})
     store = MemoryStore(clock=clock, ledger=ledger)

@@ -361,14 +361,13 @@ class MemoryStore:
     # -- bans -------------------------------------------------------------------------------
 
     def _ban_of(self, client: str) -> tuple[float, int]:
-        """``(until, level)`` of the client's latest ban, here or (with a ledger) anywhere."""
-        record = self._clients.get(client)
-        until, level = (record.until, record.level) if record is not None else (0.0, 0)
+        """``(until, level)`` of the client's latest ban: with a ledger, the ledger's alone (it
+        mirrors this process's bans at once and everyone else's within its poll), so a lift
+        made anywhere (``bastion bans lift``) ends the ban here too."""
         if self._ledger is not None:
-            shared_until, shared_level = self._ledger.banned_until(client)
-            if shared_until > until:
-                return shared_until, shared_level
-        return until, level
+            return self._ledger.banned_until(client)
+        record = self._clients.get(client)
+        return (record.until, record.level) if record is not None else (0.0, 0)
 
     def _refused(
         self, client: str, bans: BanRule, decisions: tuple[Decision, ...], now: float
