@@ -29,6 +29,7 @@ from bastion.pipeline.cors import CorsStage
 from bastion.pipeline.csrf import CsrfStage
 from bastion.pipeline.headers import SecurityHeadersStage
 from bastion.pipeline.request_id import RequestIdStage
+from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
 from bastion.store.config import StoreConfig
 from problem_assertions import assert_problem
 
@@ -86,6 +87,7 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
         "SecurityHeadersStage",
         "ErrorStage",
         "ProbeStage",
+        "GateStage",
         "SheddingStage",
         "LimitsStage",
         "AuthStage",
@@ -99,9 +101,16 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
         client_ip=ClientIpConfig(trusted_proxies=["10.0.0.0/8"]),
         cors=CorsConfig(origins=["https://app.example.com"]),
         csrf=CsrfConfig(enabled=True, secrets=["s" * 32]),
+        ratelimit=RateLimitConfig(policies=[PolicyConfig(name="users", key="user", limit=10)]),
     )
     full = chain(Bastion(everything).wrap(starlette_app()))
     assert full.index("ClientIpStage") == full.index("ErrorStage") + 1
+    assert full.index("GateStage") == full.index("ProbeStage") + 1
+    assert full.index("RateLimitStage") == full.index("AuthStage") + 1
+    without_ratelimit = Settings(store=store, ratelimit=RateLimitConfig(enabled=False))
+    assert not {"GateStage", "RateLimitStage"} & set(
+        chain(Bastion(without_ratelimit).wrap(starlette_app()))
+    )
     assert full.index("CorsStage") < full.index("CsrfStage") < full.index("AuthStage")
     assert full.index("AuthStage") < full.index("CompressionStage")
     assert isinstance(Bastion(everything).wrap(starlette_app()).pipeline, RequestIdStage)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bastion.engine import Bastion, BastionApp
     from bastion.http.principal import Principal
     from bastion.http.problems import BastionError
+    from bastion.ratelimit.dependencies import rate_limit
     from bastion.settings import Settings
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Principal",
     "Settings",
     "current_principal",
+    "rate_limit",
     "require",
 ]
 __version__ = "0.1.0"
@@ -40,6 +42,7 @@ _EXPORTS = {
     "Principal": "bastion.http.principal",
     "Settings": "bastion.settings",
     "current_principal": "bastion.auth.dependencies",
+    "rate_limit": "bastion.ratelimit.dependencies",
     "require": "bastion.auth.dependencies",
 }
 

@@ -33,6 +33,7 @@ from bastion.pipeline.limits import LimitsStage
 from bastion.pipeline.probes import ProbeStage
 from bastion.pipeline.request_id import RequestIdStage
 from bastion.pipeline.shedding import SheddingStage
+from bastion.ratelimit.wiring import RateLimiting
 from bastion.settings import Settings
 from bastion.store.stores import Stores
 
@@ -93,6 +94,7 @@ def build_pipeline(
     readiness: Callable[[], Any],
     csrf_keys: CsrfKeyRing,
     identity: Identity | None = None,
+    ratelimit: RateLimiting | None = None,
 ) -> ASGIApp:
     """Wrap ``terminal`` in the stages ``deps.settings`` enables, outermost first."""
     s = deps.settings
@@ -106,11 +108,19 @@ def build_pipeline(
             lambda a: ClientIpStage(a, config=s.client_ip, deps=deps),
         ),
         (True, lambda a: ProbeStage(a, config=s.metrics, deps=deps, readiness=readiness)),
+        (
+            ratelimit is not None and ratelimit.has_gate,
+            lambda a: ratelimit.gate(a, deps) if ratelimit else a,
+        ),
         (s.shedding.enabled, lambda a: SheddingStage(a, config=s.shedding, deps=deps)),
         (s.limits.enabled, lambda a: LimitsStage(a, config=s.limits, deps=deps)),
         (s.cors.enabled, lambda a: CorsStage(a, config=s.cors, deps=deps)),
         (s.csrf.enabled, lambda a: CsrfStage(a, config=s.csrf, deps=deps, keyring=csrf_keys)),
         (identity is not None, lambda a: identity.stage(a, deps) if identity else a),
+        (
+            ratelimit is not None and ratelimit.has_late,
+            lambda a: ratelimit.stage(a, deps) if ratelimit else a,
+        ),
         (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
         (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
@@ -148,6 +158,9 @@ class Bastion:
             self.identity = Identity(self.settings.auth, self.deps)
             if principal_resolver is None:
                 self.deps.principal_resolver = self.identity.resolver
+        self.ratelimit: RateLimiting | None = None
+        if self.settings.ratelimit.enabled:
+            self.ratelimit = RateLimiting(self.settings.ratelimit, self.deps)
         self.csrf_keys = CsrfKeyRing(
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
@@ -164,6 +177,7 @@ class Bastion:
             readiness=self.readiness,
             csrf_keys=self.csrf_keys,
             identity=self.identity,
+            ratelimit=self.ratelimit,
         )
 
     def wrap(self, app: ASGIApp) -> BastionApp:
@@ -195,6 +209,8 @@ class Bastion:
                 self.csrf_keys.set(await self.stores.csrf_keys())
             if self.identity is not None:
                 await self.identity.service.start()
+            if self.ratelimit is not None:
+                await self.ratelimit.start()
             self._started = True
 
     async def shutdown(self) -> None:
@@ -203,6 +219,8 @@ class Bastion:
             await close()
         if self.identity is not None:
             await self.identity.service.close()
+        if self.ratelimit is not None:
+            await self.ratelimit.close()
         await self.stores.close()
         output = access_output()
         if output is not None:

@@ -35,6 +35,7 @@ from bastion.pipeline.config import (
     SheddingConfig,
 )
 from bastion.proxy.config import ProxyConfig, RouteConfig
+from bastion.ratelimit.config import RateLimitConfig
 from bastion.store.config import StoreConfig
 
 __all__ = ["ConfigError", "ServerConfig", "Settings", "default_config_path"]
@@ -154,6 +155,7 @@ class Settings(BaseSettings):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     csrf: CsrfConfig = Field(default_factory=CsrfConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -9,6 +9,7 @@ import pytest
 from bastion.engine import Bastion
 from bastion.http.asgi import Message, Receive, Scope, Send
 from bastion.pipeline.config import ClientIpConfig, CorsConfig, CsrfConfig
+from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
 from bastion.settings import Settings
 from bastion.store.config import StoreConfig
 
@@ -20,6 +21,7 @@ def every_stage() -> list[Any]:
         client_ip=ClientIpConfig(trusted_proxies=["10.0.0.0/8"]),
         cors=CorsConfig(origins=["https://app.example.com"]),
         csrf=CsrfConfig(enabled=True, secrets=["k" * 32]),
+        ratelimit=RateLimitConfig(policies=[PolicyConfig(name="users", key="user", limit=10)]),
     )
 
     async def terminal(scope: Scope, receive: Receive, send: Send) -> None:
@@ -69,11 +71,13 @@ def test_all_stages_covered() -> None:
         "ErrorStage",
         "ClientIpStage",
         "ProbeStage",
+        "GateStage",
         "SheddingStage",
         "LimitsStage",
         "CorsStage",
         "CsrfStage",
         "AuthStage",
+        "RateLimitStage",
         "CompressionStage",
         "OwnRoutes",
     }

@@ -30,6 +30,10 @@ _KNOWN_METHODS = frozenset(
 )
 
 
+_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+"""Rate-limit store calls take microseconds in memory and well under a millisecond to Redis."""
+
+
 def _method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "OTHER"
 
@@ -83,6 +87,20 @@ class Metrics:
             ("method", "result"),
             registry=reg,
         )
+        self.ratelimit_decisions = Counter(
+            "bastion_ratelimit_decisions_total",
+            "Rate-limit decisions, by policy and result (allowed, limited, shadow_limited, "
+            "store_error); refusals of banned clients count under the policy _bans.",
+            ("policy", "result"),
+            registry=reg,
+        )
+        self.ratelimit_store_seconds = Histogram(
+            "bastion_ratelimit_store_seconds",
+            "Time of one rate-limit store evaluation (all of a request's checks at once).",
+            buckets=_STORE_BUCKETS,
+            registry=reg,
+        )
+        self._ratelimit_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
         # across workers each process's value lives in the shared files and is summed.
@@ -121,6 +139,15 @@ class Metrics:
 
     def auth_attempt(self, method: str, result: str) -> None:
         self.auth_attempts.labels(method, result).inc()
+
+    def ratelimit_decision(self, policy: str, result: str) -> None:
+        """Count one policy's decision (policy names come from configuration: bounded)."""
+        child = self._ratelimit_children.get((policy, result))
+        if child is None:
+            child = self._ratelimit_children[(policy, result)] = self.ratelimit_decisions.labels(
+                policy, result
+            )
+        child.inc()
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()

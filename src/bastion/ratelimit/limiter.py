@@ -1,0 +1,255 @@
+"""One request's rate-limit decision, shared by the gate, the ``ratelimit`` stage and the
+``rate_limit`` dependency: one store call, the refusal responses, what happens when the shared
+store fails, the tarpit, bans in the audit log, and the metrics.
+
+When the store fails (:class:`RateLimitStoreError`), each policy's ``on_store_error`` decides:
+``open`` lets the request through uncounted, ``closed`` refuses it with 503
+``ratelimit_unavailable``, ``local`` counts it in this process's memory until the store is
+back. After a failure the store is left alone for a second, so a store that hangs costs one
+timeout per second rather than one per request; then the next request tries it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from bastion.audit.events import AuditEvent, AuditSink
+from bastion.http.problems import BastionError, register
+from bastion.http.state import RequestState
+from bastion.observe.logging import get_logger
+from bastion.observe.metrics import Metrics
+from bastion.ratelimit.config import RateLimitConfig
+from bastion.ratelimit.core import (
+    BanRule,
+    Check,
+    RateLimitStore,
+    RateLimitStoreError,
+    Verdict,
+)
+from bastion.ratelimit.headers import HeaderRenderer, RateLimitReport, retry_after_seconds
+from bastion.ratelimit.policies import PolicySet
+
+__all__ = ["LIMITER_KEY", "Limiter", "LocalStore"]
+
+register("rate_limited", 429, "Too many requests")
+register("client_banned", 429, "Client banned")
+register("ratelimit_unavailable", 503, "Rate limiting unavailable")
+
+LIMITER_KEY = "bastion.ratelimit"
+"""Key under ``scope["state"]`` where the rate-limit stages leave the :class:`Limiter`."""
+
+_BACKOFF = 1.0
+"""Seconds the shared store is not asked again after it failed."""
+_BANS_POLICY = "_bans"
+"""Metric label of requests refused because their client is banned (no policy name can start
+with ``_``)."""
+
+_log: Any = get_logger("bastion.ratelimit")
+
+
+class LocalStore(Protocol):
+    """The per-process store ``on_store_error = "local"`` falls back on (a ``MemoryStore``)."""
+
+    def evaluate_now(
+        self, checks: Sequence[Check], *, client: str | None = None, bans: BanRule | None = None
+    ) -> Verdict: ...
+
+    async def release(self, checks: Sequence[Check]) -> None: ...
+
+
+class Limiter:
+    """Decides requests against ``store`` for every rate-limit stage of one engine."""
+
+    def __init__(
+        self,
+        store: RateLimitStore,
+        *,
+        config: RateLimitConfig,
+        policies: PolicySet,
+        metrics: Metrics,
+        audit: AuditSink | None,
+        store_name: str,
+        local: Callable[[], LocalStore] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.renderer = HeaderRenderer(policies, legacy=config.legacy_headers)
+        self._metrics = metrics
+        self._audit = audit
+        self._store_name = store_name
+        self._make_local = local
+        self._local: LocalStore | None = None
+        self._clock = clock
+        self._on_error = {name: p.config.on_store_error for name, p in policies.by_name.items()}
+        self._log_interval = config.error_log_interval
+        self._tarpit = config.tarpit.enabled
+        self._max_delay = config.tarpit.max_delay
+        self._max_waiting = config.tarpit.max_waiting
+        self.waiting = 0
+        """Requests the tarpit holds now."""
+        self._down_until = 0.0
+        self._next_log = 0.0
+        self._failures = 0
+        self._failing = False
+
+    async def admit(
+        self,
+        checks: Sequence[Check],
+        *,
+        client: str,
+        bans: BanRule | None,
+        state: RequestState,
+        report: RateLimitReport,
+    ) -> None:
+        """Count the request or raise the refusal; decisions and held slots go to ``report``."""
+        decided = await self._evaluate(checks, client, bans)
+        if decided is None:
+            return
+        verdict, store = decided
+        if verdict.banned_for > 0 or verdict.new_ban > 0:
+            await self._banned(verdict, client, state)
+        if not verdict.allowed and self._tarpit:
+            decided = await self._hold(verdict, checks, client, bans)
+            if decided is None:
+                return
+            verdict, store = decided
+            if verdict.banned_for > 0 or verdict.new_ban > 0:
+                await self._banned(verdict, client, state)
+        report.add(checks, verdict.decisions)
+        retry_after = 0.0
+        for check, decision in zip(checks, verdict.decisions, strict=False):
+            if decision.allowed:
+                result = "allowed"
+            elif check.enforce:
+                result = "limited"
+                retry_after = max(retry_after, decision.retry_after)
+            else:
+                result = "shadow_limited"
+            self._metrics.ratelimit_decision(check.rule.policy, result)
+        if not verdict.allowed:
+            seconds = retry_after_seconds(retry_after)
+            headers = self.renderer.render_text(report)
+            report.rendered = True
+            headers["Retry-After"] = str(seconds)
+            raise BastionError(
+                "rate_limited",
+                "Too many requests; retry later",
+                headers=headers,
+                extensions={"retry_after": seconds},
+            )
+        held = [check for check in checks if check.rule.algorithm == "concurrency"]
+        if held:
+            report.held.append((store, held))
+
+    async def release(self, report: RateLimitReport) -> None:
+        """Give back the concurrency slots ``report`` holds; each exactly once."""
+        while report.held:
+            store, checks = report.held.pop()
+            try:
+                await store.release(checks)
+            except RateLimitStoreError as exc:
+                # The slot lapses by itself after the policy's period.
+                self._failed(exc)
+
+    async def _evaluate(
+        self, checks: Sequence[Check], client: str, bans: BanRule | None
+    ) -> tuple[Verdict, RateLimitStore | LocalStore] | None:
+        if self._down_until and self._clock() < self._down_until:
+            return self._fallback(checks, client, bans)
+        started = time.perf_counter()
+        try:
+            verdict = await self.store.evaluate(checks, client=client, bans=bans)
+        except RateLimitStoreError as exc:
+            self._failed(exc)
+            self._down_until = self._clock() + _BACKOFF
+            return self._fallback(checks, client, bans)
+        self._metrics.ratelimit_store_seconds.observe(time.perf_counter() - started)
+        if self._failing:
+            self._failing = False
+            self._down_until = 0.0
+            self._next_log = 0.0
+            _log.info("rate-limit store recovered", store=self._store_name)
+        return verdict, self.store
+
+    def _failed(self, exc: RateLimitStoreError) -> None:
+        self._metrics.store_error(self._store_name, "ratelimit")
+        self._failing = True
+        self._failures += 1
+        now = self._clock()
+        if now >= self._next_log:
+            # One line per interval, however many requests meet the failure.
+            _log.error(
+                "rate-limit store failing; applying each policy's on_store_error",
+                store=self._store_name,
+                error=str(exc) or type(exc).__name__,
+                failures=self._failures,
+            )
+            self._failures = 0
+            self._next_log = now + self._log_interval
+
+    def _fallback(
+        self, checks: Sequence[Check], client: str, bans: BanRule | None
+    ) -> tuple[Verdict, LocalStore] | None:
+        local: list[Check] = []
+        closed = False
+        for check in checks:
+            mode = self._on_error.get(check.rule.policy, "local")
+            self._metrics.ratelimit_decision(check.rule.policy, "store_error")
+            if mode == "closed" and check.enforce:
+                closed = True
+            elif mode == "local":
+                local.append(check)
+        if closed:
+            raise BastionError(
+                "ratelimit_unavailable", "Request limits cannot be checked now; retry shortly"
+            )
+        if (not local and bans is None) or self._make_local is None:
+            return None
+        if self._local is None:
+            self._local = self._make_local()
+        return self._local.evaluate_now(local, client=client, bans=bans), self._local
+
+    async def _hold(
+        self, verdict: Verdict, checks: Sequence[Check], client: str, bans: BanRule | None
+    ) -> tuple[Verdict, RateLimitStore | LocalStore] | None:
+        """Tarpit: wait out a short refusal once, then decide again; the refusal stands when the
+        wait is too long, too many requests are held, or the client is banned."""
+        if verdict.banned_for > 0 or verdict.new_ban > 0:
+            return verdict, self.store
+        wait = max(
+            (d.retry_after for c, d in zip(checks, verdict.decisions, strict=False) if c.enforce),
+            default=0.0,
+        )
+        if wait > self._max_delay or self.waiting >= self._max_waiting:
+            return verdict, self.store
+        self.waiting += 1
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self.waiting -= 1
+        return await self._evaluate(checks, client, bans)
+
+    async def _banned(self, verdict: Verdict, client: str, state: RequestState) -> None:
+        self._metrics.ratelimit_decision(_BANS_POLICY, "limited")
+        if verdict.new_ban > 0 and self._audit is not None:
+            await self._audit.emit(
+                AuditEvent(
+                    kind="ratelimit.banned",
+                    outcome="denied",
+                    target=client,
+                    client_ip=state.client_ip,
+                    request_id=state.request_id,
+                    detail={"duration": verdict.new_ban, "level": verdict.ban_level},
+                )
+            )
+        seconds = retry_after_seconds(max(verdict.banned_for, verdict.new_ban))
+        raise BastionError(
+            "client_banned",
+            "Too many refused requests; this client is temporarily banned",
+            headers={"Retry-After": str(seconds)},
+            extensions={"retry_after": seconds},
+        )

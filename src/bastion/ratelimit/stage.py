@@ -1,0 +1,124 @@
+"""The ``gate`` and ``ratelimit`` stages (DESIGN.md §1, steps 5 and 11).
+
+The gate runs right after the probes, before anything expensive: active bans and every policy
+keyed by address, route or header, in one store call. The ``ratelimit`` stage runs right after
+authentication with the policies that need the principal (user, API key, tenant, claims), again
+in one store call. Each is in the chain only when it has something to decide.
+
+The first of them that sees a request leaves a :class:`RateLimitReport` in the request state and
+wraps ``send``: when the response starts it adds the ``RateLimit`` headers of every decision made
+for the request (its own, the later stage's, a route's ``rate_limit`` dependency), and when the
+response ends, the client disconnects or anything raises, it gives back concurrency slots.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.state import state_of
+from bastion.ratelimit.config import RateLimitConfig
+from bastion.ratelimit.core import BanRule
+from bastion.ratelimit.headers import REPORT_KEY, RateLimitReport
+from bastion.ratelimit.limiter import LIMITER_KEY, Limiter
+
+__all__ = ["GateStage", "RateLimitStage"]
+
+_DISCONNECTS = frozenset({"http.disconnect", "websocket.disconnect"})
+
+
+class _LimitStage:
+    """What both stages do; they differ in which policies they apply and whether bans count."""
+
+    _stage: Literal["gate", "late"]
+
+    def __init__(
+        self, app: ASGIApp, *, config: RateLimitConfig, deps: Deps, limiter: Limiter
+    ) -> None:
+        self.app = app
+        self._limiter = limiter
+        self._policies = limiter.policies
+        self._headers = config.headers
+        self._concurrency = limiter.policies.has_concurrency
+        self._bans: BanRule | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        state = state_of(scope)
+        shared = scope["state"]
+        shared[LIMITER_KEY] = self._limiter
+        report: RateLimitReport | None = shared.get(REPORT_KEY)
+        owner = report is None
+        if report is None:
+            report = shared[REPORT_KEY] = RateLimitReport()
+        checks = self._policies.checks_for(scope, state, stage=self._stage)
+        if checks or self._bans is not None:
+            client = self._policies.client(state.client_ip)[0]
+            await self._limiter.admit(
+                checks, client=client, bans=self._bans, state=state, report=report
+            )
+        if not owner or not (self._headers or self._concurrency):
+            await self.app(scope, receive, send)
+            return
+        await self._own(scope, receive, send, report)
+
+    async def _own(
+        self, scope: Scope, receive: Receive, send: Send, report: RateLimitReport
+    ) -> None:
+        """Run the rest of the chain, adding headers and releasing slots on the way out."""
+        limiter = self._limiter
+        headers = self._headers and scope["type"] == "http"
+
+        async def send_reporting(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start" and headers and report.entries and not report.rendered:
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), *limiter.renderer.render(report)]
+            await send(message)
+            if report.held and kind == "http.response.body" and not message.get("more_body"):
+                # The response is complete: the slot is free although the app may still run
+                # background tasks.
+                await limiter.release(report)
+
+        async def receive_watching() -> Message:
+            message = await receive()
+            if report.held and message["type"] in _DISCONNECTS:
+                await limiter.release(report)
+            return message
+
+        try:
+            await self.app(
+                scope, receive_watching if self._concurrency else receive, send_reporting
+            )
+        finally:
+            if report.held:
+                await limiter.release(report)
+
+
+class GateStage(_LimitStage):
+    """Step 5: bans and the policies decided before authentication."""
+
+    _stage = "gate"
+
+    def __init__(
+        self, app: ASGIApp, *, config: RateLimitConfig, deps: Deps, limiter: Limiter
+    ) -> None:
+        super().__init__(app, config=config, deps=deps, limiter=limiter)
+        bans = config.bans
+        if bans.enabled:
+            self._bans = BanRule(
+                threshold=bans.threshold,
+                window=bans.window,
+                durations=tuple(bans.durations),
+                reset_after=bans.reset_after,
+            )
+
+
+class RateLimitStage(_LimitStage):
+    """Step 11: the policies keyed by who the principal is."""
+
+    _stage = "late"
