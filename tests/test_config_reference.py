@@ -31,5 +31,9 @@ def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ign
         elif name == "auth":
             assert [rule.path for rule in example.auth.rules] == ["/api/admin/**", "/api/health"]
             assert example.auth.model_copy(update={"rules": []}) == defaults.auth
+        elif name == "ratelimit":
+            assert [policy.name for policy in example.ratelimit.policies] == ["api"]
+            assert example.ratelimit.policies[0].match.paths == ["/api/**"]
+            assert example.ratelimit.model_copy(update={"policies": []}) == defaults.ratelimit
         else:
             assert getattr(example, name) == getattr(defaults, name), name

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from bastion.auth.config import AccessRule
 from bastion.pipeline.config import BodyLimitRule
 from bastion.proxy.config import RouteConfig
+from bastion.ratelimit.config import MatchConfig, PolicyConfig
 from bastion.settings import Settings
 
 __all__ = ["render_markdown", "render_toml"]
@@ -33,6 +34,16 @@ _EXAMPLES: dict[str, list[BaseModel]] = {
     "auth.rules": [
         AccessRule(path="/api/admin/**", methods=["GET", "POST"], require="admin:*"),
         AccessRule(path="/api/health", public=True),
+    ],
+    "ratelimit.policies": [
+        PolicyConfig(
+            name="api",
+            match=MatchConfig(paths=["/api/**"], methods=["GET"]),
+            key="ip",
+            limit=100,
+            period=60.0,
+            burst=20,
+        )
     ],
 }
 
@@ -177,7 +188,8 @@ def _md_section(
         key = f"{path}.{name}"
         sub = _model_class(field.annotation)
         if sub is not None:
-            yield from _md_section(sub, getattr(model, name), key, f"[{key}]")
+            value = getattr(model, name) if model is not None else None
+            yield from _md_section(sub, value, key, f"[{key}]")
         item = _list_item_class(field.annotation)
         if item is not None:
             yield from _md_section(item, None, key, f"[[{key}]]")
