@@ -484,16 +484,23 @@ def test_backup_code_normalize(id: str, typed: str, expected: str | None) -> Non
     assert BackupCodes.normalize(typed) == expected
 
 
+KEY = b"k" * 32
+
+
 def test_backup_code_hash() -> None:
-    digest = BackupCodes.hash("user-1", "abcde-fghjk")
+    digest = BackupCodes.hash(KEY, "user-1", "abcde-fghjk")
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
     # Every way of typing the code hashes alike, so the caller can look it up by hash.
-    assert BackupCodes.hash("user-1", " ABCDE FGHJK ") == digest
+    assert BackupCodes.hash(KEY, "user-1", " ABCDE FGHJK ") == digest
     # Bound to the user: the same code for another account is another hash.
-    assert BackupCodes.hash("user-2", "abcde-fghjk") != digest
-    assert BackupCodes.hash("user-1", "abcde-fghjm") != digest
+    assert BackupCodes.hash(KEY, "user-2", "abcde-fghjk") != digest
+    assert BackupCodes.hash(KEY, "user-1", "abcde-fghjm") != digest
+    # Keyed: without the key the stored value cannot be recomputed.
+    assert BackupCodes.hash(b"x" * 32, "user-1", "abcde-fghjk") != digest
 
 
-def test_backup_code_hash_refuses_malformed_codes() -> None:
+def test_backup_code_hash_refuses_malformed_codes_and_missing_keys() -> None:
     with pytest.raises(ValueError, match="not a backup code"):
-        BackupCodes.hash("user-1", "abcde")
+        BackupCodes.hash(KEY, "user-1", "abcde")
+    with pytest.raises(ValueError, match="key"):
+        BackupCodes.hash(b"", "user-1", "abcde-fghjk")

@@ -335,8 +335,12 @@ async def test_an_api_key_cannot_change_mfa_or_end_sessions(tmp_path: Path) -> N
         assert me.status_code == 200
         assert me.json()["method"] == "api_key"
         assert me.json()["session_id"] is None
-        session = (await w.client.get(f"{AUTH}/sessions", headers=key)).json()["sessions"][0]
+        user = await w.service.store.user_by_name("alice@example.com")
+        assert user is not None
+        [session_record] = await w.service.store.sessions(user.id)
+        session = {"id": session_record.id}
         for method, path in [
+            ("GET", "/sessions"),
             ("POST", "/mfa/setup"),
             ("POST", "/mfa/verify"),
             ("POST", "/mfa/disable"),

@@ -59,6 +59,9 @@ class PasswordConfig(ConfigModel):
     """Longest accepted password, in characters (NIST: allow at least 64)."""
     reject_common: bool = True
     """Refuse passwords found in the shipped list of most common passwords."""
+    max_pending: int = Field(default=32, ge=1)
+    """Password hashes queued or running at once per process; beyond, logins get 503
+    ``overloaded`` at once instead of waiting behind seconds of hashing."""
 
     @model_validator(mode="after")
     def _lengths(self) -> PasswordConfig:
@@ -82,6 +85,8 @@ class TokenConfig(ConfigModel):
     """Lifetime of an access token."""
     refresh_ttl: Duration = Field(default=7 * 86400.0, gt=0)
     """Lifetime of a refresh token (and of the session it belongs to, unless refreshed)."""
+    session_max_age: Duration = Field(default=30 * 86400.0, gt=0)
+    """Absolute lifetime of a session: refreshing never extends it beyond this after login."""
     refresh_format: Literal["opaque", "jwt"] = "opaque"
     """``opaque``: random strings only Bastion reads; ``jwt``: signed and typed ``refresh+jwt``."""
     leeway: Duration = Field(default=30.0, ge=0, le=300)
@@ -143,6 +148,9 @@ class MfaConfig(ConfigModel):
     """Time steps accepted either side of the current one."""
     backup_codes: int = Field(default=10, ge=0, le=20)
     """Single-use backup codes issued at enrolment."""
+    reauth_window: Duration = Field(default=600.0, ge=0)
+    """Setting up or disabling MFA needs a login at most this old, or the account's
+    ``password`` in the request body: a stolen access token alone cannot change the factor."""
 
 
 class AccessRule(ConfigModel):

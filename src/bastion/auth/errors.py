@@ -19,6 +19,7 @@ register("account_disabled", 403, "Account disabled")
 register("login_throttled", 429, "Too many failed logins")
 register("password_rejected", 422, "Password rejected")
 register("conflict", 409, "Conflict")
+register("reauthentication_required", 403, "Recent login required")
 
 _REALM = "bastion"
 

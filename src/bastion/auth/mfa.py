@@ -9,9 +9,9 @@ are enforced by the caller in SQL, where every instance sees the same state.
   greater, updating that value in the same statement (``UPDATE … SET last_step = :step WHERE
   user_id = :id AND last_step < :step`` and checking one row changed). A code is therefore good
   once, and so is every code of an earlier step.
-- **Backup codes.** The caller stores :meth:`BackupCodes.hash` of each code and consumes one with
-  a ``DELETE … WHERE user_id = :id AND code_hash = :hash`` (or an ``UPDATE`` of a ``used_at``
-  column) that must affect exactly one row.
+- **Backup codes.** The caller stores the keyed :meth:`BackupCodes.hash` of each code and
+  consumes one with a ``DELETE … WHERE user_id = :id AND code_hash = :hash`` (or an ``UPDATE``
+  of a ``used_at`` column) that must affect exactly one row.
 """
 
 from __future__ import annotations
@@ -296,15 +296,18 @@ class BackupCodes:
         return compact
 
     @staticmethod
-    def hash(user_id: str, code: str) -> str:
-        """Hex SHA-256 of the normalised code, bound to ``user_id`` and to this use, for storage
-        and lookup. Raises :class:`ValueError` for a malformed code."""
+    def hash(key: bytes, user_id: str, code: str) -> str:
+        """Hex HMAC-SHA256, under ``key`` (a secret kept in ``bastion_keys``), of the normalised
+        code bound to ``user_id`` and to this use, for storage and lookup. Keyed, so a copy of
+        the table alone cannot be searched offline for the codes' 50 bits. Raises
+        :class:`ValueError` for a malformed code or an empty key."""
+        if not key:
+            raise ValueError("a backup-code key is required")
         normalized = BackupCodes.normalize(code)
         if normalized is None:
             raise ValueError("not a backup code")
         user = user_id.encode("utf-8")
-        digest = hashlib.sha256()
-        digest.update(_BACKUP_DOMAIN)
+        digest = hmac.new(key, _BACKUP_DOMAIN, hashlib.sha256)
         digest.update(len(user).to_bytes(4, "big") + user)
         digest.update(normalized.encode("ascii"))
         return digest.hexdigest()

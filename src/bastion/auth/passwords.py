@@ -27,6 +27,7 @@ import os
 import secrets
 import sys
 import unicodedata
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
@@ -38,6 +39,7 @@ from bastion.auth.config import PasswordConfig
 
 __all__ = [
     "USERNAME_MAX_LENGTH",
+    "HasherBusy",
     "PasswordHasher",
     "PasswordPolicy",
     "common_passwords",
@@ -153,6 +155,10 @@ def _name_forms(username: str) -> frozenset[str]:
     return frozenset(forms)
 
 
+class HasherBusy(Exception):
+    """More password checks are queued than ``passwords.max_pending`` allows."""
+
+
 def _lower_priority() -> None:
     """Run hashing threads at a lower scheduling priority than the event loop.
 
@@ -190,14 +196,29 @@ class PasswordHasher:
             thread_name_prefix="bastion-argon2",
             initializer=_lower_priority,
         )
+        self._max_pending = config.max_pending
+        self._pending = 0
         # Made once, at start-up, so that verifying an unknown user costs exactly what a wrong
         # password for a known user costs.
         self._dummy = self._hasher.hash(secrets.token_urlsafe(24))
 
     async def hash(self, password: str) -> str:
         """The argon2id hash (PHC string) of the NFKC form of ``password``, with a fresh salt."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._hash_sync, password)
+        with self._slot():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._hash_sync, password)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        # A bounded backlog: each queued hash holds ~20 ms of CPU, so an unbounded queue turns a
+        # burst of logins into seconds of waiting for everyone. Beyond the bound, refuse at once.
+        if self._pending >= self._max_pending:
+            raise HasherBusy("too many password checks in progress")
+        self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """Whether ``password`` matches ``stored``.
@@ -207,8 +228,9 @@ class PasswordHasher:
         account without a password, a corrupted row) is treated the same way. Never raises for
         a mismatch or a malformed hash.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._verify_sync, stored, password)
+        with self._slot():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._verify_sync, stored, password)
 
     def needs_rehash(self, stored: str) -> bool:
         """Whether ``stored`` was made with other parameters than the configured ones, so it

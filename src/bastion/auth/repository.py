@@ -416,21 +416,26 @@ class IdentityStore:
 
     async def set_mfa_secret(
         self, user_id: str, *, key_id: str, blob: bytes, code_hashes: Sequence[str]
-    ) -> None:
+    ) -> bool:
         """Store a pending (not yet enabled) TOTP secret and its backup codes, replacing any
-        earlier pending enrolment."""
+        earlier pending enrolment; False (nothing written) when MFA is already enabled."""
         async with self._database.session() as session:
-            await session.execute(
+            result = await session.execute(
                 update(User)
                 .where(User.id == user_id, User.mfa_enabled.is_(False))
                 .values(
                     mfa_secret=blob, mfa_key_id=key_id, mfa_last_step=None, updated_at=utc_now()
                 )
             )
+            if _rowcount(result) == 0:
+                # MFA was enabled meanwhile (a concurrent verify): its codes stay untouched.
+                await session.rollback()
+                return False
             await session.execute(delete(BackupCode).where(BackupCode.user_id == user_id))
             for code_hash in code_hashes:
                 session.add(BackupCode(user_id=user_id, code_hash=code_hash))
             await session.commit()
+        return True
 
     async def enable_mfa(self, user_id: str) -> None:
         """Turn MFA on (after the first code proved the enrolment)."""

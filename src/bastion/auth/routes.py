@@ -42,7 +42,8 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_json(receive: Receive) -> dict[str, Any]:
+async def _read_json(receive: Receive, *, optional: bool = False) -> dict[str, Any]:
+    """The JSON object in the body; with ``optional``, an empty body is an empty object."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -56,8 +57,11 @@ async def _read_json(receive: Receive) -> dict[str, Any]:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+    body = b"".join(chunks)
+    if optional and not body.strip():
+        return {}
     try:
-        data = orjson.loads(b"".join(chunks))
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise _invalid("body", "must be a JSON object") from None
     if not isinstance(data, dict):
@@ -181,7 +185,8 @@ class AuthEndpoints:
         }
 
     async def _sessions(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        return 200, {"sessions": await self._service.sessions(_principal(scope))}
+        # Session details (addresses, user agents) are for the user, not for API keys.
+        return 200, {"sessions": await self._service.sessions(_signed_in(scope))}
 
     async def _revoke_session(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
         session_id = scope["path"].rsplit("/", 1)[1]
@@ -191,7 +196,10 @@ class AuthEndpoints:
         return 204, None
 
     async def _mfa_setup(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
-        return 200, await self._mfa.setup(_signed_in(scope), _context(scope))
+        principal = _signed_in(scope)
+        data = await _read_json(receive, optional=True)
+        password = _optional(data, "password")
+        return 200, await self._mfa.setup(principal, _context(scope), password=password)
 
     async def _mfa_verify(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
         principal = _signed_in(scope)
@@ -201,8 +209,10 @@ class AuthEndpoints:
 
     async def _mfa_disable(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
         principal = _signed_in(scope)
-        otp = _required(await _read_json(receive), "otp")
-        await self._mfa.disable(principal, otp, _context(scope))
+        data = await _read_json(receive)
+        otp = _required(data, "otp")
+        password = _optional(data, "password")
+        await self._mfa.disable(principal, otp, _context(scope), password=password)
         return 200, {"mfa": False}
 
 

@@ -29,7 +29,12 @@ from bastion.auth.errors import AuthError
 from bastion.auth.keyring import SigningKeys
 from bastion.auth.mfa import BackupCodes, MfaSecretError, SecretCipher, Totp
 from bastion.auth.models import SessionRecord, User
-from bastion.auth.passwords import PasswordHasher, PasswordPolicy, normalize_username
+from bastion.auth.passwords import (
+    HasherBusy,
+    PasswordHasher,
+    PasswordPolicy,
+    normalize_username,
+)
 from bastion.auth.rbac import Authorizer, RoleBook
 from bastion.auth.repository import ChangeKind, IdentityStore
 from bastion.auth.throttle import LoginThrottle, ThrottleVerdict
@@ -38,6 +43,7 @@ from bastion.http.principal import Principal
 from bastion.http.problems import BastionError
 from bastion.observe.metrics import Metrics
 from bastion.store.errors import StoreError
+from bastion.store.keys import NewKey
 from bastion.store.stores import Stores
 
 __all__ = ["IdentityService", "RequestContext", "TokenPair"]
@@ -46,6 +52,7 @@ _log: Any = structlog.get_logger("bastion.auth")
 
 _STATUS_CODES = {"suspended": "account_suspended", "disabled": "account_disabled"}
 _REFRESH_PREFIX = "bst_rt_"
+_BACKUP_CODE_PURPOSE = "mfa_backup_codes"
 _KEY_REFRESH = 60.0
 """Seconds between reloads of the signing keys."""
 _LIVE_SESSIONS_MAX = 100_000
@@ -106,6 +113,8 @@ class IdentityService:
         self.verifier = TokenVerifier(config.tokens, self.signing, clock=clock)
         self.totp = Totp(config.mfa)
         self.cipher = SecretCipher(stores.keys)
+        self._keys = stores.keys
+        self._backup_key = b""
         self.backup_codes = BackupCodes(config.mfa.backup_codes)
         self.roles = RoleBook(config.role_table())
         self.authorizer = Authorizer(self.roles)
@@ -131,6 +140,8 @@ class IdentityService:
             return
         await self.signing.load()
         await self.cipher.load()
+        keys = await self._keys.get_or_create(_BACKUP_CODE_PURPOSE, _new_backup_code_key)
+        self._backup_key = keys[0].material
         await self.feed.start()
         self._flusher = asyncio.create_task(self._flush_forever(), name="bastion-auth-usage")
         self._started = True
@@ -302,9 +313,10 @@ class IdentityService:
     ) -> TokenPair:
         """Check the credentials and open a session.
 
-        The throttle is consulted before any password work, so a throttled attempt costs one
-        query. Unknown usernames go through the same steps (a dummy hash, the same counters),
-        so neither the answer, its timing nor the throttle tells them apart.
+        The attempt is counted by the throttle before any password work (and taken back when it
+        succeeds), so a throttled attempt costs one query and simultaneous guesses cannot slip
+        past the count. Unknown usernames go through the same steps (a dummy hash, the same
+        counters), so neither the answer, its timing nor the throttle tells them apart.
         """
         try:
             name = normalize_username(username)
@@ -312,13 +324,15 @@ class IdentityService:
             name = username.strip().casefold()[:320]
         since = datetime.now(UTC) - timedelta(days=self.config.throttle.known_ip_days)
         known = await self.store.known_address(name, context.client_ip, since=since)
-        verdict, pair_seen = await self.throttle.assess(name, context.client_ip, known_ip=known)
-        if verdict is not None:
-            await self._throttled(name, context, verdict)
+        reservation = await self.throttle.reserve(name, context.client_ip, known_ip=known)
+        if reservation.verdict is not None:
+            await self._throttled(name, None, context, reservation.verdict)
         user = await self.store.user_by_name(name)
         stored_hash = user.password_hash if user is not None else None
-        if not await self.hasher.verify(stored_hash, password) or user is None:
-            await self._login_failed(name, context, known, reason="password")
+        if not await self.verify_password(stored_hash, password) or user is None:
+            await self._login_failed(name, None, context, reason="password")
+        # The password was right: whatever follows, this was not a guess to count.
+        await self.throttle.succeeded(reservation)
         code = _STATUS_CODES.get(user.status)
         if code is not None:
             self.metrics.auth_attempt("password", "denied")
@@ -329,13 +343,16 @@ class IdentityService:
             if not otp:
                 self.metrics.auth_attempt("password", "mfa_required")
                 raise AuthError("mfa_required", "This account requires a one-time code (otp)")
+            second = await self.throttle.reserve(name, context.client_ip, known_ip=known)
+            if second.verdict is not None:
+                await self._throttled(name, user.id, context, second.verdict)
             if not await self.check_second_factor(user.id, otp):
-                await self._login_failed(name, context, known, reason="otp", method="otp")
+                await self._login_failed(name, user.id, context, reason="otp", method="otp")
+            await self.throttle.succeeded(second)
             mfa = True
-        if pair_seen:
-            await self.throttle.success(name, context.client_ip)
         if stored_hash is not None and self.hasher.needs_rehash(stored_hash):
-            await self.store.set_password(user.id, await self.hasher.hash(password))
+            with contextlib.suppress(HasherBusy):  # the next login rehashes instead
+                await self.store.set_password(user.id, await self.hasher.hash(password))
         pair = await self._open_session(user.id, mfa=mfa, context=context)
         self.metrics.auth_attempt("password", "success")
         await self.emit(
@@ -343,15 +360,37 @@ class IdentityService:
         )
         return pair
 
+    async def verify_password(self, stored_hash: str | None, password: str) -> bool:
+        try:
+            return await self.hasher.verify(stored_hash, password)
+        except HasherBusy:
+            # The attempt stays counted by the throttle: a flood cannot turn this into free
+            # guesses, and the client is told to come back shortly.
+            raise BastionError(
+                "overloaded",
+                "Too many logins in progress; retry shortly",
+                headers={"Retry-After": "1"},
+                extensions={"retry_after": 1},
+            ) from None
+
     async def _throttled(
-        self, name: str, context: RequestContext, verdict: ThrottleVerdict
+        self,
+        name: str,
+        user_id: str | None,
+        context: RequestContext,
+        verdict: ThrottleVerdict,
     ) -> NoReturn:
         self.metrics.auth_attempt("password", "throttled")
         await self.emit(
             "auth.login.lockout",
             context,
+            actor=user_id,
             outcome="denied",
-            detail={"username": name, "scope": verdict.scope, "retry_after": verdict.retry_after},
+            detail={
+                "username_hash": _name_hash(name),
+                "scope": verdict.scope,
+                "retry_after": verdict.retry_after,
+            },
         )
         raise AuthError(
             "login_throttled",
@@ -362,25 +401,22 @@ class IdentityService:
     async def _login_failed(
         self,
         name: str,
+        user_id: str | None,
         context: RequestContext,
-        known: bool,
         *,
         reason: str,
         method: str = "password",
     ) -> NoReturn:
+        # The attempt was already counted by the throttle's reservation.
         self.metrics.auth_attempt(method, "failure")
-        verdict = None
-        if self.config.throttle.enabled:
-            verdict = await self.throttle.failure(name, context.client_ip, known_ip=known)
         await self.emit(
             "auth.login.failed",
             context,
+            actor=user_id,
             outcome="failure",
-            detail={"username": name, "reason": reason},
+            # Never the typed name itself: it is often a password typed into the wrong field.
+            detail={"username_hash": _name_hash(name), "reason": reason},
         )
-        if verdict is not None:
-            # A concurrent attempt already crossed the threshold: this one is refused too.
-            await self._throttled(name, context, verdict)
         raise AuthError("invalid_credentials", "Invalid username or password")
 
     async def check_second_factor(self, user_id: str, code: str) -> bool:
@@ -391,9 +427,7 @@ class IdentityService:
         normalized = self.backup_codes.normalize(code)
         compact = "".join(code.split()).replace("-", "")
         if normalized is not None and len(compact) != self.config.mfa.digits:
-            return await self.store.use_backup_code(
-                user_id, self.backup_codes.hash(user_id, normalized)
-            )
+            return await self.store.use_backup_code(user_id, self.backup_code_hash(user_id, code))
         secret = await self.read_secret(user)
         if secret is None:
             return False
@@ -404,6 +438,12 @@ class IdentityService:
             key_id, blob = self.cipher.encrypt(secret, user_id=user_id)
             await self.store.rewrap_mfa_secret(user_id, key_id=key_id, blob=blob)
         return True
+
+    def backup_code_hash(self, user_id: str, code: str) -> str:
+        """The stored form of a backup code: HMAC-SHA256 under a key kept in ``bastion_keys``
+        over the user id and the normalised code, so a copy of the table alone cannot be
+        searched offline for the codes' 50 bits."""
+        return self.backup_codes.hash(self._backup_key, user_id, code)
 
     async def read_secret(self, user: User) -> str | None:
         """The user's decrypted TOTP secret; ``None`` (logged) when it cannot be decrypted, so
@@ -477,8 +517,15 @@ class IdentityService:
             raise AuthError("invalid_token", "The refresh token is not valid")
         account = await self._active_account(outcome.user_id, "refresh")
         session = await self.store.session(outcome.session_id)
+        if session is None:
+            raise AuthError("invalid_token", "The refresh token is not valid")
+        # Rotation renews the refresh token, never the session beyond its absolute lifetime.
+        ends = session.created_at.timestamp() + self.config.tokens.session_max_age
+        if ends <= now:
+            self.metrics.auth_attempt("refresh", "failure")
+            raise AuthError("invalid_token", "The session has reached its maximum age")
         next_id = secrets.token_urlsafe(32)
-        expires = _utc(now + self.config.tokens.refresh_ttl)
+        expires = _utc(min(now + self.config.tokens.refresh_ttl, ends))
         await self.store.add_refresh(
             token_hash=_digest(next_id),
             session_id=outcome.session_id,
@@ -486,7 +533,7 @@ class IdentityService:
             session_expires=expires,
         )
         self.metrics.auth_attempt("refresh", "success")
-        mfa = bool(session.mfa) if session is not None else False
+        mfa = bool(session.mfa)
         return await self._pair(account.user_id, outcome.session_id, next_id, mfa=mfa)
 
     async def _refresh_id(self, token: str) -> str:
@@ -595,6 +642,18 @@ class IdentityService:
                 detail=detail or {},
             )
         )
+
+
+def _new_backup_code_key() -> NewKey:
+    return NewKey(algorithm="HMAC-SHA256", material=secrets.token_bytes(32))
+
+
+def _name_hash(name: str) -> str:
+    """A short, stable pseudonym of a typed username for audit events: the same name always
+    maps to the same value (failures can be correlated) without storing the name itself."""
+    return hashlib.sha256(
+        b"bastion-username\0" + name.encode("utf-8", "surrogatepass")
+    ).hexdigest()[:16]
 
 
 def _digest(secret: str) -> str:

@@ -13,15 +13,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from bastion.audit.events import AuditEvent
 from bastion.auth.api_keys import looks_like_api_key
 from bastion.auth.config import AuthConfig
 from bastion.auth.dependencies import IDENTITY_STATE_KEY
 from bastion.auth.errors import AuthError
-from bastion.auth.rbac import UNPROTECTED, AccessRules
+from bastion.auth.rbac import AccessRules, RuleDecision
 from bastion.auth.service import IdentityService
 from bastion.auth.tokens import looks_like_bastion_jwt
 from bastion.deps import Deps
@@ -32,6 +34,38 @@ from bastion.http.state import state_of
 __all__ = ["AuthStage", "Credential", "CredentialResolver", "extract_credential"]
 
 _SLASHES = re.compile(r"/{2,}")
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])")
+_NOTHING: tuple[str, ...] = ()
+_EVERYTHING = ("*",)
+_REQUIREMENTS: dict[str, Callable[[RuleDecision], tuple[bool, tuple[str, ...]]]] = {
+    "none": lambda _: (False, _NOTHING),
+    "public": lambda _: (False, _NOTHING),
+    "authenticated": lambda _: (True, _NOTHING),
+    "require": lambda decision: (True, (decision.permission or "*",)),
+    # Default deny under ``protect``: only a principal holding ``*`` passes.
+    "deny": lambda _: (True, _EVERYTHING),
+}
+
+
+def _variants(scope: Scope, path: str) -> list[str]:
+    """Other spellings of ``path`` an upstream may route differently (see
+    :meth:`AuthStage._requirements`); empty for the common plain path."""
+    variants: list[str] = []
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None and _ENCODED_SEPARATOR.search(raw):
+        kept = _ENCODED_SEPARATOR.sub(lambda match: b"%25" + match.group(0)[1:], raw)
+        segment_path = unquote(kept.split(b"?", 1)[0].decode("latin-1"))
+        variants.append(_SLASHES.sub("/", segment_path))
+    if "\\" in path:
+        variants.append(_SLASHES.sub("/", path.replace("\\", "/")))
+    if len(path) > 1 and path.endswith("/"):
+        variants.append(path.rstrip("/") or "/")
+    lowered = path.lower()
+    if lowered != path:
+        variants.append(lowered)
+    return variants
+
+
 _AUTHORIZATION = b"authorization"
 _BEARER = "bearer"
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -78,9 +112,13 @@ def extract_credential(
                 continue
             bearer = token
         elif name == api_key_header:
+            value = raw.decode("latin-1").strip()
+            if not looks_like_api_key(value):
+                # An upstream's own key scheme in the same header: not Bastion's to judge.
+                continue
             if api_key is not None:
                 raise AuthError("invalid_token", "Send one API key")
-            api_key = raw.decode("latin-1").strip()
+            api_key = value
     if bearer is not None and api_key is not None:
         raise AuthError("invalid_token", "Send either a bearer token or an API key, not both")
     if api_key is not None:
@@ -139,6 +177,7 @@ class AuthStage:
         self._service = service
         self._resolver = resolver
         self._rules = AccessRules(config.rules, config.protect)
+        self._no_rules = self._rules.empty
         self._header = config.api_key_header.lower().encode("latin-1")
         # Bastion's own identity endpoints authenticate for themselves: a rule or ``protect``
         # glob covering them (``protect = ["/**"]``) must not lock everyone out of logging in.
@@ -175,31 +214,52 @@ class AuthStage:
             return
         credential = extract_credential(scope["headers"], self._header)
         if path in self._own_exact or path.startswith(self._own_below):
-            decision = UNPROTECTED
+            needs_auth, required = False, _NOTHING
         else:
-            if "//" in path:
-                # Upstreams commonly merge empty segments; rules must see the path they serve.
-                path = _SLASHES.sub("/", path)
-            decision = self._rules.decide(scope.get("method", "GET"), path)
-        rule = decision.kind
+            needs_auth, required = self._requirements(scope, path)
         principal: Principal | None = None
-        if credential is not None and (
-            rule in ("authenticated", "require", "deny") or self._resolver.ours(credential)
-        ):
+        if credential is not None and (needs_auth or self._resolver.ours(credential)):
             principal = await self._resolver.verify(credential)
             state.principal = principal
             state.user = principal.subject
-        if rule == "none" or rule == "public":
+        if not needs_auth:
             await self.app(scope, receive, send)
             return
         if principal is None:
             raise AuthError("authentication_required", "This route requires authentication")
-        required = decision.permission if rule == "require" else ("*" if rule == "deny" else None)
-        if required is not None and not self._service.authorizer.allows(
-            roles=principal.roles, required=required, scopes=principal.scopes
-        ):
-            await self._denied(scope, principal, required)
+        for permission in required:
+            if not self._service.authorizer.allows(
+                roles=principal.roles, required=permission, scopes=principal.scopes
+            ):
+                await self._denied(scope, principal, permission)
         await self.app(scope, receive, send)
+
+    def _requirements(self, scope: Scope, path: str) -> tuple[bool, tuple[str, ...]]:
+        """Whether the request needs a principal, and the permissions it needs.
+
+        The rules see every spelling of the path that an upstream might resolve to a different
+        resource than Bastion's decoded path: repeated slashes merged, an encoded ``/`` or
+        ``\\`` kept inside its segment, a trailing slash dropped, backslashes as slashes, and
+        lower case (case-insensitive routers). The strictest answer among them applies, so no
+        spelling is a way around a rule.
+        """
+        if self._no_rules:
+            return False, _NOTHING
+        method: str = scope.get("method", "GET")
+        if "//" in path:
+            path = _SLASHES.sub("/", path)
+        decide = self._rules.decide
+        decision = decide(method, path)
+        variants = _variants(scope, path)
+        if not variants:
+            return _REQUIREMENTS[decision.kind](decision)
+        needs_auth, required = _REQUIREMENTS[decision.kind](decision)
+        for variant in variants:
+            other = decide(method, variant)
+            more_auth, more = _REQUIREMENTS[other.kind](other)
+            needs_auth = needs_auth or more_auth
+            required = required + tuple(p for p in more if p not in required)
+        return needs_auth, required
 
     async def _denied(self, scope: Scope, principal: Principal, required: str) -> None:
         state = state_of(scope)

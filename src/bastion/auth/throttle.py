@@ -16,6 +16,11 @@ at once with ``Retry-After``. Failures more than ``window`` after the previous o
 at 1. A successful login clears only its pair: the address and username counts keep recording
 what an attacker did around it.
 
+Concurrent attempts cannot slip past the count: :meth:`LoginThrottle.reserve` counts an
+attempt as a failure *before* its password is checked, in the same statement that reads whether
+a key is blocked, and :meth:`LoginThrottle.succeeded` takes the count back when the password was
+right. Sixty simultaneous guesses for one pair therefore get five password checks, not sixty.
+
 The throttle never learns whether a username exists: unknown usernames are counted exactly like
 real ones, so its answers cannot be used to enumerate accounts.
 
@@ -55,7 +60,7 @@ from bastion.auth.config import ThrottleConfig
 from bastion.auth.models import ThrottleRecord
 from bastion.store.database import Database
 
-__all__ = ["LoginThrottle", "ThrottleVerdict", "ip_bucket", "throttle_key"]
+__all__ = ["LoginThrottle", "Reservation", "ThrottleVerdict", "ip_bucket", "throttle_key"]
 
 _IPV6_HOST_BITS = 64
 
@@ -104,6 +109,25 @@ def throttle_key(scope: str, *parts: str) -> str:
         digest.update(f"{len(encoded)}:".encode())
         digest.update(encoded)
     return f"{scope}:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An attempt counted in advance by :meth:`LoginThrottle.reserve`.
+
+    ``verdict`` is set when the attempt is refused (nothing was counted then). Otherwise the
+    attempt went ahead as a presumed failure; :meth:`LoginThrottle.succeeded` undoes it."""
+
+    verdict: ThrottleVerdict | None
+    username: str = ""
+    client_ip: str = ""
+    blocks: tuple[tuple[str, datetime], ...] = ()
+    """``(stored key, blocked_until)`` this attempt set by reaching a threshold."""
+    counted: tuple[str, ...] = ()
+    """Stored keys this attempt added a failure to."""
+
+
+_NOT_THROTTLED = Reservation(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +192,70 @@ class LoginThrottle:
         ]
         pair_seen = any(by_stored[key].scope == "pair" for key, _ in rows)
         return _longest(blocks, now), pair_seen
+
+    async def reserve(self, username: str, client_ip: str, *, known_ip: bool) -> Reservation:
+        """Count this attempt as a failure before its password is checked, unless a key is
+        blocked, in which case nothing is counted and the reservation carries the verdict.
+
+        One transaction: the increment locks the rows and returns each key's block as it was,
+        so of many simultaneous attempts exactly those under the threshold go ahead.
+        """
+        if not self._config.enabled:
+            return _NOT_THROTTLED
+        now = self._now()
+        keys = self._keys(username, client_ip, known_ip=known_ip)
+        by_stored = {key.stored: key for key in keys}
+        async with self._database.session() as session:
+            rows = (await session.execute(self._increment(sorted(by_stored), now))).all()
+            active = [
+                (by_stored[stored].scope, until)
+                for stored, _, blocked_until in rows
+                if (until := _active(blocked_until, now)) is not None
+            ]
+            if active:
+                # Refused attempts do not count: only attempts that reach a password check do.
+                await session.rollback()
+                return Reservation(_longest(active, now))
+            blocks = []
+            for stored, failures, blocked_until in rows:
+                until = self._block(by_stored[stored], failures, now, None)
+                if until is not None and until != blocked_until:
+                    await session.execute(
+                        update(ThrottleRecord)
+                        .where(ThrottleRecord.key == stored)
+                        .values(blocked_until=until)
+                    )
+                    blocks.append((stored, until))
+            await session.commit()
+        return Reservation(None, username, client_ip, tuple(blocks), tuple(sorted(by_stored)))
+
+    async def succeeded(self, reservation: Reservation) -> None:
+        """The reserved attempt was right: forget the pair, and take back the failure (and any
+        block it set) from the address and username keys."""
+        if reservation.verdict is not None or not reservation.counted:
+            return
+        pair = throttle_key("pair", reservation.username, ip_bucket(reservation.client_ip))
+        blocks = dict(reservation.blocks)
+        async with self._database.session() as session:
+            await session.execute(delete(ThrottleRecord).where(ThrottleRecord.key == pair))
+            for stored in reservation.counted:
+                if stored == pair:
+                    continue
+                values: dict[str, object] = {
+                    "failures": case(
+                        (ThrottleRecord.failures > 0, ThrottleRecord.failures - 1), else_=0
+                    )
+                }
+                set_by_us = blocks.get(stored)
+                if set_by_us is not None:
+                    values["blocked_until"] = case(
+                        (ThrottleRecord.blocked_until == set_by_us, None),
+                        else_=ThrottleRecord.blocked_until,
+                    )
+                await session.execute(
+                    update(ThrottleRecord).where(ThrottleRecord.key == stored).values(**values)
+                )
+            await session.commit()
 
     async def failure(
         self, username: str, client_ip: str, *, known_ip: bool

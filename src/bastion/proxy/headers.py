@@ -55,6 +55,16 @@ gateway's server stamps on every response itself (a second one would make it amb
 IDENTITY_PREFIX = b"x-bastion-"
 """Prefix of the identity headers only Bastion may set; client-sent ones are always dropped."""
 
+
+def _is_identity(name: bytes) -> bool:
+    """Whether ``name`` (lower case) is an identity header, in any spelling an upstream might
+    fold into one: CGI-style servers (WSGI, Rack, PHP) map ``X-Bastion-User`` and
+    ``X_Bastion_User`` alike to ``HTTP_X_BASTION_USER``."""
+    prefix = name[:10]
+    if prefix == IDENTITY_PREFIX:
+        return True
+    return prefix[:1] == b"x" and prefix.replace(b"_", b"-") == IDENTITY_PREFIX
+
 # Replaced by the proxy's own statement of the facts.
 _REPLACED = frozenset(
     {
@@ -243,7 +253,7 @@ class RequestHeaderRewriter:
             name = pair[0]
             if name in drop:
                 special.append(pair)
-            elif name[:10] != IDENTITY_PREFIX:
+            elif not _is_identity(name):
                 append(pair)
 
         host = None
