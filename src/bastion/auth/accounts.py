@@ -53,6 +53,8 @@ class AccountCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[AccountSnapshot, float]] = {}
+        self.generation = 0
+        """Bumped by every drop: a load that straddles one is not cached."""
 
     async def get(self, user_id: str) -> AccountSnapshot | None:
         """The account of ``user_id``, from the cache while fresh; ``None`` if it is gone."""
@@ -60,8 +62,11 @@ class AccountCache:
         now = self._clock()
         if entry is not None and entry[1] > now:
             return entry[0]
+        generation = self.generation
         snapshot = await self.load(user_id)
-        if snapshot is not None and self._ttl > 0:
+        # A change announced while the load was in flight may not be in what it read: such a
+        # snapshot is used for this request but not remembered.
+        if snapshot is not None and self._ttl > 0 and generation == self.generation:
             self._entries[user_id] = (snapshot, now + self._ttl)
         return snapshot
 
@@ -87,9 +92,11 @@ class AccountCache:
         )
 
     def drop(self, user_id: str) -> None:
+        self.generation += 1
         self._entries.pop(user_id, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 
@@ -156,6 +163,13 @@ class CredentialCache:
     def drop_key(self, key_id: str) -> None:
         for credential in list(self._by_key.get(key_id, ())):
             self.discard(credential)
+
+    def clear(self) -> None:
+        """Forget every credential (the signing keys changed)."""
+        self._entries.clear()
+        self._by_user.clear()
+        self._by_session.clear()
+        self._by_key.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

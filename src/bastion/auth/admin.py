@@ -224,7 +224,10 @@ class IdentityAdmin:
 
     async def rotate_signing(self) -> str:
         """A new signing key; the previous ones keep verifying (``keep_signing_keys``)."""
+        before = self._service.signing.ring.kids
         ring = await self._service.signing.rotate()
+        if not before <= ring.kids:
+            self._service.credentials.clear()
         kid = ring.signing.kid
         await self._audit("admin.key.signing_rotated", kid)
         return kid

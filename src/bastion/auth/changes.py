@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,8 @@ __all__ = ["CHANNEL", "ChangeFeed"]
 
 CHANNEL = "bastion:auth:changes"
 _RETENTION = timedelta(days=1)
+_OVERLAP = 30.0
+"""Seconds of recent changes re-read on every poll (see :meth:`ChangeFeed.poll`)."""
 _PRUNE_EVERY = 3600.0
 
 _log: Any = structlog.get_logger("bastion.auth")
@@ -51,6 +54,8 @@ class ChangeFeed:
         self._interval = interval
         self._redis = redis
         self._last_id = 0
+        self._recent: dict[int, float] = {}
+        """Ids applied within the overlap window, with when they were applied."""
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
 
@@ -81,12 +86,27 @@ class ChangeFeed:
             _log.warning("could not publish an auth change; instances will poll it", error=str(exc))
 
     async def poll(self) -> int:
-        """Read and apply the changes after the last one seen; returns how many."""
-        changes = await self._store.changes_after(self._last_id)
+        """Read and apply the changes not seen yet; returns how many.
+
+        Rows are read by id and, for the last :data:`_OVERLAP` seconds, by time as well, so a
+        row that became visible after a higher id (a transaction that committed late) is still
+        applied; ids already applied are skipped.
+        """
+        now = time.time()
+        since = utc_now() - timedelta(seconds=_OVERLAP)
+        changes = await self._store.changes_after(self._last_id, since=since)
+        applied = 0
         for change_id, kind, subject in changes:
-            self._last_id = change_id
+            if change_id in self._recent:
+                continue
+            self._recent[change_id] = now
+            self._last_id = max(self._last_id, change_id)
             self._listener(kind, subject)
-        return len(changes)
+            applied += 1
+        horizon = now - 2 * _OVERLAP
+        for change_id in [key for key, seen in self._recent.items() if seen < horizon]:
+            del self._recent[change_id]
+        return applied
 
     async def _poll_forever(self) -> None:
         since_prune = 0.0

@@ -10,13 +10,12 @@ names, and a grant *covers* a requirement when it includes all of them: ``orders
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from bastion.auth.config import AccessRule
-from bastion.http.paths import PathGlob, compile_glob
+from bastion.http.paths import GlobMatcher, PathGlob, compile_alternatives, glob_regex
 
 __all__ = [
     "AUTHENTICATED",
@@ -161,7 +160,7 @@ DENY = RuleDecision("deny")
 _ANY_METHOD = ""  # table key of the rules that apply to methods no rule names
 _CACHED_PATH_MAX = 512  # longer paths are decided uncached, so the cache holds little memory
 
-_Table = tuple[re.Pattern[str] | None, tuple[RuleDecision, ...]]
+_Table = tuple[GlobMatcher | None, tuple[RuleDecision, ...]]
 """Per method: one alternation of the applicable rules' globs, and their decisions in order."""
 
 
@@ -187,7 +186,7 @@ class AccessRules:
             if "GET" in methods:
                 # A HEAD is a GET without the body: it must not reach what a GET rule guards.
                 methods |= {"HEAD"}
-            compiled.append((methods, compile_glob(rule.path).pattern, decision))
+            compiled.append((methods, glob_regex(rule.path), decision))
 
         # One alternation per method, rules in order: the regex engine tries alternatives left
         # to right, so the first group that matches is the first matching rule, in one call.
@@ -227,13 +226,14 @@ class AccessRules:
         if pattern is not None:
             found = pattern.match(path)
             if found is not None and found.lastindex is not None:
-                return decisions[found.lastindex - 1]
+                index: int = found.lastindex
+                return decisions[index - 1]
         return DENY if self._protect.matches(path) else UNPROTECTED
 
 
 def _table(rules: list[tuple[str, RuleDecision]]) -> _Table:
-    # compile_glob only emits non-capturing groups, so group N is exactly rule N.
+    # glob_regex only emits non-capturing groups, so group N is exactly rule N.
     if not rules:
         return None, ()
-    pattern = re.compile("|".join(f"({regex})" for regex, _ in rules), re.DOTALL)
+    pattern = compile_alternatives(regex for regex, _ in rules)
     return pattern, tuple(decision for _, decision in rules)

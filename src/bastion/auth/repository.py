@@ -508,11 +508,19 @@ class IdentityStore:
 
     # -- change feed ---------------------------------------------------------------------------
 
-    async def changes_after(self, last_id: int, *, limit: int = 1000) -> list[tuple[int, str, str]]:
-        """Changes with an id above ``last_id``, oldest first."""
+    async def changes_after(
+        self, last_id: int, *, since: datetime | None = None, limit: int = 1000
+    ) -> list[tuple[int, str, str]]:
+        """Changes with an id above ``last_id`` or (with ``since``) written at or after it,
+        oldest first. The second condition catches rows that committed after a row with a
+        higher id (PostgreSQL hands out ids before commit, so they can become visible out of
+        order)."""
+        condition = AuthChange.id > last_id
+        if since is not None:
+            condition = condition | (AuthChange.at >= since)
         query = (
             select(AuthChange.id, AuthChange.kind, AuthChange.subject)
-            .where(AuthChange.id > last_id)
+            .where(condition)
             .order_by(AuthChange.id)
             .limit(limit)
         )

@@ -127,6 +127,9 @@ class IdentityService:
         # Epoch seconds by session / key id, written in batches by the upkeep task.
         self._seen_sessions: dict[str, float] = {}
         self._used_keys: dict[str, float] = {}
+        self._epoch = 0
+        """Bumped by every change the feed delivers: a verification that read the stores while
+        a change arrived is answered but not cached (it may have read the old state)."""
         self._live_sessions: dict[str, tuple[str, float, float]] = {}
         """Live sessions: id → (user id, expiry epoch, monotonic time to re-read)."""
         self._flusher: asyncio.Task[None] | None = None
@@ -160,6 +163,7 @@ class IdentityService:
         self._started = False
 
     def _on_change(self, kind: str, subject: str) -> None:
+        self._epoch += 1
         if kind == "session":
             self._live_sessions.pop(subject, None)
             self.credentials.drop_session(subject)
@@ -185,6 +189,7 @@ class IdentityService:
                     self._seen_sessions[entry.session_id] = now
                 return entry.principal
             self.credentials.discard(token)
+        epoch = self._epoch
         try:
             claims = await self.verifier.verify(token)
         except TokenError as exc:
@@ -209,7 +214,9 @@ class IdentityService:
             session_id=session_id,
             extra={"mfa": "otp" in (claims.get("amr") or ()), "jti": claims.get("jti")},
         )
-        self._remember(token, principal, float(claims["exp"]), account.user_id, session_id, None)
+        self._remember(
+            epoch, token, principal, float(claims["exp"]), account.user_id, session_id, None
+        )
         if session_id is not None:
             self._seen_sessions[session_id] = self.clock()
         return principal
@@ -224,6 +231,7 @@ class IdentityService:
                     self._used_keys[entry.key_id] = now
                 return entry.principal
             self.credentials.discard(key)
+        epoch = self._epoch
         if not well_formed_api_key(key):
             self.metrics.auth_attempt("api_key", "failure")
             raise AuthError("invalid_token", "The API key is not valid")
@@ -244,12 +252,13 @@ class IdentityService:
             scopes=stored.scopes,
             extra={"key_id": stored.id},
         )
-        self._remember(key, principal, expires, account.user_id, None, stored.id)
+        self._remember(epoch, key, principal, expires, account.user_id, None, stored.id)
         self._used_keys[stored.id] = now
         return principal
 
     def _remember(
         self,
+        epoch: int,
         credential: str,
         principal: Principal,
         expires: float,
@@ -258,6 +267,8 @@ class IdentityService:
         key_id: str | None,
     ) -> None:
         self.metrics.auth_attempt(principal.method, "success")
+        if epoch != self._epoch:
+            return
         self.credentials.put(
             credential,
             CachedCredential(
@@ -288,10 +299,13 @@ class IdentityService:
         cached = self._live_sessions.get(session_id)
         if cached is not None and cached[2] > time.monotonic():
             return cached[0] == user_id and cached[1] > now
+        epoch = self._epoch
         record = await self.store.session(session_id)
         if record is None or record.revoked_at is not None:
             self._live_sessions.pop(session_id, None)
             return False
+        if epoch != self._epoch:
+            return record.user_id == user_id and record.expires_at.timestamp() > now
         if len(self._live_sessions) >= _LIVE_SESSIONS_MAX:
             self._live_sessions.pop(next(iter(self._live_sessions)))
         expires = record.expires_at.timestamp()
@@ -613,7 +627,11 @@ class IdentityService:
             try:
                 await self.flush_usage()
                 if elapsed % _KEY_REFRESH < self.config.usage_flush:
+                    before = self.signing.ring.kids
                     await self.signing.refresh()
+                    if not before <= self.signing.ring.kids:
+                        # A key left the ring: tokens it signed must not live on in the cache.
+                        self.credentials.clear()
                 if elapsed % _THROTTLE_PRUNE < self.config.usage_flush:
                     await self.throttle.prune()
             except StoreError as exc:

@@ -63,6 +63,11 @@ def _variants(scope: Scope, path: str) -> list[str]:
     lowered = path.lower()
     if lowered != path:
         variants.append(lowered)
+    if variants:
+        # All of the above at once: an upstream may apply several of these foldings.
+        canonical = _SLASHES.sub("/", lowered.replace("\\", "/")).rstrip("/") or "/"
+        if canonical != path and canonical not in variants:
+            variants.append(canonical)
     return variants
 
 
