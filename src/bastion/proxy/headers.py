@@ -65,6 +65,7 @@ def _is_identity(name: bytes) -> bool:
         return True
     return prefix[:1] == b"x" and prefix.replace(b"_", b"-") == IDENTITY_PREFIX
 
+
 # Replaced by the proxy's own statement of the facts.
 _REPLACED = frozenset(
     {
