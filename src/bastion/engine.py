@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bastion.audit.events import LoggingAuditSink
+from bastion.audit.events import AuditSink, LoggingAuditSink
 from bastion.auth.wiring import Identity
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -140,7 +140,11 @@ class Bastion:
         settings: Settings | None = None,
         *,
         principal_resolver: PrincipalResolver | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
+        """``principal_resolver`` replaces Bastion's own credential verification for the stages
+        that need a principal before ``auth`` (an app with its own identity system); ``audit``
+        receives security events (default: structured log lines on ``bastion.audit``)."""
         self.settings = settings if settings is not None else Settings()
         self.metrics = Metrics(self.settings.metrics.latency_buckets)
         self.stores = Stores(self.settings.store)
@@ -151,7 +155,7 @@ class Bastion:
             prefix=self.settings.server.prefix,
             stores=self.stores,
             principal_resolver=principal_resolver,
-            audit=LoggingAuditSink(),
+            audit=audit if audit is not None else LoggingAuditSink(),
         )
         self.identity: Identity | None = None
         if self.settings.auth.enabled:

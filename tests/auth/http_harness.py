@@ -57,15 +57,13 @@ async def wrapped(
 ) -> AsyncIterator[Wrapped]:
     """``Bastion(settings).wrap(app)`` over a new SQLite file with fast password hashing.
 
-    Audit events go to a :class:`MemoryAuditSink`. ``Bastion`` takes no audit sink, so it is
-    put on the identity service after construction (the stage reads it from there).
+    Audit events go to a :class:`MemoryAuditSink` handed to ``Bastion(..., audit=...)``.
     """
     store = StoreConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}")
-    engine = Bastion(Settings(store=store, auth=auth or auth_config(), **settings))
+    audit = MemoryAuditSink()
+    engine = Bastion(Settings(store=store, auth=auth or auth_config(), **settings), audit=audit)
     assert engine.identity is not None
     service = engine.identity.service
-    audit = MemoryAuditSink()
-    service.audit = audit
     protected = engine.wrap(app)
     await engine.startup()
     transport = httpx.ASGITransport(app=protected, client=("203.0.113.9", 50000))
