@@ -9,12 +9,18 @@ Every app answers ``GET /hello`` with ``Hello, world!`` as ``text/plain``:
   HS256 verification of the ``Authorization: Bearer`` token in a dependency.
 - :func:`bastion_app` — :func:`starlette_app` wrapped by ``Bastion(Settings()).wrap``; the
   settings come from the file named by ``$BASTION_CONFIG`` (see :func:`bastion_toml`).
+- :func:`limits_app` — :func:`starlette_app` behind a small ASGI middleware making three
+  ``limits.aio`` hits per request (the rate-limit scenario's comparison); strategy and storage
+  from ``$BENCH_LIMITS_STRATEGY`` and ``$BENCH_LIMITS_STORAGE``.
+- :func:`slowapi_app` — bare Starlette with three slowapi limits on the route; storage from
+  ``$BENCH_LIMITS_STORAGE``.
 
 :func:`raw_hello` is the bare ASGI terminal of the in-process microbenchmark.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +30,13 @@ import jwt
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse as FastApiPlainText
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+)
+from limits.storage import storage_from_string
 from slowapi import Limiter, _rate_limit_exceeded_handler
 from slowapi.errors import RateLimitExceeded
 from slowapi.util import get_remote_address
@@ -35,20 +48,26 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion import Bastion, BastionApp, Settings
-from bastion.http.asgi import Receive, Scope, Send
+from bastion.http.asgi import ASGIApp, Receive, Scope, Send
 from bastion.observe.logging import configure_logging
 
 __all__ = [
     "HELLO",
     "JWT_SECRET",
+    "LIBRARY_LIMIT",
+    "LIMITS_STORAGE_ENV",
+    "LIMITS_STRATEGY_ENV",
     "PATH",
+    "SLOWAPI_LIMITS",
     "TYPICAL_LIMIT",
     "bastion_app",
     "bastion_toml",
     "bearer_token",
     "configured_sections",
     "fastapi_app",
+    "limits_app",
     "raw_hello",
+    "slowapi_app",
     "starlette_app",
     "typical_app",
 ]
@@ -153,6 +172,81 @@ def bastion_app() -> BastionApp:
     settings = Settings()
     configure_logging(settings.logging)
     return Bastion(settings).wrap(starlette_app())
+
+
+LIMITS_STRATEGY_ENV = "BENCH_LIMITS_STRATEGY"
+"""``moving-window`` or ``fixed-window``: the ``limits.aio`` strategy of :func:`limits_app`."""
+LIMITS_STORAGE_ENV = "BENCH_LIMITS_STORAGE"
+"""``memory://`` or ``redis://host:port``: the storage of :func:`limits_app` and
+:func:`slowapi_app`."""
+LIBRARY_LIMIT = "100000/second"
+"""Each of :func:`limits_app`'s three limits: never reached by one client at tens of thousands
+of requests per second. Per second, because a moving window keeps one entry per request within
+its window (a per-minute limit would hold hundreds of thousands)."""
+SLOWAPI_LIMITS = "100000/second;6000000/minute;360000000/hour"
+"""slowapi's three limits on the route: the same rate at three granularities (slowapi counts
+identical limits of one route in one counter)."""
+_LIMIT_NAMES = ("global", "api", "reads")
+
+
+def _too_many() -> Response:
+    return PlainTextResponse("Too Many Requests", status_code=429)
+
+
+class _LimitsMiddleware:
+    """How ``limits.aio`` is used without a framework integration: one ``hit`` per limit, keyed
+    by the client address, before the app."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, item: RateLimitItem) -> None:
+        self.app = app
+        self._hit = limiter.hit
+        self._item = item
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            address = client[0] if client else "unknown"
+            for name in _LIMIT_NAMES:
+                if not await self._hit(self._item, name, address):
+                    await _too_many()(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _limits_storage_uri(asynchronous: bool) -> str:
+    uri = os.environ.get(LIMITS_STORAGE_ENV, "memory://")
+    return f"async+{uri}" if asynchronous else uri
+
+
+def limits_app() -> ASGIApp:
+    """:func:`starlette_app` behind three ``limits.aio`` limits (strategy and storage from the
+    environment; Redis through redis-py, the client Bastion uses)."""
+    uri = _limits_storage_uri(asynchronous=True)
+    options = {"implementation": "redispy"} if "redis" in uri else {}
+    storage = storage_from_string(uri, **options)
+    strategy = os.environ.get(LIMITS_STRATEGY_ENV, "moving-window")
+    limiter: RateLimiter
+    if strategy == "moving-window":
+        limiter = MovingWindowRateLimiter(storage)
+    elif strategy == "fixed-window":
+        limiter = FixedWindowRateLimiter(storage)
+    else:
+        raise ValueError(f"{LIMITS_STRATEGY_ENV} must be moving-window or fixed-window")
+    return _LimitsMiddleware(starlette_app(), limiter, parse(LIBRARY_LIMIT))
+
+
+def slowapi_app() -> Starlette:
+    """Bare Starlette with slowapi's three limits on the route (fixed window, its default)."""
+    limiter = Limiter(key_func=get_remote_address, storage_uri=_limits_storage_uri(False))
+
+    @limiter.limit(SLOWAPI_LIMITS)
+    async def hello(request: Request) -> Response:
+        return PlainTextResponse(HELLO)
+
+    app = Starlette(routes=[Route(PATH, hello)])
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    return app
 
 
 async def raw_hello(scope: Scope, receive: Receive, send: Send) -> None:

@@ -28,10 +28,25 @@ from bench.auth import (
     AuthResult,
 )
 from bench.micro import MicroResult
+from bench.ratelimit import (
+    GCRA_1,
+    GCRA_3,
+    NOOP,
+    PIPELINE_TARGET_US,
+    POLICIES,
+    REDIS_COMMANDS_TARGET,
+    REDIS_RATIO_TARGET,
+    RL_OFF,
+    RL_ON,
+    STORE_TARGET_US,
+    RateLimitResult,
+)
 
 __all__ = [
     "LatencyScenario",
     "LatencyTarget",
+    "RateLimitSection",
+    "RedisRun",
     "Report",
     "ThroughputScenario",
     "ThroughputTarget",
@@ -142,6 +157,87 @@ class LatencyScenario:
 
 
 @dataclass
+class RedisRun:
+    """What one wrk run of the rate-limit scenario cost the benchmark's Redis
+    (``INFO commandstats`` before and after the run)."""
+
+    evalsha: int
+    commands: int
+    """Every command Redis counted but the harness's own ``INFO`` and ``PING``, including those
+    run inside scripts (``INFO commandstats`` counts both)."""
+    requests: int
+    """Requests wrk completed."""
+    served: int = 0
+    """Requests the server counted (Bastion's ``bastion_http_requests_total``); 0 when
+    unknown."""
+    by_command: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def denominator(self) -> int:
+        return self.served or self.requests
+
+
+@dataclass
+class RateLimitSection:
+    """The rate-limit scenario: in process (:mod:`bench.ratelimit`) and under load."""
+
+    micro: RateLimitResult | None = None
+    throughput: ThroughputScenario | None = None
+    redis_runs: dict[str, list[RedisRun]] = field(default_factory=dict)
+    start_commands: list[str] = field(default_factory=list)
+    micro_commands: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    warmup: float = 0.0
+
+    def per_request(self, key: str, what: str = "evalsha") -> float:
+        """Median over the runs of ``what`` (``evalsha`` or ``commands``) per request."""
+        values = [
+            getattr(run, what) / run.denominator
+            for run in self.redis_runs.get(key, [])
+            if run.denominator
+        ]
+        return _median(values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "micro": self.micro.to_json() if self.micro is not None else None,
+            "throughput": asdict(self.throughput) if self.throughput is not None else None,
+            "redis_runs": {k: [asdict(r) for r in v] for k, v in self.redis_runs.items()},
+            "start_commands": self.start_commands,
+            "micro_commands": self.micro_commands,
+            "duration": self.duration,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RateLimitSection:
+        throughput = data.get("throughput")
+        return cls(
+            micro=RateLimitResult.from_json(data["micro"]) if data.get("micro") else None,
+            throughput=_throughput_from_json(throughput) if throughput else None,
+            redis_runs={
+                k: [RedisRun(**r) for r in v] for k, v in data.get("redis_runs", {}).items()
+            },
+            start_commands=list(data.get("start_commands", [])),
+            micro_commands=list(data.get("micro_commands", [])),
+            duration=data.get("duration", 0.0),
+            warmup=data.get("warmup", 0.0),
+        )
+
+
+def _throughput_from_json(data: dict[str, Any]) -> ThroughputScenario:
+    return ThroughputScenario(
+        **{
+            **data,
+            "targets": [
+                ThroughputTarget(**{**t, "runs": [WrkRun(**r) for r in t["runs"]]})
+                for t in data["targets"]
+            ],
+        }
+    )
+
+
+@dataclass
 class Report:
     date: str
     machine: dict[str, str]
@@ -153,6 +249,7 @@ class Report:
     micro_commands: list[str] = field(default_factory=list)
     auth: AuthResult | None = None
     auth_commands: list[str] = field(default_factory=list)
+    ratelimit: RateLimitSection | None = None
     setup_commands: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)
     """Generated configuration files by name (``bastion.toml``, ``nginx.conf``)."""
@@ -164,22 +261,12 @@ class Report:
         data = asdict(self)
         data["micro"] = self.micro.to_json() if self.micro is not None else None
         data["auth"] = self.auth.to_json() if self.auth is not None else None
+        data["ratelimit"] = self.ratelimit.to_json() if self.ratelimit is not None else None
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
-        throughput = [
-            ThroughputScenario(
-                **{
-                    **s,
-                    "targets": [
-                        ThroughputTarget(**{**t, "runs": [WrkRun(**r) for r in t["runs"]]})
-                        for t in s["targets"]
-                    ],
-                }
-            )
-            for s in data["throughput"]
-        ]
+        throughput = [_throughput_from_json(s) for s in data["throughput"]]
         latency = data.get("latency")
         return cls(
             **{
@@ -194,6 +281,9 @@ class Report:
                 ),
                 "micro": MicroResult.from_json(data["micro"]) if data.get("micro") else None,
                 "auth": AuthResult.from_json(data["auth"]) if data.get("auth") else None,
+                "ratelimit": (
+                    RateLimitSection.from_json(data["ratelimit"]) if data.get("ratelimit") else None
+                ),
             }
         )
 
@@ -637,6 +727,342 @@ def _stall_lines(result: AuthResult) -> list[str]:
     return lines
 
 
+_RL_TARGET_ROWS = {"bastion_redis"}
+
+
+def _ratelimit_goals(section: RateLimitSection) -> list[list[str]]:
+    """Rows of the rate-limit targets: (goal, measured, target, met)."""
+    rows: list[list[str]] = []
+    micro = section.micro
+    if micro is not None:
+        noop = micro.store_case(NOOP).us
+        for name, checks in ((GCRA_3, 3), (GCRA_1, 1)):
+            value = micro.store_case(name).per_check_us
+            rows.append(
+                [
+                    f"memory store: one GCRA decision per policy, {checks} check(s) per "
+                    f"`evaluate_now` (baseline: a no-op call, {noop:.3f} µs)",
+                    f"{value:.2f} µs",
+                    f"< {STORE_TARGET_US:g} µs",
+                    _met(value < STORE_TARGET_US),
+                ]
+            )
+        added = micro.pipeline.net_us(RL_ON)
+        base = micro.pipeline.case(RL_OFF).median_ns / 1000
+        rows.append(
+            [
+                f"rate-limit stages, {len(POLICIES)} policies, memory: added per request in "
+                f"process (baseline: rate limiting off, {base:.2f} µs)",
+                f"{added:.2f} µs",
+                f"≤ {PIPELINE_TARGET_US:g} µs",
+                _met(not math.isnan(added) and added <= PIPELINE_TARGET_US),
+            ]
+        )
+    scenario = section.throughput
+    if scenario is not None:
+        runs = section.redis_runs.get("bastion_redis", [])
+        worst = max(
+            (run.evalsha / run.denominator for run in runs if run.denominator), default=math.nan
+        )
+        served = sum(run.denominator for run in runs)
+        rows.append(
+            [
+                f"Redis: commands per anonymous request, EVALSHA calls over requests served "
+                f"(worst run; {_num(served)} requests served)",
+                "n/a" if math.isnan(worst) else f"{worst:.3f}",
+                f"≤ {REDIS_COMMANDS_TARGET:g}",
+                _met(not math.isnan(worst) and worst <= REDIS_COMMANDS_TARGET),
+            ]
+        )
+        off, on = scenario.target("bastion_off"), scenario.target("bastion_redis")
+        value = ratio(on.rps, off.rps)
+        rows.append(
+            [
+                f"Bastion, {len(POLICIES)} policies in Redis vs the same pipeline without rate "
+                f"limiting ({_num(off.rps)} rps)",
+                _x(value),
+                f"≥ {REDIS_RATIO_TARGET:.2f}{TIMES}",
+                _met(
+                    not math.isnan(value) and value >= REDIS_RATIO_TARGET and not on.failed_requests
+                ),
+            ]
+        )
+    return rows
+
+
+def _ratelimit_section(section: RateLimitSection, number: int) -> list[str]:
+    lines = [f"## {number}. Rate limiting", ""]
+    policies = ", ".join(f"`{p['name']}`" for p in POLICIES)
+    micro = section.micro
+    if micro is not None:
+        lines += _ratelimit_micro_lines(micro, policies, section.micro_commands)
+    scenario = section.throughput
+    if scenario is not None:
+        lines += _ratelimit_load_lines(section, scenario, policies)
+    return lines
+
+
+def _rps_spread(target: ThroughputTarget) -> str:
+    if not target.runs:
+        return "n/a"
+    values = [r.rps for r in target.runs]
+    return f"{_num(min(values))}{DASH}{_num(max(values))}"
+
+
+def _spread_us(ns: Sequence[float]) -> str:
+    return f"{min(ns) / 1000:.2f}{DASH}{max(ns) / 1000:.2f}" if ns else "n/a"
+
+
+def _ratelimit_micro_lines(
+    micro: RateLimitResult, policies: str, commands: Sequence[str]
+) -> list[str]:
+    params = micro.params
+    lines = [
+        "### Memory store",
+        "",
+        "`MemoryStore.evaluate_now` called in a loop (`bench/ratelimit.py`) on existing buckets "
+        "of one client, limits never reached; every algorithm in a store of its own. "
+        f"{params['batches']} interleaved batches of {_num(params['store_iterations'])} calls, "
+        "median batch. *Per policy* is the call divided by its checks; *net* subtracts the same "
+        "loop calling a function that does nothing.",
+        "",
+    ]
+    rows = []
+    noop = micro.store_case(NOOP).us
+    for case in micro.store:
+        target, met = "—", "—"
+        if case.name in (GCRA_1, GCRA_3):
+            target = f"< {STORE_TARGET_US:g}"
+            met = _met(case.per_check_us < STORE_TARGET_US)
+        rows.append(
+            [
+                case.name,
+                f"{case.us:.3f}",
+                "—" if not case.checks else f"{case.per_check_us:.3f}",
+                "baseline" if case.name == NOOP else f"{case.us - noop:.3f}",
+                _spread_us(case.ns_batches),
+                target,
+                met,
+            ]
+        )
+    lines += _table(
+        [
+            "case",
+            "µs/call",
+            "per policy µs",
+            "net µs",
+            f"batches µs (min{DASH}max)",
+            "target µs/policy",
+            "met",
+        ],
+        rows,
+    )
+    pipeline = micro.pipeline
+    lines += [
+        "",
+        "### Stages in process",
+        "",
+        "`GET /hello` through the full pipeline `Bastion(settings).wrap` builds around the raw "
+        "ASGI hello (as in the microbenchmark; access log off; bans on, as by default), with "
+        f"three enforced GCRA policies keyed by `ip` that all match ({policies}, limits never "
+        "reached, memory store). *Added* is the case minus the same pipeline with rate "
+        f"limiting off, measured in the same run: {pipeline.batches} interleaved batches of "
+        f"{_num(pipeline.iterations)} requests, median batch.",
+        "",
+    ]
+    rows = []
+    for step in pipeline.cases:
+        added = "baseline" if step.baseline is None else f"{pipeline.net_us(step.name):.2f}"
+        target, met = "—", "—"
+        if step.name == RL_ON:
+            value = pipeline.net_us(step.name)
+            target, met = f"≤ {PIPELINE_TARGET_US:g}", _met(value <= PIPELINE_TARGET_US)
+        rows.append(
+            [
+                step.name,
+                f"{step.median_ns / 1000:.2f}",
+                added,
+                _spread_us(step.ns_batches),
+                target,
+                met,
+                step.config or "—",
+            ]
+        )
+    lines += _table(
+        [
+            "case",
+            "µs/request",
+            "added µs",
+            f"batches µs (min{DASH}max)",
+            "target µs",
+            "met",
+            "configuration",
+        ],
+        rows,
+    )
+    if pipeline.chain:
+        lines += [
+            "",
+            "The chain with rate limiting on, outermost first: "
+            + " → ".join(f"`{name}`" for name in pipeline.chain)
+            + " → terminal.",
+        ]
+    lines += [
+        "",
+        "### Where the gate's time goes",
+        "",
+        "Each piece of the gate's work for that request called alone in a loop, with the "
+        "objects of the three-policy pipeline (same batches):",
+        "",
+    ]
+    rows = [
+        [piece.name, f"{piece.us:.2f}", _spread_us(piece.ns_batches)] for piece in micro.breakdown
+    ]
+    lines += _table(["piece", "µs/call", f"batches µs (min{DASH}max)"], rows)
+    if micro.redis:
+        lines += [
+            "",
+            "### Redis store in process",
+            "",
+            "`RedisStore.evaluate` of the same three checks with the client's ban state, from "
+            "concurrent callers on one event loop, against the benchmark's redis-server (CPU "
+            "time of the calling process, which is what Bastion's core pays):",
+            "",
+        ]
+        rows = [
+            [
+                case.name,
+                _num(case.callers),
+                _num(case.calls),
+                f"{case.cpu_us:.1f}",
+                f"{case.wall_us:.1f}",
+                f"{case.commands / case.calls:.3f}" if case.calls else "n/a",
+            ]
+            for case in micro.redis
+        ]
+        lines += _table(
+            [
+                "case",
+                "callers",
+                "calls",
+                "CPU µs/call",
+                "wall µs/call",
+                "EVALSHA per call",
+            ],
+            rows,
+        )
+    elif micro.redis_error:
+        lines += ["", f"The Redis store was not measured in process: {micro.redis_error}"]
+    lines += ["", "Command:", "", "```sh", *commands, "```", ""]
+    return lines
+
+
+def _ratelimit_load_lines(
+    section: RateLimitSection, scenario: ThroughputScenario, policies: str
+) -> list[str]:
+    lines = [
+        "### Under load",
+        "",
+        scenario.intro,
+        f"Bastion counts the three policies ({policies}) per request; `limits.aio` and slowapi "
+        "count three limits each (`bench/apps.py`). *Redis commands* are the deltas of "
+        "`INFO commandstats` over each run divided by the requests served (Bastion's own "
+        "request count; wrk's for the others), median over the runs.",
+        "",
+    ]
+    base_off = scenario.target("bastion_off")
+    rows = []
+    for target in scenario.targets:
+        label = target.label
+        if target.failed_requests:
+            label += f" ⚠ {target.failed_requests} failed or non-2xx responses"
+        vs_off = "—"
+        if target.key.startswith("bastion_") and target.key != "bastion_off":
+            vs_off = _x(ratio(target.rps, base_off.rps))
+        elif target.key == "bastion_off":
+            vs_off = "baseline"
+        commands = "—"
+        if target.key.endswith("_redis"):
+            commands = (
+                f"{section.per_request(target.key):.3f} / "
+                f"{section.per_request(target.key, 'commands'):.3f}"
+            )
+        target_text, met = "—", "—"
+        if target.key in _RL_TARGET_ROWS:
+            value = ratio(target.rps, base_off.rps)
+            target_text = f"≥ {REDIS_RATIO_TARGET:.2f}{TIMES} of off; ≤ 1 EVALSHA"
+            worst = max(
+                (
+                    r.evalsha / r.denominator
+                    for r in section.redis_runs.get(target.key, [])
+                    if r.denominator
+                ),
+                default=math.nan,
+            )
+            met = _met(
+                not math.isnan(value)
+                and value >= REDIS_RATIO_TARGET
+                and not math.isnan(worst)
+                and worst <= REDIS_COMMANDS_TARGET
+                and not target.failed_requests
+            )
+        rows.append(
+            [
+                label,
+                _num(target.rps),
+                _rps_spread(target),
+                _ms(target.p50_ms),
+                _ms(target.p99_ms),
+                "baseline"
+                if target.key == scenario.baseline
+                else _x(scenario.ratio_of(target.key)),
+                vs_off,
+                commands,
+                target_text,
+                met,
+            ]
+        )
+    lines += _table(
+        [
+            "stack",
+            "rps (median)",
+            f"rps (min{DASH}max)",
+            "p50",
+            "p99",
+            "vs bare Starlette",
+            "vs Bastion off",
+            "Redis commands/request (EVALSHA / all, inside scripts included)",
+            "target",
+            "met",
+        ],
+        rows,
+    )
+    notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
+    for target in scenario.targets:
+        relative = run_spread(target)
+        if relative > NOISY_SPREAD:
+            notes.append(
+                f"- ⚠ The runs of {target.label} differ by {relative:.0%} (max{DASH}min over the "
+                "median): other work on the machine disturbed some of them; read its ratio "
+                "with care."
+            )
+    mix: dict[str, int] = {}
+    for run in section.redis_runs.get("bastion_redis", []):
+        for name, calls in run.by_command.items():
+            mix[name] = mix.get(name, 0) + calls
+    if mix:
+        notes.append(
+            "- Commands Redis counted during Bastion's Redis runs (those its script runs "
+            "included): "
+            + ", ".join(f"`{name}` {_num(calls)}" for name, calls in sorted(mix.items()))
+            + "."
+        )
+    if notes:
+        lines += ["", *notes]
+    lines += ["", "Commands:", "", "```sh", *scenario.commands, "```", ""]
+    return lines
+
+
 def _summary(report: Report) -> list[str]:
     rows = []
     for scenario in report.throughput:
@@ -669,6 +1095,8 @@ def _summary(report: Report) -> list[str]:
                 )
     if report.auth is not None:
         rows += _auth_goals(report.auth)
+    if report.ratelimit is not None:
+        rows += _ratelimit_goals(report.ratelimit)
     if not rows:
         return []
     return ["## Targets at a glance", "", *_table(["goal", "measured", "target", "met"], rows), ""]
@@ -723,6 +1151,11 @@ def render(report: Report) -> str:
     if report.auth is not None:
         number += 1
         lines += _auth_section(report.auth, report.auth_commands, number)
+    if report.ratelimit is not None and (
+        report.ratelimit.micro is not None or report.ratelimit.throughput is not None
+    ):
+        number += 1
+        lines += _ratelimit_section(report.ratelimit, number)
     if report.configs:
         lines += ["## Generated configuration", ""]
         for name, text in report.configs.items():

@@ -10,6 +10,10 @@ Scenarios (all in one run unless ``--only`` picks some):
 - ``auth`` — identity in process (:mod:`bench.auth`): a request with a cached access token or API
   key, first sight of a token (HS256, EdDSA) against PyJWT, logins, and other requests' latency
   while logins hash.
+- ``ratelimit`` — rate limiting: the memory store's decisions and the stages' cost in process
+  (:mod:`bench.ratelimit`), then wrk against bare Starlette and Bastion with rate limiting off,
+  on with Redis and on with memory, beside ``limits.aio`` and slowapi on the same app; a
+  redis-server of its own (pinned beside the load generator) counts the commands of each run.
 
 Servers (and, for the proxies, the upstream too, as a sidecar sharing its core) are pinned to
 CPU 0, the load generator to CPU 1. Every target gets a warm-up, then the measured runs are
@@ -51,9 +55,12 @@ from typing import Any
 from bench.apps import PATH, bastion_toml, bearer_token, configured_sections
 from bench.auth import AuthResult
 from bench.micro import MicroResult
+from bench.ratelimit import RateLimitResult, policy_toml
 from bench.report import (
     LatencyScenario,
     LatencyTarget,
+    RateLimitSection,
+    RedisRun,
     Report,
     ThroughputScenario,
     ThroughputTarget,
@@ -66,7 +73,7 @@ __all__ = ["SCENARIOS", "main", "parse_wrk"]
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
 DOC = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth")
+SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth", "ratelimit")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 WRK_CONNECTIONS = 64
@@ -186,9 +193,10 @@ def parse_options(argv: Sequence[str] | None) -> Options:
 # ---------------------------------------------------------------- tools
 
 
-def ensure_tools(setup: list[str]) -> None:
-    """Install wrk and nginx with apt when they are missing (the machine runs as root)."""
-    missing = [pkg for pkg in ("wrk", "nginx") if _which(pkg) is None]
+def ensure_tools(setup: list[str], packages: Sequence[str] = ("wrk", "nginx")) -> None:
+    """Install ``packages`` (each named like its command) with apt when they are missing (the
+    machine runs as root)."""
+    missing = [pkg for pkg in packages if _which(pkg) is None]
     if not missing:
         return
     install = ["apt-get", "install", "-y", "-q", *missing]
@@ -256,6 +264,20 @@ class Servers(contextlib.AbstractContextManager["Servers"]):
     ) -> str:
         """Start ``argv`` pinned to the server CPU and wait until ``GET /hello`` on ``port``
         answers 200; return the URL of ``/hello``."""
+        ready = self.spawn(name, argv, port=port, env=env, check_headers=check_headers)
+        return ready()
+
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+        check_headers: dict[str, str] | None = None,
+    ) -> Callable[[], str]:
+        """Start ``argv`` as :meth:`start` does without waiting: the returned function waits
+        until it is ready and returns the URL of ``/hello`` (servers start side by side)."""
         full = ["taskset", "-c", SERVER_CPU, *argv]
         prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
         self._commands.append(f"{prefix}{shlex.join(full)} >/dev/null &")
@@ -272,8 +294,12 @@ class Servers(contextlib.AbstractContextManager["Servers"]):
             )
         server = _Server(name, process, log_path)
         self._servers.append(server)
-        _wait_ready(server, port, check_headers or {})
-        return f"http://127.0.0.1:{port}{PATH}"
+
+        def ready() -> str:
+            _wait_ready(server, port, check_headers or {})
+            return f"http://127.0.0.1:{port}{PATH}"
+
+        return ready
 
     def __exit__(self, *exc: object) -> None:
         for server in reversed(self._servers):
@@ -859,6 +885,325 @@ def auth_scenario(opts: Options, report: Report) -> AuthResult:
     return AuthResult.from_json(json.loads(done.stdout))
 
 
+# ---------------------------------------------------------------- rate limiting
+
+
+RATELIMIT_DURATION = 3
+"""Longest wrk run of the rate-limit scenario (seconds): it measures ten stacks, so its runs are
+shorter than the other scenarios' to keep the whole scenario near two minutes."""
+RATELIMIT_WARMUP = 1
+_HARNESS_COMMANDS = frozenset({"info", "ping"})
+"""Commands the harness itself sends to the benchmark's Redis (left out of the counts)."""
+
+
+@dataclass
+class _Redis:
+    url: str
+    port: int
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path, commands: list[str]) -> Iterator[_Redis]:
+    """A throwaway redis-server (no persistence) pinned to the load generator's CPU, as a shared
+    Redis would sit on another core than Bastion; in its own process group, stopped however the
+    block exits."""
+    port = free_port()
+    directory = tmp / "redis"
+    directory.mkdir(exist_ok=True)
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CPU,
+        _which("redis-server") or "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+    ]
+    commands.append(shlex.join(argv) + " >/dev/null &")
+    log_path = WORK / "logs" / "redis.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited during start-up:\n{_log_tail(log_path)}")
+            try:
+                if _redis_command(port, b"PING").startswith(b"+PONG"):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server not ready on port {port}")
+            time.sleep(0.05)
+        yield _Redis(f"redis://127.0.0.1:{port}/0", port)
+    finally:
+        _stop(process)
+
+
+def _redis_command(port: int, *parts: bytes) -> bytes:
+    """One command's whole reply, raw (a status line or one bulk string)."""
+    command = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(command)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n")
+        if not head.startswith(b"$"):
+            return data
+        size = int(head[1:])
+        while len(rest) < size + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("redis closed the connection")
+            rest += chunk
+        return rest[:size]
+
+
+def redis_command_calls(port: int) -> dict[str, int]:
+    """``INFO commandstats`` as command name → calls since the server started."""
+    text = _redis_command(port, b"INFO", b"commandstats").decode()
+    calls: dict[str, int] = {}
+    for match in re.finditer(r"^cmdstat_([\w|]+):calls=(\d+)", text, re.MULTILINE):
+        calls[match.group(1)] = int(match.group(2))
+    return calls
+
+
+def bastion_requests_served(url: str) -> int:
+    """Sum of ``bastion_http_requests_total`` on the server of ``url`` (its metrics endpoint,
+    open to loopback by default)."""
+    port = int(url.split(":")[2].split("/")[0])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/_bastion/metrics")
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"metrics answered {response.status}")
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith("bastion_http_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return round(total)
+
+
+def ratelimit_toml(database: Path, *, store: str, redis_url: str = "") -> str:
+    """The rate-limit scenario's Bastion configuration: access log off, and rate limiting off
+    (``store = "off"``) or the three policies of :data:`bench.ratelimit.POLICIES` counted in
+    ``memory`` or ``redis``."""
+    lines = [
+        "[store]",
+        f'database_url = "sqlite+aiosqlite:///{database}"',
+    ]
+    if redis_url:
+        lines.append(f'redis_url = "{redis_url}"')
+    lines += ["", "[logging]", "access_log = false", "", "[ratelimit]"]
+    if store == "off":
+        return "\n".join([*lines, "enabled = false"]) + "\n"
+    lines.append(f'store = "{store}"')
+    return "\n".join(lines) + "\n" + policy_toml()
+
+
+def ratelimit_micro(opts: Options, section: RateLimitSection, redis: _Redis) -> None:
+    """:mod:`bench.ratelimit` in its own process on the server CPU."""
+    argv = [
+        "taskset",
+        "-c",
+        SERVER_CPU,
+        sys.executable,
+        "-m",
+        "bench.ratelimit",
+        "--redis-url",
+        redis.url,
+    ]
+    if opts.quick:
+        argv.append("--quick")
+    section.micro_commands.append(shlex.join(argv))
+    opts.gate.wait()
+    done = subprocess.run(
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.ratelimit failed with exit code {done.returncode}")
+    section.micro = RateLimitResult.from_json(json.loads(done.stdout))
+
+
+def ratelimit_throughput(
+    opts: Options, tmp: Path, report: Report, section: RateLimitSection, redis: _Redis
+) -> None:
+    commands = list(section.start_commands)
+    configs: dict[str, Path] = {}
+    for store in ("off", "memory", "redis"):
+        path = configs[store] = tmp / f"bastion-ratelimit-{store}.toml"
+        url = redis.url if store == "redis" else ""
+        path.write_text(ratelimit_toml(tmp / f"ratelimit-{store}.db", store=store, redis_url=url))
+    report.configs["bastion-ratelimit-redis.toml"] = configs["redis"].read_text()
+    strategy, storage = "BENCH_LIMITS_STRATEGY", "BENCH_LIMITS_STORAGE"
+    redis_uri = f"redis://127.0.0.1:{redis.port}"
+    specs: list[tuple[ThroughputTarget, str, dict[str, str]]] = [
+        (
+            ThroughputTarget("starlette", "bare Starlette", note="no rate limiting: the baseline"),
+            "bench.apps:starlette_app",
+            {},
+        ),
+        (
+            ThroughputTarget(
+                "bastion_off",
+                "Bastion, rate limiting off",
+                note="`Bastion(Settings()).wrap(starlette_app)`, `ratelimit.enabled = false`, "
+                "access log off",
+            ),
+            "bench.apps:bastion_app",
+            {"BASTION_CONFIG": str(configs["off"])},
+        ),
+        (
+            ThroughputTarget(
+                "bastion_redis",
+                "Bastion, 3 policies, Redis",
+                note="the same with the three policies counted in Redis "
+                "(`bastion-ratelimit-redis.toml` below)",
+            ),
+            "bench.apps:bastion_app",
+            {"BASTION_CONFIG": str(configs["redis"])},
+        ),
+        (
+            ThroughputTarget(
+                "bastion_memory",
+                "Bastion, 3 policies, memory",
+                note='the same with `ratelimit.store = "memory"`',
+            ),
+            "bench.apps:bastion_app",
+            {"BASTION_CONFIG": str(configs["memory"])},
+        ),
+    ]
+    for algorithm in ("moving", "fixed"):
+        for where, uri in (("memory", "memory://"), ("redis", redis_uri)):
+            specs.append(
+                (
+                    ThroughputTarget(
+                        f"limits_{algorithm}_{where}",
+                        f"limits.aio {algorithm} window, {where}",
+                        note="bare Starlette behind an ASGI middleware making three "
+                        f"`{algorithm.capitalize()}WindowRateLimiter.hit` calls per request "
+                        "(`bench/apps.py`)",
+                    ),
+                    "bench.apps:limits_app",
+                    {strategy: f"{algorithm}-window", storage: uri},
+                )
+            )
+    for where, uri in (("memory", "memory://"), ("redis", redis_uri)):
+        specs.append(
+            (
+                ThroughputTarget(
+                    f"slowapi_{where}",
+                    f"slowapi, {where}",
+                    note="bare Starlette, `@limiter.limit` with three limits on the route "
+                    "(fixed window, synchronous storage)",
+                ),
+                "bench.apps:slowapi_app",
+                {storage: uri},
+            )
+        )
+    duration = min(opts.duration, RATELIMIT_DURATION)
+    warmup = min(opts.warmup, RATELIMIT_WARMUP)
+    targets: list[_Target] = []
+    bastion_keys = {"bastion_off", "bastion_redis", "bastion_memory"}
+    with Servers(WORK / "logs", commands) as servers:
+        waiting = []
+        for result, factory, env in specs:
+            port = free_port()
+            log(f"starting {result.label} on port {port}")
+            waiting.append(
+                (result, servers.spawn(result.key, _uvicorn(factory, port), port=port, env=env))
+            )
+        for result, ready in waiting:
+            targets.append(_Target(result.key, result.label, ready()))
+        for target in targets:
+            log(f"warm-up: {target.label}")
+            run_wrk(target.url, warmup)
+        commands += [shlex.join(wrk_argv(t.url, duration)) for t in targets]
+        commands.append(f"redis-cli -p {redis.port} INFO commandstats  # before and after each run")
+        runs: dict[str, list[RedisRun]] = {t.key: [] for t in targets}
+
+        def measure(target: _Target) -> WrkRun:
+            bastion = target.key in bastion_keys
+            served = bastion_requests_served(target.url) if bastion else 0
+            before = redis_command_calls(redis.port)
+            run = run_wrk(target.url, duration)
+            after = redis_command_calls(redis.port)
+            if bastion:
+                served = bastion_requests_served(target.url) - served - 1  # the first scrape
+            delta = {
+                name: calls - before.get(name, 0)
+                for name, calls in after.items()
+                if name not in _HARNESS_COMMANDS
+            }
+            runs[target.key].append(
+                RedisRun(
+                    evalsha=delta.get("evalsha", 0),
+                    commands=sum(delta.values()),
+                    requests=run.requests,
+                    served=max(served, 0),
+                    by_command={k: v for k, v in delta.items() if v},
+                )
+            )
+            return run
+
+        results = interleave(targets, opts.runs, measure, opts.gate)
+    for result, *_ in specs:
+        result.runs = results[result.key]
+    section.redis_runs = runs
+    section.duration = duration
+    section.warmup = warmup
+    section.throughput = ThroughputScenario(
+        key="ratelimit",
+        title="Rate limiting under load",
+        intro=(
+            "One uvicorn process per stack (httptools, uvloop, access logs off) pinned to CPU "
+            f"{SERVER_CPU}; wrk (1 thread, {WRK_CONNECTIONS} connections, one client address) "
+            f"and a redis-server of the benchmark's own both pinned to CPU {LOAD_CPU}. Runs of "
+            f"{duration} s after {warmup} s of warm-up, {opts.runs} interleaved round(s). "
+            "No limit is ever reached: every request is counted and allowed."
+        ),
+        baseline="starlette",
+        targets=[s[0] for s in specs],
+        commands=commands,
+    )
+
+
+def ratelimit_scenario(opts: Options, tmp: Path, report: Report) -> None:
+    section = report.ratelimit = RateLimitSection()
+    with redis_server(tmp, section.start_commands) as redis:
+        log("rate limiting in process")
+        _attempt(report, "ratelimit (in process)", lambda: ratelimit_micro(opts, section, redis))
+        log("rate limiting under load")
+        _attempt(
+            report,
+            "ratelimit (throughput)",
+            lambda: ratelimit_throughput(opts, tmp, report, section, redis),
+        )
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -921,6 +1266,9 @@ def new_report(opts: Options) -> Report:
         "microbenchmark": f"{opts.micro_batches} batches of {opts.micro_iterations:,} requests",
         "identity (auth)": f"in process on CPUs {SERVER_CPU} and {LOAD_CPU}; "
         + ("`--quick` sizes" if opts.quick else "default sizes (`bench/auth.py`)"),
+        "rate limiting": f"in process on CPU {SERVER_CPU}; wrk runs of "
+        f"{min(opts.duration, RATELIMIT_DURATION)} s after "
+        f"{min(opts.warmup, RATELIMIT_WARMUP)} s warm-up; Redis on CPU {LOAD_CPU}",
         "pinning": f"servers and upstreams CPU {SERVER_CPU}, load generators CPU {LOAD_CPU}",
         "Bastion settings": "defaults; SQLite store in a temp dir"
         + "".join(f"; {s}" for s in sections),
@@ -957,6 +1305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup: list[str] = []
     if {"middleware", "gateway", "latency"} & set(opts.only):
         ensure_tools(setup)
+    if "ratelimit" in opts.only:
+        ensure_tools(setup, ("wrk", "redis-server"))
     report = new_report(opts)
     report.setup_commands = setup
     started = time.monotonic()
@@ -984,6 +1334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report.auth = auth_scenario(opts, report)
 
             _attempt(report, "auth", auth)
+        if "ratelimit" in opts.only:
+            _attempt(report, "ratelimit", lambda: ratelimit_scenario(opts, tmp, report))
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
     if opts.gate.budget > 0:
