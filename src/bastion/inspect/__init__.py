@@ -1,0 +1,1 @@
+"""Request inspection (WAF): locations, normalisation, detectors, anomaly scoring."""

@@ -1,0 +1,235 @@
+"""What every detector sees and returns.
+
+A request is split into :class:`Location` s (a query argument, a cookie, a JSON leaf, a header,
+a path segment…). Each location's value is wrapped once in a :class:`Normalized`, whose decoded
+forms are computed lazily and at most once, so each detector asks only for the forms it needs
+and no form is computed twice. Detectors are plain callables ``(value, location, paranoia) ->
+list[Match]``, each testable alone; the engine adds up their severities into an anomaly score.
+"""
+
+from __future__ import annotations
+
+import html
+import unicodedata
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal, Protocol
+from urllib.parse import unquote_to_bytes
+
+import re2
+
+__all__ = [
+    "CATEGORIES",
+    "Category",
+    "Detector",
+    "Location",
+    "LocationKind",
+    "Match",
+    "Normalized",
+    "Severity",
+]
+
+Category = Literal["sqli", "xss", "rce", "lfi", "rfi", "ssrf", "php", "java", "protocol", "scanner"]
+CATEGORIES: tuple[Category, ...] = (
+    "sqli",
+    "xss",
+    "rce",
+    "lfi",
+    "rfi",
+    "ssrf",
+    "php",
+    "java",
+    "protocol",
+    "scanner",
+)
+
+LocationKind = Literal[
+    "path",
+    "query_name",
+    "query",
+    "cookie_name",
+    "cookie",
+    "header",
+    "form_name",
+    "form",
+    "multipart_name",
+    "multipart",
+    "filename",
+    "json_key",
+    "json",
+    "body",
+    "method",
+]
+
+
+class Severity:
+    """Anomaly points per match, as in the OWASP CRS: a request is blocked when the sum of its
+    matches reaches the threshold (default 5, so one critical match blocks)."""
+
+    CRITICAL = 5
+    ERROR = 4
+    WARNING = 3
+    NOTICE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a value was found: ``kind`` and ``name`` (argument, header or field name)."""
+
+    kind: LocationKind
+    name: str = ""
+
+    def label(self) -> str:
+        """``query:id``, ``header:user-agent``, ``path`` — for audit events and reports."""
+        return f"{self.kind}:{self.name}" if self.name else self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One detector finding."""
+
+    rule: str
+    """Stable rule id, ``<category>-<name>`` (``sqli-union-select``, ``xss-event-handler``)."""
+    category: Category
+    severity: int
+    location: Location
+    paranoia: int = 1
+    """Lowest paranoia level at which the rule is enabled."""
+
+
+class Detector(Protocol):
+    """A detector: the matches of one value at one location, for rules enabled at
+    ``paranoia`` (1-4). Must never raise, and must run in time linear in the value's size."""
+
+    def __call__(self, value: Normalized, location: Location, paranoia: int) -> list[Match]: ...
+
+
+# RE2 everywhere attacker input is matched: linear time, no backtracking.
+_PERCENT_U = re2.compile(r"%[uU]([0-9A-Fa-f]{4})")
+_BACKSLASH_ESCAPE = re2.compile(
+    r"\\(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|u\{([0-9A-Fa-f]{1,6})\}|([0-7]{1,3}))"
+)
+_SQL_COMMENT = re2.compile(r"(?s)/\*.*?\*/|--[^\n]*|#[^\n]*")
+_WHITESPACE = re2.compile(r"\s+")
+_SLASH_RUN = re2.compile(r"/{2,}")
+_MAX_DECODE_ROUNDS = 3
+
+
+def _percent_decode(text: str) -> str:
+    """One round of URL decoding: ``%XX`` as UTF-8 (invalid sequences kept as latin-1 so no
+    byte is lost, and overlong encodings decoded leniently the way vulnerable servers do),
+    ``%uXXXX``, and ``+`` as space."""
+    if "%" not in text and "+" not in text:
+        return text
+    text = str(_PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text))
+    raw = unquote_to_bytes(text.replace("+", " "))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _lenient_utf8(raw)
+
+
+def _lenient_utf8(raw: bytes) -> str:
+    """Decode UTF-8 accepting overlong forms (``%c0%af`` → ``/``), else latin-1 per byte."""
+    out: list[str] = []
+    index = 0
+    size = len(raw)
+    while index < size:
+        byte = raw[index]
+        if byte >= 0xC0 and index + 1 < size and 0x80 <= raw[index + 1] < 0xC0:
+            if byte < 0xE0:
+                out.append(chr(((byte & 0x1F) << 6) | (raw[index + 1] & 0x3F)))
+                index += 2
+                continue
+            if byte < 0xF0 and index + 2 < size and 0x80 <= raw[index + 2] < 0xC0:
+                code = (
+                    ((byte & 0x0F) << 12) | ((raw[index + 1] & 0x3F) << 6) | (raw[index + 2] & 0x3F)
+                )
+                out.append(chr(code))
+                index += 3
+                continue
+        out.append(chr(byte))
+        index += 1
+    return "".join(out)
+
+
+def _unescape_backslashes(text: str) -> str:
+    if "\\" not in text:
+        return text
+
+    def replace(match: Any) -> str:
+        hex2, hex4, braced, octal = match.groups()
+        digits = hex2 or hex4 or braced
+        code = int(digits, 16) if digits else int(octal, 8)
+        return chr(code) if code <= 0x10FFFF else match.group(0)
+
+    return str(_BACKSLASH_ESCAPE.sub(replace, text))
+
+
+class Normalized:
+    """One value and its decoded forms, each computed on first use.
+
+    - ``raw``: as received (already bounded by the engine's per-location byte limit).
+    - ``decoded``: URL-decoded repeatedly until stable (at most 3 rounds), ``%uXXXX`` included.
+    - ``unescaped``: ``decoded`` with HTML entities and backslash escapes (``\\x41``, ``\\u0041``,
+      octal) resolved.
+    - ``nfkc``: ``unescaped`` in Unicode NFKC (full-width letters become ASCII ones).
+    - ``folded``: ``nfkc`` case-folded.
+    - ``sql``: ``folded`` with SQL comments removed and whitespace runs collapsed to one space.
+    - ``compact``: ``folded`` without any whitespace (for split-keyword evasions).
+    - ``path``: ``nfkc`` with ``\\`` as ``/``, repeated slashes merged and ``./`` removed (``../``
+      kept: escaping the root is what a traversal detector looks for).
+    """
+
+    __slots__ = ("__dict__", "raw")
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+
+    @cached_property
+    def decoded(self) -> str:
+        text = self.raw
+        for _ in range(_MAX_DECODE_ROUNDS):
+            decoded = _percent_decode(text)
+            if decoded == text:
+                break
+            text = decoded
+        return text
+
+    @cached_property
+    def unescaped(self) -> str:
+        text = self.decoded
+        if "&" in text:
+            text = html.unescape(text)
+        return _unescape_backslashes(text)
+
+    @cached_property
+    def nfkc(self) -> str:
+        text = self.unescaped
+        return text if text.isascii() else unicodedata.normalize("NFKC", text)
+
+    @cached_property
+    def folded(self) -> str:
+        return self.nfkc.casefold()
+
+    @cached_property
+    def sql(self) -> str:
+        text = self.folded
+        if "/*" in text or "--" in text or "#" in text:
+            text = str(_SQL_COMMENT.sub(" ", text))
+        return str(_WHITESPACE.sub(" ", text)).strip()
+
+    @cached_property
+    def compact(self) -> str:
+        return str(_WHITESPACE.sub("", self.folded))
+
+    @cached_property
+    def path(self) -> str:
+        text = self.nfkc.replace("\\", "/")
+        text = str(_SLASH_RUN.sub("/", text))
+        while "/./" in text:
+            text = text.replace("/./", "/")
+        return text.removeprefix("./")
+
+    def __repr__(self) -> str:
+        return f"Normalized({self.raw[:40]!r})"
