@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote
 
 from bastion.audit.events import AuditEvent
 from bastion.auth.api_keys import looks_like_api_key
@@ -28,13 +27,13 @@ from bastion.auth.service import IdentityService
 from bastion.auth.tokens import looks_like_bastion_jwt
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Receive, Scope, Send
+from bastion.http.paths import path_spellings
 from bastion.http.principal import Principal
 from bastion.http.state import state_of
 
 __all__ = ["AuthStage", "Credential", "CredentialResolver", "extract_credential"]
 
 _SLASHES = re.compile(r"/{2,}")
-_ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])")
 _NOTHING: tuple[str, ...] = ()
 _EVERYTHING = ("*",)
 _REQUIREMENTS: dict[str, Callable[[RuleDecision], tuple[bool, tuple[str, ...]]]] = {
@@ -45,30 +44,6 @@ _REQUIREMENTS: dict[str, Callable[[RuleDecision], tuple[bool, tuple[str, ...]]]]
     # Default deny under ``protect``: only a principal holding ``*`` passes.
     "deny": lambda _: (True, _EVERYTHING),
 }
-
-
-def _variants(scope: Scope, path: str) -> list[str]:
-    """Other spellings of ``path`` an upstream may route differently (see
-    :meth:`AuthStage._requirements`); empty for the common plain path."""
-    variants: list[str] = []
-    raw: bytes | None = scope.get("raw_path")
-    if raw is not None and _ENCODED_SEPARATOR.search(raw):
-        kept = _ENCODED_SEPARATOR.sub(lambda match: b"%25" + match.group(0)[1:], raw)
-        segment_path = unquote(kept.split(b"?", 1)[0].decode("latin-1"))
-        variants.append(_SLASHES.sub("/", segment_path))
-    if "\\" in path:
-        variants.append(_SLASHES.sub("/", path.replace("\\", "/")))
-    if len(path) > 1 and path.endswith("/"):
-        variants.append(path.rstrip("/") or "/")
-    lowered = path.lower()
-    if lowered != path:
-        variants.append(lowered)
-    if variants:
-        # All of the above at once: an upstream may apply several of these foldings.
-        canonical = _SLASHES.sub("/", lowered.replace("\\", "/")).rstrip("/") or "/"
-        if canonical != path and canonical not in variants:
-            variants.append(canonical)
-    return variants
 
 
 _AUTHORIZATION = b"authorization"
@@ -255,7 +230,7 @@ class AuthStage:
             path = _SLASHES.sub("/", path)
         decide = self._rules.decide
         decision = decide(method, path)
-        variants = _variants(scope, path)
+        variants = path_spellings(scope, path)
         if not variants:
             return _REQUIREMENTS[decision.kind](decision)
         needs_auth, required = _REQUIREMENTS[decision.kind](decision)

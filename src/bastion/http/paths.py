@@ -10,10 +10,23 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import re2
 
-__all__ = ["GlobMatcher", "PathGlob", "compile_alternatives", "compile_glob", "glob_regex"]
+from bastion.http.asgi import Scope
+
+__all__ = [
+    "GlobMatcher",
+    "PathGlob",
+    "compile_alternatives",
+    "compile_glob",
+    "glob_regex",
+    "path_spellings",
+]
+
+_SLASHES = re.compile(r"/{2,}")
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])")
 
 
 class GlobMatcher(Protocol):
@@ -66,6 +79,37 @@ def glob_regex(pattern: str) -> str:
             parts.append(re.escape(pattern[index]))
             index += 1
     return "".join(parts)
+
+
+def path_spellings(scope: Scope, path: str) -> list[str]:
+    """Other spellings of ``path`` that an upstream may route differently from Bastion's decoded
+    path; empty for the common plain path.
+
+    ``path`` is the request's decoded path with repeated slashes already merged. The spellings
+    are: an encoded ``/`` or ``\\`` (``%2F``, ``%5C`` in ``raw_path``) kept inside its segment,
+    backslashes as slashes, a trailing slash dropped, lower case (case-insensitive routers), and
+    all of these at once. A rule or policy that must hold whatever the spelling is checked
+    against ``path`` and every spelling, and the strictest answer applies.
+    """
+    variants: list[str] = []
+    raw: bytes | None = scope.get("raw_path")
+    if raw is not None and _ENCODED_SEPARATOR.search(raw):
+        kept = _ENCODED_SEPARATOR.sub(lambda match: b"%25" + match.group(0)[1:], raw)
+        segment_path = unquote(kept.split(b"?", 1)[0].decode("latin-1"))
+        variants.append(_SLASHES.sub("/", segment_path))
+    if "\\" in path:
+        variants.append(_SLASHES.sub("/", path.replace("\\", "/")))
+    if len(path) > 1 and path.endswith("/"):
+        variants.append(path.rstrip("/") or "/")
+    lowered = path.lower()
+    if lowered != path:
+        variants.append(lowered)
+    if variants:
+        # All of the above at once: an upstream may apply several of these foldings.
+        canonical = _SLASHES.sub("/", lowered.replace("\\", "/")).rstrip("/") or "/"
+        if canonical != path and canonical not in variants:
+            variants.append(canonical)
+    return variants
 
 
 class PathGlob:
