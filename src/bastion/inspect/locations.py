@@ -1,0 +1,264 @@
+"""Split a request into the locations the detectors inspect, each parsed once and bounded.
+
+Order: the path, query argument names and values, cookie names and values, the configured
+headers, then the body by media type (form fields, multipart field values and file names, JSON
+keys and string leaves, else the text itself). Every value is cut to ``max_location_bytes`` and
+all of them together to ``max_request_bytes`` and ``max_locations``; a :class:`Budget` records
+whether anything was cut, so the caller can apply the ``over_limit`` policy. Nothing here raises:
+a body that does not parse as its media type says is inspected as text instead.
+
+Values are yielded undecoded (``Normalized`` decodes lazily, and multi-layer encoding is itself
+an evasion detectors look for). The path is one location rather than one per segment, because a
+traversal (``/a/../../etc/passwd``) or an encoded separator only shows across segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from bastion.inspect.config import InspectConfig
+from bastion.inspect.core import Location, LocationKind, Normalized
+from bastion.inspect.request import FORM_URLENCODED, InspectionRequest
+
+__all__ = ["AUTH_PATH_PREFIX", "MAX_JSON_DEPTH", "Budget", "locations"]
+
+AUTH_PATH_PREFIX = "/_bastion/auth/"
+MAX_JSON_DEPTH = 32
+"""A JSON body nested deeper than this is inspected as text rather than by key and leaf."""
+_MAX_NAME = 256
+_BINARY_PREFIXES = ("image/", "audio/", "video/", "font/")
+_BINARY_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "application/zip",
+        "application/gzip",
+        "application/pdf",
+        "application/x-protobuf",
+        "application/protobuf",
+        "application/grpc",
+    }
+)
+
+
+@dataclass(slots=True)
+class Budget:
+    """What one request may still have inspected, and whether anything was left out."""
+
+    bytes_left: int
+    locations_left: int
+    truncated: bool = False
+
+    @classmethod
+    def for_config(cls, config: InspectConfig) -> Budget:
+        """A fresh budget with the configured per-request limits."""
+        return cls(config.max_request_bytes, config.max_locations)
+
+
+def label(name: str) -> str:
+    """A field name as shown in locations and events: percent-decoded, ``+`` as space, short."""
+    text = unquote(name.replace("+", " "), errors="replace") if "%" in name or "+" in name else name
+    return text[:_MAX_NAME]
+
+
+def text_of(data: bytes) -> str:
+    """Bytes as text: UTF-8 when valid, else latin-1 so that every byte is kept."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+class _Emitter:
+    """Cuts values to the limits and skips sensitive fields; ``done`` once the budget is spent."""
+
+    __slots__ = ("budget", "passwords", "per_location", "sensitive")
+
+    def __init__(self, config: InspectConfig, budget: Budget, passwords: bool) -> None:
+        self.budget = budget
+        self.per_location = config.max_location_bytes
+        self.sensitive = frozenset(config.sensitive_fields)
+        self.passwords = passwords
+
+    @property
+    def done(self) -> bool:
+        return self.budget.bytes_left <= 0 or self.budget.locations_left <= 0
+
+    def is_sensitive(self, name: str) -> bool:
+        leaf = name.rpartition(".")[2].lower()
+        return leaf in self.sensitive or (self.passwords and "password" in leaf)
+
+    def take(self, kind: LocationKind, name: str, value: str) -> tuple[Location, Normalized] | None:
+        if not value:
+            return None
+        budget = self.budget
+        if budget.bytes_left <= 0 or budget.locations_left <= 0:
+            budget.truncated = True
+            return None
+        limit = min(self.per_location, budget.bytes_left)
+        if len(value) > limit:
+            value = value[:limit]
+            budget.truncated = True
+        budget.bytes_left -= len(value)
+        budget.locations_left -= 1
+        return Location(kind, name), Normalized(value)
+
+
+def locations(
+    request: InspectionRequest,
+    config: InspectConfig,
+    budget: Budget | None = None,
+    *,
+    auth_prefix: str = AUTH_PATH_PREFIX,
+) -> Iterator[tuple[Location, Normalized]]:
+    """Every inspected location of ``request`` with its value, within ``config``'s limits.
+
+    Field names in ``config.sensitive_fields`` are skipped everywhere, and any field whose name
+    contains ``password`` under ``auth_prefix`` (Bastion's own login and account endpoints).
+    """
+    passwords = request.path.startswith(auth_prefix)
+    emit = _Emitter(config, budget or Budget.for_config(config), passwords)
+    for item in _head(request, config, emit):
+        if item is not None:
+            yield item
+    if not emit.done and request.body:
+        yield from _body(request, emit)
+    elif request.body:
+        emit.budget.truncated = True
+
+
+def _head(
+    request: InspectionRequest, config: InspectConfig, emit: _Emitter
+) -> Iterator[tuple[Location, Normalized] | None]:
+    yield emit.take("path", "", request.path)
+    if request.query:
+        yield from _pairs(request.query, "&", "query_name", "query", emit)
+    for cookie_header in request.header_values("cookie"):
+        yield from _pairs(cookie_header, ";", "cookie_name", "cookie", emit)
+    exact = {name for name in config.headers if not name.endswith("*")}
+    prefixes = tuple(name[:-1] for name in config.headers if name.endswith("*"))
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered in exact or (prefixes and lowered.startswith(prefixes)):
+            yield emit.take("header", lowered, value)
+
+
+def _pairs(
+    text: str, separator: str, name_kind: LocationKind, value_kind: LocationKind, emit: _Emitter
+) -> Iterator[tuple[Location, Normalized] | None]:
+    for field in text.split(separator):
+        if emit.done:
+            emit.budget.truncated = True
+            return
+        name, _, value = field.strip().partition("=") if separator == ";" else field.partition("=")
+        shown = label(name)
+        yield emit.take(name_kind, "", name)
+        if not emit.is_sensitive(shown):
+            yield emit.take(value_kind, shown, value)
+
+
+def _body(request: InspectionRequest, emit: _Emitter) -> Iterator[tuple[Location, Normalized]]:
+    body = request.body
+    media = request.content_type
+    if media.startswith(_BINARY_PREFIXES) or media in _BINARY_TYPES:
+        return
+    if len(body) > emit.budget.bytes_left:
+        # Too large to parse within the budget: its prefix is inspected as plain text.
+        item = emit.take("body", "", text_of(body[: emit.budget.bytes_left]))
+        emit.budget.truncated = True
+        if item is not None:
+            yield item
+        return
+    text = text_of(body)
+    parsed: Iterator[tuple[Location, Normalized] | None] | None = None
+    if media == FORM_URLENCODED:
+        parsed = _pairs(text, "&", "form_name", "form", emit)
+    elif media == "multipart/form-data":
+        boundary = _parameter(request.header("content-type") or "", "boundary")
+        if boundary:
+            parsed = _multipart(text, boundary, emit)
+    elif media == "application/json" or media.endswith("+json"):
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            document = None
+        else:
+            parsed = _json(document, text, emit)
+    if parsed is None:
+        parsed = iter((emit.take("body", "", text),))
+    for item in parsed:
+        if item is not None:
+            yield item
+
+
+def _parameter(header_value: str, wanted: str) -> str:
+    """A parameter of a header value such as ``Content-Type`` or ``Content-Disposition``."""
+    for piece in header_value.split(";")[1:]:
+        key, _, value = piece.partition("=")
+        if key.strip().lower() == wanted:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return ""
+
+
+def _multipart(
+    text: str, boundary: str, emit: _Emitter
+) -> Iterator[tuple[Location, Normalized] | None]:
+    """Field names, field values and file names of a ``multipart/form-data`` body. File contents
+    are data rather than parameters and are not inspected."""
+    parts = text.split("--" + boundary)
+    for part in parts[1:]:
+        if emit.done:
+            emit.budget.truncated = True
+            return
+        if part.startswith("--"):
+            return  # the closing delimiter
+        head, sep, content = part.lstrip("\r\n").partition("\r\n\r\n")
+        if not sep:
+            head, sep, content = part.lstrip("\r\n").partition("\n\n")
+        disposition = ""
+        for line in head.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                disposition = value
+        name = _parameter(disposition, "name")
+        filename = _parameter(disposition, "filename")
+        shown = name[:_MAX_NAME]
+        yield emit.take("multipart_name", "", name)
+        if filename:
+            yield emit.take("filename", shown, filename)
+        elif not emit.is_sensitive(shown):
+            yield emit.take("multipart", shown, content.removesuffix("\r\n").removesuffix("\n"))
+
+
+def _json(document: Any, text: str, emit: _Emitter) -> Iterator[tuple[Location, Normalized] | None]:
+    """Object keys and string leaves, depth-first with an explicit stack (no recursion limit to
+    reach). A document deeper than :data:`MAX_JSON_DEPTH` is inspected as its text instead of
+    going on: whatever lies deeper is then still seen by every detector."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while stack:
+        if emit.done:
+            emit.budget.truncated = True
+            return
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if not emit.is_sensitive(path):
+                yield emit.take("json", path, value)
+        elif depth >= MAX_JSON_DEPTH and isinstance(value, dict | list):
+            yield emit.take("body", "", text)
+            return
+        elif isinstance(value, dict):
+            children: list[tuple[Any, str, int]] = []
+            for key, child in value.items():
+                yield emit.take("json_key", path, key)
+                child_path = f"{path}.{key}"[:_MAX_NAME] if path else key[:_MAX_NAME]
+                children.append((child, child_path, depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend((child, path, depth + 1) for child in reversed(value))
