@@ -35,5 +35,13 @@ def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ign
             assert [policy.name for policy in example.ratelimit.policies] == ["api"]
             assert example.ratelimit.policies[0].match.paths == ["/api/**"]
             assert example.ratelimit.model_copy(update={"policies": []}) == defaults.ratelimit
+        elif name == "inspect":
+            assert [item.location for item in example.inspect.exclusions] == [
+                "json:body_html",
+                "query:q",
+            ]
+            assert [route.paranoia for route in example.inspect.routes] == [2]
+            plain = example.inspect.model_copy(update={"exclusions": [], "routes": []})
+            assert plain == defaults.inspect
         else:
             assert getattr(example, name) == getattr(defaults, name), name

@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from bastion.auth.config import AccessRule
+from bastion.inspect.config import ExclusionConfig, InspectRouteConfig
 from bastion.pipeline.config import BodyLimitRule
 from bastion.proxy.config import RouteConfig
 from bastion.ratelimit.config import MatchConfig, PolicyConfig
@@ -35,6 +36,11 @@ _EXAMPLES: dict[str, list[BaseModel]] = {
         AccessRule(path="/api/admin/**", methods=["GET", "POST"], require="admin:*"),
         AccessRule(path="/api/health", public=True),
     ],
+    "inspect.exclusions": [
+        ExclusionConfig(path="/api/posts/**", location="json:body_html", categories=["xss"]),
+        ExclusionConfig(path="/api/search", location="query:q", rules=["sqli-*"]),
+    ],
+    "inspect.routes": [InspectRouteConfig(path="/api/admin/**", paranoia=2)],
     "ratelimit.policies": [
         PolicyConfig(
             name="api",

@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from bastion.auth.config import AuthConfig
 from bastion.config_types import ConfigModel, Duration
+from bastion.inspect.config import InspectConfig
 from bastion.observe.config import LoggingConfig, MetricsConfig
 from bastion.pipeline.config import (
     ClientIpConfig,
@@ -156,6 +157,7 @@ class Settings(BaseSettings):
     csrf: CsrfConfig = Field(default_factory=CsrfConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    inspect: InspectConfig = Field(default_factory=InspectConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

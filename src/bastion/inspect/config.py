@@ -134,8 +134,8 @@ class InspectConfig(ConfigModel):
     prefix). Cookies are always inspected, one location per cookie."""
     sensitive_fields: list[str] = Field(default_factory=list)
     """Field names (query, form, multipart, JSON key, cookie; case-insensitive) never inspected
-    nor shown in events, e.g. ``card_number``. Password fields of ``/_bastion/auth/*`` always
-    are."""
+    nor shown in events, e.g. ``card_number``. Fields named like a password are always skipped
+    under ``/_bastion/auth/``."""
     exclusions: list[ExclusionConfig] = Field(default_factory=list)
     """Rules or categories not applied to some locations of some paths."""
     routes: list[InspectRouteConfig] = Field(default_factory=list)
