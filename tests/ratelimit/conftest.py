@@ -108,8 +108,9 @@ class MemoryBackend(Backend):
 
     async def ttls(self) -> dict[str, float]:
         now = self.clock.now
+        # A GCRA bucket is its tat; any other a list whose first item is its expiry.
         return {
-            f"{policy}:{key}": bucket[0] - now  # type: ignore[operator]
+            f"{policy}:{key}": (bucket if isinstance(bucket, float) else bucket[0]) - now
             for store in self.memory
             for policy, table in store._tables.items()
             for key, bucket in table.buckets.items()

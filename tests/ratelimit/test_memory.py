@@ -1,5 +1,5 @@
-"""What only the memory store does: bounded memory (LRU eviction, idle sweep), the ban ledger,
-lease bookkeeping, and its fast construction of results."""
+"""What only the memory store does: bounded memory (eviction within a policy's share, idle
+sweep), the ban ledger, lease bookkeeping, and its one-check fast path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from bastion.ratelimit.config import Algorithm
 from bastion.ratelimit.core import BanRule, Check, Decision, Rule, Verdict
-from bastion.ratelimit.memory import SWEEP, MemoryStore, _decision, _slot_setters, _verdict
+from bastion.ratelimit.memory import SWEEP, MemoryStore
 
 START = 1_700_000_000.0
 
@@ -61,20 +61,33 @@ def clock() -> Clock:
 # -- results -----------------------------------------------------------------------------------
 
 
-def test_results_built_through_the_slots_equal_the_dataclasses() -> None:
-    decision = _decision(False, 10, 0, 1.5, 0.25)
-    assert decision == Decision(False, 10, 0, 1.5, 0.25)
-    assert type(decision) is Decision
-    verdict = _verdict(False, (decision,), 2.0, 60.0, 3)
-    assert verdict == Verdict(False, (decision,), banned_for=2.0, new_ban=60.0, ban_level=3)
-    assert hash(verdict) == hash(Verdict(False, (decision,), 2.0, 60.0, 3))
+def test_results_are_immutable_named_tuples(clock: Clock) -> None:
+    store = MemoryStore(clock=clock)
+    verdict = store.evaluate_now([on(limit("gcra", 10, 3600.0), "a")])
+    assert verdict == Verdict(True, (Decision(True, 10, 9, 360.0, 0.0),), 0.0, 0.0, 0)
+    assert type(verdict) is Verdict
+    assert type(verdict.decisions[0]) is Decision
+    assert (verdict.banned_for, verdict.new_ban, verdict.ban_level) == (0.0, 0.0, 0)
     with pytest.raises(AttributeError):
-        decision.remaining = 3  # type: ignore[misc]
+        verdict.decisions[0].remaining = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        verdict.allowed = False  # type: ignore[misc]
 
 
-def test_a_changed_result_type_is_detected_at_import() -> None:
-    with pytest.raises(RuntimeError, match="Decision's fields changed"):
-        _slot_setters(Decision, ("allowed", "limit", "remaining", "reset"))
+@pytest.mark.parametrize("enforce", [True, False], ids=["enforced", "shadow"])
+def test_one_gcra_check_decides_as_the_general_path(clock: Clock, enforce: bool) -> None:
+    """The one-check path and the loop over several checks give the same decisions."""
+    alone, beside = MemoryStore(clock=clock), MemoryStore(clock=clock)
+    rule = Rule("p", "gcra", 4, 2.0, 3)
+    other = on(limit("gcra", 1000, policy="other"), "a")
+    steps = [(0.0, 1), (0.1, 1), (0.0, 2), (0.3, 1), (0.5, 3), (2.0, 1), (0.0, 4), (0.01, 1)]
+    for advance, cost in steps:
+        clock.now += advance
+        check = Check(rule, "p|a", cost, enforce)
+        one = alone.evaluate_now([check], client="c", bans=BANS)
+        two = beside.evaluate_now([check, other], client="c", bans=BANS)
+        assert one.decisions == two.decisions[:1]
+        assert (one.allowed, one.new_ban) == (two.allowed, two.new_ban)
 
 
 def test_invalid_uses_are_refused(clock: Clock) -> None:
@@ -114,17 +127,37 @@ def test_max_keys_evicts_the_least_recently_used(clock: Clock) -> None:
     assert len(store) == 3
 
 
-def test_eviction_compares_every_policy(clock: Clock) -> None:
+def test_a_policy_over_its_share_evicts_its_own_buckets(clock: Clock) -> None:
     store = MemoryStore(max_keys=2, clock=clock)
     first, second = limit(policy="first"), limit(policy="second")
     assert remaining(store, on(first, "a")) == 9
     clock.now += 1
     assert remaining(store, on(second, "a")) == 9
     clock.now += 1
-    assert remaining(store, on(first, "b")) == 9  # evicts first|a, the oldest of all
+    assert remaining(store, on(first, "b")) == 9  # first holds 2 of 2: it gives up first|a
     assert len(store) == 2
     assert remaining(store, on(second, "a")) == 8
     assert remaining(store, on(first, "a")) == 9
+
+
+def test_a_flood_of_keys_on_one_policy_never_evicts_other_clients_buckets(clock: Clock) -> None:
+    """Clients choosing ``header:`` values (or spoofed addresses) fill one policy's table; the
+    other policies' buckets, and so their clients' counts, survive it."""
+    store = MemoryStore(max_keys=1000, clock=clock)
+    per_ip, per_header = limit(policy="global"), limit(policy="header")
+    for client in range(100):
+        assert remaining(store, on(per_ip, f"ip:{client}")) == 9
+    for flood in range(5000):
+        clock.now += 0.001
+        store.evaluate_now([on(per_header, f"x={flood}")])
+    assert len(store) == 1000
+    for client in range(100):
+        assert remaining(store, on(per_ip, f"ip:{client}")) == 8
+    # A new client of the small policy takes its room from the flooded one.
+    for client in range(100, 200):
+        assert remaining(store, on(per_ip, f"ip:{client}")) == 9
+    assert len(store) == 1000
+    assert all(remaining(store, on(per_ip, f"ip:{client}")) == 7 for client in range(100))
 
 
 def test_idle_buckets_are_swept_a_few_per_insertion(clock: Clock) -> None:
@@ -276,7 +309,7 @@ def test_client_records_are_bounded_too(clock: Clock) -> None:
 # -- concurrency leases --------------------------------------------------------------------------
 
 
-def test_a_release_frees_the_oldest_lease(clock: Clock) -> None:
+def test_a_release_without_a_token_frees_the_oldest_lease(clock: Clock) -> None:
     store = MemoryStore(clock=clock)
     inflight = on(limit("concurrency", 3, 10.0), "a")
     assert remaining(store, inflight) == 2  # lease until START + 10
@@ -288,6 +321,26 @@ def test_a_release_frees_the_oldest_lease(clock: Clock) -> None:
     assert remaining(store, inflight) == 1
     clock.now += 4.0  # the kept lease expired too
     assert remaining(store, inflight) == 1
+
+
+def test_a_release_frees_only_its_own_tokens_leases(clock: Clock) -> None:
+    store = MemoryStore(clock=clock)
+    slots = limit("concurrency", 4, 10.0)
+
+    def request(token: str, cost: int = 1) -> Check:
+        return Check(slots, "p|a", cost, lease=token)
+
+    assert remaining(store, request("r1:p", cost=2)) == 2
+    clock.now += 1.0
+    assert remaining(store, request("r2:p")) == 1
+    store.release_now([request("r2:p")])  # the newest request ends first
+    assert remaining(store, request("r3:p")) == 1  # r1's two slots are still held
+    store.release_now([request("r1:p", cost=2)])
+    store.release_now([request("r1:p", cost=2)])  # a second release of it frees nothing more
+    assert remaining(store, request("r4:p")) == 2  # r3 and r4 hold one each
+    # A token acquired again is renewed, not held twice: r5 finds two slots held, not three.
+    store.evaluate_now([request("r4:p")])
+    assert remaining(store, request("r5:p")) == 1
 
 
 def test_releases_without_a_slot_are_ignored(clock: Clock) -> None:

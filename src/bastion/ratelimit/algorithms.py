@@ -29,7 +29,8 @@ refuse a request sitting exactly on a boundary.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "EPSILON",
@@ -37,6 +38,7 @@ __all__ = [
     "SlidingLog",
     "fixed_window",
     "gcra",
+    "lease_members",
     "quota",
     "sliding_window",
 ]
@@ -166,19 +168,27 @@ def quota(
     """Calendar quota: a fixed window whose id the caller computes (``Check.window``, e.g. the
     day in the policy's time zone) and whose ``period`` is the time left until it ends.
 
-    State: ``(window, count, end)``. A stored id (None: new bucket) other than
-    ``request_window``, or an ``end`` already reached (the bucket expires then), starts a new
-    count with ``end = now + period``: the first request of a window fixes its end.
+    State: ``(window, count, end)``; a new bucket (``window`` None) or one whose ``end`` is
+    reached (the bucket expires then) holds nothing. Against a live bucket:
 
-    - allowed iff ``count + cost <= limit``; then store ``count + cost``;
-    - ``remaining = limit - count - cost`` (allowed) or 0;
-    - ``reset = max(end - now, 0)``; ``retry_after = reset`` when refused.
+    - a greater ``request_window`` starts a new count with ``end = now + period`` (the first
+      request of a window fixes its end);
+    - a smaller one is counted in the bucket's window, count and end: instances whose clocks
+      disagree around midnight must not reset the count back and forth, so the newest window
+      any of them saw wins;
+    - an empty bucket starts counting ``request_window`` with ``end = now + period``.
+
+    Then: allowed iff ``count + cost <= limit``, storing ``count + cost``;
+    ``remaining = limit - count - cost`` (allowed) or 0; ``reset = max(end - now, 0)``;
+    ``retry_after = reset`` when refused.
 
     Returns ``(allowed, window, end, new_count, remaining, reset, retry_after)``.
     """
-    if window != request_window or now >= end:
+    if window is None or now >= end or window < request_window:
         count = 0
         end = now + period
+    elif window > request_window:
+        request_window = window
     reset = end - now if end > now else 0.0
     if count + cost <= limit:
         return True, request_window, end, count + cost, limit - count - cost, reset, 0.0
@@ -249,14 +259,17 @@ class SlidingLog:
 class Leases:
     """Concurrency: requests in flight, each holding ``cost`` slots until released.
 
-    State: one lease expiry per slot (``acquire time + period``), oldest first — in Redis a
-    sorted set scored by expiry. Leases past their expiry are reclaimed on access, so a request
-    whose release never comes (a crashed worker) frees its slots after ``period``. A release
-    carries no lease id: it removes the *oldest* leases, which keeps the newest ones, so every
-    live request stays counted for at least ``period`` after it started.
+    State: one lease per held slot, named by its request's token (``Check.lease``; for cost
+    ``c`` the members ``token#1`` … ``token#c``) with its expiry, ``acquire time + period`` —
+    in Redis a sorted set scored by expiry. Leases past their expiry are reclaimed on access,
+    so a request whose release never comes (a crashed worker) frees its slots after ``period``.
+    A release removes the request's own members: once its leases lapsed and were reclaimed it
+    frees nothing, so it can never free the slot of a request still running. A request without
+    a token gets anonymous members; a release without a token removes the ``cost`` oldest
+    leases (the behaviour before tokens existed).
 
     - allowed iff ``in_flight + cost <= limit``; then ``cost`` leases expiring at
-      ``now + period`` are added;
+      ``now + period`` are added (a token already holding them is renewed, not added twice);
     - ``remaining = limit - in_flight - cost`` (allowed) or 0;
     - ``reset``: until the newest lease expires (the latest all slots are free again even if no
       release comes): ``period`` when allowed, else ``newest - now`` (0 when empty);
@@ -265,42 +278,69 @@ class Leases:
       sooner); ``cost > limit`` never fits: ``retry_after = period``.
     """
 
-    __slots__ = ("expiries",)
+    __slots__ = ("expiries", "newest")
 
     def __init__(self) -> None:
-        self.expiries: deque[float] = deque()
-        """One per held slot, oldest first."""
+        self.expiries: OrderedDict[str, float] = OrderedDict()
+        """Member -> expiry, in acquisition order (expiry order while the period is fixed)."""
+        self.newest = 0.0
+        """No lease held expires later (0: none held); kept cheaply, so it may be later than
+        the newest lease after a release, which only keeps the bucket a little longer."""
 
     def reclaim(self, now: float) -> None:
         """Drop the leases expired at ``now``."""
         expiries = self.expiries
-        while expiries and expiries[0] <= now:
-            expiries.popleft()
+        while expiries:
+            member = next(iter(expiries))
+            if expiries[member] > now:
+                return
+            del expiries[member]
+        self.newest = 0.0
 
     def decide(
         self, now: float, cost: int, limit: int, period: float
     ) -> tuple[bool, int, float, float]:
         """``(allowed, remaining, reset, retry_after)``; call :meth:`reclaim` first."""
-        expiries = self.expiries
-        held = len(expiries)
+        held = len(self.expiries)
         if held + cost <= limit:
             return True, limit - held - cost, period, 0.0
-        reset = expiries[-1] - now if expiries else 0.0
+        ordered = sorted(self.expiries.values())
+        reset = ordered[-1] - now if ordered else 0.0
         if cost > limit:
             return False, 0, reset, period
-        return False, 0, reset, expiries[held + cost - limit - 1] - now
+        return False, 0, reset, ordered[held + cost - limit - 1] - now
 
-    def acquire(self, now: float, cost: int, period: float) -> None:
-        """Hold ``cost`` slots for an allowed request."""
+    def acquire(self, now: float, cost: int, period: float, members: Sequence[str]) -> None:
+        """Hold ``cost`` slots for an allowed request, one per member (:func:`lease_members`)."""
         expiry = now + period
-        self.expiries.extend([expiry] * cost)
-
-    def release(self, cost: int) -> None:
-        """Give back ``cost`` slots (the oldest leases); extra releases are ignored."""
         expiries = self.expiries
-        for _ in range(min(cost, len(expiries))):
-            expiries.popleft()
+        for member in members:
+            expiries[member] = expiry
+            expiries.move_to_end(member)
+        if expiry > self.newest:
+            self.newest = expiry
+
+    def release(self, cost: int, token: str) -> None:
+        """Give back the request's slots: the members of ``token``, else (no token) the
+        ``cost`` oldest leases; what is not held any more is ignored."""
+        expiries = self.expiries
+        if token:
+            for unit in range(1, cost + 1):
+                expiries.pop(f"{token}#{unit}", None)
+        else:
+            for _ in range(min(cost, len(expiries))):
+                expiries.popitem(last=False)
+        if not expiries:
+            self.newest = 0.0
 
     def expires(self) -> float:
-        """When the newest lease expires; 0 when none is held."""
-        return self.expiries[-1] if self.expiries else 0.0
+        """When the newest lease expires at the latest; 0 when none is held."""
+        return self.newest
+
+
+def lease_members(token: str, cost: int, anonymous: Callable[[], str]) -> list[str]:
+    """The members naming a request's ``cost`` leases: ``token#1`` … ``token#cost``, or without
+    a token ``cost`` names from ``anonymous`` (each unique)."""
+    if token:
+        return [f"{token}#{unit}" for unit in range(1, cost + 1)]
+    return [anonymous() for _ in range(cost)]

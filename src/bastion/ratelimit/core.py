@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from bastion.ratelimit.config import Algorithm
 
@@ -63,12 +63,20 @@ class Check:
     """False for shadow mode: counted and reported, never refusing."""
     window: int | None = None
     """``quota`` only: the calendar window's id (e.g. ``20261201``), computed by the caller in
-    the policy's time zone; a new id starts a new count."""
+    the policy's time zone. A greater id starts a new count; a smaller one than the bucket's is
+    counted in the bucket's window (an instance whose clock is behind never resets a count)."""
+    lease: str = ""
+    """``concurrency`` only: a token unique to the request and policy (``<request id>:<policy>``)
+    under which the store records the slots it grants, so :meth:`RateLimitStore.release` frees
+    exactly this request's slots. Empty: the slots are anonymous and a release frees the
+    bucket's oldest ones (a request whose lease lapsed could then free a running one's)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One check's outcome, for the ``RateLimit`` headers."""
+class Decision(NamedTuple):
+    """One check's outcome, for the ``RateLimit`` headers.
+
+    A named tuple because the stores build one per check per request: ``tuple.__new__(Decision,
+    (...))`` costs a third of a frozen dataclass's ``__init__``. Read it by field name."""
 
     allowed: bool
     limit: int
@@ -80,9 +88,8 @@ class Decision:
     """Seconds until this request would be allowed; 0 when allowed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The outcome of one request's checks."""
+class Verdict(NamedTuple):
+    """The outcome of one request's checks (a named tuple, like :class:`Decision`)."""
 
     allowed: bool
     decisions: tuple[Decision, ...]
@@ -150,7 +157,9 @@ class RateLimitStore(Protocol):
         ...
 
     async def release(self, checks: Sequence[Check]) -> None:
-        """Give back the slots of ``concurrency`` checks an allowed request held."""
+        """Give back the slots of ``concurrency`` checks an allowed request held: those recorded
+        under each check's ``lease`` (none when they already lapsed), or with an empty lease the
+        bucket's ``cost`` oldest slots."""
         ...
 
     async def active_bans(self) -> list[BanRecord]:

@@ -32,17 +32,19 @@ started, their latest ban counts for the next offence, and every new ban is reco
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any
 
 from bastion.ratelimit.algorithms import (
+    EPSILON,
     Leases,
     SlidingLog,
     fixed_window,
-    gcra,
+    lease_members,
     quota,
     sliding_window,
 )
@@ -53,93 +55,62 @@ from bastion.ratelimit.core import (
     BanRule,
     Check,
     Decision,
+    Rule,
     Verdict,
 )
 
-
-def _slot_setters(
-    cls: type, names: tuple[str, ...]
-) -> tuple[Callable[[object, object], None], ...]:
-    """The slot descriptors' setters of a frozen dataclass, checked against its fields."""
-    if tuple(field.name for field in dataclasses.fields(cls)) != names:
-        raise RuntimeError(f"{cls.__name__}'s fields changed: update bastion.ratelimit.memory")
-    return tuple(cls.__dict__[name].__set__ for name in names)
-
-
-# A frozen dataclass's __init__ sets each field through object.__setattr__, about 0.75 us for a
-# Decision or a Verdict; writing the slots directly takes half that, and both are built on
-# every request. The values are the same objects __init__ would make (tested).
-_new = object.__new__
-_D_ALLOWED, _D_LIMIT, _D_REMAINING, _D_RESET, _D_RETRY = _slot_setters(
-    Decision, ("allowed", "limit", "remaining", "reset", "retry_after")
-)
-_V_ALLOWED, _V_DECISIONS, _V_BANNED, _V_NEW_BAN, _V_LEVEL = _slot_setters(
-    Verdict, ("allowed", "decisions", "banned_for", "new_ban", "ban_level")
-)
-
-
-def _decision(allowed: bool, limit: int, remaining: int, reset: float, retry: float) -> Decision:
-    """``Decision(allowed, limit, remaining, reset, retry)``, faster."""
-    decision: Decision = _new(Decision)
-    _D_ALLOWED(decision, allowed)
-    _D_LIMIT(decision, limit)
-    _D_REMAINING(decision, remaining)
-    _D_RESET(decision, reset)
-    _D_RETRY(decision, retry)
-    return decision
-
-
-def _verdict(
-    allowed: bool,
-    decisions: tuple[Decision, ...],
-    banned_for: float,
-    new_ban: float,
-    ban_level: int,
-) -> Verdict:
-    """``Verdict(allowed, decisions, banned_for, new_ban, ban_level)``, faster."""
-    verdict: Verdict = _new(Verdict)
-    _V_ALLOWED(verdict, allowed)
-    _V_DECISIONS(verdict, decisions)
-    _V_BANNED(verdict, banned_for)
-    _V_NEW_BAN(verdict, new_ban)
-    _V_LEVEL(verdict, ban_level)
-    return verdict
-
-
-__all__ = ["SWEEP", "MemoryStore"]
+__all__ = ["DEFAULT_MAX_KEYS", "SWEEP", "MemoryStore"]
 
 SWEEP = 2
 """Idle buckets (or client records) examined per insertion: more than one, so the idle ones
 leave faster than insertions add, and few enough to stay O(1)."""
 
-# A bucket is a list: [expires, touched, *state]. ``expires`` is when it is idle (back to full),
-# ``touched`` orders eviction across tables. The state after them depends on the algorithm:
-#   gcra            (nothing: expires is the tat)
+DEFAULT_MAX_KEYS = 200_000
+"""Buckets kept at most when not configured (``ratelimit.max_keys``)."""
+
+# Decision and Verdict are named tuples: building them through tuple.__new__ skips the
+# generated __new__'s argument handling (about 0.1 us instead of 0.25 us each).
+_tuple_new = tuple.__new__
+_floor = math.floor
+
+# A GCRA bucket is its tat, a float: also when it is idle (back to full). Any other bucket is
+# a list [expires, *state], ``expires`` being when it is idle:
 #   fixed_window    window, count
 #   sliding_window  window, current, previous
 #   quota           window, count
 #   sliding_log     SlidingLog
 #   concurrency     Leases
 _EXPIRES = 0
-_TOUCHED = 1
 
 
 class _Table:
-    """One policy's buckets, least recently touched first."""
+    """One policy's buckets, least recently touched first, and its rule's constants."""
 
-    __slots__ = ("algorithm", "buckets", "plain")
+    __slots__ = ("algorithm", "buckets", "gcra", "interval", "plain", "rule", "tau")
 
-    def __init__(self, algorithm: Algorithm) -> None:
-        self.algorithm = algorithm
-        self.plain = algorithm not in ("sliding_log", "concurrency")
-        """The state is numbers only: counting a request is replacing the bucket's list."""
-        self.buckets: OrderedDict[str, list[object]] = OrderedDict()
+    def __init__(self, rule: Rule) -> None:
+        self.algorithm: Algorithm = rule.algorithm
+        self.gcra = rule.algorithm == "gcra"
+        self.plain = rule.algorithm not in ("sliding_log", "concurrency")
+        """The state is numbers only: counting a request is replacing the bucket."""
+        self.buckets: OrderedDict[str, Any] = OrderedDict()
+        self.rule = rule
+        self.interval = 0.0
+        self.tau = 0.0
+        self.adopt(rule)
+
+    def adopt(self, rule: Rule) -> None:
+        """Decide with ``rule`` from now on (same algorithm; limits may differ)."""
+        self.rule = rule
+        if self.gcra:
+            self.interval = rule.period / rule.limit
+            self.tau = self.interval * rule.burst
 
 
 class _Client:
     """A client's ban state."""
 
-    __slots__ = ("expires", "level", "refusals", "touched", "until")
+    __slots__ = ("expires", "level", "refusals", "until")
 
     def __init__(self) -> None:
         self.refusals: deque[float] = deque()
@@ -157,7 +128,7 @@ class MemoryStore:
     def __init__(
         self,
         *,
-        max_keys: int = 1_000_000,
+        max_keys: int = DEFAULT_MAX_KEYS,
         clock: Callable[[], float] = time.time,
         ledger: BanLedger | None = None,
     ) -> None:
@@ -169,6 +140,8 @@ class MemoryStore:
         self._tables: dict[str, _Table] = {}
         self._size = 0
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        # Names of leases taken without a token (Check.lease empty); NUL never starts a token.
+        self._anonymous = map("\0{}".format, itertools.count()).__next__
 
     def __len__(self) -> int:
         """Buckets held (for metrics and tests)."""
@@ -197,165 +170,207 @@ class MemoryStore:
         name); two checks of the same bucket would be decided on the same state."""
         now = self._clock()
         if bans is not None and client is not None:
-            until, level = self._ban_of(client)
-            if until > now:
-                return _verdict(False, (), until - now, 0.0, level)
-        decisions: list[Decision] = []
-        # The state each allowing check stores if the whole request is allowed.
-        counted: list[tuple[_Table, Check, list[object]]] = []
-        allowed = True
+            ledger = self._ledger
+            if ledger is None:
+                record = self._clients.get(client)
+                if record is not None and record.until > now:
+                    return _tuple_new(Verdict, (False, (), record.until - now, 0.0, record.level))
+            else:
+                until, level = ledger.banned_until(client)
+                if until > now:
+                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level))
         tables = self._tables
+        if len(checks) == 1:
+            # One GCRA check (the built-in ``global`` alone) is most requests: decided and
+            # counted without the lists the general path keeps.
+            check = checks[0]
+            rule = check.rule
+            table = tables.get(rule.policy)
+            if table is not None and table.rule is rule and table.gcra:
+                buckets = table.buckets
+                key = check.key
+                tat = buckets.get(key, 0.0)
+                interval = table.interval
+                tau = table.tau
+                base = tat if tat > now else now
+                new_tat = base + interval * check.cost
+                backlog = new_tat - now
+                if backlog <= tau + EPSILON:
+                    try:
+                        buckets.move_to_end(key)
+                    except KeyError:
+                        self._insert(table, key, new_tat, now)
+                    else:
+                        buckets[key] = new_tat
+                    remaining = _floor((tau - backlog + EPSILON) / interval)
+                    decision = _tuple_new(Decision, (True, rule.limit, remaining, backlog, 0.0))
+                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0))
+                decision = _tuple_new(Decision, (False, rule.limit, 0, base - now, backlog - tau))
+                if not check.enforce:
+                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0))
+                if bans is not None and client is not None:
+                    return self._refused(client, bans, (decision,), now)
+                return _tuple_new(Verdict, (False, (decision,), 0.0, 0.0, 0))
+        decisions: list[Decision] = []
+        # What each allowing check stores if the whole request is allowed.
+        counted: list[tuple[_Table, Check, Any]] = []
+        allowed = True
         for check in checks:
             rule = check.rule
-            algorithm = rule.algorithm
             table = tables.get(rule.policy)
-            if table is None or table.algorithm != algorithm:
-                table = self._replace_table(rule.policy, algorithm)
-            bucket = table.buckets.get(check.key)
-            if algorithm == "gcra":
-                ok, tat, remaining, reset, retry = gcra(
-                    bucket[_EXPIRES] if bucket is not None else 0.0,  # type: ignore[arg-type]
-                    now,
-                    check.cost,
-                    rule.limit,
-                    rule.period,
-                    rule.burst,
+            if table is None or table.rule is not rule:
+                table = self._table(rule)
+            if table.gcra:
+                # algorithms.gcra, inlined: this is every request's path.
+                tat = table.buckets.get(check.key, 0.0)
+                interval = table.interval
+                tau = table.tau
+                base = tat if tat > now else now
+                new_tat = base + interval * check.cost
+                backlog = new_tat - now
+                if backlog <= tau + EPSILON:
+                    remaining = _floor((tau - backlog + EPSILON) / interval)
+                    decisions.append(
+                        _tuple_new(Decision, (True, rule.limit, remaining, backlog, 0.0))
+                    )
+                    counted.append((table, check, new_tat))
+                    continue
+                decisions.append(
+                    _tuple_new(Decision, (False, rule.limit, 0, base - now, backlog - tau))
                 )
-                update: list[object] = [tat, now]
-            else:
-                ok, remaining, reset, retry, update = self._decide(bucket, check, now)
-            decisions.append(_decision(ok, rule.limit, remaining, reset, retry))
+                if check.enforce:
+                    allowed = False
+                continue
+            ok, remaining, reset, retry, update = self._decide(table, check, now)
+            decisions.append(_tuple_new(Decision, (ok, rule.limit, remaining, reset, retry)))
             if ok:
                 counted.append((table, check, update))
             elif check.enforce:
                 allowed = False
         if allowed:
             for table, check, update in counted:
-                buckets = table.buckets
-                key = check.key
-                if table.plain and key in buckets:
-                    # The common case, inline: an existing bucket of an arithmetic algorithm.
-                    buckets[key] = update
-                    buckets.move_to_end(key)
+                if table.plain:
+                    buckets = table.buckets
+                    key = check.key
+                    try:
+                        buckets.move_to_end(key)
+                    except KeyError:
+                        self._insert(table, key, update, now)
+                    else:
+                        buckets[key] = update
                 else:
-                    self._store(table, check, update, now)
-            return _verdict(True, tuple(decisions), 0.0, 0.0, 0)
+                    self._hold(table, check, update, now)
+            return _tuple_new(Verdict, (True, tuple(decisions), 0.0, 0.0, 0))
         if bans is not None and client is not None:
             return self._refused(client, bans, tuple(decisions), now)
-        return _verdict(False, tuple(decisions), 0.0, 0.0, 0)
+        return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0))
 
     def _decide(
-        self, bucket: list[object] | None, check: Check, now: float
-    ) -> tuple[bool, int, float, float, list[object]]:
+        self, table: _Table, check: Check, now: float
+    ) -> tuple[bool, int, float, float, Any]:
         """Every algorithm but GCRA: ``(allowed, remaining, reset, retry_after, update)``."""
         rule = check.rule
         algorithm = rule.algorithm
         cost, limit, period = check.cost, rule.limit, rule.period
-        if algorithm in _NEW_STATE:
-            state = bucket if bucket is not None else _NEW_STATE[algorithm]
+        bucket: list[Any] | None = table.buckets.get(check.key)
         if algorithm == "sliding_window":
+            state = bucket if bucket is not None else _NEW_SLIDING
             ok, window, current, previous, remaining, reset, retry = sliding_window(
-                state[2],  # type: ignore[arg-type]
-                state[3],  # type: ignore[arg-type]
-                state[4],  # type: ignore[arg-type]
-                now,
-                cost,
-                limit,
-                period,
+                state[1], state[2], state[3], now, cost, limit, period
             )
-            return ok, remaining, reset, retry, [now + reset, now, window, current, previous]
+            return ok, remaining, reset, retry, [now + reset, window, current, previous]
         if algorithm == "fixed_window":
+            state = bucket if bucket is not None else _NEW_FIXED
             ok, window, count, remaining, reset, retry = fixed_window(
-                state[2],  # type: ignore[arg-type]
-                state[3],  # type: ignore[arg-type]
-                now,
-                cost,
-                limit,
-                period,
+                state[1], state[2], now, cost, limit, period
             )
-            return ok, remaining, reset, retry, [now + reset, now, window, count]
+            return ok, remaining, reset, retry, [now + reset, window, count]
         if algorithm == "quota":
             if check.window is None:
                 raise ValueError(f"policy {rule.policy!r}: a quota check needs Check.window")
+            state = bucket if bucket is not None else _NEW_QUOTA
             ok, window, end, count, remaining, reset, retry = quota(
-                state[2],  # type: ignore[arg-type]
-                state[3],  # type: ignore[arg-type]
-                state[0],  # type: ignore[arg-type]
-                check.window,
-                now,
-                cost,
-                limit,
-                period,
+                state[1], state[2], state[0], check.window, now, cost, limit, period
             )
-            return ok, remaining, reset, retry, [end, now, window, count]
+            return ok, remaining, reset, retry, [end, window, count]
         if algorithm == "sliding_log":
-            log = bucket[2] if bucket is not None else SlidingLog()
-            assert isinstance(log, SlidingLog)
+            log: SlidingLog = bucket[1] if bucket is not None else SlidingLog()
             log.prune(now, period)
             ok, remaining, reset, retry = log.decide(now, cost, limit, period)
-            return ok, remaining, reset, retry, [now + period, now, log]
+            return ok, remaining, reset, retry, log
         if algorithm == "concurrency":
-            leases = bucket[2] if bucket is not None else Leases()
-            assert isinstance(leases, Leases)
+            leases: Leases = bucket[1] if bucket is not None else Leases()
             leases.reclaim(now)
             ok, remaining, reset, retry = leases.decide(now, cost, limit, period)
-            return ok, remaining, reset, retry, [now + period, now, leases]
+            return ok, remaining, reset, retry, leases
         raise ValueError(f"policy {rule.policy!r}: unknown algorithm {algorithm!r}")
 
-    def _store(self, table: _Table, check: Check, update: list[object], now: float) -> None:
-        """Count an allowed check: write its new state, most recently touched last."""
+    def _hold(self, table: _Table, check: Check, state: Any, now: float) -> None:
+        """Count an allowed check of a log or of leases: add its entry, most recently touched
+        last."""
+        period = check.rule.period
+        if isinstance(state, SlidingLog):
+            state.add(now, check.cost)
+            expires = now + period
+        else:
+            leases: Leases = state
+            leases.acquire(
+                now, check.cost, period, lease_members(check.lease, check.cost, self._anonymous)
+            )
+            expires = leases.expires()
         buckets = table.buckets
         key = check.key
-        algorithm = table.algorithm
-        if algorithm == "sliding_log":
-            log = update[2]
-            assert isinstance(log, SlidingLog)
-            log.add(now, check.cost)
-        elif algorithm == "concurrency":
-            leases = update[2]
-            assert isinstance(leases, Leases)
-            leases.acquire(now, check.cost, check.rule.period)
-        if key in buckets:
-            buckets[key] = update
+        bucket = buckets.get(key)
+        if bucket is not None:
+            bucket[_EXPIRES] = expires
             buckets.move_to_end(key)
-            return
-        # Only an insertion grows memory, so sweeping here keeps pace with it at O(1) a call.
-        self._sweep(buckets, now)
-        buckets[key] = update
-        self._size += 1
-        if self._size > self._max_keys:
-            self._evict()
+        else:
+            self._insert(table, key, [expires, state], now)
 
-    def _sweep(self, buckets: OrderedDict[str, list[object]], now: float) -> None:
-        """Drop up to :data:`SWEEP` idle buckets from the least recently touched end."""
+    def _insert(self, table: _Table, key: str, bucket: Any, now: float) -> None:
+        """Add a new bucket, after sweeping idle ones and within ``max_keys``."""
+        buckets = table.buckets
+        # Only an insertion grows memory, so sweeping here keeps pace with it at O(1) a call.
         for _ in range(SWEEP):
             if not buckets:
-                return
-            key = next(iter(buckets))
-            if buckets[key][_EXPIRES] > now:  # type: ignore[operator]
-                return
-            del buckets[key]
+                break
+            oldest = next(iter(buckets))
+            value = buckets[oldest]
+            if (value if table.gcra else value[_EXPIRES]) > now:
+                break
+            del buckets[oldest]
+            self._size -= 1
+        buckets[key] = bucket
+        self._size += 1
+        if self._size > self._max_keys:
+            self._evict(table)
+
+    def _evict(self, growing: _Table) -> None:
+        """Make room for a bucket just added to ``growing``.
+
+        A policy holding more than its share (``max_keys`` divided among the policies) gives up
+        its own least recently touched bucket, so a flood of new keys on one policy (clients
+        choosing ``header:`` values, spoofed addresses) only churns that policy's buckets.
+        Otherwise the room is taken from the largest table, which then holds more than its
+        share: other policies' buckets are never the price of one policy's growth."""
+        victim = growing
+        tables = self._tables
+        if len(growing.buckets) <= self._max_keys // len(tables):
+            victim = max(tables.values(), key=_table_size)
+        if victim.buckets:
+            victim.buckets.popitem(last=False)
             self._size -= 1
 
-    def _evict(self) -> None:
-        """Drop the least recently touched bucket of all tables."""
-        oldest: OrderedDict[str, list[object]] | None = None
-        oldest_touched = 0.0
-        for table in self._tables.values():
-            if table.buckets:
-                touched = cast(float, next(iter(table.buckets.values()))[_TOUCHED])
-                if oldest is None or touched < oldest_touched:
-                    oldest, oldest_touched = table.buckets, touched
-        if oldest is not None:
-            oldest.popitem(last=False)
-            self._size -= 1
-
-    def _replace_table(self, policy: str, algorithm: Algorithm) -> _Table:
-        """A new table for ``policy``; a policy whose algorithm changed starts afresh."""
-        previous = self._tables.get(policy)
-        if previous is not None:
-            self._size -= len(previous.buckets)
-        table = self._tables[policy] = _Table(algorithm)
+    def _table(self, rule: Rule) -> _Table:
+        """The table of ``rule``'s policy, deciding with ``rule``; a policy whose algorithm
+        changed starts afresh."""
+        table = self._tables.get(rule.policy)
+        if table is not None and table.algorithm == rule.algorithm:
+            table.adopt(rule)
+            return table
+        if table is not None:
+            self._size -= len(table.buckets)
+        table = self._tables[rule.policy] = _Table(rule)
         return table
 
     # -- bans -------------------------------------------------------------------------------
@@ -389,7 +404,7 @@ class MemoryStore:
         record.expires = max(now + bans.window, record.until + bans.reset_after)
         self._sweep_clients(now)
         if len(refusals) < bans.threshold:
-            return _verdict(False, decisions, 0.0, 0.0, 0)
+            return _tuple_new(Verdict, (False, decisions, 0.0, 0.0, 0))
         repeat = previous_until > 0.0 and now - previous_until <= bans.reset_after
         level = previous_level + 1 if repeat else 1
         duration = bans.durations[min(level, len(bans.durations)) - 1]
@@ -399,7 +414,7 @@ class MemoryStore:
         refusals.clear()
         if self._ledger is not None:
             self._ledger.record(client, until=record.until, level=level)
-        return _verdict(False, decisions, 0.0, duration, level)
+        return _tuple_new(Verdict, (False, decisions, 0.0, duration, level))
 
     def _sweep_clients(self, now: float) -> None:
         """Drop up to :data:`SWEEP` client records nothing depends on any more."""
@@ -419,7 +434,9 @@ class MemoryStore:
         self.release_now(checks)
 
     def release_now(self, checks: Sequence[Check]) -> None:
-        """:meth:`release` without the coroutine."""
+        """:meth:`release` without the coroutine: each check frees the leases recorded under
+        its ``lease`` token (none once they lapsed), or without a token its bucket's ``cost``
+        oldest leases."""
         for check in checks:
             rule = check.rule
             if rule.algorithm != "concurrency":
@@ -430,9 +447,8 @@ class MemoryStore:
             bucket = table.buckets.get(check.key)
             if bucket is None:
                 continue
-            leases = bucket[2]
-            assert isinstance(leases, Leases)
-            leases.release(check.cost)
+            leases: Leases = bucket[1]
+            leases.release(check.cost, check.lease)
             # Empty: idle now, so the next sweep may drop it.
             bucket[_EXPIRES] = leases.expires()
 
@@ -460,9 +476,11 @@ class MemoryStore:
         self._size = 0
 
 
-_NEW_STATE: dict[str, list[object]] = {
-    "sliding_window": [0.0, 0.0, -1, 0, 0],
-    "fixed_window": [0.0, 0.0, -1, 0],
-    "quota": [0.0, 0.0, None, 0],
-}
-"""The state a new bucket starts from (window ids no real window has)."""
+def _table_size(table: _Table) -> int:
+    return len(table.buckets)
+
+
+# The state a new bucket starts from (window ids no real window has).
+_NEW_SLIDING: list[Any] = [0.0, -1, 0, 0]
+_NEW_FIXED: list[Any] = [0.0, -1, 0]
+_NEW_QUOTA: list[Any] = [0.0, None, 0]
