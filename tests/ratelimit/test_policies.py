@@ -227,3 +227,91 @@ def test_quota_day_with_a_dst_change_is_23_hours() -> None:
     assert window == 20260329
     assert length == 23 * 3600
     assert left == 12 * 3600  # 12:00 local time (UTC+2 since 03:00)
+
+
+LOGIN = MatchConfig(paths=["/api/login"], methods=["POST"])
+
+
+@pytest.mark.parametrize(
+    ("id_", "match", "method", "path", "raw_path", "applies"),
+    [
+        ("exact", LOGIN, "POST", "/api/login", None, True),
+        ("trailing-slash", LOGIN, "POST", "/api/login/", None, True),
+        ("upper-case", LOGIN, "POST", "/API/login", None, True),
+        ("backslash", LOGIN, "POST", "/api\\login", None, True),
+        ("all-at-once", LOGIN, "POST", "/API\\Login//", None, True),
+        ("other-path", LOGIN, "POST", "/api/logout", None, False),
+        ("other-method", LOGIN, "GET", "/api/login/", None, False),
+        # Decoded, ``/api/a%2Fb`` is ``/api/a/b``; an upstream may see one segment ``a%2Fb``.
+        ("encoded-slash", MatchConfig(paths=["/api/*"]), "GET", "/api/a/b", b"/api/a%2Fb", True),
+        ("plain-slash", MatchConfig(paths=["/api/*"]), "GET", "/api/a/b", b"/api/a/b", False),
+        ("head-counts-as-get", MatchConfig(methods=["GET"]), "HEAD", "/x", None, True),
+        ("head-not-post", MatchConfig(methods=["POST"]), "HEAD", "/x", None, False),
+    ],
+)
+def test_every_spelling_of_a_path_matches(
+    id_: str, match: MatchConfig, method: str, path: str, raw_path: bytes | None, applies: bool
+) -> None:
+    policy_set = policies(PolicyConfig(name="global", limit=5, match=match))
+    request = scope(path=path, method=method)
+    if raw_path is not None:
+        request["raw_path"] = raw_path
+    for _ in range(2):  # computed, then from the caches
+        found = [c.key for c in policy_set.checks_for(request, state(), stage="gate")]
+        assert found == (["global|ip:203.0.113.7"] if applies else [])
+
+
+def test_an_encoded_separator_is_not_answered_from_the_plain_path_cache() -> None:
+    policy_set = policies(PolicyConfig(name="global", limit=5, match=MatchConfig(paths=["/a/*"])))
+    plain = scope(path="/a/b/c")
+    plain["raw_path"] = b"/a/b/c"
+    encoded = scope(path="/a/b/c")
+    encoded["raw_path"] = b"/a/b%2Fc"
+    assert not policy_set.checks_for(plain, state(), stage="gate")
+    assert len(policy_set.checks_for(encoded, state(), stage="gate")) == 1
+
+
+def test_cached_checks_follow_the_client_and_its_exemptions() -> None:
+    policy_set = policies(
+        PolicyConfig(name="global", limit=5, exempt_cidrs=["10.0.0.5/32"]),
+        PolicyConfig(name="per-route", key="route+ip", limit=5),
+        ipv4_prefix=24,
+    )
+    for _ in range(2):
+        assert keys(policy_set, state("10.0.0.5", route="api")) == [
+            "per-route|route:api|ip:10.0.0.0/24"
+        ]
+        assert keys(policy_set, state("10.0.0.6", route="api")) == [
+            "global|ip:10.0.0.0/24",
+            "per-route|route:api|ip:10.0.0.0/24",
+        ]
+        assert keys(policy_set, state("10.0.0.6", route="web")) == [
+            "global|ip:10.0.0.0/24",
+            "per-route|route:web|ip:10.0.0.0/24",
+        ]
+    # Static checks are made once per request shape and client, then reused.
+    first = policy_set.checks_for(scope(), state("10.0.0.6"), stage="gate")
+    assert policy_set.checks_for(scope(), state("10.0.0.6"), stage="gate") is first
+
+
+def test_checks_that_depend_on_the_request_are_made_per_request() -> None:
+    policy_set = policies(
+        PolicyConfig(name="p", key="header:X-Client", limit=5),
+        PolicyConfig(name="slots", algorithm="concurrency", limit=5),
+        PolicyConfig(name="users", key="user", limit=5),
+    )
+    for value in (b"mobile", b"web"):
+        found = keys(policy_set, state(), headers=[(b"x-client", value)])
+        assert f"p|header:X-Client={value.decode()}" in found
+    leases = [
+        check.lease
+        for _ in range(2)
+        for check in policy_set.checks_for(scope(), state(), stage="gate")
+        if check.rule.algorithm == "concurrency"
+    ]
+    # The same (client-chosen) request id twice: the leases still differ.
+    assert len(set(leases)) == 2
+    assert all(lease.startswith("req-1.") for lease in leases)
+    for principal in (ALICE, KEYED):
+        found = keys(policy_set, state(principal=principal), "late")
+        assert found == [f"users|user:{principal.subject}"]

@@ -16,6 +16,11 @@ Key parts:
 - ``route``: the gateway route's name; Bastion's own endpoints count as the route ``_bastion``.
 - ``header:<Name>``: the header's value (long or unusual values are hashed).
 
+A policy's ``match.paths`` holds for a request when the path, or any other spelling of it an
+upstream may route the same way (:func:`~bastion.http.paths.path_spellings`: trailing slash,
+case, backslashes, encoded separators), matches: a spelling is never a way around a limit. A
+policy listing ``GET`` also counts ``HEAD``, which every router answers like ``GET``.
+
 A policy whose key part is missing for a request (an anonymous request on a ``user`` policy,
 an absent header) does not apply to it: there is nothing to count. Combine such parts with
 ``ip`` (``ip+user``), or add an ``ip`` policy, where leaving the part out must not escape limits.
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from bastion.http.asgi import Scope
 from bastion.http.client_ip import IPAddress, IPNetwork
-from bastion.http.paths import PathGlob
+from bastion.http.paths import PathGlob, path_spellings
 from bastion.http.principal import Principal
 from bastion.http.state import RequestState
 from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
@@ -46,10 +53,20 @@ __all__ = ["CompiledPolicy", "PolicySet", "StageName"]
 StageName = Literal["gate", "late"]
 
 _CACHE_LIMIT = 4096
+_CHECKS_LIMIT = 16384
+"""Most (request shape, client) entries of the check cache; beyond, it starts over."""
 _VALUE_LIMIT = 64
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._:@/=+-]{1,64}")
 _SLASHES = re.compile(r"/{2,}")
 _OWN_ROUTE = "_bastion"
+_STATIC_PARTS = frozenset({"ip", "route"})
+_PROCESS = secrets.token_hex(6)
+"""Makes lease tokens unique across processes sharing a store (request ids may come from
+clients, so they cannot be trusted to be unique)."""
+_LEASES = itertools.count(1)
+
+_MatchKey = tuple[StageName, str, str, str | None, bytes | None]
+_ChecksKey = tuple[StageName, str, str, str | None, bytes | None, str]
 
 
 def _bounded(value: str) -> str:
@@ -86,18 +103,39 @@ class CompiledPolicy:
     exempt_roles: frozenset[str]
     zone: ZoneInfo | None
     """quota only: the calendar's time zone."""
+    static: bool
+    """Whether the check depends only on the client address and the route (no header, no
+    principal, no calendar window, no per-request lease), so it can be reused."""
 
     def matches(self, method: str, path: str, route: str | None) -> bool:
+        """Whether ``match`` selects a request (``path`` only, not its other spellings)."""
         if self.methods and method not in self.methods:
             return False
         if self.routes and route not in self.routes:
             return False
         return self.paths is None or self.paths.matches(path)
 
+    def matches_any(
+        self, method: str, path: str, route: str | None, spellings: Sequence[str]
+    ) -> bool:
+        """Whether ``match`` selects a request by its path or any other spelling of it."""
+        if self.methods and method not in self.methods:
+            return False
+        if self.routes and route not in self.routes:
+            return False
+        paths = self.paths
+        if paths is None or paths.matches(path):
+            return True
+        return any(paths.matches(spelling) for spelling in spellings)
+
 
 def _compile(policy: PolicyConfig) -> CompiledPolicy:
     burst = policy.burst if policy.algorithm == "gcra" and policy.burst else policy.limit
     parts = policy.key_parts
+    methods = set(policy.match.methods)
+    if "GET" in methods:
+        # Routers answer HEAD with the GET handler: a limit on GET must count it too.
+        methods.add("HEAD")
     return CompiledPolicy(
         config=policy,
         rule=Rule(policy.name, policy.algorithm, policy.limit, float(policy.period), burst),
@@ -106,11 +144,16 @@ def _compile(policy: PolicyConfig) -> CompiledPolicy:
             p[7:].lower().encode("latin-1") if p.startswith("header:") else None for p in parts
         ),
         paths=PathGlob(policy.match.paths) if policy.match.paths else None,
-        methods=frozenset(policy.match.methods),
+        methods=frozenset(methods),
         routes=frozenset(policy.match.routes),
         exempt=tuple(policy.exempt_cidrs),
         exempt_roles=frozenset(policy.exempt_roles),
         zone=ZoneInfo(policy.timezone) if policy.algorithm == "quota" else None,
+        static=(
+            policy.algorithm not in ("quota", "concurrency")
+            and not policy.exempt_roles
+            and _STATIC_PARTS.issuperset(parts)
+        ),
     )
 
 
@@ -154,7 +197,11 @@ class PolicySet:
         self._v4 = config.ipv4_prefix
         self._v6 = config.ipv6_prefix
         self._clients: dict[str, tuple[str, IPAddress | None]] = {}
-        self._matches: dict[tuple[StageName, str, str, str | None], tuple[CompiledPolicy, ...]] = {}
+        self._matches: dict[_MatchKey, tuple[CompiledPolicy, ...]] = {}
+        self._checks: dict[_ChecksKey, tuple[bool, tuple[Check | CompiledPolicy, ...]]] = {}
+        """Per request shape and client address: whether every matching policy is static, and
+        in policy order the static ones' checks (made once; exempt ones left out) and the
+        other policies (their checks are made per request)."""
 
     @property
     def has_concurrency(self) -> bool:
@@ -191,39 +238,84 @@ class PolicySet:
             return _OWN_ROUTE
         return state.route.name if state.route is not None else None
 
+    def _shape(self, scope: Scope, state: RequestState, stage: StageName) -> _MatchKey:
+        path: str = scope["path"]
+        raw: bytes | None = scope.get("raw_path")
+        # An encoded separator is a spelling of its own: the decoded path alone does not tell
+        # ``/a%2Fb`` from ``/a/b``, so such requests are told apart by their raw path.
+        encoded = raw if raw is not None and b"%" in raw else None
+        return (stage, scope.get("method", "GET"), path, self._route(path, state), encoded)
+
     def matching(
         self, scope: Scope, state: RequestState, stage: StageName
     ) -> Sequence[CompiledPolicy]:
         """The policies of ``stage`` whose ``match`` selects this request (cached)."""
-        method: str = scope.get("method", "GET")
-        path: str = scope["path"]
-        route = self._route(path, state)
-        cache_key = (stage, method, path, route)
-        found = self._matches.get(cache_key)
+        return self._matching(scope, self._shape(scope, state, stage))
+
+    def _matching(self, scope: Scope, shape: _MatchKey) -> tuple[CompiledPolicy, ...]:
+        found = self._matches.get(shape)
         if found is None:
+            stage, method, path, route, _ = shape
             pool = self.early if stage == "gate" else self.late
             clean = _SLASHES.sub("/", path) if "//" in path else path
-            found = tuple(p for p in pool if p.matches(method, clean, route))
+            spellings = path_spellings(scope, clean)
+            found = tuple(p for p in pool if p.matches_any(method, clean, route, spellings))
             if len(self._matches) >= _CACHE_LIMIT:
                 self._matches.clear()
-            self._matches[cache_key] = found
+            self._matches[shape] = found
         return found
 
-    def checks_for(self, scope: Scope, state: RequestState, *, stage: StageName) -> list[Check]:
-        """The checks of the ``stage`` policies that apply to this request."""
-        policies = self.matching(scope, state, stage)
-        if not policies:
-            return []
+    def checks_for(self, scope: Scope, state: RequestState, *, stage: StageName) -> Sequence[Check]:
+        """The checks of the ``stage`` policies that apply to this request.
+
+        Checks of static policies (keyed by address and route only) are made once per request
+        shape and client address and reused."""
+        path: str = scope["path"]
+        raw: bytes | None = scope.get("raw_path")
+        key = (
+            stage,
+            scope.get("method", "GET"),
+            path,
+            self._route(path, state),
+            raw if raw is not None and b"%" in raw else None,
+            state.client_ip,
+        )
+        entry = self._checks.get(key)
+        if entry is None:
+            entry = self._prepare(scope, state, key[:5])
+            if len(self._checks) >= _CHECKS_LIMIT:
+                self._checks.clear()
+            self._checks[key] = entry
+        static, items = entry
+        if static:
+            return items  # type: ignore[return-value]  # only checks when static
         checks: list[Check] = []
-        for policy in policies:
+        for item in items:
+            if isinstance(item, Check):
+                checks.append(item)
+            else:
+                check = self.check(item, scope, state)
+                if check is not None:
+                    checks.append(check)
+        return checks
+
+    def _prepare(
+        self, scope: Scope, state: RequestState, shape: _MatchKey
+    ) -> tuple[bool, tuple[Check | CompiledPolicy, ...]]:
+        items: list[Check | CompiledPolicy] = []
+        for policy in self._matching(scope, shape):
+            if not policy.static:
+                items.append(policy)
+                continue
             check = self.check(policy, scope, state)
             if check is not None:
-                checks.append(check)
-        return checks
+                items.append(check)
+        return all(isinstance(item, Check) for item in items), tuple(items)
 
     def check(self, policy: CompiledPolicy, scope: Scope, state: RequestState) -> Check | None:
         """``policy`` applied to this request, ignoring its ``match``; ``None`` when the request
-        is exempt or lacks a key part."""
+        is exempt or lacks a key part. A concurrency check carries a lease unique to this
+        request, so giving its slot back frees this request's slot and no other."""
         bucket, address = self.client(state.client_ip)
         if (
             policy.exempt
@@ -246,11 +338,15 @@ class PolicySet:
             values.append(value)
         key = "|".join(values)
         config = policy.config
-        if policy.zone is None:
-            return Check(policy.rule, key, config.cost, config.mode == "enforce")
-        window, remaining, _ = quota_window(policy.zone, config.calendar, self._clock())
-        rule = Rule(config.name, "quota", config.limit, remaining, config.limit)
-        return Check(rule, key, config.cost, config.mode == "enforce", window)
+        enforce = config.mode == "enforce"
+        if policy.zone is not None:
+            window, remaining, _ = quota_window(policy.zone, config.calendar, self._clock())
+            rule = Rule(config.name, "quota", config.limit, remaining, config.limit)
+            return Check(rule, key, config.cost, enforce, window)
+        if policy.rule.algorithm == "concurrency":
+            lease = f"{state.request_id}.{_PROCESS}.{next(_LEASES):x}"
+            return Check(policy.rule, key, config.cost, enforce, lease=lease)
+        return Check(policy.rule, key, config.cost, enforce)
 
     def _part(
         self,
