@@ -9,7 +9,7 @@ because ``labels()`` costs more than the increment itself on the request path.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -36,6 +38,41 @@ _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 def _method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "OTHER"
+
+
+_DECISIONS = "bastion_ratelimit_decisions_total"
+_DECISIONS_HELP = (
+    "Rate-limit decisions, by policy and result (allowed, limited, shadow_limited, "
+    "store_error); refusals of banned clients count under the policy _bans."
+)
+_DECISION_LABELS = ("policy", "result")
+
+
+class CountCollector(Collector):
+    """A counter whose values are plain ints in a dict, read when scraped.
+
+    ``Counter.labels(...).inc()`` takes a lock and goes through a value object; a decision made
+    several times per request only needs ``counts[key] += 1``. In one process that is safe
+    (the event loop is single-threaded); several workers need the shared files instead."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+        """Label values → count; incremented directly by the request path."""
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        for values, count in list(self.counts.items()):
+            family.add_metric(list(values), count)
+        yield family
 
 
 class Metrics:
@@ -87,13 +124,18 @@ class Metrics:
             ("method", "result"),
             registry=reg,
         )
-        self.ratelimit_decisions = Counter(
-            "bastion_ratelimit_decisions_total",
-            "Rate-limit decisions, by policy and result (allowed, limited, shadow_limited, "
-            "store_error); refusals of banned clients count under the policy _bans.",
-            ("policy", "result"),
-            registry=reg,
-        )
+        self.ratelimit_decisions: Counter | None = None
+        self.ratelimit_counts: dict[tuple[str, ...], int] | None = None
+        """Single process: ``(policy, result)`` → decisions, for the request path to increment
+        directly (``None`` in multiprocess mode: use :meth:`ratelimit_decision`)."""
+        if self.multiprocess_dir is None:
+            decisions = CountCollector(_DECISIONS, _DECISIONS_HELP, _DECISION_LABELS)
+            reg.register(decisions)
+            self.ratelimit_counts = decisions.counts
+        else:
+            self.ratelimit_decisions = Counter(
+                _DECISIONS, _DECISIONS_HELP, _DECISION_LABELS, registry=reg
+            )
         self.ratelimit_store_seconds = Histogram(
             "bastion_ratelimit_store_seconds",
             "Time of one rate-limit store evaluation (all of a request's checks at once).",
@@ -142,8 +184,14 @@ class Metrics:
 
     def ratelimit_decision(self, policy: str, result: str) -> None:
         """Count one policy's decision (policy names come from configuration: bounded)."""
+        counts = self.ratelimit_counts
+        if counts is not None:
+            key = (policy, result)
+            counts[key] = counts.get(key, 0) + 1
+            return
         child = self._ratelimit_children.get((policy, result))
         if child is None:
+            assert self.ratelimit_decisions is not None
             child = self._ratelimit_children[(policy, result)] = self.ratelimit_decisions.labels(
                 policy, result
             )
