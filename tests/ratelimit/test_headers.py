@@ -120,3 +120,29 @@ def test_quota_window_is_the_calendar_period() -> None:
 )
 def test_retry_after_is_whole_seconds_rounded_up(seconds: float, header: int) -> None:
     assert retry_after_seconds(seconds) == header
+
+
+def test_each_combination_of_policies_has_its_own_policy_header() -> None:
+    policies = policy_set()
+    renderer = HeaderRenderer(policies, legacy=False)
+    combinations = [["global", "api"], ["api"], ["api", "global"], ["global", "api"]]
+    for names in combinations:
+        report = RateLimitReport()
+        report.add([check(policies, name) for name in names], [decision(5, 1.0)] * len(names))
+        headers = dict(renderer.render(report))
+        assert [name for name, _ in parse(headers[b"ratelimit-policy"])] == names
+
+
+def test_decisions_of_several_stages_are_rendered_together() -> None:
+    policies = policy_set()
+    report = RateLimitReport()
+    report.add([check(policies, "global")], [decision(9, 1.0, limit=1200)])
+    report.add(
+        [check(policies, "api", enforce=False), check(policies, "slow.exports")],
+        [decision(0, 3.0), decision(4, 900.0, limit=5)],
+    )
+    assert report.applied("api")
+    assert not report.applied("inflight")
+    headers = dict(HeaderRenderer(policies, legacy=False).render(report))
+    assert [name for name, _ in parse(headers[b"ratelimit-policy"])] == ["global", "slow.exports"]
+    assert parse(headers[b"ratelimit"]) == [("slow.exports", {"r": 4, "t": 900})]

@@ -536,3 +536,161 @@ async def test_with_redis_and_with_redis_unreachable(clean_redis_url: str) -> No
     finally:
         await store.close()
         await dead.close()
+
+
+async def test_every_spelling_of_a_limited_path_counts_in_the_same_bucket() -> None:
+    login = PolicyConfig(
+        name="login-ip",
+        algorithm="fixed_window",
+        limit=2,
+        period=3600.0,
+        match={"paths": ["/api/login"], "methods": ["POST"]},  # type: ignore[arg-type]
+    )
+    harness = Harness(RateLimitConfig(policies=[login], bans=NO_BANS))
+    transport = httpx.ASGITransport(app=harness.app, client=(CLIENT, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert [(await client.post("/api/login")).status_code for _ in range(3)] == [200, 200, 429]
+        for spelling in ("/api/login/", "/API/login", "/api/LOGIN//", "/api%5Clogin"):
+            refused = await client.post(spelling)
+            assert_problem(refused, 429, "rate_limited")
+            assert sf(refused.headers["ratelimit"])[0][0] == "login-ip"
+        assert (await client.get("/api/login")).status_code == 200  # GET is not limited
+
+
+async def test_mixed_on_store_error_reports_the_policies_actually_decided() -> None:
+    config = RateLimitConfig(
+        policies=[
+            PolicyConfig(name="global", limit=1000, on_store_error="open"),
+            PolicyConfig(
+                name="tight",
+                algorithm="fixed_window",
+                limit=2,
+                period=3600.0,
+                on_store_error="local",
+            ),
+        ],
+        bans=NO_BANS,
+    )
+    harness = Harness(config)
+    harness.store.failing = True  # type: ignore[attr-defined]
+    allowed = [await harness.get() for _ in range(2)]
+    for response in allowed:
+        assert response.status_code == 200
+        assert [name for name, _ in sf(response.headers["ratelimit-policy"])] == ["tight"]
+    refused = await harness.get()
+    assert_problem(refused, 429, "rate_limited")
+    assert sf(refused.headers["ratelimit"])[0][0] == "tight"
+    assert [name for name, _ in sf(refused.headers["ratelimit-policy"])] == ["tight"]
+    assert harness.decisions("tight", "limited") == 1
+    assert harness.decisions("tight", "allowed") == 2
+    assert harness.decisions("global", "limited") == 0
+    assert harness.decisions("global", "allowed") == 0
+    assert harness.decisions("global", "store_error") == 3
+    assert harness.decisions("tight", "store_error") == 3
+
+
+class RecordingStore(CountingStore):
+    """Records the checks given back and the ``bans`` of every evaluation."""
+
+    def __init__(self, *verdicts: Verdict) -> None:
+        super().__init__()
+        self.script = list(verdicts)
+        self.released: list[Check] = []
+        self.bans: list[BanRule | None] = []
+
+    async def evaluate(
+        self, checks: Sequence[Check], *, client: str | None = None, bans: BanRule | None = None
+    ) -> Verdict:
+        self.bans.append(bans)
+        if self.script:
+            self.evaluations += 1
+            return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return await super().evaluate(checks, client=client, bans=bans)
+
+    async def release(self, checks: Sequence[Check]) -> None:
+        self.released.extend(checks)
+        await super().release(checks)
+
+
+async def test_refused_shadow_concurrency_slots_are_not_given_back() -> None:
+    app = Blocking()
+    config = RateLimitConfig(
+        policies=[
+            PolicyConfig(
+                name="global", algorithm="concurrency", limit=1, period=60.0, mode="shadow"
+            )
+        ],
+        bans=NO_BANS,
+    )
+    store = RecordingStore()
+    harness = Harness(config, app, store=store)
+
+    async def hold_request() -> None:
+        # A response that has started but not ended keeps its slot.
+        async def receive() -> Message:
+            await app.release.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await app.release.wait()
+
+        await harness.app(http_scope("/ok"), receive, send)
+
+    first = asyncio.create_task(hold_request())
+    await asyncio.sleep(0.01)
+    # The first request holds the only slot; the second is over the shadow limit and passes.
+    assert (await harness.get("/ok")).status_code == 200
+    assert harness.decisions("global", "shadow_limited") == 1
+    # Its refused check took no slot, so it gives none back (it would free the first's).
+    assert store.released == []
+    app.release.set()
+    await first
+    [released] = store.released
+    assert released.lease
+    assert harness.decisions("global", "allowed") == 1
+
+
+async def test_concurrency_leases_are_unique_per_request() -> None:
+    app = Blocking()
+    config = RateLimitConfig(
+        policies=[PolicyConfig(name="global", algorithm="concurrency", limit=5, period=60.0)],
+        bans=NO_BANS,
+    )
+    store = RecordingStore()
+    harness = Harness(config, app, store=store)
+    for _ in range(2):
+        # The client chooses the request id: it cannot make two requests share a lease.
+        response = await harness.get("/ok", headers={"x-request-id": "same-id"})
+        assert response.status_code == 200
+    leases = [check.lease for check in store.released]
+    assert len(leases) == 2
+    assert len(set(leases)) == 2
+    assert all(lease.startswith("same-id.") for lease in leases)
+
+
+async def test_a_tarpit_retry_does_not_count_toward_bans_again() -> None:
+    store = RecordingStore(refused(0.02))
+    bans = BansConfig(threshold=5, window=60.0, durations=[60.0])
+    config = RateLimitConfig(
+        policies=[fixed(limit=1)], bans=bans, tarpit=TarpitConfig(enabled=True, max_delay=1.0)
+    )
+    harness = Harness(config, store=store)
+    assert_problem(await harness.get(), 429, "rate_limited")
+    assert len(store.bans) == 2
+    assert store.bans[0] is not None
+    assert store.bans[1] is None
+
+
+async def test_store_latency_includes_failures() -> None:
+    config = RateLimitConfig(policies=[fixed(limit=100)], bans=NO_BANS)
+    harness = Harness(config)
+    harness.store.failing = True  # type: ignore[attr-defined]
+    for second in (0.0, 2.0, 4.0):
+        harness.now[0] = second
+        assert (await harness.get()).status_code == 200
+    assert harness.metric("bastion_ratelimit_store_seconds_count") == 3
+    harness.store.failing = False  # type: ignore[attr-defined]
+    harness.now[0] = 6.0
+    assert (await harness.get()).status_code == 200
+    assert harness.metric("bastion_ratelimit_store_seconds_count") == 4

@@ -56,41 +56,54 @@ class RateLimitReport:
     The first of them to run creates it and renders the headers when the response starts, so
     decisions made further in (after authentication, in a route) are included."""
 
-    __slots__ = ("applied_policies", "entries", "held", "rendered")
+    __slots__ = ("batches", "held", "rendered")
 
     def __init__(self) -> None:
-        self.entries: list[tuple[Check, Decision]] = []
-        """Enforced checks and their decisions, in the order they were made."""
-        self.applied_policies: set[str] = set()
-        """Every policy that counted the request, shadow ones included."""
+        self.batches: list[tuple[Sequence[Check], Sequence[Decision]]] = []
+        """Each store call's checks and their decisions (one per check), in the order made;
+        shadow ones included."""
         self.held: list[tuple[SlotHolder, list[Check]]] = []
         """Concurrency slots to give back when the response completes."""
         self.rendered = False
         """Set when a refusal already carried the headers (they are not added twice)."""
 
     def add(self, checks: Sequence[Check], decisions: Sequence[Decision]) -> None:
-        for check, decision in zip(checks, decisions, strict=False):
-            self.applied_policies.add(check.rule.policy)
-            if check.enforce:
-                self.entries.append((check, decision))
+        """Record one store call: ``decisions[i]`` is the outcome of ``checks[i]``."""
+        self.batches.append((checks, decisions))
+
+    @property
+    def entries(self) -> list[tuple[Check, Decision]]:
+        """Enforced checks and their decisions, in the order they were made."""
+        return [
+            (check, decision)
+            for checks, decisions in self.batches
+            for check, decision in zip(checks, decisions, strict=False)
+            if check.enforce
+        ]
 
     def applied(self, policy: str) -> bool:
         """Whether ``policy`` already counted this request."""
-        return policy in self.applied_policies
+        return any(check.rule.policy == policy for checks, _ in self.batches for check in checks)
 
 
 class HeaderRenderer:
-    """Turns a report into header pairs; each policy's ``RateLimit-Policy`` item is encoded
-    once (a quota's window length changes with the calendar, so it is encoded when used)."""
+    """Turns a report into header pairs. The ``RateLimit-Policy`` value of each combination of
+    policies is encoded once (a quota's window length changes with the calendar, so a
+    combination holding a quota is encoded when used)."""
 
     def __init__(self, policies: PolicySet, *, legacy: bool) -> None:
         self._policies = policies
         self._legacy = legacy
         self._items: dict[str, bytes] = {}
+        self._quotas = frozenset(
+            name for name, policy in policies.by_name.items() if policy.rule.algorithm == "quota"
+        )
         for name, policy in policies.by_name.items():
             rule = policy.rule
             if rule.algorithm != "quota":
                 self._items[name] = self._item(name, rule.algorithm, rule.limit, rule.period)
+        self._values: dict[tuple[str, ...], bytes] = {}
+        """Policy names in report order → the ``RateLimit-Policy`` value."""
 
     @staticmethod
     def _item(name: str, algorithm: str, quota: int, window: float) -> bytes:
@@ -105,27 +118,48 @@ class HeaderRenderer:
             item = self._item(check.rule.policy, "quota", check.rule.limit, window)
         return item
 
+    def _policy_value(self, names: tuple[str, ...], checks: list[Check]) -> bytes:
+        value = self._values.get(names)
+        if value is None:
+            value = b", ".join(self._policy_item(check) for check in checks)
+            if self._quotas.isdisjoint(names):
+                if len(self._values) >= 1024:
+                    self._values.clear()
+                self._values[names] = value
+        return value
+
     def render(self, report: RateLimitReport) -> list[tuple[bytes, bytes]]:
         """The header pairs for ``report``; empty when no enforced policy applied."""
-        entries = report.entries
-        if not entries:
+        names: list[str] = []
+        first: list[Check] = []
+        best_check: Check | None = None
+        best: Decision | None = None
+        for checks, decisions in report.batches:
+            for check, decision in zip(checks, decisions, strict=False):
+                if not check.enforce:
+                    continue
+                name = check.rule.policy
+                if name not in names:
+                    names.append(name)
+                    first.append(check)
+                # The most restrictive: lowest remaining, then the longest wait.
+                if (
+                    best is None
+                    or decision.remaining < best.remaining
+                    or (decision.remaining == best.remaining and decision.reset > best.reset)
+                ):
+                    best_check, best = check, decision
+        if best is None or best_check is None:
             return []
-        seen: set[str] = set()
-        items: list[bytes] = []
-        for check, _ in entries:
-            if check.rule.policy not in seen:
-                seen.add(check.rule.policy)
-                items.append(self._policy_item(check))
-        check, decision = min(entries, key=lambda entry: (entry[1].remaining, -entry[1].reset))
-        reset = max(0, math.ceil(decision.reset))
-        remaining = max(0, decision.remaining)
+        reset = max(0, math.ceil(best.reset))
+        remaining = max(0, best.remaining)
         headers = [
-            (_POLICY, b", ".join(items)),
-            (_RATELIMIT, f'"{check.rule.policy}";r={remaining};t={reset}'.encode("ascii")),
+            (_POLICY, self._policy_value(tuple(names), first)),
+            (_RATELIMIT, f'"{best_check.rule.policy}";r={remaining};t={reset}'.encode("ascii")),
         ]
         if self._legacy:
             headers += [
-                (_LEGACY_LIMIT, str(decision.limit).encode("ascii")),
+                (_LEGACY_LIMIT, str(best.limit).encode("ascii")),
                 (_LEGACY_REMAINING, str(remaining).encode("ascii")),
                 (_LEGACY_RESET, str(reset).encode("ascii")),
             ]

@@ -30,6 +30,7 @@ from bastion.ratelimit.core import (
     Verdict,
 )
 from bastion.ratelimit.headers import HeaderRenderer, RateLimitReport, retry_after_seconds
+from bastion.ratelimit.memory import MemoryStore
 from bastion.ratelimit.policies import PolicySet
 
 __all__ = ["LIMITER_KEY", "Limiter", "LocalStore"]
@@ -60,6 +61,11 @@ class LocalStore(Protocol):
     async def release(self, checks: Sequence[Check]) -> None: ...
 
 
+_Decided = tuple[Verdict, "RateLimitStore | LocalStore", Sequence[Check]]
+"""A verdict, the store that gave it (and holds its slots), and the checks it decided: all of
+them, or those ``on_store_error = "local"`` counted in memory while the store failed."""
+
+
 class Limiter:
     """Decides requests against ``store`` for every rate-limit stage of one engine."""
 
@@ -79,12 +85,18 @@ class Limiter:
         self.policies = policies
         self.renderer = HeaderRenderer(policies, legacy=config.legacy_headers)
         self._metrics = metrics
+        # Single process: decisions are plain ints read when scraped (see Metrics).
+        self._counts = metrics.ratelimit_counts
+        # The in-process store decides synchronously and never fails: no coroutine, and no
+        # latency histogram (microseconds of Python, not worth a lock per request).
+        self._memory: MemoryStore | None = store if isinstance(store, MemoryStore) else None
         self._audit = audit
         self._store_name = store_name
         self._make_local = local
         self._local: LocalStore | None = None
         self._clock = clock
         self._on_error = {name: p.config.on_store_error for name, p in policies.by_name.items()}
+        self._concurrency = policies.has_concurrency
         self._log_interval = config.error_log_interval
         self._tarpit = config.tarpit.enabled
         self._max_delay = config.tarpit.max_delay
@@ -106,22 +118,46 @@ class Limiter:
         report: RateLimitReport,
     ) -> None:
         """Count the request or raise the refusal; decisions and held slots go to ``report``."""
-        decided = await self._evaluate(checks, client, bans)
-        if decided is None:
-            return
-        verdict, store = decided
-        if verdict.banned_for > 0 or verdict.new_ban > 0:
-            await self._banned(verdict, client, state)
-        if not verdict.allowed and self._tarpit:
-            decided = await self._hold(verdict, checks, client, bans)
+        decided: _Decided | None
+        memory = self._memory
+        if memory is not None:
+            decided = memory.evaluate_now(checks, client=client, bans=bans), memory, checks
+        else:
+            decided = await self._evaluate(checks, client, bans)
             if decided is None:
                 return
-            verdict, store = decided
+        verdict = decided[0]
+        if not verdict.allowed:
             if verdict.banned_for > 0 or verdict.new_ban > 0:
                 await self._banned(verdict, client, state)
-        report.add(checks, verdict.decisions)
+            if self._tarpit:
+                decided = await self._hold(decided, checks, client)
+                if decided is None:
+                    return
+                verdict = decided[0]
+        store, evaluated = decided[1], decided[2]
+        decisions = verdict.decisions
+        report.add(evaluated, decisions)
+        counts = self._counts
+        if verdict.allowed:
+            for check, decision in zip(evaluated, decisions, strict=False):
+                result = "allowed" if decision.allowed else "shadow_limited"
+                if counts is not None:
+                    key = (check.rule.policy, result)
+                    counts[key] = counts.get(key, 0) + 1
+                else:
+                    self._metrics.ratelimit_decision(check.rule.policy, result)
+            if self._concurrency:
+                held = [
+                    check
+                    for check, decision in zip(evaluated, decisions, strict=False)
+                    if decision.allowed and check.rule.algorithm == "concurrency"
+                ]
+                if held:
+                    report.held.append((store, held))
+            return
         retry_after = 0.0
-        for check, decision in zip(checks, verdict.decisions, strict=False):
+        for check, decision in zip(evaluated, decisions, strict=False):
             if decision.allowed:
                 result = "allowed"
             elif check.enforce:
@@ -130,20 +166,16 @@ class Limiter:
             else:
                 result = "shadow_limited"
             self._metrics.ratelimit_decision(check.rule.policy, result)
-        if not verdict.allowed:
-            seconds = retry_after_seconds(retry_after)
-            headers = self.renderer.render_text(report)
-            report.rendered = True
-            headers["Retry-After"] = str(seconds)
-            raise BastionError(
-                "rate_limited",
-                "Too many requests; retry later",
-                headers=headers,
-                extensions={"retry_after": seconds},
-            )
-        held = [check for check in checks if check.rule.algorithm == "concurrency"]
-        if held:
-            report.held.append((store, held))
+        seconds = retry_after_seconds(retry_after)
+        headers = self.renderer.render_text(report)
+        report.rendered = True
+        headers["Retry-After"] = str(seconds)
+        raise BastionError(
+            "rate_limited",
+            "Too many requests; retry later",
+            headers=headers,
+            extensions={"retry_after": seconds},
+        )
 
     async def release(self, report: RateLimitReport) -> None:
         """Give back the concurrency slots ``report`` holds; each exactly once."""
@@ -157,13 +189,15 @@ class Limiter:
 
     async def _evaluate(
         self, checks: Sequence[Check], client: str, bans: BanRule | None
-    ) -> tuple[Verdict, RateLimitStore | LocalStore] | None:
+    ) -> _Decided | None:
         if self._down_until and self._clock() < self._down_until:
             return self._fallback(checks, client, bans)
         started = time.perf_counter()
         try:
             verdict = await self.store.evaluate(checks, client=client, bans=bans)
         except RateLimitStoreError as exc:
+            # Failures are timed too: a store timing out is what the histogram must show.
+            self._metrics.ratelimit_store_seconds.observe(time.perf_counter() - started)
             self._failed(exc)
             self._down_until = self._clock() + _BACKOFF
             return self._fallback(checks, client, bans)
@@ -173,7 +207,7 @@ class Limiter:
             self._down_until = 0.0
             self._next_log = 0.0
             _log.info("rate-limit store recovered", store=self._store_name)
-        return verdict, self.store
+        return verdict, self.store, checks
 
     def _failed(self, exc: RateLimitStoreError) -> None:
         self._metrics.store_error(self._store_name, "ratelimit")
@@ -193,7 +227,10 @@ class Limiter:
 
     def _fallback(
         self, checks: Sequence[Check], client: str, bans: BanRule | None
-    ) -> tuple[Verdict, LocalStore] | None:
+    ) -> _Decided | None:
+        """Each policy's ``on_store_error``: every check counts as ``store_error``; ``closed``
+        refuses, ``open`` lets the request through uncounted, and only the ``local`` checks are
+        decided (in memory), so the verdict's decisions are theirs."""
         local: list[Check] = []
         closed = False
         for check in checks:
@@ -211,27 +248,34 @@ class Limiter:
             return None
         if self._local is None:
             self._local = self._make_local()
-        return self._local.evaluate_now(local, client=client, bans=bans), self._local
+        return self._local.evaluate_now(local, client=client, bans=bans), self._local, local
 
     async def _hold(
-        self, verdict: Verdict, checks: Sequence[Check], client: str, bans: BanRule | None
-    ) -> tuple[Verdict, RateLimitStore | LocalStore] | None:
+        self, decided: _Decided, checks: Sequence[Check], client: str
+    ) -> _Decided | None:
         """Tarpit: wait out a short refusal once, then decide again; the refusal stands when the
-        wait is too long, too many requests are held, or the client is banned."""
-        if verdict.banned_for > 0 or verdict.new_ban > 0:
-            return verdict, self.store
+        wait is too long or too many requests are held. The second decision does not count
+        toward bans: the first refusal already did."""
+        verdict, _, evaluated = decided
         wait = max(
-            (d.retry_after for c, d in zip(checks, verdict.decisions, strict=False) if c.enforce),
+            (
+                d.retry_after
+                for c, d in zip(evaluated, verdict.decisions, strict=False)
+                if c.enforce and not d.allowed
+            ),
             default=0.0,
         )
         if wait > self._max_delay or self.waiting >= self._max_waiting:
-            return verdict, self.store
+            return decided
         self.waiting += 1
         try:
             await asyncio.sleep(wait)
         finally:
             self.waiting -= 1
-        return await self._evaluate(checks, client, bans)
+        memory = self._memory
+        if memory is not None:
+            return memory.evaluate_now(checks, client=client, bans=None), memory, checks
+        return await self._evaluate(checks, client, None)
 
     async def _banned(self, verdict: Verdict, client: str, state: RequestState) -> None:
         self._metrics.ratelimit_decision(_BANS_POLICY, "limited")

@@ -6,9 +6,10 @@ authentication with the policies that need the principal (user, API key, tenant,
 in one store call. Each is in the chain only when it has something to decide.
 
 The first of them that sees a request leaves a :class:`RateLimitReport` in the request state and
-wraps ``send``: when the response starts it adds the ``RateLimit`` headers of every decision made
-for the request (its own, the later stage's, a route's ``rate_limit`` dependency), and when the
-response ends, the client disconnects or anything raises, it gives back concurrency slots.
+wraps ``send`` once: when the response starts it adds the ``RateLimit`` headers of every
+decision made for the request (its own, the later stage's, a route's ``rate_limit``
+dependency), and when the response ends, the client disconnects or anything raises, it gives
+back concurrency slots. ``receive`` is watched only when a policy holds slots.
 """
 
 from __future__ import annotations
@@ -64,39 +65,54 @@ class _LimitStage:
         if not owner or not (self._headers or self._concurrency):
             await self.app(scope, receive, send)
             return
-        await self._own(scope, receive, send, report)
-
-    async def _own(
-        self, scope: Scope, receive: Receive, send: Send, report: RateLimitReport
-    ) -> None:
-        """Run the rest of the chain, adding headers and releasing slots on the way out."""
-        limiter = self._limiter
-        headers = self._headers and scope["type"] == "http"
-
-        async def send_reporting(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.start" and headers and report.entries and not report.rendered:
-                message = dict(message)
-                message["headers"] = [*message.get("headers", ()), *limiter.renderer.render(report)]
-            await send(message)
-            if report.held and kind == "http.response.body" and not message.get("more_body"):
-                # The response is complete: the slot is free although the app may still run
-                # background tasks.
-                await limiter.release(report)
-
-        async def receive_watching() -> Message:
-            message = await receive()
-            if report.held and message["type"] in _DISCONNECTS:
-                await limiter.release(report)
-            return message
-
+        exchange = _Exchange(send, receive, report, self._limiter, self._headers and kind == "http")
         try:
-            await self.app(
-                scope, receive_watching if self._concurrency else receive, send_reporting
-            )
+            await self.app(scope, exchange.receive if self._concurrency else receive, exchange.send)
         finally:
             if report.held:
-                await limiter.release(report)
+                await self._limiter.release(report)
+
+
+class _Exchange:
+    """One request's wrapped ``send`` (and ``receive``, when slots are held): adds the headers
+    when the response starts and releases slots once the response is complete or the client
+    has gone."""
+
+    __slots__ = ("_headers", "_limiter", "_receive", "_report", "_send")
+
+    def __init__(
+        self, send: Send, receive: Receive, report: RateLimitReport, limiter: Limiter, headers: bool
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._report = report
+        self._limiter = limiter
+        self._headers = headers
+
+    async def send(self, message: Message) -> None:
+        report = self._report
+        if (
+            self._headers
+            and message["type"] == "http.response.start"
+            and report.batches
+            and not report.rendered
+        ):
+            added = self._limiter.renderer.render(report)
+            if added:
+                # Stages own the messages they are given (the terminals send fresh ones), as
+                # the security-headers stage does.
+                message["headers"] = [*message.get("headers", ()), *added]
+        await self._send(message)
+        if report.held and message["type"] == "http.response.body" and not message.get("more_body"):
+            # The response is complete: the slot is free although the app may still run
+            # background tasks.
+            await self._limiter.release(report)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if self._report.held and message["type"] in _DISCONNECTS:
+            await self._limiter.release(report=self._report)
+        return message
 
 
 class GateStage(_LimitStage):
