@@ -9,7 +9,7 @@ VENV_STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard src tests bench examples)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test demo services-up services-down bench
+.PHONY: help venv lint format test demo services-up services-down bench waf-eval
 
 help:
 	@echo "make venv           create .venv and install bastion with its dev extras"
@@ -19,6 +19,7 @@ help:
 	@echo "make demo           run the demo gateway"
 	@echo "make services-up    start the test Redis/PostgreSQL (eval \"\$$(scripts/services.sh env)\")"
 	@echo "make services-down  stop them"
+	@echo "make waf-eval       inspection detection, false positives and latency → docs/waf.md"
 
 venv: $(VENV_STAMP)
 
@@ -53,3 +54,8 @@ services-down:
 # Benchmarks → docs/benchmarks.md (BENCH_ARGS='--quick' or '--only gateway'; see bench/run.py).
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Inspection engine over the CRS regression and benign corpora at paranoia 1-4 → docs/waf.md.
+WAF_CORPUS ?= ../shared/corpus/waf
+waf-eval: venv
+	$(BIN)/python -m bastion.inspect.report --corpus $(WAF_CORPUS) --out docs/waf.md

@@ -13,6 +13,7 @@ from bastion.cli import (
     roles_cmd,
     serve_cmd,
     users_cmd,
+    waf_cmd,
 )
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.add_typer(users_cmd.app, name="users")
 app.add_typer(roles_cmd.app, name="roles")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bans_cmd.app, name="bans")
+app.add_typer(waf_cmd.app, name="waf")
 
 
 def main() -> None:

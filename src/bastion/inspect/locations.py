@@ -99,7 +99,9 @@ class _Emitter:
         if budget.bytes_left <= 0 or budget.locations_left <= 0:
             budget.truncated = True
             return None
-        limit = min(self.per_location, budget.bytes_left)
+        limit = self.per_location
+        if budget.bytes_left < limit:
+            limit = budget.bytes_left
         if len(value) > limit:
             value = value[:limit]
             budget.truncated = True
