@@ -1,0 +1,363 @@
+"""Cross-site scripting: markup, URLs and script that would execute if a value were reflected.
+
+The detector looks for *executable contexts*, not for angle brackets: a ``<script`` or framing
+element, an event-handler attribute, a ``javascript:`` URL, a ``srcdoc``, CSS that runs code, a
+template expression that escapes the AngularJS sandbox, and JavaScript that only an attacker
+writes (bracket access to ``window``, JSFuck, tagged-template calls). Harmless markup such as
+``<b>bold</b>`` only counts from paranoia level 3, bare script calls such as ``alert(`` from 2.
+
+Every pattern is RE2 (linear time) and runs on the case-folded, entity- and escape-resolved
+form of the value, plus up to three cheap re-decodings that attackers rely on: a second round
+of HTML entities (``&amp;tab;``), UTF-7 (``+ADw-script+AD4-``) and the US-ASCII high-bit
+strip that turns ``\\xbc`` into ``<``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import re2
+
+from bastion.inspect.core import Location, Match, Normalized, Severity
+
+__all__ = ["detect_xss"]
+
+# Browsers drop tab, CR, LF (and old ones NUL) anywhere inside a URL scheme.
+_IN_SCHEME = r"[\t\n\r\x00]*"
+# Between an element name and its attributes HTML accepts whitespace and "/".
+_TAG_GAP = r"[\x00-\x20/]"
+# "<", optionally a namespace prefix ("<x:script", "<:vmlframe"), then the element name.
+_OPEN = r"<[\x00-\x20]*(?:[a-z0-9_-]{0,20}[\x00-\x20]*:[\x00-\x20]*)?"
+_NAME_END = r"(?:$|[^a-z0-9_:-])"
+# Whitespace or a /* comment */ between JavaScript tokens.
+_JS_GAP = r"(?:[\x00-\x20]|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/)*"
+
+
+def _spelled(word: str, gap: str) -> str:
+    """``word`` with ``gap`` allowed between its letters (``j\\tava\\nscript``)."""
+    return gap.join(re2.escape(char) for char in word)
+
+
+_SCRIPT_SCHEME = (
+    "(?:"
+    + "|".join(_spelled(s, _IN_SCHEME) for s in ("javascript", "vbscript", "livescript"))
+    + ")"
+)
+
+# Event names after "on" (onload, onerror, ...): the ones browsers fire on ordinary elements,
+# SVG animation and the vendor-prefixed ones used to dodge short lists.
+_EVENTS = (
+    "abort|activate|afterprint|afterscriptexecute|afterupdate|animation[a-z]*|auxclick|"
+    "before[a-z]+|begin|blur|bounce|cancel|canplay[a-z]*|change|click|close|contextmenu|"
+    "copy|cuechange|cut|dblclick|drag[a-z]*|drop|durationchange|emptied|end|ended|error|"
+    "finish|focus[a-z]*|formdata|fullscreen[a-z]*|gotpointercapture|hashchange|help|input|"
+    "invalid|key(?:down|press|up)|load|loadeddata|loadedmetadata|loadend|loadstart|"
+    "lostpointercapture|message|mouse[a-z]+|move[a-z]*|mozfullscreen[a-z]*|pagehide|"
+    "pagereveal|pageshow|paste|pause|play|playing|pointer[a-z]+|popstate|progress|"
+    "propertychange|ratechange|readystatechange|repeat|reset|resize|scroll[a-z]*|search|"
+    "seeked|seeking|select[a-z]*|show|start|storage|submit|suspend|timeupdate|toggle|"
+    "touch[a-z]+|transition[a-z]+|unload|volumechange|waiting|webkit[a-z]+|wheel|zoom"
+)
+# A handler needs a boundary a browser accepts before it: start, whitespace, a quote that
+# closes the previous attribute, "/" ("<svg/onload="), ";" or "," (CSS/JS breakouts) or a
+# digit (tokens glued onto a value). "?", "&" and letters do not count: query strings and
+# words such as "sonar=" are not attributes.
+_HANDLER_LEFT = r"(?:^|[\x00-\x20\"'`/;,(+0-9\\])"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    paranoia: int
+    severity: int
+    pattern: str
+
+
+def _rule(name: str, paranoia: int, severity: int, pattern: str) -> _Rule:
+    return _Rule(f"xss-{name}", paranoia, severity, pattern)
+
+
+_CRIT = Severity.CRITICAL
+_RULES: tuple[_Rule, ...] = (
+    # --- paranoia 1: constructs that execute script or load active content ---
+    _rule("script-tag", 1, _CRIT, _OPEN + "script" + _NAME_END),
+    _rule(
+        "embedding-tag",
+        1,
+        _CRIT,
+        _OPEN + r"(?:i?frame|frameset|object|embed|applet|portal|vmlframe|isindex|layer|"
+        r"ilayer|bgsound|style|xml)" + _NAME_END,
+    ),
+    _rule("base-href", 1, _CRIT, _OPEN + "base" + _TAG_GAP + r"[^>]*href"),
+    _rule(
+        "meta-tag",
+        1,
+        _CRIT,
+        _OPEN + "meta" + _TAG_GAP + r"[^>]*(?:http-equiv|charset|content[\x00-\x20]*=)",
+    ),
+    _rule("link-tag", 1, _CRIT, _OPEN + "link" + _TAG_GAP + r"[^>]*href"),
+    _rule("html-import", 1, _CRIT, r"<[\x00-\x20]*\??[\x00-\x20]*import[\x00-\x20]*implementation"),
+    _rule("event-handler", 1, _CRIT, _HANDLER_LEFT + "on(?:" + _EVENTS + r")[\x00-\x20]*="),
+    # Any on* attribute inside an element, or right after a quote that ends an attribute.
+    _rule(
+        "tag-handler",
+        1,
+        _CRIT,
+        r"<[\x00-\x20]*[a-z][a-z0-9:_-]*[\x00-\x20/](?:[^>]*[\x00-\x20/\"'`])?on[a-z]{3,40}"
+        r"[\x00-\x20]*=",
+    ),
+    # A script URL where a URL goes: value start, after "=", a quote, "(" or "url(", or glued
+    # to its code ("javascript:alert"). Prose such as "JavaScript: the good parts" is left to
+    # the paranoia-2 rule below.
+    _rule(
+        "script-url",
+        1,
+        _CRIT,
+        r"(?:(?:^|[=(\[,\"'`])[\x00-\x20\"'`]*" + _SCRIPT_SCHEME + _IN_SCHEME + ":"
+        r"|(?:^|[^a-z0-9])" + _SCRIPT_SCHEME + _IN_SCHEME + r":[^\x00-\x20])",
+    ),
+    _rule(
+        "data-url",
+        1,
+        _CRIT,
+        r"(?:^|[^a-z0-9])" + _spelled("data", _IN_SCHEME) + r"[\x00-\x20]*:[\x00-\x20]*"
+        r"(?:text/(?:x?html|xml|(?:x-)?(?:java|ecma)script)|image/svg\+xml|"
+        r"application/(?:xhtml\+xml|xml|(?:x-)?(?:java|ecma)script)|[^,<>\"']{0,80},[\x00-\x20]*<)",
+    ),
+    _rule("srcdoc", 1, _CRIT, r"(?:^|[^a-z0-9_-])srcdoc[\x00-\x20]*="),
+    _rule("formaction", 1, _CRIT, r"(?:^|[^a-z0-9_-])formaction[\x00-\x20]*="),
+    _rule(
+        "script-language",
+        1,
+        _CRIT,
+        r"language[\x00-\x20]*=[\x00-\x20\"']*(?:j|vb)script|#@~\^",
+    ),
+    # CSS that runs code: IE expression()/behavior, Mozilla XBL bindings, imports in a style.
+    _rule(
+        "css-code",
+        1,
+        _CRIT,
+        r"(?:^|[^a-z])style[\x00-\x20]*[=:>][^<>]*(?:expression[\x00-\x20]*\(|"
+        r"behavior[\x00-\x20]*:|@import)|-moz-binding[\x00-\x20]*:"
+        r"|url[\x00-\x20]*\([\x00-\x20\"']*(?:java|vb)script",
+    ),
+    _rule(
+        "svg-animation",
+        1,
+        _CRIT,
+        _OPEN + r"(?:animate[a-z]*|set|handler|listener)" + _TAG_GAP + r"[^>]*attributename",
+    ),
+    # AngularJS sandbox escapes and client-side template probes reaching the constructor.
+    _rule(
+        "template-injection",
+        1,
+        _CRIT,
+        r"\{\{[^}]*(?:constructor|\$eval|\$on\b|\$parse|__proto__|\$event|fromcharcode)",
+    ),
+    # Tagged-template calls run a function without parentheses: alert`1`, [].sort.call`${x}`.
+    _rule(
+        "tagged-template",
+        1,
+        _CRIT,
+        r"(?:\.[\x00-\x20]*(?:call|apply|bind)|(?:^|[^a-z0-9_$])(?:alert|prompt|confirm|eval|"
+        r"settimeout|setinterval|function))[\x00-\x20]*`(?:[^`]*\$\{|`|[0-9]+`)",
+    ),
+    # Bracket or comment-split access to globals and the cookie: only evasive code looks so.
+    _rule(
+        "js-global-access",
+        1,
+        _CRIT,
+        r"(?:^|[^a-z0-9_$])(?:window|self|top|parent|frames|globalthis|this|document|"
+        r"\(" + _JS_GAP + "document" + _JS_GAP + r"\))" + _JS_GAP + r"\[" + _JS_GAP + r"[\"'`]"
+        r"|document" + _JS_GAP + r"\." + _JS_GAP + r"(?:cookie|domain)(?:$|[^a-z0-9_$])"
+        r"|document" + _JS_GAP + r"\." + _JS_GAP + r"(?:write(?:ln)?|createelement|"
+        r"queryselector(?:all)?|getelementby[a-z]+|body" + _JS_GAP + r"\.[a-z]+)" + _JS_GAP + r"\("
+        r"|(?:window|document)" + _JS_GAP + r"\." + _JS_GAP + r"location(?:$|[^a-z0-9_$])",
+    ),
+    _rule(
+        "jsfuck",
+        1,
+        _CRIT,
+        r"[+!][\x00-\x20]*![\x00-\x20]*\[[\x00-\x20]*\]|![\x00-\x20]*\[[\x00-\x20]*\][\x00-\x20]*"
+        r"[+)\]\[]|\[[\x00-\x20]*\][\x00-\x20]*\[[\x00-\x20]*[(\[!]",
+    ),
+    _rule(
+        "ssi-directive",
+        1,
+        _CRIT,
+        r"<!--[\x00-\x20]*#[\x00-\x20]*(?:exec|include|echo|set|"
+        r"config|printenv|fsize|flastmod)",
+    ),
+    _rule(
+        "xml-external-entity",
+        1,
+        _CRIT,
+        r"!entity[\x00-\x20]+(?:%[\x00-\x20]+)?[^\x00-\x20]+[\x00-\x20]+(?:system|public)",
+    ),
+    # Letters spaced apart ("<f o r m") to slip past tag-name lists.
+    _rule(
+        "spaced-tag",
+        1,
+        _CRIT,
+        r"<[^a-z0-9<>]{0,4}(?:"
+        + "|".join(
+            _spelled(tag, r"[\x00-\x20]+")
+            for tag in (
+                "script",
+                "iframe",
+                "form",
+                "dialog",
+                "object",
+                "embed",
+                "svg",
+                "style",
+                "meta",
+            )
+        )
+        + ")"
+        + _NAME_END,
+    ),
+    # A dialog or code-evaluating call where code goes: at the start of the value or after JS
+    # punctuation ('";setTimeout(', "=eval("). Prose ("set an alert(s)") waits for level 2.
+    _rule(
+        "js-call-code",
+        1,
+        _CRIT,
+        r"(?:^[\x00-\x20\"'`]*|[;=(,{}|&!+?:\"'`])[\x00-\x20]*(?:alert|prompt|confirm|eval|"
+        r"settimeout|setinterval|execscript|globaleval|atob|btoa|new"
+        + _JS_GAP
+        + "function)"
+        + _JS_GAP
+        + r"\(",
+    ),
+    # XML that makes a parser fetch or reinterpret markup; namespaced XML is normal in an XML
+    # request body, so that location is left to the paranoia-2 rule.
+    _rule(
+        "xml-namespace",
+        1,
+        _CRIT,
+        r"<[\x00-\x20]*[a-z][^>]*[\x00-\x20/](?:xmlns(?::[a-z0-9_-]+)?|xlink:href|"
+        r"[a-z0-9_-]+:schemalocation)[\x00-\x20]*=|<[\x00-\x20]*xi:include",
+    ),
+    # --- paranoia 2: script without markup, risky elements, unknown handlers ---
+    _rule(
+        "js-call",
+        2,
+        _CRIT,
+        r"(?:^|[^a-z0-9_$])(?:alert|prompt|confirm|eval|settimeout|setinterval|execscript|"
+        r"msgbox|globaleval|atob|btoa|fromcharcode|new"
+        + _JS_GAP
+        + "function|import)"
+        + _JS_GAP
+        + r"\(|document"
+        + _JS_GAP
+        + r"\."
+        + _JS_GAP
+        + r"(?:write|writeln|body|"
+        r"createelement|queryselector[a-z]*|getelementsby[a-z]+|getelementbyid)"
+        r"|\.(?:inner|outer)html[\x00-\x20]*=|(?:^|[^a-z0-9_$])import[\x00-\x20]*\{[^}]*\}"
+        r"[\x00-\x20]*from",
+    ),
+    _rule(
+        "handler-attribute",
+        2,
+        _CRIT,
+        r"(?:^|[\x00-\x20\"'`/;,(+0-9])on[a-z]{3,40}[\x00-\x20]*=",
+    ),
+    _rule(
+        "risky-tag",
+        2,
+        _CRIT,
+        _OPEN + r"(?:svg|math|form|input|textarea|button|select|keygen|marquee|details|dialog|"
+        r"video|audio|source|img|image|body|html|template|noscript|noembed|noframes|xmp|"
+        r"plaintext|listing|title|blink|a" + _TAG_GAP + r"[^>]*href)" + _NAME_END,
+    ),
+    _rule(
+        "script-url-text",
+        2,
+        _CRIT,
+        r"(?:^|[^a-z0-9])" + _SCRIPT_SCHEME + _IN_SCHEME + ":",
+    ),
+    _rule(
+        "xml-markup",
+        2,
+        _CRIT,
+        r"xmlns(?::[a-z0-9_-]+)?[\x00-\x20]*=|xlink:href|<[\x00-\x20]*xi:include|"
+        r"schemalocation[\x00-\x20]*=",
+    ),
+    # --- paranoia 3: any element, comment markers, DOM access ---
+    _rule("html-tag", 3, Severity.WARNING, r"</?[a-z][a-z0-9_:-]*(?:[\x00-\x20/][^>]*)?>"),
+    _rule("html-comment", 3, Severity.WARNING, r"<!--|-->"),
+    _rule(
+        "dom-access",
+        3,
+        Severity.WARNING,
+        r"(?:^|[^a-z0-9_$])(?:window|document)" + _JS_GAP + r"\." + _JS_GAP + r"[a-z_$]",
+    ),
+    # --- paranoia 4: anything that opens markup ---
+    _rule("markup-open", 4, Severity.NOTICE, r"<[\x00-\x20]*[a-z!/?]"),
+)
+
+# Bytes 0x80-0xFF read as latin-1, with the high bit dropped (a US-ASCII decoder that ignores
+# it turns 0xBC into "<").
+_HIGH_BIT_STRIP = {code: code & 0x7F for code in range(0x80, 0x100)}
+# Rules that a whole request body legitimately trips (an XML document declares namespaces).
+_NOT_IN_RAW_BODY = frozenset({"xss-xml-namespace"})
+_LOOSE_ENTITIES = (("&tab;", "\t"), ("&newline;", "\n"), ("&colon;", ":"))
+_UTF7_MARKUP = re2.compile(r"[+ ]?ad(w|4|i)-?")
+_UTF7_CHARS = {"w": "<", "4": ">", "i": '"'}
+
+
+def _rule_set(rules: tuple[_Rule, ...]) -> Any:
+    """All rules in one RE2 set: a single linear pass reports every rule that matches."""
+    options = re2.Options()
+    options.max_mem = 64 << 20
+    rule_set = re2.Set.SearchSet(options)
+    for rule in rules:
+        rule_set.Add(rule.pattern.encode())
+    rule_set.Compile()
+    return rule_set
+
+
+_RULE_SET = _rule_set(_RULES)
+
+
+def _utf7(match: Any) -> str:
+    return _UTF7_CHARS[str(match.group(1))]
+
+
+def _forms(value: Normalized) -> Iterable[str]:
+    """The folded value and the re-decodings that differ from it (each at most once)."""
+    # Lone surrogates (from "\\ud83d" escapes) are not UTF-8, which RE2 needs; they hide nothing.
+    folded = value.folded.encode("utf-8", "replace").decode("utf-8")
+    yield folded
+    if "&" in folded:
+        # Entities escaped twice (&amp;tab;) and the lower-case spellings some filters and
+        # old parsers accept for the whitespace and colon entities.
+        twice = html.unescape(value.nfkc).casefold()
+        for entity, char in _LOOSE_ENTITIES:
+            twice = twice.replace(entity, char)
+        if twice != folded:
+            yield twice
+    if "\xbc" in value.unescaped:
+        yield value.unescaped.translate(_HIGH_BIT_STRIP).casefold()
+    if "adw-" in folded:
+        yield str(_UTF7_MARKUP.sub(_utf7, folded))
+
+
+def detect_xss(value: Normalized, location: Location, paranoia: int) -> list[Match]:
+    """Cross-site scripting matches in ``value`` for rules enabled at ``paranoia``."""
+    hits: set[int] = set()
+    for form in _forms(value):
+        hits.update(_RULE_SET.Match(form.encode("utf-8", "replace")) or ())
+    matches: list[Match] = []
+    for index in sorted(hits):
+        rule = _RULES[index]
+        if rule.name in _NOT_IN_RAW_BODY and location.kind == "body":
+            continue
+        if rule.paranoia <= paranoia:
+            matches.append(Match(rule.name, "xss", rule.severity, location, rule.paranoia))
+    return matches
