@@ -121,9 +121,10 @@ class InspectConfig(ConfigModel):
     max_request_bytes: ByteSize = Field(default=64 * 1024, ge=64)
     """Bytes inspected per request, all locations together; a body larger than this is not
     parsed (JSON, form, multipart) but inspected as text up to the limit."""
-    max_locations: int = Field(default=1024, ge=1)
-    """Locations inspected per request (a body of ten thousand empty JSON keys is cheap in bytes
-    but not in detector calls)."""
+    max_locations: int = Field(default=256, ge=1)
+    """Locations inspected per request: each costs every detector's call, so a body of
+    thousands of tiny fields is cheap in bytes but not in time (ordinary API requests have a
+    few dozen)."""
     over_limit: OverLimit = "inspect-prefix"
     """What a request exceeding a limit gets: ``inspect-prefix`` inspects what fits and lets the
     rest through uninspected; ``reject`` refuses it (413 ``payload_too_large``)."""
