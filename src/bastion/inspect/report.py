@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
+from bastion.inspect import detectors as builtin
 from bastion.inspect.config import InspectConfig
-from bastion.inspect.engine import Inspector
+from bastion.inspect.core import Detector, Match
+from bastion.inspect.engine import Inspector, ProtocolCheck
 from bastion.inspect.evaluate import (
     ATTACK_CATEGORIES,
     Record,
@@ -24,14 +26,14 @@ from bastion.inspect.evaluate import (
     scan,
 )
 from bastion.inspect.request import InspectionRequest
+from bastion.inspect.worstcase import SIZES, stress, stress_section
 
-__all__ = ["REFERENCE", "TARGETS", "main", "stress"]
+__all__ = ["REFERENCE", "TARGETS", "Checks", "evaluate", "main", "render"]
 
 TARGETS = {"sqli": 0.75, "xss": 0.95, "rce": 0.80, "lfi": 0.90, "ssrf": 0.85}
 """Detection targets at the default paranoia level (per stage)."""
 FP_TARGET = 0.005
 P50_TARGET = 100e-6
-WORST_TARGET = 0.050
 REFERENCE = {
     "OWASP CRS v4, PL1": ("52%", "94%", "68%", "85%", "65%", "~0.5%"),
     "naive keyword regex list": ("24%", "24%", "11%", "23%", "23%", "22%"),
@@ -46,9 +48,39 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} µs"
 
 
-def evaluate(corpus: Path, paranoia: int) -> Tally:
-    """Scan both corpora at ``paranoia``; the first pass over a record set also warms caches."""
-    inspector = Inspector(InspectConfig(paranoia=paranoia))
+class Checks:
+    """The built-in detectors and protocol check that can be imported, and those that cannot:
+    the report evaluates what exists and says what is missing (a gateway would refuse to
+    start)."""
+
+    def __init__(self) -> None:
+        self.detectors: list[Detector] = []
+        self.missing: list[str] = []
+        for name in builtin.DETECTOR_MODULES:
+            try:
+                self.detectors.append(
+                    getattr(import_module(f"{builtin.__name__}.{name}"), f"detect_{name}")
+                )
+            except (ImportError, AttributeError):
+                self.missing.append(f"detect_{name}")
+        self.protocol: ProtocolCheck = _no_protocol_check
+        try:
+            self.protocol = builtin.default_protocol_check()
+        except (ImportError, AttributeError):
+            self.missing.append("check_protocol")
+
+    def inspector(self, config: InspectConfig) -> Inspector:
+        """An inspector with the available checks."""
+        return Inspector(config, self.detectors, self.protocol)
+
+
+def _no_protocol_check(request: InspectionRequest, paranoia: int) -> list[Match]:
+    return []
+
+
+def evaluate(checks: Checks, corpus: Path, paranoia: int) -> Tally:
+    """Scan both corpora at ``paranoia``."""
+    inspector = checks.inspector(InspectConfig(paranoia=paranoia))
     tally = Tally()
     records: list[Record] = []
     for name in ("crs_regression.jsonl", "benign_requests.jsonl"):
@@ -58,78 +90,31 @@ def evaluate(corpus: Path, paranoia: int) -> Tally:
     return tally
 
 
-def _shapes(size: int) -> Iterator[tuple[str, InspectionRequest]]:
-    """Worst-case requests of about ``size`` bytes: one long value, many small ones, deep and
-    wide JSON, many multipart parts, and repetitive text full of decodable escapes."""
-    json_type = (("Content-Type", "application/json"),)
-    form_type = (("Content-Type", "application/x-www-form-urlencoded"),)
-    yield (
-        "one query value of `'`+`<`",
-        InspectionRequest("GET", "/?q=" + "'<" * (size // 2), (), b""),
-    )
-    yield "`%25` nested escapes", InspectionRequest("GET", "/?q=" + "%2525" * (size // 5), (), b"")
-    yield "many form fields", InspectionRequest("POST", "/", form_type, b"a=1&" * (size // 4))
-    yield (
-        "text body `' or 1=1 --`",
-        InspectionRequest("POST", "/", (), b"' or 1=1 -- " * (size // 12)),
-    )
-    yield (
-        "wide JSON object",
-        InspectionRequest(
-            "POST",
-            "/",
-            json_type,
-            b"{" + b",".join(b'"k%d":"<a"' % i for i in range(size // 12)) + b"}",
-        ),
-    )
-    depth = size // 2
-    yield "deep JSON array", InspectionRequest("POST", "/", json_type, b"[" * depth + b"]" * depth)
-    boundary = b"b"
-    part = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\n<script>\r\n'
-    yield (
-        "many multipart parts",
-        InspectionRequest(
-            "POST",
-            "/",
-            (("Content-Type", "multipart/form-data; boundary=" + boundary.decode()),),
-            part * (size // len(part)) + b"--b--\r\n",
-        ),
-    )
-    yield (
-        "cookie header of `../`",
-        InspectionRequest("GET", "/", (("Cookie", "a=" + "../" * (size // 3)),), b""),
-    )
-
-
-def stress(config: InspectConfig, sizes: tuple[int, ...]) -> list[tuple[str, list[float]]]:
-    """Per shape, the slowest of three inspections at each size (seconds)."""
-    inspector = Inspector(config)
-    rows: dict[str, list[float]] = {}
-    for size in sizes:
-        for name, request in _shapes(size):
-            times = []
-            for _ in range(3):
-                started = time.perf_counter()
-                inspector.inspect(request)
-                times.append(time.perf_counter() - started)
-            rows.setdefault(name, []).append(max(times))
-    return list(rows.items())
-
-
 def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def render(corpus: Path, tallies: dict[int, Tally], detectors: list[str], command: str) -> str:
+def render(corpus: Path, tallies: dict[int, Tally], checks: Checks, command: str) -> str:
     """The Markdown report."""
+    names = [getattr(d, "__name__", repr(d)) for d in checks.detectors]
+    if checks.protocol is not _no_protocol_check:
+        names.append("check_protocol")
+    missing = (
+        " Not available when this report was made (not counted): "
+        + ", ".join(f"`{name}`" for name in checks.missing)
+        + "."
+        if checks.missing
+        else ""
+    )
     default = tallies[min(tallies)] if 1 not in tallies else tallies[1]
     lines = ["# Request inspection (WAF): evaluation", ""]
     lines += [
         f"Generated by `{command}` over `{corpus}/crs_regression.jsonl` (5,023 CRS v4 regression",
         "stages) and `benign_requests.jsonl` (3,000 synthetic API requests). A record counts as",
         "flagged when its anomaly score reaches the threshold (5). Detectors: "
-        + ", ".join(f"`{name}`" for name in detectors)
-        + ".",
+        + ", ".join(f"`{name}`" for name in names)
+        + "."
+        + missing,
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
         f"Python {platform.python_version()}; one process, one thread.",
@@ -213,27 +198,6 @@ def _rule_section(tally: Tally) -> list[str]:
     return lines
 
 
-def _stress_section(rows: list[tuple[str, list[float]]], sizes: tuple[int, ...]) -> list[str]:
-    worst = max(max(times) for _, times in rows)
-    head = " | ".join(f"{size // 1024} KiB" for size in sizes)
-    lines = ["", "## Worst-case inputs", ""]
-    lines += [
-        "Slowest of three inspections per shape and size (paranoia 4, default limits: 8 KiB per",
-        "location, 64 KiB and 256 locations per request; what lies past a limit is not",
-        "inspected). Up to 8 KiB no byte limit applies, so the 8 KiB / 1 KiB ratio shows how cost",
-        "grows with size (8 would be linear; below, fixed costs dominate); the many-field shapes",
-        "reach the location cap from 1-2 KiB on. Past the caps cost stays flat.",
-        "",
-        f"| shape | {head} | ratio 8/1 KiB |",
-        "|---|" + "---:|" * (len(sizes) + 1),
-    ]
-    for name, times in rows:
-        cells = " | ".join(f"{t * 1e3:.2f} ms" for t in times)
-        lines.append(f"| {name} | {cells} | {times[3] / times[0]:.1f} |")
-    lines += ["", f"Slowest: {worst * 1e3:.1f} ms — target ≤ 50 ms: {_met(worst <= WORST_TARGET)}."]
-    return lines
-
-
 def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> None:
     """Evaluate and write the report."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -242,15 +206,14 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> N
     parser.add_argument("--paranoia", default="1,2,3,4")
     args = parser.parse_args(argv)
     levels = sorted({int(level) for level in args.paranoia.split(",")})
+    checks = Checks()
     tallies = {}
     for level in levels:
-        tallies[level] = evaluate(args.corpus, level)
+        tallies[level] = evaluate(checks, args.corpus, level)
         log(f"paranoia {level}\n{tallies[level].summary()}")
-    detectors = [getattr(d, "__name__", repr(d)) for d in Inspector(InspectConfig()).detectors]
-    text = render(args.corpus, tallies, detectors, "make waf-eval")
-    sizes = (1024, 2048, 4096, 8192, 64 * 1024, 256 * 1024)
-    rows = stress(InspectConfig(paranoia=4), sizes)
-    text += "\n".join(_stress_section(rows, sizes)) + "\n"
+    text = render(args.corpus, tallies, checks, "make waf-eval")
+    inspector = checks.inspector(InspectConfig(paranoia=4))
+    text += "\n".join(stress_section(stress(inspector, SIZES), SIZES)) + "\n"
     args.out.write_text(text, encoding="utf-8")
     log(f"wrote {args.out}")
 
