@@ -40,8 +40,10 @@ def free_port() -> int:
 class RedisServer:
     """A ``redis-server`` of the test's own, on a fixed port so it can come back on it."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, options: tuple[str, ...] = ()) -> None:
         self.port = port if port is not None else free_port()
+        self.options = options
+        """More ``redis-server`` arguments (``("--cluster-enabled", "yes")``)."""
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._directory = Path(tempfile.mkdtemp(prefix="bastion-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
@@ -64,6 +66,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self._directory),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -265,6 +265,62 @@ async def test_concurrency_slots_of_lost_requests_are_reclaimed(store_factory: B
     assert (await one(store, inflight)).allowed
 
 
+async def test_a_release_frees_only_its_own_requests_lease(store_factory: Backend) -> None:
+    """A request that outlived its lease releases nothing that later requests hold: limit 2;
+    A's lease lapses while A still runs; B and C take both slots; A's release must not let a
+    third request in."""
+    store = await store_factory()
+    slots = rule("concurrency", 2, 0.3)
+
+    def request(name: str) -> Check:
+        return Check(slots, "concurrency|ip:a", lease=f"{name}:concurrency")
+
+    assert (await one(store, request("A"))).allowed
+    await store_factory.time.advance(0.3 + store_factory.tolerance)  # A's lease lapsed
+    assert (await one(store, request("B"))).allowed
+    assert (await one(store, request("C"))).allowed
+    await store.release([request("A")])
+    refused = await one(store, request("D"))
+    assert not refused.allowed  # B and C are still in flight
+    await store.release([request("B")])
+    assert (await one(store, request("D"))).allowed
+    await store.release([request("C")])
+    await store.release([request("C")])  # released twice: the second frees nothing
+    verdict = await one(store, request("E"))
+    assert verdict.allowed
+    assert verdict.decisions[0].remaining == 0  # D and E hold the two slots
+    assert not (await one(store, request("F"))).allowed
+
+
+async def test_a_lease_of_several_units_is_released_whole(store_factory: Backend) -> None:
+    store = await store_factory()
+    slots = rule("concurrency", 3, 30.0)
+    heavy = Check(slots, "concurrency|ip:a", 2, lease="big:concurrency")
+    light = Check(slots, "concurrency|ip:a", lease="small:concurrency")
+    assert (await one(store, heavy)).allowed
+    assert (await one(store, light)).allowed
+    await store.release([heavy])
+    verdict = await one(store, Check(slots, "concurrency|ip:a", 2, lease="next:concurrency"))
+    assert verdict.allowed
+    assert verdict.decisions[0].remaining == 0
+
+
+async def test_quota_never_goes_back_to_an_older_window(store_factory: Backend) -> None:
+    """Instances whose clocks straddle midnight give the bucket alternating window ids; the
+    newest one counted wins, so the count is never reset back and forth."""
+    store = await store_factory()
+    daily = rule("quota", 3, 30.0)
+    assert (await one(store, check(daily, window=8))).decisions[0].remaining == 2
+    late = (await one(store, check(daily, window=7))).decisions[0]  # a clock still on day 7
+    assert (late.allowed, late.remaining) == (True, 1)
+    assert (await one(store, check(daily, window=8))).decisions[0].remaining == 0
+    assert not (await one(store, check(daily, window=7))).allowed
+    assert not (await one(store, check(daily, window=8))).allowed
+    assert (await one(store, check(daily, window=9))).decisions[0].remaining == 2
+    # Day 8 is behind now: counted in day 9.
+    assert (await one(store, check(daily, window=8))).decisions[0].remaining == 1
+
+
 async def test_quota_counts_per_calendar_window(store_factory: Backend) -> None:
     store = await store_factory()
     tolerance = store_factory.tolerance

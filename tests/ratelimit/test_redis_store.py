@@ -15,9 +15,15 @@ import pytest
 import redis
 
 from bastion.ratelimit.core import BanRule, Check, RateLimitStoreError, Rule
-from bastion.ratelimit.redis_store import RedisStore
+from bastion.ratelimit.redis_store import CLUSTER_UNSUPPORTED, RedisStore
 from bastion.store.redis import RedisConnector
-from ratelimit.redis_helpers import RedisServer, crc16_slot, hammer, skewed_requests
+from ratelimit.redis_helpers import (
+    RedisServer,
+    crc16_slot,
+    free_port,
+    hammer,
+    skewed_requests,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -37,7 +43,7 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
 
 
 SCRIPT_CALLS = {"time", "get", "set", "del", "pexpire", "zadd", "zcard", "zrange"}
-SCRIPT_CALLS |= {"zremrangebyscore", "zpopmin"}
+SCRIPT_CALLS |= {"zremrangebyscore", "zpopmin", "zrem", "zrangebyscore", "pttl"}
 """What the script calls inside Redis: ``INFO commandstats`` counts those too."""
 
 
@@ -388,6 +394,40 @@ async def test_cluster_mode_counts_a_per_user_bucket_per_client_address(
         await single.close()
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "unbatched"])
+async def test_a_redis_cluster_is_refused_with_a_clear_error(batch: bool) -> None:
+    """The store's connections are single-node: against a Cluster every call would meet MOVED,
+    so the first exchange finds out and every call says why, without asking Redis again."""
+    # The cluster bus listens on a port of its own (by default the port + 10000: maybe > 65535).
+    server = RedisServer(options=("--cluster-enabled", "yes", "--cluster-port", str(free_port())))
+    server.start()
+    connector = RedisConnector.from_url(server.url)
+    store = RedisStore(connector, prefix=PREFIX, batch=batch, cluster=True)
+    check = Check(rule("gcra"), f"gcra|{CLIENT}")
+    try:
+        with pytest.raises(RateLimitStoreError, match="Redis Cluster") as first:
+            await store.evaluate([check], client=CLIENT, bans=BANS)
+        assert str(first.value) == CLUSTER_UNSUPPORTED
+        with pytest.raises(RateLimitStoreError, match="Redis Cluster"):
+            await store.evaluate([check], client=CLIENT, bans=BANS)
+        assert store.commands_sent == 0  # no EVALSHA ever reached the cluster
+        with pytest.raises(RateLimitStoreError, match="Sentinel or a managed Redis"):
+            await RedisStore(connector, prefix=PREFIX).check_server()
+    finally:
+        await store.close()
+        await connector.close()
+        server.stop()
+
+
+async def test_check_server_accepts_a_single_redis(connector: RedisConnector) -> None:
+    store = RedisStore(connector, prefix=PREFIX)
+    try:
+        await store.check_server()
+        assert (await store.evaluate([Check(rule("gcra"), "gcra|x")])).allowed
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
 async def test_release_gives_back_a_concurrency_slot(
     connector: RedisConnector, cluster: bool
@@ -430,6 +470,7 @@ async def test_every_key_expires_when_its_state_no_longer_matters(
         "concurrency|user:42": period,
         "quota|user:42": period,
         f"ban:{{{CLIENT}}}": BANS.durations[0] + BANS.reset_after,
+        "bans": BANS.durations[0],  # the ban index, until its latest ban ends
     }
     assert set(ttls) == set(expected)  # the refusal log went when the ban started
     for key, seconds in expected.items():
@@ -476,6 +517,60 @@ async def test_a_repeat_offender_gets_the_next_duration(store: RedisStore) -> No
 
     assert (first.new_ban, first.ban_level) == (0.2, 1)
     assert (second.new_ban, second.ban_level) == (50.0, 2)
+
+
+async def test_active_bans_read_the_ban_index_without_scanning(
+    private: tuple[RedisStore, redis.Redis],
+) -> None:
+    store, admin = private
+    short = BanRule(threshold=1, window=60.0, durations=(0.3,), reset_after=600.0)
+    for client in ("ip:192.0.2.1", "ip:192.0.2.2"):
+        check = Check(rule("fixed_window", limit=1), f"fixed_window|{client}")
+        await store.evaluate([check], client=client, bans=BANS)
+        await store.evaluate([check], client=client, bans=short)
+    admin.mset({f"{PREFIX}other:{index}": b"x" for index in range(200)})
+    before = command_calls(admin)
+
+    bans = await store.active_bans()
+
+    assert sorted(ban.client for ban in bans) == ["ip:192.0.2.1", "ip:192.0.2.2"]
+    assert "scan" not in delta(before, command_calls(admin))
+    assert admin.zcard(f"{PREFIX}bans") == 2
+    await asyncio.sleep(0.35)  # both bans ended: the index is pruned as it is read
+    assert await store.active_bans() == []
+    assert admin.zcard(f"{PREFIX}bans") == 0
+
+
+async def test_a_lift_leaves_the_ban_index(store: RedisStore, admin: redis.Redis) -> None:
+    check = Check(rule("fixed_window", limit=1), f"fixed_window|{CLIENT}")
+    for _ in range(BANS.threshold + 1):
+        await store.evaluate([check], client=CLIENT, bans=BANS)
+    assert admin.zrange(f"{PREFIX}bans", 0, -1) == [CLIENT.encode()]
+    assert await store.lift(CLIENT) is True
+    assert admin.zrange(f"{PREFIX}bans", 0, -1) == []
+    assert await store.active_bans() == []
+
+
+# -- command prefixes ----------------------------------------------------------------------
+
+
+async def test_cached_prefixes_never_mix_rules_of_one_bucket(store: RedisStore) -> None:
+    """A call's command is cached by client and shape; two rules over the same bucket are two
+    shapes, each decided with its own limit."""
+    strict, loose = rule("fixed_window", limit=1), rule("fixed_window", limit=3)
+    key = f"fixed_window|{CLIENT}"
+    first = await store.evaluate([Check(strict, key)], client=CLIENT, bans=BANS)
+    assert (first.allowed, first.decisions[0].limit) == (True, 1)
+    refused = await store.evaluate([Check(strict, key)], client=CLIENT, bans=BANS)
+    assert not refused.allowed
+    second = await store.evaluate([Check(loose, key)], client=CLIENT, bans=BANS)
+    assert (second.allowed, second.decisions[0].remaining) == (True, 1)
+    shadow = await store.evaluate([Check(strict, key, enforce=False)], client=CLIENT, bans=BANS)
+    assert shadow.allowed  # the mode is part of the shape too
+    # Another client with the same checks has its own ban keys in its command.
+    other = await store.evaluate([Check(strict, key)], client="ip:192.0.2.9", bans=BANS)
+    assert not other.allowed
+    assert len(store._prefixes) == 4
 
 
 # -- pipelining ----------------------------------------------------------------------------
@@ -534,6 +629,66 @@ async def test_a_caller_cancelled_mid_batch_leaves_the_others_their_answers(
         answered = [o for i, o in enumerate(outcomes) if i not in (0, 25)]
         assert all(not isinstance(o, BaseException) and o.allowed for o in answered)
         assert (await store.evaluate([check])).allowed
+    finally:
+        await store.close()
+
+
+async def _members(admin: redis.Redis, key: str, expected: int) -> list[bytes]:
+    """The bucket's lease members once there are ``expected`` of them (background releases
+    take a moment), else after a second."""
+    for _ in range(100):
+        members = [m for m in admin.zrange(f"{PREFIX}{key}", 0, -1) if isinstance(m, bytes)]
+        if len(members) == expected:
+            return members
+        await asyncio.sleep(0.01)
+    return members
+
+
+async def test_cancelled_callers_leases_are_released(
+    connector: RedisConnector, admin: redis.Redis
+) -> None:
+    store = RedisStore(connector, prefix=PREFIX)
+    slots = rule("concurrency", limit=100, period=60.0)
+
+    def request(index: int) -> Check:
+        return Check(slots, "concurrency|shared", lease=f"r{index}:concurrency")
+
+    try:
+        await store.evaluate([Check(rule("gcra"), "gcra|warm-up")])
+        tasks = [asyncio.create_task(store.evaluate([request(i)])) for i in range(10)]
+        tasks[0].cancel()  # before the batch is sent: its command still goes
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the batch is on its way
+        tasks[5].cancel()
+
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+
+        assert isinstance(outcomes[0], asyncio.CancelledError)
+        assert isinstance(outcomes[5], asyncio.CancelledError)
+        members = await _members(admin, "concurrency|shared", 8)
+        expected = {f"r{i}:concurrency#1".encode() for i in range(10) if i not in (0, 5)}
+        assert set(members) == expected
+    finally:
+        await store.close()
+
+
+async def test_an_unbatched_caller_cancelled_mid_call_releases_its_lease(
+    connector: RedisConnector, admin: redis.Redis
+) -> None:
+    store = RedisStore(connector, prefix=PREFIX, batch=False)
+    slots = rule("concurrency", limit=5, period=60.0)
+    try:
+        await store.evaluate([Check(rule("gcra"), "gcra|warm-up")])
+        held = Check(slots, "concurrency|solo", lease="kept:concurrency")
+        assert (await store.evaluate([held])).allowed
+        task = asyncio.create_task(
+            store.evaluate([Check(slots, "concurrency|solo", lease="gone:concurrency")])
+        )
+        await asyncio.sleep(0)  # the command is written; the reply is not read yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _members(admin, "concurrency|solo", 1) == [b"kept:concurrency#1"]
     finally:
         await store.close()
 

@@ -11,12 +11,16 @@ every decision; all times it handles are integer microseconds.
 
 **Call format.** ``EVALSHA sha numkeys KEYS... ARGV...`` with, for ``n`` checks:
 
-- ``KEYS``: one bucket per check, then (with bans) the client's ban record and refusal log;
-- ``ARGV``: ``"e"``, a token unique to the call (names sorted-set members), ``n``, then per
-  check seven values: algorithm code (1 gcra, 2 sliding_window, 3 fixed_window, 4 sliding_log,
-  5 concurrency, 6 quota), limit, period (µs), burst, cost, enforce (1/0), quota window id
-  (empty otherwise); then with bans: threshold, window (µs), reset_after (µs) and the ban
-  durations (µs).
+- ``KEYS``: one bucket per check, then (with bans) the client's ban record, its refusal log and
+  the ban index;
+- ``ARGV``: ``"e"``, ``n``, then per check seven values: algorithm code (1 gcra,
+  2 sliding_window, 3 fixed_window, 4 sliding_log, 5 concurrency, 6 quota), limit, period (µs),
+  burst, cost, enforce (1/0), and the quota window id or the concurrency lease token (empty
+  otherwise); then with bans: the client, threshold, window (µs), reset_after (µs) and the ban
+  durations (µs); last, a token unique to the call (names sorted-set members). Everything
+  before that token is the same for every request of one client whose checks have the same
+  keys and rules, so it is encoded once and cached (not for quota or leased concurrency
+  checks, whose window id or token change per request).
 
 **Reply format.** A flat array of integers, so hiredis parses it and nothing parses a float:
 ``[now_us, allowed, banned_for_us, new_ban_us, ban_level]`` followed, unless the client is
@@ -24,24 +28,39 @@ banned, by ``[allowed, remaining, reset_us, retry_after_us]`` per check in the o
 ``allowed`` is 1 or 0; microseconds are rounded to the nearest integer.
 
 **Keys.** ``<prefix><check.key>`` per bucket (``Check.key`` starts with the policy name),
-``<prefix>ban:{<client>}`` and ``<prefix>refusals:{<client>}`` per client. Every key carries
-an expiry just long enough for its state: GCRA until its ``tat``; fixed and sliding windows
-until the end of the window (sliding: the next one, while it still weighs); the log and the
-leases one period after their newest entry; a quota until its calendar window ends; refusals
-one ban window; a ban record until the ban ends plus ``reset_after`` (so the next offence is
-known).
+``<prefix>ban:{<client>}`` and ``<prefix>refusals:{<client>}`` per client, and the ban index
+``<prefix>bans`` (a sorted set of banned clients scored by their ban's end, which
+:meth:`RedisStore.active_bans` reads instead of scanning the keyspace). Every key carries an
+expiry just long enough for its state: GCRA until its ``tat``; fixed and sliding windows until
+the end of the window (sliding: the next one, while it still weighs); the log and the leases
+one period after their newest entry; a quota until its calendar window ends; refusals one ban
+window; a ban record until the ban ends plus ``reset_after`` (so the next offence is known);
+the index until its latest ban ends.
 
-**Redis Cluster** (``cluster=True``). A script may only touch keys of one hash slot, so every
-bucket of a call is tagged with the client: ``<prefix>{<client>}<check.key>`` (the ban keys
-already are). The consequence: a bucket that is not per client — a per-user, per-key, per-tenant
-or per-route policy — is counted *separately for each client address* the requests come from
+**Concurrency leases.** A granted slot is a member of the bucket's sorted set scored by its
+expiry and named by the request's token (``Check.lease``): ``token#1`` … ``token#cost``.
+:meth:`RedisStore.release` removes exactly those members, so a request whose lease lapsed (it
+ran longer than the period) frees nothing that later requests hold. A caller cancelled while
+its call was on its way cannot release what the call granted, so the store does it: when the
+reply of a cancelled caller allowed leased checks, a release of its tokens is sent in the
+background. Without a token a release removes the bucket's oldest members.
+
+**Redis Cluster is not supported.** The store's connections talk to one Redis node: a single
+Redis, or the primary of a Sentinel or managed (one-primary) deployment. Against a Redis Cluster
+every call would fail with ``MOVED``/``CROSSSLOT``, so the store asks the server
+(``INFO cluster``) on its first exchange, and when ``cluster_enabled:1`` every call fails with a
+:class:`~bastion.ratelimit.core.RateLimitStoreError` saying so (:meth:`RedisStore.check_server`
+does the same at start-up). ``cluster=True`` only chooses a key layout a cluster-aware client
+could use later: every bucket of a call is tagged with the client,
+``<prefix>{<client>}<check.key>`` (the ban keys already are), so a call's keys share one hash
+slot — except the ban index, one key of its own, written when a ban starts or is lifted. The
+consequence of the tags: a bucket that is not per client — a per-user, per-key, per-tenant or
+per-route policy — is counted *separately for each client address* the requests come from
 (``{203.0.113.7}api|user:42`` and ``{198.51.100.9}api|user:42`` are two counters), so a user
 spreading requests over ``k`` addresses gets up to ``k`` times its limit; per-IP policies are
-exact. Without a cluster (one Redis, or Sentinel: ``cluster=False``, the default) keys are not
-tagged and every bucket is global. A prefix containing ``{…}`` puts every key in one slot
-(exact but unsharded). Releasing a concurrency slot needs the client's tag, which
-:meth:`RedisStore.release` is not given: in cluster mode the store remembers the key of each
-slot it granted (by check object) until its release.
+exact. Releasing a concurrency slot needs the client's tag, which :meth:`RedisStore.release`
+is not given: with ``cluster=True`` the store remembers the key of each slot it granted (by
+check object) until its release.
 
 **Pipelining** (``batch=True``). Calls made while a batch is being prepared or is in flight are
 queued and sent together as one pipeline on one of the store's own connections (still one
@@ -86,13 +105,21 @@ from bastion.ratelimit.core import (
 from bastion.store.errors import describe
 from bastion.store.redis import RedisConnector
 
-__all__ = ["MAX_BATCHES_IN_FLIGHT", "SCRIPT", "RedisStore"]
+__all__ = ["CLUSTER_UNSUPPORTED", "MAX_BATCHES_IN_FLIGHT", "SCRIPT", "RedisStore"]
 
 SCRIPT: bytes = resources.files("bastion.ratelimit").joinpath("lua/ratelimit.lua").read_bytes()
 """The Lua script every call runs (by its SHA-1)."""
 
 MAX_BATCHES_IN_FLIGHT = 2
 """Pipelines one store sends at once, each on its own connection (more calls wait for one)."""
+
+CLUSTER_UNSUPPORTED = (
+    "store.redis_url points at a Redis Cluster (INFO cluster: cluster_enabled:1), which the "
+    "rate-limit store does not support: its connections talk to one node, so every call would "
+    "fail with MOVED or CROSSSLOT. Use a single Redis, or Sentinel or a managed Redis with one "
+    "primary"
+)
+"""The message of the error every call raises once the store found a Redis Cluster."""
 
 _CODES = {
     "gcra": b"1",
@@ -105,9 +132,17 @@ _CODES = {
 _MAX_IDLE = 16
 """Connections kept for reuse; more are opened only by unbatched calls made concurrently."""
 _MAX_CACHED = 4096
-"""Encoded rules and cluster-mode slot keys kept (both are bounded caches)."""
-_SCAN_COUNT = 500
+"""Encoded rules, command prefixes and cluster-mode slot keys kept (all bounded caches)."""
 _US = 1_000_000
+_EMPTY = b"$0\r\n\r\n"
+_INFO_CLUSTER = b"*2\r\n$4\r\nINFO\r\n$7\r\ncluster\r\n"
+# Decision and Verdict are named tuples: tuple.__new__ skips their generated __new__.
+_tuple_new = tuple.__new__
+
+_Leased = tuple[Sequence[Check], str | None]
+"""The checks and client of a call that holds concurrency leases under tokens."""
+_Pending = tuple[bytes, "asyncio.Future[Any]", _Leased | None]
+"""A queued call: its command, its caller's waiter, and its leases."""
 
 
 def _bulk(value: bytes) -> bytes:
@@ -128,14 +163,15 @@ def _us(seconds: float) -> bytes:
     return b"%d" % round(seconds * _US)
 
 
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a Redis ``SCAN MATCH`` pattern."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+def _per_request(check: Check) -> bool:
+    """Whether ``check`` carries a value of its own request (a quota window id, a lease
+    token), which keeps its call's command out of the prefix cache."""
+    return check.window is not None or bool(check.lease)
 
 
 class RedisStore:
     """:class:`~bastion.ratelimit.core.RateLimitStore` shared through Redis (module docstring:
-    script, key layout, cluster mode, pipelining and errors)."""
+    script, key layout, leases, cluster, pipelining and errors)."""
 
     def __init__(
         self,
@@ -161,26 +197,35 @@ class RedisStore:
         """``EVALSHA`` commands issued (retries after ``NOSCRIPT`` included), for tests and
         benchmarks."""
         self._prefix = prefix.encode()
+        self._index = _bulk(self._prefix + b"bans")
         self._sha_part = _bulk(self.sha.encode())
         self._load = _command(b"SCRIPT", b"LOAD", SCRIPT)
         # Unique per call across processes and instances: members of the sorted sets.
         self._token = b"%s%x." % (os.urandom(4).hex().encode(), os.getpid())
         self._sequence = itertools.count()
-        # id(rule) -> (rule, cost, enforce, encoded ARGV of the check); the rule is kept so its
-        # id cannot be reused while the entry lives.
+        # id(rule) -> (rule, cost, enforce, encoded first six ARGV values of the check); the
+        # rule is kept so its id cannot be reused while the entry lives.
         self._encoded: dict[int, tuple[Rule, int, bool, bytes]] = {}
         self._ban_args: dict[int, tuple[BanRule, int, bytes]] = {}
         # (tag, check key) or client -> its keys as RESP bulk strings.
         self._parts: dict[tuple[str | None, str] | str, bytes] = {}
-        # Cluster mode: id(check) -> (check, key) of the concurrency slots granted.
+        # Shape of a call (client, bans, and each check's key, rule, cost, mode) -> the command
+        # up to its call token, and the rules and bans whose ids the shape holds (kept alive
+        # so those ids are not reused while the entry lives).
+        self._prefixes: dict[tuple[Any, ...], tuple[bytes, tuple[object, ...]]] = {}
+        # Cluster layout: id(check) -> (check, key) of the concurrency slots granted.
         self._held: dict[int, tuple[Check, bytes]] = {}
         self._idle: list[AbstractConnection] = []
-        self._pending: list[tuple[bytes, asyncio.Future[list[Any]]]] = []
+        # Queued calls: command, waiter, and the checks and client of a call holding leases
+        # (released if its caller is cancelled and the call allowed it).
+        self._pending: list[_Pending] = []
         self._pending_since = 0.0
         self._senders = 0
         self._armed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._server_checked = False
+        self._unsupported: str | None = None
 
     # -- the store interface ----------------------------------------------------------------
 
@@ -197,7 +242,15 @@ class RedisStore:
             # Without a client the first bucket's key is the tag: all keys share one slot.
             client = checks[0].key
         command = self._evaluate_command(checks, client, bans)
-        reply = await (self._submit(command) if self._batch else self._call(command))
+        leased = None
+        for check in checks:
+            if check.lease and check.rule.algorithm == "concurrency":
+                leased = (checks, client)
+                break
+        if self._batch:
+            reply = await self._submit(command, leased)
+        else:
+            reply = await self._call(command, leased)
         verdict = self._verdict(checks, reply)
         if self._cluster and verdict.allowed:
             for check in checks:
@@ -206,69 +259,68 @@ class RedisStore:
         return verdict
 
     async def release(self, checks: Sequence[Check]) -> None:
-        """Give back the slots of ``concurrency`` checks an allowed request held (the oldest
-        leases of each bucket, as the memory store does)."""
-        keys: list[bytes] = []
-        costs: list[bytes] = []
-        for check in checks:
-            if check.rule.algorithm != "concurrency":
-                continue
-            key = self._bucket(check, None)
-            if self._cluster:
-                held = self._held.pop(id(check), None)
-                if held is None or held[0] is not check:
-                    # Unknown slot (granted by another process): it lapses after its period.
-                    continue
-                key = held[1]
-            keys.append(key)
-            costs.append(b"%d" % check.cost)
-        if not keys:
-            return
-        command = self._script_command(keys, [b"r", *costs])
-        await (self._submit(command) if self._batch else self._call(command))
+        """Give back the slots of ``concurrency`` checks an allowed request held: the leases
+        named by each check's token, or without one the bucket's oldest leases (as the memory
+        store does)."""
+        command = self._release_command(checks, None, forget=True)
+        if command is not None:
+            await (self._submit(command) if self._batch else self._call(command))
 
     async def active_bans(self) -> list[BanRecord]:
-        """Clients banned now, by the server's clock (a ``SCAN`` over the ban records)."""
-        client = self._connector.client
-        pattern = _glob_escape(self.prefix) + "ban:{*"
-        start = len(self._prefix) + len(b"ban:{")
+        """Clients banned now, by the server's clock: the ban index (pruned of ended bans as it
+        is read), then each ban record for its offence number."""
+        command = self._script_command([self._prefix + b"bans"], [b"b"])
+        reply = await self._call(command)
+        now = reply[0]
+        clients = [reply[at] for at in range(1, len(reply), 2)]
+        if not clients:
+            return []
+        keys = [b"%sban:{%s}" % (self._prefix, client) for client in clients]
         try:
             async with asyncio.timeout(self._timeout * 4):
-                keys: list[bytes] = []
-                cursor = 0
-                while True:
-                    cursor, found = await client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                    keys.extend(key for key in found if isinstance(key, bytes))
-                    if cursor == 0:
-                        break
-                seconds, micros = await client.time()
-                values = await client.mget(keys) if keys else []
+                values = await self._connector.client.mget(keys)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RateLimitStoreError(f"redis: {describe(exc)}") from exc
-        now = seconds * _US + micros
         records: list[BanRecord] = []
-        for key, value in zip(keys, values, strict=True):
+        for client, value in zip(clients, values, strict=True):
             if value is None:
-                continue
+                continue  # lifted since the index was read
             until, level = value.split()
             if float(until) > now:
-                name = key[start:-1].decode(errors="replace")
+                name = client.decode(errors="replace")
                 records.append(BanRecord(name, float(until) / _US, int(level)))
         return records
 
     async def lift(self, client: str) -> bool:
         """End ``client``'s ban and forget its refusals and offence number; False when it was
         not banned."""
-        command = self._script_command(self._ban_keys(client), [b"l"])
+        keys = [*self._ban_keys(client), self._prefix + b"bans"]
+        command = self._script_command(keys, [b"l", client.encode()])
         reply = await self._call(command)
         return bool(reply)
+
+    async def check_server(self) -> None:
+        """Fail with :class:`~bastion.ratelimit.core.RateLimitStoreError` when the server is a
+        Redis Cluster (unsupported) or cannot be reached: for start-up, so a misconfiguration
+        is reported once and clearly instead of by every request."""
+        connection = self._connection()
+        try:
+            async with asyncio.timeout(self._timeout * 4):
+                await self._check_server(connection)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._drop(connection)
+            raise RateLimitStoreError(f"redis: {describe(exc)}") from exc
+        except BaseException:
+            await self._drop(connection)
+            raise
+        self._reuse(connection)
 
     async def close(self) -> None:
         """Fail the calls still queued, stop the senders and close the store's connections (the
         connector's client is the caller's to close)."""
         self._closed = True
         pending, self._pending = self._pending, []
-        for _, waiter in pending:
+        for _, waiter, _ in pending:
             if not waiter.done():
                 waiter.set_exception(RateLimitStoreError("the rate-limit store is closed"))
         while self._tasks:
@@ -296,7 +348,8 @@ class RedisStore:
         ]
 
     def _check_args(self, check: Check) -> bytes:
-        """The seven ARGV values of ``check``, encoded once per rule, cost and mode."""
+        """The seven ARGV values of ``check``; the first six encoded once per rule, cost and
+        mode."""
         rule = check.rule
         cached = self._encoded.get(id(rule))
         if (
@@ -305,32 +358,32 @@ class RedisStore:
             and cached[1] == check.cost
             and cached[2] == check.enforce
         ):
-            return cached[3]
+            encoded = cached[3]
+        else:
+            encoded = b"".join(
+                _bulk(part)
+                for part in (
+                    _CODES[rule.algorithm],
+                    b"%d" % rule.limit,
+                    _us(rule.period),
+                    b"%d" % rule.burst,
+                    b"%d" % check.cost,
+                    b"1" if check.enforce else b"0",
+                )
+            )
+            # A quota's rule is made per request (its period is the time left), so caching it
+            # would only churn the cache.
+            if rule.algorithm != "quota":
+                if len(self._encoded) >= _MAX_CACHED:
+                    self._encoded.clear()
+                self._encoded[id(rule)] = (rule, check.cost, check.enforce, encoded)
         if rule.algorithm == "quota":
             if check.window is None:
                 raise ValueError(f"policy {rule.policy!r}: a quota check needs Check.window")
-            window = b"%d" % check.window
-        else:
-            window = b""
-        encoded = b"".join(
-            _bulk(part)
-            for part in (
-                _CODES[rule.algorithm],
-                b"%d" % rule.limit,
-                _us(rule.period),
-                b"%d" % rule.burst,
-                b"%d" % check.cost,
-                b"1" if check.enforce else b"0",
-                window,
-            )
-        )
-        # A quota's rule is made per request (its period is the time left), so caching it
-        # would only churn the cache.
-        if rule.algorithm != "quota":
-            if len(self._encoded) >= _MAX_CACHED:
-                self._encoded.clear()
-            self._encoded[id(rule)] = (rule, check.cost, check.enforce, encoded)
-        return encoded
+            return encoded + _bulk(b"%d" % check.window)
+        if check.lease and rule.algorithm == "concurrency":
+            return encoded + _bulk(check.lease.encode())
+        return encoded + _EMPTY
 
     def _bans_args(self, bans: BanRule) -> tuple[int, bytes]:
         cached = self._ban_args.get(id(bans))
@@ -350,8 +403,34 @@ class RedisStore:
     def _evaluate_command(
         self, checks: Sequence[Check], client: str | None, bans: BanRule | None
     ) -> bytes:
-        # Hot path: the encoded keys of recent buckets and clients are cached, so a request
-        # mostly joins ready-made RESP pieces.
+        # Hot path: a request of a known client and shape is its cached prefix and a new call
+        # token. The shape holds ids of rules and bans; the entry keeps those objects alive,
+        # so an id in a live entry's shape is always the same object.
+        shape: tuple[Any, ...] = (client, id(bans))
+        cacheable = True
+        for check in checks:
+            if _per_request(check):
+                cacheable = False
+                break
+            shape += (check.key, id(check.rule), check.cost, check.enforce)
+        if cacheable:
+            cached = self._prefixes.get(shape)
+            if cached is not None:
+                prefix = cached[0]
+            else:
+                prefix = self._command_prefix(checks, client, bans)
+                if len(self._prefixes) >= _MAX_CACHED:
+                    self._prefixes.clear()
+                self._prefixes[shape] = (prefix, (bans, *(check.rule for check in checks)))
+        else:
+            prefix = self._command_prefix(checks, client, bans)
+        token = b"%s%x" % (self._token, next(self._sequence))
+        return b"%b$%d\r\n%b\r\n" % (prefix, len(token), token)
+
+    def _command_prefix(
+        self, checks: Sequence[Check], client: str | None, bans: BanRule | None
+    ) -> bytes:
+        """The ``EVALSHA`` command of ``checks`` up to its last argument, the call token."""
         cache = self._parts
         if len(cache) >= _MAX_CACHED:
             cache.clear()
@@ -369,14 +448,16 @@ class RedisStore:
             if part is None:
                 part = cache[client] = b"".join(_bulk(key) for key in self._ban_keys(client))
             parts.append(part)
-            nkeys += 2
+            parts.append(self._index)
+            nkeys += 3
             count, encoded_bans = self._bans_args(bans)
-            nargs = 3 + 7 * nargs + count
+            # "e", n, the checks', the client, the ban rule's, the call token.
+            nargs = 4 + 7 * nargs + count
+            encoded_bans = _bulk(client.encode()) + encoded_bans
         else:
             encoded_bans = b""
             nargs = 3 + 7 * nargs
-        token = b"%s%x" % (self._token, next(self._sequence))
-        parts.append(b"$1\r\ne\r\n$%d\r\n%b\r\n" % (len(token), token))
+        parts.append(b"$1\r\ne\r\n")
         parts.append(_COUNTS[len(checks)] if len(checks) < 16 else _bulk(b"%d" % len(checks)))
         for check in checks:
             parts.append(self._check_args(check))
@@ -385,6 +466,33 @@ class RedisStore:
         parts[1] = self._sha_part
         parts[2] = _bulk(b"%d" % nkeys)
         return b"".join(parts)
+
+    def _release_command(
+        self, checks: Sequence[Check], client: str | None, *, forget: bool
+    ) -> bytes | None:
+        """The release of ``checks``' concurrency slots; None when there is none. ``forget``:
+        a release by the caller (cluster layout: the slot's key is looked up, and forgotten);
+        else one by the store for a cancelled caller (the key is derived from ``client``)."""
+        keys: list[bytes] = []
+        args: list[bytes] = [b"r"]
+        for check in checks:
+            if check.rule.algorithm != "concurrency":
+                continue
+            if not forget and not check.lease:
+                continue  # anonymous slots: a release would free the oldest, maybe not these
+            key = self._bucket(check, client)
+            if self._cluster and forget:
+                held = self._held.pop(id(check), None)
+                if held is None or held[0] is not check:
+                    # Unknown slot (granted by another process): it lapses after its period.
+                    continue
+                key = held[1]
+            keys.append(key)
+            args.append(b"%d" % check.cost)
+            args.append(check.lease.encode())
+        if not keys:
+            return None
+        return self._script_command(keys, args)
 
     def _script_command(self, keys: list[bytes], args: list[bytes]) -> bytes:
         return _command(b"EVALSHA", self.sha.encode(), b"%d" % len(keys), *keys, *args)
@@ -400,21 +508,47 @@ class RedisStore:
     @staticmethod
     def _verdict(checks: Sequence[Check], reply: list[int]) -> Verdict:
         if reply[2]:
-            return Verdict(False, (), banned_for=reply[2] / _US, ban_level=reply[4])
+            return _tuple_new(Verdict, (False, (), reply[2] / _US, 0.0, reply[4]))
         decisions = []
         at = 5
         for check in checks:
             decisions.append(
-                Decision(
-                    reply[at] == 1,
-                    check.rule.limit,
-                    reply[at + 1],
-                    reply[at + 2] / _US,
-                    reply[at + 3] / _US,
+                _tuple_new(
+                    Decision,
+                    (
+                        reply[at] == 1,
+                        check.rule.limit,
+                        reply[at + 1],
+                        reply[at + 2] / _US,
+                        reply[at + 3] / _US,
+                    ),
                 )
             )
             at += 4
-        return Verdict(reply[1] == 1, tuple(decisions), 0.0, reply[3] / _US, reply[4])
+        return _tuple_new(Verdict, (reply[1] == 1, tuple(decisions), 0.0, reply[3] / _US, reply[4]))
+
+    # -- cancelled callers ------------------------------------------------------------------
+
+    def _cancelled(self, reply: Any, leased: _Leased | None) -> None:
+        """The caller of a call that holds leases was cancelled and ``reply`` is its outcome
+        (None: unknown): release its leases in the background unless the call refused them.
+        Releasing by token is safe even when the call never ran: it frees only its own."""
+        if leased is None or self._closed:
+            return
+        if isinstance(reply, list) and (reply[1] != 1 or reply[2]):
+            return  # refused or banned: nothing was granted
+        checks, client = leased
+        command = self._release_command(checks, client, forget=False)
+        if command is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._release_quietly(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release_quietly(self, command: bytes) -> None:
+        # Nobody waits for it: a failure leaves the slots to lapse after their period.
+        with contextlib.suppress(RateLimitStoreError):
+            await self._call(command)
 
     # -- transport --------------------------------------------------------------------------
     #
@@ -456,10 +590,26 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError):
             await connection.disconnect()
 
+    async def _check_server(self, connection: AbstractConnection) -> None:
+        """Refuse a Redis Cluster (module docstring), once per store; a server that does not
+        answer ``INFO`` (some managed services disable it) is taken as a single node."""
+        await connection.send_packed_command([_INFO_CLUSTER], check_health=False)
+        try:
+            info = await connection.read_response(timeout=math.inf)
+        except ResponseError:
+            info = b""
+        text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+        self._server_checked = True
+        if "cluster_enabled:1" in text:
+            self._unsupported = CLUSTER_UNSUPPORTED
+            raise RateLimitStoreError(CLUSTER_UNSUPPORTED)
+
     async def _exchange(self, connection: AbstractConnection, commands: list[bytes]) -> list[Any]:
         """Send ``commands`` in one write and read their replies; a reply that is a script
         error is returned as the exception. Commands that met ``NOSCRIPT`` are retried once,
         after loading the script, on the same connection."""
+        if not self._server_checked:
+            await self._check_server(connection)
         self.commands_sent += len(commands)
         await connection.send_packed_command(commands, check_health=False)
         replies: list[Any] = []
@@ -484,19 +634,32 @@ class RedisStore:
                     replies[index] = exc
         return replies
 
-    async def _call(self, command: bytes) -> Any:
-        """One command alone on a connection of its own, within ``timeout``."""
+    def _refuse_if_unusable(self) -> None:
         if self._closed:
             raise RateLimitStoreError("the rate-limit store is closed")
+        if self._unsupported is not None:
+            raise RateLimitStoreError(self._unsupported)
+
+    async def _call(self, command: bytes, leased: _Leased | None = None) -> Any:
+        """One command alone on a connection of its own, within ``timeout``."""
+        self._refuse_if_unusable()
         connection = self._connection()
         try:
             async with asyncio.timeout(self._timeout):
                 (reply,) = await self._exchange(connection, [command])
+        except RateLimitStoreError:
+            await self._drop(connection)
+            raise
         except (RedisError, OSError, TimeoutError) as exc:
             await self._drop(connection)
             raise RateLimitStoreError(f"redis: {describe(exc)}") from exc
+        except asyncio.CancelledError:
+            # Cancelled mid-exchange: the replies still due would answer the next caller, and
+            # whether the call ran is unknown.
+            await self._drop(connection)
+            self._cancelled(None, leased)
+            raise
         except BaseException:
-            # Cancelled mid-exchange: the replies still due would answer the next caller.
             await self._drop(connection)
             raise
         self._reuse(connection)
@@ -504,18 +667,24 @@ class RedisStore:
             raise RateLimitStoreError(f"redis: {describe(reply)}") from reply
         return reply
 
-    async def _submit(self, command: bytes) -> Any:
+    async def _submit(self, command: bytes, leased: _Leased | None = None) -> Any:
         """Queue ``command`` for the next pipeline and wait for its reply."""
-        if self._closed:
-            raise RateLimitStoreError("the rate-limit store is closed")
+        self._refuse_if_unusable()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             self._pending_since = loop.time()
-        self._pending.append((command, waiter))
+        self._pending.append((command, waiter, leased))
         if not self._armed and self._senders < MAX_BATCHES_IN_FLIGHT:
             self._start_sender(loop)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # The reply may have come just before the cancellation reached this task; a
+            # waiter cancelled earlier is handled when its batch's replies come.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._cancelled(waiter.result(), leased)
+            raise
 
     def _start_sender(self, loop: asyncio.AbstractEventLoop) -> None:
         self._armed = True
@@ -545,32 +714,36 @@ class RedisStore:
                 self._start_sender(asyncio.get_running_loop())
 
     async def _send_batch(
-        self,
-        connection: AbstractConnection,
-        batch: list[tuple[bytes, asyncio.Future[Any]]],
-        deadline: float,
+        self, connection: AbstractConnection, batch: list[_Pending], deadline: float
     ) -> None:
         try:
             async with asyncio.timeout_at(deadline):
-                replies = await self._exchange(connection, [command for command, _ in batch])
+                replies = await self._exchange(connection, [command for command, _, _ in batch])
         except Exception as exc:
             # Anything, not only Redis errors: every waiter must hear back.
             await self._drop(connection)
-            for _, waiter in batch:
+            for _, waiter, _ in batch:
                 if not waiter.done():
-                    error = RateLimitStoreError(f"redis: {describe(exc)}")
+                    if isinstance(exc, RateLimitStoreError):
+                        error = RateLimitStoreError(str(exc))
+                    else:
+                        error = RateLimitStoreError(f"redis: {describe(exc)}")
                     error.__cause__ = exc
                     waiter.set_exception(error)
             return
         except BaseException:
             await self._drop(connection)
-            for _, waiter in batch:
+            for _, waiter, _ in batch:
                 if not waiter.done():
                     waiter.set_exception(RateLimitStoreError("the rate-limit store is closed"))
             raise
-        for (_, waiter), reply in zip(batch, replies, strict=True):
+        for (_, waiter, leased), reply in zip(batch, replies, strict=True):
             if waiter.done():
-                continue  # its caller was cancelled; the request was counted all the same
+                # Its caller was cancelled; the request was counted all the same, so the
+                # leases it was granted are given back here.
+                if not isinstance(reply, Exception):
+                    self._cancelled(reply, leased)
+                continue
             if isinstance(reply, Exception):
                 error = RateLimitStoreError(f"redis: {describe(reply)}")
                 error.__cause__ = reply

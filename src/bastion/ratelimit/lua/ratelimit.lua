@@ -10,20 +10,28 @@ algorithms.py's 1e-6 on estimated counts.
 ARGV[1] is the operation.
 
 "e": evaluate.
-  ARGV[2]  token unique to this call (names sorted-set members)
-  ARGV[3]  n, the number of checks
-  ARGV[4 + 7*(i-1) ...] for check i (1-based): algorithm code, limit, period (us), burst, cost,
-           enforce ("1" or "0"), window ("" unless quota)
+  ARGV[2]  n, the number of checks
+  ARGV[3 + 7*(i-1) ...] for check i (1-based): algorithm code, limit, period (us), burst, cost,
+           enforce ("1" or "0"), extra: the quota window id, the concurrency lease token, or ""
            codes: 1 gcra, 2 sliding_window, 3 fixed_window, 4 sliding_log, 5 concurrency, 6 quota
-  then, with bans: threshold, window (us), reset_after (us), duration 1 (us), duration 2, ...
-  KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the ban record, KEYS[n+2] the refusals.
+  then, with bans: client, threshold, window (us), reset_after (us), duration 1 (us), ...
+  ARGV[#ARGV] a token unique to this call (names sorted-set members); last, so that everything
+  before it is the same for every request of one client and shape (the caller caches it).
+  KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the ban record, KEYS[n+2] the refusals,
+  KEYS[n+3] the ban index.
   Reply, all integers: now, allowed (1/0), banned_for (us), new_ban (us), ban level, then per
   check: allowed (1/0), remaining, reset (us), retry_after (us). A banned client gets only the
   first five.
 
-"r": release. ARGV[2..] the costs; KEYS the concurrency buckets. Reply: 0.
+"r": release. KEYS the concurrency buckets; for KEYS[i], ARGV[2i] its cost and ARGV[2i+1] its
+  lease token: the members token#1..token#cost are removed (none if they lapsed already); an
+  empty token removes the cost oldest leases instead. Reply: 0.
 
-"l": lift. KEYS[1] the ban record, KEYS[2] the refusals. Reply: 1 when a ban was active.
+"l": lift. KEYS[1] the ban record, KEYS[2] the refusals, KEYS[3] the ban index; ARGV[2] the
+  client. Reply: 1 when a ban was active.
+
+"b": bans. KEYS[1] the ban index. Drops the ended bans; reply: now, then client and ban end
+  (us) of each active ban.
 
 Bucket values:
   gcra            string: tat
@@ -31,9 +39,10 @@ Bucket values:
   sliding_window  string: "window current previous"
   quota           string: "window count end"
   sliding_log     sorted set, one member per cost unit, scored by its time
-  concurrency     sorted set, one member per held slot, scored by its expiry
+  concurrency     sorted set, one member per held slot (token#unit), scored by its expiry
   ban record      string: "until level" (kept until the ban ends plus reset_after)
   refusals        sorted set of refusal times within the ban window
+  ban index       sorted set: client scored by its ban's end (expires with the last ban)
 ]]
 
 local clock = redis.call('TIME')
@@ -63,7 +72,20 @@ end
 
 if op == 'r' then
     for i = 1, #KEYS do
-        call('ZPOPMIN', KEYS[i], tonumber(ARGV[i + 1]))
+        local cost = tonumber(ARGV[2 * i])
+        local lease = ARGV[2 * i + 1]
+        if lease == '' then
+            call('ZPOPMIN', KEYS[i], cost)
+        else
+            local members = {}
+            for unit = 1, cost do
+                members[#members + 1] = lease .. '#' .. unit
+                if #members == 100 or unit == cost then
+                    call('ZREM', KEYS[i], unpack(members))
+                    members = {}
+                end
+            end
+        end
     end
     return 0
 end
@@ -71,6 +93,7 @@ end
 if op == 'l' then
     local record = call('GET', KEYS[1])
     call('DEL', KEYS[1], KEYS[2])
+    call('ZREM', KEYS[3], ARGV[2])
     if record then
         local until_ = tonumber(string.match(record, '^(%S+)'))
         if until_ > now then
@@ -80,10 +103,21 @@ if op == 'l' then
     return 0
 end
 
-local token = ARGV[2]
-local n = tonumber(ARGV[3])
+if op == 'b' then
+    call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    local found = call('ZRANGEBYSCORE', KEYS[1], string.format('(%d', now), '+inf', 'WITHSCORES')
+    local reply = {now}
+    for i = 1, #found, 2 do
+        reply[#reply + 1] = found[i]
+        reply[#reply + 1] = floor(tonumber(found[i + 1]))
+    end
+    return reply
+end
+
+local n = tonumber(ARGV[2])
+local token = ARGV[#ARGV]
 local banning = #KEYS > n
-local ban_at = 4 + 7 * n
+local ban_at = 3 + 7 * n
 
 if banning then
     local record = call('GET', KEYS[n + 1])
@@ -104,7 +138,7 @@ local values = {}
 local lifetimes = {}
 
 for i = 1, n do
-    local at = 4 + 7 * (i - 1)
+    local at = 3 + 7 * (i - 1)
     local code = ARGV[at]
     local limit = tonumber(ARGV[at + 1])
     local period = tonumber(ARGV[at + 2])
@@ -189,13 +223,16 @@ for i = 1, n do
             end
         end
     elseif code == '6' then
-        local request_window = ARGV[at + 6]
-        local count, ends = 0, nil
+        -- A live bucket of a newer window than the request's keeps counting that window: an
+        -- instance whose clock is behind around midnight never resets the count.
+        local request_window = tonumber(ARGV[at + 6])
+        local window, count, ends = request_window, 0, nil
         local state = call('GET', key)
         if state then
-            local window, stored, stored_end = string.match(state, '^(%S+) (%S+) (%S+)$')
-            if window == request_window then
-                count, ends = tonumber(stored), tonumber(stored_end)
+            local stored, stored_count, stored_end = string.match(state, '^(%S+) (%S+) (%S+)$')
+            stored, stored_end = tonumber(stored), tonumber(stored_end)
+            if stored_end > now and stored >= request_window then
+                window, count, ends = stored, tonumber(stored_count), stored_end
             end
         end
         if ends == nil then
@@ -204,7 +241,7 @@ for i = 1, n do
         reset = ends > now and ends - now or 0
         if count + cost <= limit then
             allowed, remaining, retry = true, limit - count - cost, 0
-            values[i] = string.format('%s %d %.17g', request_window, count + cost, ends)
+            values[i] = string.format('%d %d %.17g', window, count + cost, ends)
             lifetimes[i] = reset
         else
             allowed, remaining, retry = false, 0, reset
@@ -258,14 +295,22 @@ if allowed_all then
     for i = 1, n do
         local value = values[i]
         if value ~= nil then
-            local code = ARGV[4 + 7 * (i - 1)]
+            local at = 3 + 7 * (i - 1)
+            local code = ARGV[at]
             if code == '4' or code == '5' then
-                local cost = tonumber(ARGV[4 + 7 * (i - 1) + 4])
-                -- One member per unit, added 100 at a time (unpack's stack is bounded).
+                local cost = tonumber(ARGV[at + 4])
+                local lease = ARGV[at + 6]
+                -- One member per unit, added 100 at a time (unpack's stack is bounded). A
+                -- concurrency slot is named by its request's lease token, so its release removes
+                -- exactly it; a token acquired again is renewed, not added twice.
                 local members = {}
                 for unit = 1, cost do
                     members[#members + 1] = value
-                    members[#members + 1] = now .. ':' .. token .. ':' .. unit
+                    if code == '5' and lease ~= '' then
+                        members[#members + 1] = lease .. '#' .. unit
+                    else
+                        members[#members + 1] = now .. ':' .. token .. ':' .. unit
+                    end
                     if #members == 200 or unit == cost then
                         call('ZADD', KEYS[i], unpack(members))
                         members = {}
@@ -284,15 +329,16 @@ reply[2] = 0
 if banning then
     -- Refusal times within the ban window, as in the memory store: the threshold-th one starts a
     -- ban, the next offence when within reset_after of the previous ban's end, else offence 1.
+    local client = ARGV[ban_at]
     local refusals = KEYS[n + 2]
-    local window = tonumber(ARGV[ban_at + 1])
+    local window = tonumber(ARGV[ban_at + 2])
     call('ZREMRANGEBYSCORE', refusals, '-inf', now - window)
     call('ZADD', refusals, now, now .. ':' .. token)
-    if call('ZCARD', refusals) < tonumber(ARGV[ban_at]) then
+    if call('ZCARD', refusals) < tonumber(ARGV[ban_at + 1]) then
         call('PEXPIRE', refusals, ttl_ms(window))
         return reply
     end
-    local reset_after = tonumber(ARGV[ban_at + 2])
+    local reset_after = tonumber(ARGV[ban_at + 3])
     local level = 1
     local record = call('GET', KEYS[n + 1])
     if record then
@@ -301,11 +347,19 @@ if banning then
             level = tonumber(previous) + 1
         end
     end
-    local durations = #ARGV - ban_at - 2
-    local duration = tonumber(ARGV[ban_at + 2 + math.min(level, durations)])
+    local durations = #ARGV - 1 - (ban_at + 3)
+    local duration = tonumber(ARGV[ban_at + 3 + math.min(level, durations)])
     call('SET', KEYS[n + 1], string.format('%.17g %d', now + duration, level), 'PX',
         ttl_ms(duration + reset_after))
     call('DEL', refusals)
+    -- The index bastion bans list reads (no SCAN of the keyspace): kept as long as its latest
+    -- ban, pruned of ended ones as bans start.
+    local index = KEYS[n + 3]
+    call('ZREMRANGEBYSCORE', index, '-inf', now)
+    call('ZADD', index, now + duration, client)
+    if call('PTTL', index) < ttl_ms(duration) then
+        call('PEXPIRE', index, ttl_ms(duration))
+    end
     reply[4] = duration
     reply[5] = level
 end
