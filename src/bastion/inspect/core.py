@@ -110,9 +110,20 @@ _BACKSLASH_ESCAPE = re2.compile(
     r"\\(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|u\{([0-9A-Fa-f]{1,6})\}|([0-7]{1,3}))"
 )
 _SQL_COMMENT = re2.compile(r"(?s)/\*.*?\*/|--[^\n]*|#[^\n]*")
-_WHITESPACE = re2.compile(r"\s+")
+# RE2's \s is ASCII-only: spell out the Unicode spaces and separators an evasion may use.
+_WHITESPACE = re2.compile(
+    r"[\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200b}"
+    r"\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\x{feff}]+"
+)
+_SURROGATE_LOW, _SURROGATE_HIGH = 0xD800, 0xDFFF
 _SLASH_RUN = re2.compile(r"/{2,}")
 _MAX_DECODE_ROUNDS = 3
+
+
+def _char(code: int) -> str:
+    """The character ``code``, with a lone surrogate (``%uD800``) as U+FFFD: such text cannot be
+    encoded, so no later form (nor RE2) could handle it."""
+    return "\ufffd" if _SURROGATE_LOW <= code <= _SURROGATE_HIGH else chr(code)
 
 
 def _percent_decode(text: str) -> str:
@@ -121,7 +132,7 @@ def _percent_decode(text: str) -> str:
     ``%uXXXX``, and ``+`` as space."""
     if "%" not in text and "+" not in text:
         return text
-    text = str(_PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text))
+    text = str(_PERCENT_U.sub(lambda m: _char(int(m.group(1), 16)), text))
     raw = unquote_to_bytes(text.replace("+", " "))
     try:
         return raw.decode("utf-8")
@@ -161,7 +172,7 @@ def _unescape_backslashes(text: str) -> str:
         hex2, hex4, braced, octal = match.groups()
         digits = hex2 or hex4 or braced
         code = int(digits, 16) if digits else int(octal, 8)
-        return chr(code) if code <= 0x10FFFF else match.group(0)
+        return _char(code) if code <= 0x10FFFF else str(match.group(0))
 
     return str(_BACKSLASH_ESCAPE.sub(replace, text))
 
@@ -184,7 +195,8 @@ class Normalized:
     __slots__ = ("__dict__", "raw")
 
     def __init__(self, raw: str) -> None:
-        self.raw = raw
+        # Lone surrogates (from a lenient upstream decoder) cannot be encoded for RE2.
+        self.raw = raw.encode("utf-8", "replace").decode("utf-8") if not raw.isascii() else raw
 
     @cached_property
     def decoded(self) -> str:
