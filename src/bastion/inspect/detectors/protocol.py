@@ -1,0 +1,214 @@
+"""HTTP protocol anomalies over the whole request (not a per-location detector).
+
+These are the shapes request smuggling and parser-confusion attacks need and well-behaved
+clients never produce: a ``Content-Length`` that is not a number or disagrees with itself,
+``Transfer-Encoding`` that a front end and a back end may read differently (``chunked`` not
+last, ``xchunked``, ``chunked`` next to ``Content-Length``), NUL bytes, a method or header name
+outside the token grammar, a body on ``GET``/``HEAD``, and a ``Content-Type`` that names two
+media types. Every check is one pass over the request's fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import re2
+
+from bastion.inspect.core import Location, Match, Severity
+
+if TYPE_CHECKING:
+    from bastion.inspect.request import InspectionRequest
+
+__all__ = ["check_protocol"]
+
+# RFC 9110 token: the grammar of methods and header field names.
+_TOKEN = re2.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_DIGITS = re2.compile(r"^[0-9]{1,19}$")
+_KNOWN_CODINGS = frozenset({"chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress", "br"})
+_STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+)
+_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
+_MEDIA_TYPE = re2.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+$")
+# A second media type hidden in a parameter (boundary="application/json") confuses parsers
+# that look for the type anywhere in the header.
+_SMUGGLED_TYPE = re2.compile(
+    r"(?i)[;,].*\b(?:application|text|multipart|image|audio|video|message|model|font)/[\w.+-]+"
+)
+_RAW_HEADER_LIMIT = 64 * 1024
+
+
+def check_protocol(request: InspectionRequest, paranoia: int) -> list[Match]:
+    """Protocol-anomaly matches of ``request`` for rules enabled at ``paranoia`` (1-4)."""
+    found: dict[tuple[str, Location], Match] = {}
+
+    def add(name: str, location: Location, level: int, severity: int = Severity.CRITICAL) -> None:
+        if level > paranoia:
+            return
+        rule = f"protocol-{name}"
+        key = (rule, location)
+        if key not in found or found[key].paranoia > level:
+            found[key] = Match(rule, "protocol", severity, location, level)
+
+    _check_method(request, add)
+    _check_target(request, add)
+    lengths, codings, content_types = _check_headers(request, add)
+    _check_framing(request, lengths, codings, add)
+    _check_content_type(request, content_types, add)
+    if request.raw is not None:
+        _check_raw_head(request.raw, add)
+    if paranoia >= 3 and b"\x00" in request.body:
+        add("null-byte", Location("body"), 3, Severity.WARNING)
+    return list(found.values())
+
+
+class _Add(Protocol):
+    """Signature of the ``add`` callback the checks share (documentation for mypy)."""
+
+    def __call__(
+        self, name: str, location: Location, level: int, severity: int = Severity.CRITICAL
+    ) -> None: ...
+
+
+def _check_method(request: InspectionRequest, add: _Add) -> None:
+    method = request.method
+    location = Location("method")
+    if not _TOKEN.search(method):
+        add("method-invalid", location, 1)
+    elif method.upper() not in _STANDARD_METHODS:
+        add("method-unknown", location, 3 if len(method) <= 16 else 2, Severity.WARNING)
+
+
+def _check_target(request: InspectionRequest, add: _Add) -> None:
+    target = request.target
+    location = Location("path")
+    lowered = target.lower()
+    if "\x00" in target or "%00" in lowered or "%u0000" in lowered:
+        add("null-byte", location, 1)
+    if any(char in target for char in "\r\n") or "%0a" in lowered or "%0d" in lowered:
+        # A line break in the target splits the request line for a downstream parser.
+        add("target-line-break", location, 2, Severity.ERROR)
+
+
+def _check_headers(
+    request: InspectionRequest, add: _Add
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Per-field checks; returns the Content-Length, Transfer-Encoding and Content-Type fields."""
+    lengths: list[tuple[str, str]] = []
+    codings: list[tuple[str, str]] = []
+    content_types: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        location = Location("header", name.lower())
+        if not _TOKEN.search(name):
+            add("header-name-invalid", location, 1)
+        if "\x00" in value or "\x00" in name:
+            add("null-byte", location, 1)
+        elif "%00" in value:
+            add("null-byte", location, 2, Severity.ERROR)
+        if "\r" in value or "\n" in value:
+            add("header-line-break", location, 1)
+        lowered = name.lower()
+        if lowered == "content-length":
+            lengths.append((name, value))
+        elif lowered == "transfer-encoding":
+            codings.append((name, value))
+        elif lowered == "content-type":
+            content_types.append((name, value))
+    return lengths, codings, content_types
+
+
+def _check_framing(
+    request: InspectionRequest,
+    lengths: list[tuple[str, str]],
+    codings: list[tuple[str, str]],
+    add: _Add,
+) -> None:
+    """Content-Length and Transfer-Encoding: the two ways to frame a body, and their clashes."""
+    declared: set[str] = set()
+    for name, value in lengths:
+        location = Location("header", name.lower())
+        parts = [part.strip() for part in value.split(",")]
+        if not all(_DIGITS.search(part) for part in parts):
+            add("content-length-invalid", location, 1)
+        declared.update(parts)
+    if len(declared) > 1:
+        add("content-length-conflict", Location("header", "content-length"), 1)
+    elif len(lengths) > 1 or any("," in value for _, value in lengths):
+        add("content-length-duplicate", Location("header", "content-length"), 2, Severity.ERROR)
+
+    location = Location("header", "transfer-encoding")
+    tokens = [token.strip().lower() for _, value in codings for token in value.split(",")]
+    if codings:
+        if lengths:
+            add("te-and-content-length", location, 1)
+        if tokens.count("chunked") > 1:
+            add("te-chunked-repeated", location, 1)
+        if "chunked" in tokens and tokens[-1] != "chunked":
+            add("te-chunked-not-last", location, 1)
+        for token in tokens:
+            if token in _KNOWN_CODINGS:
+                continue
+            if "chunked" in token or token in ("identity", ""):
+                # xchunked, "chunked;x", identity: spellings one parser accepts and another not.
+                add("te-obfuscated", location, 1)
+            else:
+                add("te-unknown", location, 2, Severity.ERROR)
+        for _, value in codings:
+            if value != value.strip() or "\t" in value or "\x0b" in value or "\x0c" in value:
+                add("te-obfuscated", location, 1)
+
+    if request.method.upper() in _NO_BODY_METHODS:
+        has_length = any(part not in ("0", "") for part in declared)
+        if codings or has_length or request.body.strip():
+            add("body-on-get", Location("method"), 1)
+
+
+def _check_content_type(
+    request: InspectionRequest, content_types: list[tuple[str, str]], add: _Add
+) -> None:
+    location = Location("header", "content-type")
+    if len({value.strip().lower() for _, value in content_types}) > 1:
+        add("content-type-conflict", location, 1)
+    for _, value in content_types:
+        media_type, _, parameters = value.partition(";")
+        media_type = media_type.strip().lower()
+        if "," in media_type or (parameters and _SMUGGLED_TYPE.search(value)):
+            if "boundary" in parameters.lower() and media_type.startswith("multipart/"):
+                continue
+            add("content-type-confusion", location, 1)
+        elif media_type and not _MEDIA_TYPE.search(media_type):
+            add("content-type-invalid", location, 2, Severity.ERROR)
+    body = request.body.lstrip()
+    if not body or not content_types:
+        return
+    media_type = request.content_type
+    first = body[:1]
+    if (
+        media_type.endswith(("/json", "+json"))
+        and first not in (b"{", b"[", b'"')
+        and not (first.isdigit() or body[:4] in (b"true", b"fals", b"null") or first == b"-")
+    ):
+        add("content-type-mismatch", location, 2, Severity.ERROR)
+    elif media_type == "application/x-www-form-urlencoded" and first in (b"{", b"[", b"<"):
+        add("content-type-mismatch", location, 3, Severity.WARNING)
+
+
+def _check_raw_head(raw: bytes, add: _Add) -> None:
+    """Header spellings only the wire shows: ``Transfer-Encoding : x``, folding, bare CR."""
+    head = raw[:_RAW_HEADER_LIMIT].split(b"\r\n\r\n", 1)[0]
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")[1:]
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            # obs-fold: deprecated, and parsers disagree on where the field ends.
+            add("header-folding", Location("header"), 1)
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon:
+            if line.strip():
+                add("header-malformed", Location("header"), 1)
+            continue
+        text = name.decode("latin-1")
+        if text != text.strip() and text.strip():
+            add("header-name-invalid", Location("header", text.strip().lower()), 1)
+        if b"\r" in line:
+            add("header-line-break", Location("header", text.strip().lower()), 1)

@@ -1,0 +1,131 @@
+"""The path traversal / file inclusion detector: climbing, sensitive targets, stream wrappers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion.inspect.core import Location, Normalized, Severity
+from bastion.inspect.detectors.lfi import detect_lfi
+
+PARAM = Location("query", "file")
+
+
+def rules(text: str, paranoia: int = 1, location: Location = PARAM) -> set[str]:
+    return {match.rule for match in detect_lfi(Normalized(text), location, paranoia)}
+
+
+ATTACKS = [
+    ("dotdot-passwd", "../../../etc/passwd"),
+    ("absolute-passwd", "/etc/passwd"),
+    ("shadow", "/etc/shadow"),
+    ("far-climb", "../../../../var/www/x"),
+    ("backslash", "..\\..\\windows\\win.ini"),
+    ("backslash-single", "..\\pineapple"),
+    ("url-encoded", "..%2f..%2f..%2fetc%2fpasswd"),
+    ("double-encoded", "%252e%252e%252f%252e%252e%252fetc%252fpasswd"),
+    ("overlong-utf8", "%c0%ae%c0%ae%c0%af%c0%ae%c0%ae%c0%afetc%c0%afpasswd"),
+    ("percent-u", "%u002e%u002e%u002fetc%u002fpasswd"),
+    ("tomcat-parameter", "..;/..;/WEB-INF/web.xml"),
+    ("windows-dots", ".../.../WINDOWS/win.ini"),
+    ("hex-spelling", "0x2e0x2e/0x2e0x2e/etc/hosts"),
+    ("null-byte", "../../../../boot.ini%00.png"),
+    ("proc-environ", "/proc/self/environ"),
+    ("proc-fd", "/proc/self/fd/3"),
+    ("ssh-key", "/root/.ssh/id_rsa"),
+    ("git-config", ".git/config"),
+    ("dotenv", "/var/www/app/.env"),
+    ("htaccess", "../.htaccess"),
+    ("web-config", "web.config"),
+    ("system32", "C:\\Windows\\System32\\drivers\\etc\\hosts"),
+    ("aws-credentials", "~/.aws/credentials"),
+    ("tool-config-dir", "/.claude/settings.json"),
+    ("vite-fs", "/@fs/etc/passwd"),
+    ("php-filter", "php://filter/convert.base64-encode/resource=index.php"),
+    ("php-input", "php://input"),
+    ("phar", "phar://uploads/avatar.jpg/shell"),
+    ("zip", "zip://archive.zip#shell.php"),
+    ("expect", "expect://id"),
+    ("data-wrapper", "data://text/plain;base64,PD9waHAgc3lzdGVtKCk7Pz4="),
+    ("file-scheme", "file:///etc/passwd"),
+    ("full-width", "\uff0e\uff0e/\uff0e\uff0e/etc/passwd"),
+]
+
+
+@pytest.mark.parametrize(("text"), [case[1] for case in ATTACKS], ids=[case[0] for case in ATTACKS])
+def test_attacks_match_at_paranoia_1(text: str) -> None:
+    matches = detect_lfi(Normalized(text), PARAM, 1)
+    assert matches, text
+    assert all(match.category == "lfi" and match.rule.startswith("lfi-") for match in matches)
+    assert all(match.severity == Severity.CRITICAL for match in matches)
+
+
+def test_traversal_in_upload_file_name_is_confident() -> None:
+    assert "lfi-path-traversal" in rules("../avatar.png", location=Location("filename", "file"))
+
+
+BENIGN = [
+    ("relative-image", "../images/a.png"),
+    ("referer-dotdot", "https://app.example.com/docs/a/../b/index.html"),
+    ("file-name-dots", "Q3.report.final.v2.pdf"),
+    ("ellipsis", "Wait... what?"),
+    ("ellipsis-slash", "and/or..."),
+    ("api-path", "/api/v1/orders/1695522"),
+    ("history-param", "history.history"),
+    ("environment-word", "/test.environment"),
+    ("etc-prose", "Tools, etc."),
+    ("well-known", "/.well-known/openid-configuration"),
+    ("data-uri", "data:image/png;base64,iVBORw0KGgo="),
+    ("url", "https://example.com/files/report.pdf"),
+    ("email", "first.last@example.com"),
+    ("css", "/css/style.css"),
+    ("node-modules", "/node_modules/@osd/ui-framework/dist/kui_light.css"),
+]
+
+
+@pytest.mark.parametrize(("text"), [case[1] for case in BENIGN], ids=[case[0] for case in BENIGN])
+def test_benign_paths_are_silent_at_paranoia_1(text: str) -> None:
+    assert rules(text) == set()
+
+
+def test_plain_relative_traversal_is_paranoia_2() -> None:
+    matches = detect_lfi(Normalized("../images/a.png"), PARAM, 2)
+    assert [(m.rule, m.paranoia) for m in matches] == [("lfi-path-traversal", 2)]
+    assert matches[0].severity < Severity.CRITICAL
+
+
+def test_contained_dot_segment_is_paranoia_3() -> None:
+    assert rules("/a/b/../c", 2) == set()
+    assert rules("/a/b/../c", 3) == {"lfi-dot-segment"}
+
+
+def test_hidden_file_is_paranoia_3() -> None:
+    assert rules("/.cache/x", 2) == set()
+    assert rules("/.cache/x", 3) == {"lfi-hidden-file"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.sampled_from([1, 2, 3, 4]))
+def test_never_raises_and_is_deterministic(text: str, paranoia: int) -> None:
+    first = detect_lfi(Normalized(text), PARAM, paranoia)
+    assert first == detect_lfi(Normalized(text), PARAM, paranoia)
+    assert all(match.paranoia <= paranoia for match in first)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="./\\%;0x2ecf ", max_size=300))
+def test_path_soup_never_raises(text: str) -> None:
+    detect_lfi(Normalized(text), PARAM, 4)
+
+
+@pytest.mark.parametrize(
+    "unit", ["../", "..;/", "%2e%2e%2f", "0x2e", ".../", "/."], ids=lambda unit: unit
+)
+def test_adversarial_64k_input_completes(unit: str) -> None:
+    text = (unit * (65536 // len(unit) + 1))[:65536]
+    started = time.perf_counter()
+    detect_lfi(Normalized(text), PARAM, 4)
+    print(f"lfi 64 KiB {unit!r}: {(time.perf_counter() - started) * 1000:.1f} ms")
