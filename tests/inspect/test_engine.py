@@ -205,13 +205,16 @@ def test_a_failing_detector_fails_closed(caplog: pytest.LogCaptureFixture) -> No
     assert sum("failed" in r.getMessage() for r in caplog.records) == 1  # logged once
 
 
-def test_undecodable_values_fail_closed() -> None:
+def test_lone_surrogates_are_inspected_not_errors() -> None:
+    seen: list[str] = []
+
     def decoding(value: Normalized, location: Location, level: int) -> list[Match]:
-        _ = value.sql  # %uD800 decodes to a lone surrogate, which no encoder accepts
+        seen.append(value.sql)  # %uD800 would be a lone surrogate, which no encoder accepts
         return []
 
     verdict = Inspector(InspectConfig(), [decoding], no_protocol).inspect(get("/?q=%uD800"))
-    assert [m.rule for m in verdict.matches] == [ERROR_RULE]
+    assert verdict.matches == ()
+    assert "\ufffd" in seen
 
 
 def test_over_limit_policies() -> None:
