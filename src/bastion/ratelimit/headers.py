@@ -104,6 +104,8 @@ class HeaderRenderer:
                 self._items[name] = self._item(name, rule.algorithm, rule.limit, rule.period)
         self._values: dict[tuple[str, ...], bytes] = {}
         """Policy names in report order → the ``RateLimit-Policy`` value."""
+        self._prefixes = {name: f'"{name}";r='.encode("ascii") for name in policies.by_name}
+        """The start of each policy's ``RateLimit`` item."""
 
     @staticmethod
     def _item(name: str, algorithm: str, quota: int, window: float) -> bytes:
@@ -118,50 +120,52 @@ class HeaderRenderer:
             item = self._item(check.rule.policy, "quota", check.rule.limit, window)
         return item
 
-    def _policy_value(self, names: tuple[str, ...], checks: list[Check]) -> bytes:
-        value = self._values.get(names)
-        if value is None:
-            value = b", ".join(self._policy_item(check) for check in checks)
-            if self._quotas.isdisjoint(names):
-                if len(self._values) >= 1024:
-                    self._values.clear()
-                self._values[names] = value
+    def _policy_value(self, names: tuple[str, ...], report: RateLimitReport) -> bytes:
+        items: dict[str, bytes] = {}
+        for checks, _ in report.batches:
+            for check in checks:
+                if check.enforce and check.rule.policy not in items:
+                    items[check.rule.policy] = self._policy_item(check)
+        value = b", ".join(items.values())
+        if self._quotas.isdisjoint(names):
+            if len(self._values) >= 1024:
+                self._values.clear()
+            self._values[names] = value
         return value
 
     def render(self, report: RateLimitReport) -> list[tuple[bytes, bytes]]:
         """The header pairs for ``report``; empty when no enforced policy applied."""
         names: list[str] = []
-        first: list[Check] = []
-        best_check: Check | None = None
+        best_name = ""
         best: Decision | None = None
         for checks, decisions in report.batches:
             for check, decision in zip(checks, decisions, strict=False):
-                if not check.enforce:
-                    continue
-                name = check.rule.policy
-                if name not in names:
+                if check.enforce:
+                    name = check.rule.policy
                     names.append(name)
-                    first.append(check)
-                # The most restrictive: lowest remaining, then the longest wait.
-                if (
-                    best is None
-                    or decision.remaining < best.remaining
-                    or (decision.remaining == best.remaining and decision.reset > best.reset)
-                ):
-                    best_check, best = check, decision
-        if best is None or best_check is None:
+                    # The most restrictive: lowest remaining, then the longest wait.
+                    if (
+                        best is None
+                        or decision.remaining < best.remaining
+                        or (decision.remaining == best.remaining and decision.reset > best.reset)
+                    ):
+                        best_name, best = name, decision
+        if best is None:
             return []
-        reset = max(0, math.ceil(best.reset))
-        remaining = max(0, best.remaining)
-        headers = [
-            (_POLICY, self._policy_value(tuple(names), first)),
-            (_RATELIMIT, f'"{best_check.rule.policy}";r={remaining};t={reset}'.encode("ascii")),
-        ]
+        key = tuple(names)
+        policy = self._values.get(key)
+        if policy is None:
+            policy = self._policy_value(key, report)
+        reset = math.ceil(best.reset)
+        remaining = best.remaining
+        prefix = self._prefixes.get(best_name) or f'"{best_name}";r='.encode("ascii")
+        value = prefix + b"%d;t=%d" % (remaining if remaining > 0 else 0, reset if reset > 0 else 0)
+        headers = [(_POLICY, policy), (_RATELIMIT, value)]
         if self._legacy:
             headers += [
-                (_LEGACY_LIMIT, str(best.limit).encode("ascii")),
-                (_LEGACY_REMAINING, str(remaining).encode("ascii")),
-                (_LEGACY_RESET, str(reset).encode("ascii")),
+                (_LEGACY_LIMIT, b"%d" % best.limit),
+                (_LEGACY_REMAINING, b"%d" % max(0, remaining)),
+                (_LEGACY_RESET, b"%d" % max(0, reset)),
             ]
         return headers
 

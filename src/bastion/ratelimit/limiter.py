@@ -108,6 +108,31 @@ class Limiter:
         self._failures = 0
         self._failing = False
 
+    @property
+    def synchronous(self) -> bool:
+        """Whether the store decides without I/O (the memory store): :meth:`admit_now`."""
+        return self._memory is not None
+
+    def admit_now(
+        self,
+        checks: Sequence[Check],
+        *,
+        client: str,
+        bans: BanRule | None,
+        report: RateLimitReport,
+    ) -> Verdict | None:
+        """:meth:`admit` with the memory store, without a coroutine on the common path: an
+        allowed request is counted and ``None`` returned; a refusal is returned for
+        :meth:`refuse` (bans, tarpit, the 429)."""
+        memory = self._memory
+        if memory is None:
+            raise RuntimeError("admit_now needs the memory store: use admit")
+        verdict = memory.evaluate_now(checks, client=client, bans=bans)
+        if not verdict.allowed:
+            return verdict
+        self._allowed(verdict, memory, checks, report)
+        return None
+
     async def admit(
         self,
         checks: Sequence[Check],
@@ -118,44 +143,85 @@ class Limiter:
         report: RateLimitReport,
     ) -> None:
         """Count the request or raise the refusal; decisions and held slots go to ``report``."""
-        decided: _Decided | None
+        if self._memory is not None:
+            verdict = self.admit_now(checks, client=client, bans=bans, report=report)
+            if verdict is not None:
+                await self.refuse(verdict, checks, client=client, state=state, report=report)
+            return
+        decided = await self._evaluate(checks, client, bans)
+        if decided is None:
+            return
+        if decided[0].allowed:
+            self._allowed(*decided, report)
+            return
+        await self._refuse(decided, checks, client, state, report)
+
+    async def refuse(
+        self,
+        verdict: Verdict,
+        checks: Sequence[Check],
+        *,
+        client: str,
+        state: RequestState,
+        report: RateLimitReport,
+    ) -> None:
+        """The memory store refused what :meth:`admit_now` asked: ban, hold (tarpit) or 429."""
         memory = self._memory
-        if memory is not None:
-            decided = memory.evaluate_now(checks, client=client, bans=bans), memory, checks
-        else:
-            decided = await self._evaluate(checks, client, bans)
-            if decided is None:
-                return
-        verdict = decided[0]
-        if not verdict.allowed:
-            if verdict.banned_for > 0 or verdict.new_ban > 0:
-                await self._banned(verdict, client, state)
-            if self._tarpit:
-                decided = await self._hold(decided, checks, client)
-                if decided is None:
-                    return
-                verdict = decided[0]
-        store, evaluated = decided[1], decided[2]
+        if memory is None:
+            raise RuntimeError("refuse follows admit_now: use admit")
+        await self._refuse((verdict, memory, checks), checks, client, state, report)
+
+    def _allowed(
+        self,
+        verdict: Verdict,
+        store: RateLimitStore | LocalStore,
+        evaluated: Sequence[Check],
+        report: RateLimitReport,
+    ) -> None:
         decisions = verdict.decisions
-        report.add(evaluated, decisions)
+        report.batches.append((evaluated, decisions))
         counts = self._counts
-        if verdict.allowed:
+        if counts is not None:
+            for check, decision in zip(evaluated, decisions, strict=False):
+                # An allowed request's refused decisions are shadow ones.
+                key = (check.rule.policy, "allowed" if decision.allowed else "shadow_limited")
+                counts[key] = counts.get(key, 0) + 1
+        else:
             for check, decision in zip(evaluated, decisions, strict=False):
                 result = "allowed" if decision.allowed else "shadow_limited"
-                if counts is not None:
-                    key = (check.rule.policy, result)
-                    counts[key] = counts.get(key, 0) + 1
-                else:
-                    self._metrics.ratelimit_decision(check.rule.policy, result)
-            if self._concurrency:
-                held = [
-                    check
-                    for check, decision in zip(evaluated, decisions, strict=False)
-                    if decision.allowed and check.rule.algorithm == "concurrency"
-                ]
-                if held:
-                    report.held.append((store, held))
-            return
+                self._metrics.ratelimit_decision(check.rule.policy, result)
+        if self._concurrency:
+            # Only slots the store granted are held: a refused (shadow) check took none.
+            held = [
+                check
+                for check, decision in zip(evaluated, decisions, strict=False)
+                if decision.allowed and check.rule.algorithm == "concurrency"
+            ]
+            if held:
+                report.held.append((store, held))
+
+    async def _refuse(
+        self,
+        decided: _Decided,
+        checks: Sequence[Check],
+        client: str,
+        state: RequestState,
+        report: RateLimitReport,
+    ) -> None:
+        verdict = decided[0]
+        if verdict.banned_for > 0 or verdict.new_ban > 0:
+            await self._banned(verdict, client, state)
+        if self._tarpit:
+            retried = await self._hold(decided, checks, client)
+            if retried is None:
+                return
+            if retried[0].allowed:
+                self._allowed(*retried, report)
+                return
+            decided = retried
+        verdict, _, evaluated = decided
+        decisions = verdict.decisions
+        report.add(evaluated, decisions)
         retry_after = 0.0
         for check, decision in zip(evaluated, decisions, strict=False):
             if decision.allowed:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from bastion.http.state import state_of
+from bastion.http.state import RequestState
 from bastion.ratelimit.config import RateLimitConfig
 from bastion.ratelimit.core import BanRule
 from bastion.ratelimit.headers import REPORT_KEY, RateLimitReport
@@ -40,8 +40,12 @@ class _LimitStage:
         self.app = app
         self._limiter = limiter
         self._policies = limiter.policies
-        self._headers = config.headers
+        # Shadow policies are never reported: with only those, there are no headers to add.
+        self._headers = config.headers and any(
+            p.config.mode == "enforce" for p in limiter.policies.by_name.values()
+        )
         self._concurrency = limiter.policies.has_concurrency
+        self._synchronous = limiter.synchronous
         self._bans: BanRule | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,8 +53,8 @@ class _LimitStage:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        state = state_of(scope)
         shared = scope["state"]
+        state: RequestState = shared["bastion"]
         shared[LIMITER_KEY] = self._limiter
         report: RateLimitReport | None = shared.get(REPORT_KEY)
         owner = report is None
@@ -59,9 +63,15 @@ class _LimitStage:
         checks = self._policies.checks_for(scope, state, stage=self._stage)
         if checks or self._bans is not None:
             client = self._policies.client(state.client_ip)[0]
-            await self._limiter.admit(
-                checks, client=client, bans=self._bans, state=state, report=report
-            )
+            limiter = self._limiter
+            if self._synchronous:
+                refused = limiter.admit_now(checks, client=client, bans=self._bans, report=report)
+                if refused is not None:
+                    await limiter.refuse(refused, checks, client=client, state=state, report=report)
+            else:
+                await limiter.admit(
+                    checks, client=client, bans=self._bans, state=state, report=report
+                )
         if not owner or not (self._headers or self._concurrency):
             await self.app(scope, receive, send)
             return
