@@ -15,8 +15,19 @@ two ways, neither of them a scan:
   (one calendar window for quotas) after it went idle at the latest, if the table is growing;
   an access to an idle bucket simply starts it afresh (the arithmetic of an idle state is that
   of a new one);
-- ``max_keys``: inserting a bucket beyond it evicts the least recently touched one of all
-  tables (comparing the tables' oldest entries: one comparison per policy).
+- ``max_keys``: inserting a bucket beyond it evicts one, fairly between policies. The policy
+  that grew gives up its own least recently touched bucket when it holds more than its share
+  (``max_keys`` divided among the policies); otherwise the largest table does (one length
+  per policy compared). So keys a client chooses (``header:`` values, spoofed addresses)
+  flooding one policy only churn that policy's buckets, and never reset the counts of other
+  policies' clients (a global LRU would hand each new attacker key a victim's bucket).
+
+Decisions are built as named tuples through ``tuple.__new__``, and one GCRA check (the built-in
+``global`` alone) takes a path without the lists the general loop keeps: the store runs on
+every request, so its fixed cost per call matters as much as its cost per check.
+
+Concurrency leases are recorded under the request's token (``Check.lease``), so a release frees
+exactly that request's slots (:class:`~bastion.ratelimit.algorithms.Leases`).
 
 Bans follow the module rules of :mod:`bastion.ratelimit.core`: per client the times of its
 refusals within ``BanRule.window`` (at most ``threshold`` of them), its latest ban's end and its

@@ -509,23 +509,33 @@ class RedisStore:
     def _verdict(checks: Sequence[Check], reply: list[int]) -> Verdict:
         if reply[2]:
             return _tuple_new(Verdict, (False, (), reply[2] / _US, 0.0, reply[4]))
-        decisions = []
-        at = 5
-        for check in checks:
-            decisions.append(
+        if len(checks) == 1:
+            # Most requests: no list, no loop.
+            decisions: tuple[Decision, ...] = (
                 _tuple_new(
                     Decision,
-                    (
-                        reply[at] == 1,
-                        check.rule.limit,
-                        reply[at + 1],
-                        reply[at + 2] / _US,
-                        reply[at + 3] / _US,
-                    ),
-                )
+                    (reply[5] == 1, checks[0].rule.limit, reply[6], reply[7] / _US, reply[8] / _US),
+                ),
             )
-            at += 4
-        return _tuple_new(Verdict, (reply[1] == 1, tuple(decisions), 0.0, reply[3] / _US, reply[4]))
+        else:
+            built = []
+            at = 5
+            for check in checks:
+                built.append(
+                    _tuple_new(
+                        Decision,
+                        (
+                            reply[at] == 1,
+                            check.rule.limit,
+                            reply[at + 1],
+                            reply[at + 2] / _US,
+                            reply[at + 3] / _US,
+                        ),
+                    )
+                )
+                at += 4
+            decisions = tuple(built)
+        return _tuple_new(Verdict, (reply[1] == 1, decisions, 0.0, reply[3] / _US, reply[4]))
 
     # -- cancelled callers ------------------------------------------------------------------
 
