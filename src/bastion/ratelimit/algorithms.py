@@ -19,7 +19,8 @@ Every decision reports, as in :class:`~bastion.ratelimit.core.Decision`:
 
 A request whose cost exceeds what the bucket can ever hold (``cost > burst`` for GCRA,
 ``cost > limit`` for the others) is never allowed; the retry time each algorithm reports for it
-is documented on the function, and the stage rejects such policies as a configuration error.
+is documented on the function, and the configuration refuses such policies
+(:class:`~bastion.ratelimit.config.PolicyConfig`).
 
 Float comparisons of amounts tolerate :data:`EPSILON`: epoch times near 1.7e9 carry about
 2.4e-7 s of rounding, and GCRA adds ``period / limit`` per request, so exact comparisons would
