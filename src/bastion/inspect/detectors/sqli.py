@@ -20,19 +20,24 @@ import re2
 
 from bastion.inspect.core import Location, Match, Normalized, Severity
 
-__all__ = ["MAX_TOKENS", "detect_sqli"]
+__all__ = ["MAX_SCAN_CHARS", "MAX_TOKENS", "detect_sqli"]
 
 MAX_TOKENS = 512
 """Tokens examined per context; an injection reveals itself long before that."""
 
+MAX_SCAN_CHARS = 8192
+"""Characters tokenized per context after the string the value may close."""
+
 _FINGERPRINT_LENGTH = 8
+_MAX_ESCAPED_QUOTES = 256
 
 # Token classes, one character each so a token sequence is a short string.
 _STRING, _NUMBER, _BAREWORD, _VARIABLE = "s", "1", "n", "v"
 _KEYWORD, _UNION, _SELECT, _STATEMENT, _ORDER_BY = "k", "U", "E", "T", "B"
 _FUNCTION, _OPERATOR, _LOGIC, _COMMENT, _COMPARE = "f", "o", "&", "c", "="
 _OPEN, _CLOSE, _SEMICOLON, _COMMA, _DOT = "(", ")", ";", ",", "."
-_CLOSED_COMMENT, _BY = "/**/", "by"
+_CLOSED_COMMENT, _BY, _PROSE = "/**/", "by", "w"
+_ARTICLES = frozenset("the a an my your our their this that these those his her its".split())  # noqa: SIM905
 
 _WORDS: dict[str, str] = {}
 for _word in ("union", "except", "intersect"):
@@ -228,6 +233,37 @@ _FUNCTIONS = frozenset(
         "string_to_array",
         "exists",
         "not",
+        # SQLite, PostgreSQL and MySQL functions seen in blind and error-based payloads.
+        "json",
+        "json_valid",
+        "json_array",
+        "json_object",
+        "json_search",
+        "jsonb_pretty",
+        "likely",
+        "unlikely",
+        "likelihood",
+        "glob",
+        "sqlite_compileoption_used",
+        "sqlite_compileoption_get",
+        "starts_with",
+        "unistr",
+        "overlay",
+        "name_const",
+        "polygon",
+        "multipoint",
+        "linestring",
+        "geometrycollection",
+        "gtid_subset",
+        "st_latfromgeohash",
+        "query_to_xml",
+        "dblink",
+        "current_setting",
+        "last_insert_id",
+        "found_rows",
+        "connection_id",
+        "sqrt",
+        "now",
     ]
 )
 
@@ -247,14 +283,14 @@ _GRAMMAR = re2.compile(
     # '=' / 'like'%' / 'x'!='y / '-0 or …
     r"|s=[1s]|so[1s](?:[&;c=]|o[1s](?:$|[&;c]))|so[1sn]&|so[fE]"
     # '; drop table… / '; select… / ' union select / '-- / ' order by 3 / ' having 1=1
-    r"|s;[TE1c]|s[1n]?UE|sU[k]?E|sc|s;c|sB1|sk[1fv]|sk[n].*c$"
+    r"|s;(?:[TE1c]|$)|s[1n]?UE|sU[k]?E|sc|s;c|sB1|sk[1fv]|sk[n].*c$"
     # numeric context: 1 or 1=1 / 1 and sleep(5) / 1 union select / 1; drop…
     r"|[1n]&(?:1[o=;c&]|[sfv]|E|n=[1sn])|1&1$|1o1&1=1"
     r"|[1n]U[k]?E|[1n];[TE]|1;c|1c$|1B1"
     # a fragment that starts the attacker's own clause: and 1=( / or name = " / ;drop
-    r"|&(?:[1n]=|[fE])|;[TE]|f[1sn]=|=E|Tv"
+    r"|&(?:[1ns]=|[fE]|[1s]o[1sn])|;[TE]|f[1sn]=|=E|Tv|1&nf"
     # a statement as the whole value: select * from… / select @@version / (select 1)
-    r"|E(?:[ofv]|[1s](?:$|[,c;&k])|n,|nk[nvs]|k[1sn])"
+    r"|E(?:[ofv]|[1s](?:$|[,c;&k]|o[1s])|n,|nk(?:[vs]|n(?:$|[,;c&k=.]))|k[1sn])"
     r"|U[k]?E(?:[1sofvn]|$)"
     r")"
 )
@@ -263,7 +299,7 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
     # name, RE2 over the comment-stripped form, severity, paranoia level
     (
         "union-select",
-        r"\bunion\s*(?:all\s*|distinct\s*)?\(*\s*select\b\s*"
+        r"\bunion\s*(?:all\s*|distinct(?:row)?\s*)?\(*\s*select\b\s*"
         r"(?:[\d'\"@*(`-]|null\b|all\b|distinct\b|top\b|case\b|[\w.$]+\s*(?:,|\(|\bfrom\b|$))",
         Severity.CRITICAL,
         1,
@@ -281,7 +317,8 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
     (
         "time-based",
         r"\b(?:sleep\(\s*(?:\d+(?:\.\d+)?\s*\)|[a-z_@(])|benchmark\(\s*\d+\s*,"
-        r"|pg_sleep(?:_for|_until)?\s*\(|waitfor\s+(?:delay|time)\s*['\"\d@(]"
+        r"|pg_sleep(?:_for|_until)?\b|\bselect\s+(?:sleep|benchmark)\b"
+        r"|waitfor\s+(?:delay|time)\s*['\"\d@(]"
         r"|dbms_lock\.sleep\s*\(|dbms_pipe\.receive_message\s*\(|randomblob\(\s*\d{6,})",
         Severity.CRITICAL,
         1,
@@ -293,7 +330,10 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
         r"|all_objects|user_objects)\b|sysobjects\b|syscolumns\b|sysdatabases\b"
         r"|master\s*\.\.|sqlite_(?:master|schema|temp_master)\b"
         r"|pg_(?:shadow|catalog|user|authid|stat_activity|namespace)\b"
-        r"|(?:all|user|dba)_(?:tables|tab_columns|users|objects)\b)",
+        r"|(?:all|user|dba)_(?:tables|tab_columns|users|objects)\b|\b(?:tempdb|msdb|northwind"
+        r"|msys(?:accessobjects|objects|queries|relationships|aces))\b|\bpg_database\b"
+        r"|\bsys(?:ibm|cat)\s*\.\s*\w+|\bv\$(?:version|instance|database)\b)"
+        r"|@@(?:version|datadir|hostname|basedir|servername|spid|tmpdir|version_compile_os)\b",
         Severity.CRITICAL,
         1,
     ),
@@ -309,7 +349,7 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
         r"\b(?:xp_(?:cmdshell|dirtree|regread|regwrite|fileexist|servicecontrol|availablemedia"
         r"|subdirs|makecab|ntsec_enumdomains|terminate_process|reg\w+)"
         r"|sp_(?:oacreate|oamethod|executesql|makewebtask|addextendedproc|configure|password"
-        r"|addlogin|addsrvrolemember)|openrowset\s*\(|opendatasource\s*\()",
+        r"|addlogin|addsrvrolemember)|openrowset\b|opendatasource\b|msdasql\b|sqloledb\b)",
         Severity.CRITICAL,
         1,
     ),
@@ -337,6 +377,99 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
         r"|exec(?:ute)?\s+master\s*\.|procedure\s+analyse\s*\(|union\s+(?:all\s+|distinct\s+)?select\s*$"
         r"|select\s+[\w.,*` ()@]{1,80}?\s+from\s+[\w.`\"\[\]]+\s+(?:where|group|order|limit|union"
         r"|join)\b)",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # Out-of-band exfiltration: DNS or HTTP requests made by the database itself.
+        "out-of-band",
+        r"\b(?:utl_inaddr|utl_http|utl_tcp|utl_smtp|dbms_ldap|dbms_pipe|dbms_xdbutil"
+        r"|dbms_xmlgen|dbms_xmlquery|httpuritype|ctxsys\s*\.\s*drithsx)\b|\bdblink(?:_connect)?\s*\("
+        r"|\bcopy\s+[\w.\"]+\s+(?:from|to)\s+program\b|\bload_file\s*\(\s*(?:concat\s*\()?\s*'\\\\",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # A whole value that is one unclosed call (``abs(``, ``user/?(``): a probe for
+        # function injection; text never ends on an opening parenthesis right after a name.
+        "function-probe",
+        r"^[\s'\"`(]*(?:(?:abs|ascii|avg|benchmark|bin|cast|ceil|ceiling|char|char_length|chr"
+        r"|coalesce|compress|concat|concat_ws|convert|cos|count|database|dayname|decode|elt"
+        r"|encode|exec|execute|exp|extractvalue|find_in_set|floor|group_concat|hex|ifnull|iif"
+        r"|instr|last_insert_id|lcase|length|ln|load_file|locate|log|lower|lpad|ltrim|max|md5"
+        r"|mid|min|now|nullif|ord|pi|pow|power|rand|reverse|round|rpad|rtrim|sha1|sha2|sin|sleep"
+        r"|soundex|sqrt|strcmp|substr|substring|sum|sysdate|tan|trim|ucase|uncompress|unhex"
+        r"|updatexml|upper|version)\W{0,6}"
+        # English words: only when glued to the parenthesis or to punctuation before it.
+        r"|(?:date|day|default|field|format|hour|if|in|insert|left|local|minute|month|password"
+        r"|position|quarter|repeat|replace|right|schema|second|space|time|user|values|week|year)"
+        r"(?:[^\w\s]{1,6}\s*)?)\(\s*$",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # A whole value that is an operator only SQL spells: probing which one passes.
+        "operator-probe",
+        r"^\s*(?:<=>|>>|<<|\|\||&&|->>?|#>>?|@>|<@|xor|rlike|(?:not\s+)?regexp|sounds\s+like"
+        r"|is\s+(?:not\s+)?null|(?:not\s+)?like\s+null|notnull|isnull"
+        r"|(?:not\s+)?in\s*\(\s*[-+]?\d+(?:\s*,\s*[-+]?\d+)*[\s,\d]*\)?)\s*$",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # PostgreSQL: a literal or call cast with ``::`` (error-based ``'a'::int``, JSON
+        # operators on a cast literal) and the JSON containment/existence operators.
+        "postgres-operator",
+        r"(?:['\")]|\b[a-z_]\w*)\s*::\s*(?:jsonb?|int[248]?|integer|bigint|smallint|text"
+        r"|varchar|numeric|regclass|regproc|oid|bool(?:ean)?|double\s+precision|bytea|inet)\b"
+        r"(?:\s*$|\s*[)=<>|,;+\-*/@?#!~]|\s+(?:and|or|from|limit|order|union|is|between|like)\b)"
+        r"|[}\]]'\s*(?:<@|@>|\?[|&]?|@\?|@@|->>?|#>>?)|'\s*->>?\s*'\$"
+        r"|'\s*(?:<@|@>|\?[|&]|@\?|@@)\s*'",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # The tail of a select list or a FROM clause pasted into the value: ``) as x from``,
+        # ``from `db`.`t` limit``, ``from(select …``.
+        "clause-fragment",
+        r"^(?:[)`'\"!;]+\s*as\b\s*[`'\"]?[\w$]*|\d+\s*as\s*[`'\"][\w$]*)[`'\"]?\s*from\b"
+        r"|^from\s*(?:\(\s*select\b|`[^`]+`|[\w.]+\s+(?:where\s+[\w.`]+\s*(?:[=<>!]|like\b|in\b)"
+        r"|limit\b|(?:group|order)\s+by\b))"
+        r"|^\)+\s*(?:like|rlike|regexp|glob|when|then|or|and|xor|union|as|having|limit|where"
+        r"|from|(?:order|group)\s+by)\b|^(?:having|where)\s+\d+\s*[=<>]"
+        r"|^[\d'\"]{1,32}\)+\s*(?:when|then|like|rlike|regexp|union|having|(?:order|group)\s+by)\b"
+        r"|(?:^|[(,='\"\d])\s*case\s+when\b[^;]*?\bthen\b|\bselect\s*\(\s*case\b"
+        r"|^\s*create\s+(?:or\s+replace\s+)?(?:function|procedure|trigger)\s+[\w.]+\s*\(",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # A name, then a quote glued to a SQL operator: ``id'is not-id``, ``x'or'1``,
+        # ``user'collate nocase``, ``x'|email``; prose puts a space after a closing quote.
+        "quote-operator",
+        r"^[\w.@-]{1,64}['\"`](?:is\s*(?:not|null|true|false)|not|like|glob|regexp|rlike|mod|div"
+        r"|collate|sounds|notnull|isnull|xor|between|escape|similar)\b|^['\"`](?:collate|notnull|isnull|rlike|regexp"
+        r"|xor|sounds)\b|^[\w.@\\-]{0,64}['\"`](?:or|and|xor)['\"(][^\s]"
+        r"|^[\w.@-]{1,64}'[-|^&<>=/%*]\s*[a-z_]\w*\s*$"
+        r"|^[\w.@-]{0,64}['\"`]\s+(?:is\s+not\s+(?:null|true|false)\b|not\s+(?:like|glob"
+        r"|regexp|similar)\b|sounds\s+like\b|collate\s+\w|notnull\b|isnull\b|rlike\b|xor\b)"
+        r"|^[^\s'\"`]{1,128}['\"`]\s*;\s*$|^['\"`]\s*;\s*(?:$|[a-z])",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # Integer-overflow and float-parsing probes, as whole values.
+        "overflow-probe",
+        r"^\s*(?:2147483648|-2147483649|4294967296|9223372036854775808|-9223372036854775809"
+        r"|18446744073709551616|2\.2250738585072011e-308)\s*$",
+        Severity.CRITICAL,
+        1,
+    ),
+    (
+        # MySQL quirks: ``@v:=`` assignments inside expressions and ``1.e(`` / ``1.e.table``
+        # (a number glued to an identifier, which MySQL's parser accepts).
+        "mysql-quirk",
+        r"(?:^|[\s(,])@[\w.$]*\s*:=|\b\d+\.e(?:\s*\(|\.[a-z_]\w+)",
         Severity.CRITICAL,
         1,
     ),
@@ -371,6 +504,13 @@ _PATTERNS: tuple[tuple[str, str, int, int], ...] = (
         2,
     ),
     (
+        # A comparison operator alone: a filter value in some APIs, so only a weak signal.
+        "comparison-probe",
+        r"^\s*(?:=|==|!=|<>|<=|>=|!<|!>|<|>)\s*$",
+        Severity.WARNING,
+        2,
+    ),
+    (
         "trailing-comment",
         r"[\w'\")]\s*(?:--[\s-]*$|#\s*$|/\*)",
         Severity.NOTICE,
@@ -394,11 +534,36 @@ _ANY_PATTERN = re2.compile(
     "|".join(f"(?:{pattern})" for _, pattern, _, level in _PATTERNS if level < 3)
 )
 
-# Versioned MySQL comments (``/*!50000select*/``) are code, not comments: unwrap them
-# before the comment-stripped form is built.
-_VERSIONED = re2.compile(r"/\*!\d{0,6}")
-_COMMENT_SPAN = re2.compile(r"(?s)/\*.*?(?:\*/|$)|--[^\n]*|#[^\n]*")
-_SPACES = re2.compile(r"\s+")
+# Versioned MySQL comments (``/*!50000select*/``) are code, not comments: only their markers
+# are removed from the comment-stripped form.
+_WORD_TAUTOLOGY = re2.compile(r"^[\w.]+ (?:like|is|rlike|regexp|glob|sounds) [\w.]+$")
+_NAME_KINDS = frozenset(("query_name", "form_name", "multipart_name", "cookie_name", "json_key"))
+_PLAIN_PATH = re2.compile(r"^[\w./~-]*$")
+# Attribute values (double- or single-quoted, the last one up to the end of its tag) and text
+# nodes. A value holding the quote that delimits it is cut short, but the whole body is still
+# inspected as one text too.
+_MARKUP_VALUE = re2.compile(r"=\s*\"([^<>]*?)\"\s*/?>|=\s*\"([^\"]*)\"|=\s*'([^']*)'|>([^<>]+)<")
+_MAX_SUBJECTS = 16
+_MAX_MARKUP_MATCHES = 64
+_MAX_COMMENTS = 2048
+_MAX_SUBJECT_CHARS = 4096
+_MAX_MARKUP_CHARS = 65536
+_QUOTE_LOOKALIKES = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201b": "'",
+        "\u02bc": "'",
+        "\u02b9": "'",
+        "\u00b4": "'",
+        "\u0301": "'",
+        "\u2032": "'",
+        "\uff07": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2033": '"',
+    }
+)
 _PREFILTER = re2.compile(r"^[\w.@:+ -]*$")
 _STRUCTURE_WORDS = frozenset(
     [
@@ -436,24 +601,84 @@ def detect_sqli(value: Normalized, location: Location, paranoia: int) -> list[Ma
         if level <= paranoia and all(match.rule != rule for match in matches):
             matches.append(Match(rule, "sqli", severity, location, level))
 
-    # A single word, or words without SQL structure, cannot form a token-level injection;
-    # the targeted patterns below still see it (``information_schema``).
     if location.kind in _NOSQL_KINDS and "$" in text and _NOSQL_OPERATOR.search(text):
         # MongoDB query operators smuggled in as a key: ``u_id[$ne]=1``, ``{"$where": …}``.
         add("sqli-nosql-operator", Severity.CRITICAL, 1)
-    if not _PREFILTER.match(text) or _has_structure(text):
-        for rule, severity, level in _fingerprint_rules(text, paranoia):
+    for subject in _subjects(text, location.kind):
+        for rule, severity, level in _subject_rules(subject, paranoia):
             add(rule, severity, level)
+    return matches
+
+
+def _subject_rules(text: str, paranoia: int) -> list[tuple[str, int, int]]:
+    """Rule hits of one piece of text: fingerprints, then the targeted patterns."""
+    found: list[tuple[str, int, int]] = []
+    if not text.isascii():
+        # Typographic quotes and accents stand in for ``'`` in payloads that slip past
+        # filters matching the ASCII quote only; a name typed with a typographic apostrophe
+        # reads as one written with ``'``, which the grammar already treats as prose.
+        text = text.translate(_QUOTE_LOOKALIKES)
+    # A single word, or words without SQL structure, cannot form a token-level injection;
+    # the targeted patterns below still see it (``information_schema``).
+    if not _PREFILTER.match(text) or _has_structure(text):
+        found += _fingerprint_rules(text, paranoia)
+    elif _WORD_TAUTOLOGY.match(text):
+        # ``42 like 42``, ``1 is 1``: a whole value comparing a literal with itself.
+        tokens = _fold(_tokenize(text, ""))
+        if len(tokens) == 3 and _always_true(*tokens):
+            found.append(("sqli-tautology", Severity.CRITICAL, 1))
     code = _strip_comments(text)
     if _ANY_PATTERN.search(code):
         for rule, pattern, severity, level in _COMPILED:
             if level <= paranoia and level < 3 and pattern.search(code):
-                add(rule, severity, level)
+                found.append((rule, severity, level))
     if paranoia >= 3:
         for rule, pattern, severity, level in _COMPILED:
             if level >= 3 and level <= paranoia and pattern.search(text):
-                add(rule, severity, level)
-    return matches
+                found.append((rule, severity, level))
+    return found
+
+
+def _subjects(text: str, kind: str) -> list[str]:
+    """The texts of one value to inspect: the value itself, plus the parts a flat location
+    hides. A name holding ``=`` is a whole ``name=value`` pair sent encoded (``pay%3DAND…``),
+    so each value in it is inspected alone; an XML body is inspected attribute by attribute
+    and node by node; a path segment by segment, so a payload needs not start the path."""
+    subjects = [text]
+    if kind in _NAME_KINDS:
+        if "=" in text:
+            for pair in text.split("&", _MAX_SUBJECTS)[:_MAX_SUBJECTS]:
+                rest = pair.partition("=")[2].strip()
+                if rest:
+                    subjects.append(rest)
+    elif kind == "body":
+        if text.lstrip().startswith("<"):
+            subjects += _markup_values(text)
+    elif kind == "path" and not _PLAIN_PATH.match(text):
+        segments = [segment for segment in text.split("/") if segment]
+        if len(segments) > 1:
+            subjects += [
+                segment
+                for segment in segments[-_MAX_SUBJECTS:]
+                if not _PREFILTER.match(segment) or " " in segment
+            ]
+    return subjects[: _MAX_SUBJECTS + 1]
+
+
+def _markup_values(text: str) -> list[str]:
+    """Distinct attribute values and text nodes of an XML or HTML document, at most
+    :data:`_MAX_SUBJECTS` among the first :data:`_MAX_MARKUP_MATCHES`, each cut to
+    :data:`_MAX_SUBJECT_CHARS` characters."""
+    values: list[str] = []
+    for count, match in enumerate(_MARKUP_VALUE.finditer(text[:_MAX_MARKUP_CHARS])):
+        if count >= _MAX_MARKUP_MATCHES:
+            break
+        piece = next((group for group in match.groups() if group), "").strip()
+        if piece and piece not in values:
+            values.append(piece[:_MAX_SUBJECT_CHARS])
+            if len(values) >= _MAX_SUBJECTS:
+                break
+    return values
 
 
 def _has_structure(text: str) -> bool:
@@ -463,22 +688,73 @@ def _has_structure(text: str) -> bool:
 
 
 def _strip_comments(text: str) -> str:
-    if "/*" in text:
-        text = str(_VERSIONED.sub(" ", text))
-    if "/*" in text or "--" in text or "#" in text:
-        text = str(_COMMENT_SPAN.sub(" ", text)).replace("*/", " ")
-    return str(_SPACES.sub(" ", text)).strip()
+    """``text`` without SQL comments (the content of versioned ``/*!…*/`` comments kept, as
+    MySQL runs it) and with whitespace runs as one space. One forward scan: every step moves
+    past what it has looked at, so the cost is linear whatever the nesting of markers."""
+    if "/*" in text or "--" in text or "#" in text or "*/" in text:
+        text = _without_comments(text)
+    return " ".join(text.split())
+
+
+def _without_comments(text: str) -> str:
+    out: list[str] = []
+    size = len(text)
+    # Where each marker next occurs (``size`` when it does not), found again only once the
+    # scan has passed it, so each marker is searched for over the text once in all.
+    following = {marker: _find(text, marker, 0) for marker in ("/*", "*/", "--", "#")}
+    index = 0
+    for _ in range(_MAX_COMMENTS):
+        for marker, position in following.items():
+            if position < index:
+                following[marker] = _find(text, marker, index)
+        start = min(following.values())
+        if start >= size:
+            break
+        out.append(text[index:start])
+        out.append(" ")
+        if text.startswith("/*!", start):
+            index = start + 3
+            while index < size and text[index] in _DIGITS:
+                index += 1
+        elif text.startswith("/*", start):
+            index = _find(text, "*/", start + 2) + 2
+        elif text.startswith("*/", start):
+            index = start + 2
+        else:
+            index = _find(text, "\n", start) + 1
+        if index >= size:
+            return "".join(out)
+    else:
+        # Thousands of comments in one value: the rest loses its markers only.
+        rest = text[index:]
+        for marker in ("/*!", "/*", "*/", "--", "#"):
+            rest = rest.replace(marker, " ")
+        out.append(rest)
+        return "".join(out)
+    out.append(text[index:])
+    return "".join(out)
+
+
+def _find(text: str, marker: str, start: int) -> int:
+    position = text.find(marker, start)
+    return len(text) if position < 0 else position
 
 
 def _fingerprint_rules(text: str, paranoia: int) -> list[tuple[str, int, int]]:
     found: list[tuple[str, int, int]] = []
-    contexts: list[str] = [""]
-    contexts += [quote for quote in "'\"" if quote in text]
-    for quote in contexts:
-        tokens = _tokenize(text, quote)
+    contexts: list[tuple[str, bool]] = [("", False)]
+    for quote in "'\"":
+        if quote in text:
+            contexts.append((quote, False))
+            if "\\" + quote in text:
+                # ``\'or'1``: against an application that escapes ``'`` as ``\'``, the
+                # attacker's own backslash escapes the added one and the quote closes.
+                contexts.append((quote, True))
+    for quote, naive in contexts:
+        tokens = _tokenize(text, quote, naive)
         folded = _fold(tokens)
         fingerprint = "".join(kind for kind, _ in folded[:_FINGERPRINT_LENGTH])
-        if _GRAMMAR.search(fingerprint):
+        if _GRAMMAR.search(fingerprint) and not _quoted_word(folded):
             found.append(("sqli-fingerprint", Severity.CRITICAL, 1))
         if _tautology(folded):
             found.append(("sqli-tautology", Severity.CRITICAL, 1))
@@ -490,6 +766,19 @@ def _fingerprint_rules(text: str, paranoia: int) -> list[tuple[str, int, int]]:
             if len(words) >= 3:
                 found.append(("sqli-keyword-density", Severity.WARNING, 3))
     return found
+
+
+def _quoted_word(tokens: list[tuple[str, str]]) -> bool:
+    """``'like' button``, ``"is" here``: a quoted word operator followed by prose (the next
+    string starts with a space), not a comparison with the attacker's own literal."""
+    return (
+        len(tokens) > 2
+        and tokens[0][0] == _STRING
+        and tokens[1][0] == _COMPARE
+        and tokens[1][1].isalpha()
+        and tokens[2][0] == _STRING
+        and tokens[2][1][:1].isspace()
+    )
 
 
 _COMPARISON = frozenset(
@@ -551,8 +840,11 @@ def _fold(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
             continue
         if kind == _OPERATOR and token in _COMPARISON:
             kind = _COMPARE
-        if token in ("all", "distinct") and previous == _UNION:
+        if token in ("all", "distinct", "distinctrow") and previous in (_UNION, _SELECT):
             continue
+        if kind == _BAREWORD and token in _ARTICLES and previous == _KEYWORD:
+            # ``from the list``: SQL names no table after an article, prose does.
+            kind = _PROSE
         if token == _BY and previous == _BAREWORD and out[-1][1] in ("order", "group"):
             out[-1] = (_ORDER_BY, "order by")
             continue
@@ -560,17 +852,22 @@ def _fold(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
-def _tokenize(text: str, quote: str) -> list[tuple[str, str]]:
+def _tokenize(text: str, quote: str, naive: bool = False) -> list[tuple[str, str]]:
     """SQL tokens of ``text`` as ``(class, text)`` pairs, at most :data:`MAX_TOKENS`.
 
-    With ``quote``, scanning starts inside a string opened by that quote."""
+    With ``quote``, scanning starts inside a string opened by that quote; with ``naive``, that
+    string ends at the first such quote even when a backslash precedes it."""
     tokens: list[tuple[str, str]] = []
     size = len(text)
     index = 0
     if quote:
-        end = _string_end(text, 0, quote)
+        end = text.find(quote) if naive else _string_end(text, 0, quote)
         tokens.append((_STRING, text[:end]))
         index = end + 1
+    # The fingerprint reads the first tokens only: past a window after the opening string, no
+    # further text is scanned (the targeted patterns still see the whole value).
+    text = text[: index + MAX_SCAN_CHARS]
+    size = len(text)
     while index < size and len(tokens) < MAX_TOKENS:
         char = text[index]
         if char in _SPACE or char in "{}\\`[]":
@@ -594,12 +891,16 @@ def _string_end(text: str, start: int, quote: str) -> int:
     when unterminated). Doubled quotes and backslash escapes stay inside the string."""
     index = start
     size = len(text)
-    while True:
+    for _ in range(_MAX_ESCAPED_QUOTES):
         end = text.find(quote, index)
         if end < 0:
             return size
         backslashes = 0
-        while end - backslashes - 1 >= start and text[end - backslashes - 1] == "\\":
+        while (
+            end - backslashes - 1 >= start
+            and backslashes < _MAX_ESCAPED_QUOTES
+            and text[end - backslashes - 1] == "\\"
+        ):
             backslashes += 1
         if backslashes % 2:
             index = end + 1
@@ -608,6 +909,8 @@ def _string_end(text: str, start: int, quote: str) -> int:
             index = end + 2
             continue
         return end
+    # A string of hundreds of escaped quotes is read as running to the end of the value.
+    return size
 
 
 def _scan_string(text: str, index: int, tokens: list[tuple[str, str]]) -> int:
