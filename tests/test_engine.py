@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from bastion import Bastion, BastionError, Settings
 from bastion.auth.config import AuthConfig
+from bastion.inspect.config import InspectConfig, InspectRouteConfig, StrikesConfig
 from bastion.pipeline.compression import CompressionStage
 from bastion.pipeline.config import (
     ClientIpConfig,
@@ -88,9 +89,11 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
         "ErrorStage",
         "ProbeStage",
         "GateStage",
+        "StrikeGate",
         "SheddingStage",
         "LimitsStage",
         "AuthStage",
+        "InspectStage",
         "CompressionStage",
         "OwnRoutes",
     ]
@@ -107,6 +110,19 @@ def test_default_chain_and_disabled_stages_absent(store: StoreConfig) -> None:
     assert full.index("ClientIpStage") == full.index("ErrorStage") + 1
     assert full.index("GateStage") == full.index("ProbeStage") + 1
     assert full.index("RateLimitStage") == full.index("AuthStage") + 1
+    assert full.index("StrikeGate") == full.index("GateStage") + 1
+    assert full.index("InspectStage") == full.index("RateLimitStage") + 1
+    assert full.index("CompressionStage") == full.index("InspectStage") + 1
+    no_strikes = Settings(store=store, inspect=InspectConfig(strikes=StrikesConfig(enabled=False)))
+    assert "StrikeGate" not in chain(Bastion(no_strikes).wrap(starlette_app()))
+    inspect_off = Settings(store=store, inspect=InspectConfig(mode="off"))
+    assert not {"StrikeGate", "InspectStage"} & set(
+        chain(Bastion(inspect_off).wrap(starlette_app()))
+    )
+    one_route = InspectConfig(mode="off", routes=[InspectRouteConfig(path="/api/**", mode="block")])
+    assert "InspectStage" in chain(
+        Bastion(Settings(store=store, inspect=one_route)).wrap(starlette_app())
+    )
     without_ratelimit = Settings(store=store, ratelimit=RateLimitConfig(enabled=False))
     assert not {"GateStage", "RateLimitStage"} & set(
         chain(Bastion(without_ratelimit).wrap(starlette_app()))

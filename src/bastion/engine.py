@@ -20,6 +20,7 @@ from bastion.http.framework import adopt_error_handling
 from bastion.http.principal import PrincipalResolver
 from bastion.http.problems import BastionError
 from bastion.http.routes import RouteTable
+from bastion.inspect.wiring import Inspection
 from bastion.observe.access import RequestObserver
 from bastion.observe.logging import access_output, get_logger
 from bastion.observe.metrics import Metrics
@@ -95,6 +96,7 @@ def build_pipeline(
     csrf_keys: CsrfKeyRing,
     identity: Identity | None = None,
     ratelimit: RateLimiting | None = None,
+    inspection: Inspection | None = None,
 ) -> ASGIApp:
     """Wrap ``terminal`` in the stages ``deps.settings`` enables, outermost first."""
     s = deps.settings
@@ -112,6 +114,10 @@ def build_pipeline(
             ratelimit is not None and ratelimit.has_gate,
             lambda a: ratelimit.gate(a, deps) if ratelimit else a,
         ),
+        (
+            inspection is not None and inspection.has_gate,
+            lambda a: inspection.gate(a, deps) if inspection else a,
+        ),
         (s.shedding.enabled, lambda a: SheddingStage(a, config=s.shedding, deps=deps)),
         (s.limits.enabled, lambda a: LimitsStage(a, config=s.limits, deps=deps)),
         (s.cors.enabled, lambda a: CorsStage(a, config=s.cors, deps=deps)),
@@ -121,6 +127,7 @@ def build_pipeline(
             ratelimit is not None and ratelimit.has_late,
             lambda a: ratelimit.stage(a, deps) if ratelimit else a,
         ),
+        (inspection is not None, lambda a: inspection.stage(a, deps) if inspection else a),
         (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
         (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
@@ -165,6 +172,9 @@ class Bastion:
         self.ratelimit: RateLimiting | None = None
         if self.settings.ratelimit.enabled:
             self.ratelimit = RateLimiting(self.settings.ratelimit, self.deps)
+        self.inspection: Inspection | None = None
+        if Inspection.enabled(self.settings.inspect):
+            self.inspection = Inspection(self.settings.inspect, self.deps, ratelimit=self.ratelimit)
         self.csrf_keys = CsrfKeyRing(
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
@@ -182,6 +192,7 @@ class Bastion:
             csrf_keys=self.csrf_keys,
             identity=self.identity,
             ratelimit=self.ratelimit,
+            inspection=self.inspection,
         )
 
     def wrap(self, app: ASGIApp) -> BastionApp:
@@ -215,6 +226,8 @@ class Bastion:
                 await self.identity.service.start()
             if self.ratelimit is not None:
                 await self.ratelimit.start()
+            if self.inspection is not None:
+                await self.inspection.start()
             self._started = True
 
     async def shutdown(self) -> None:
@@ -223,6 +236,8 @@ class Bastion:
             await close()
         if self.identity is not None:
             await self.identity.service.close()
+        if self.inspection is not None:
+            await self.inspection.close()
         if self.ratelimit is not None:
             await self.ratelimit.close()
         await self.stores.close()

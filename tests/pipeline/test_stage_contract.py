@@ -78,6 +78,8 @@ def test_all_stages_covered() -> None:
         "CsrfStage",
         "AuthStage",
         "RateLimitStage",
+        "StrikeGate",
+        "InspectStage",
         "CompressionStage",
         "OwnRoutes",
     }

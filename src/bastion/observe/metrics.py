@@ -9,7 +9,7 @@ because ``labels()`` costs more than the increment itself on the request path.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -142,6 +142,26 @@ class Metrics:
             buckets=_STORE_BUCKETS,
             registry=reg,
         )
+        self.inspect_blocked = Counter(
+            "bastion_inspect_blocked_total",
+            "Requests refused by inspection, once per category of the rules they matched.",
+            ("category",),
+            registry=reg,
+        )
+        self.inspect_detected = Counter(
+            "bastion_inspect_detected_total",
+            "Requests that reached the anomaly threshold in monitor mode (forwarded), once per "
+            "category of the rules they matched.",
+            ("category",),
+            registry=reg,
+        )
+        self.inspect_refused = Counter(
+            "bastion_inspect_refused_total",
+            "Requests the inspection stages refused without a detection, by reason (deny_cidr, "
+            "over_limit, strike).",
+            ("reason",),
+            registry=reg,
+        )
         self._ratelimit_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
@@ -196,6 +216,17 @@ class Metrics:
                 policy, result
             )
         child.inc()
+
+    def inspect_outcome(self, categories: Iterable[str], *, blocked: bool) -> None:
+        """Count one inspected request that reached the threshold: refused (``blocked``) or
+        forwarded in monitor mode; once per category (categories are a fixed set)."""
+        counter = self.inspect_blocked if blocked else self.inspect_detected
+        for category in categories:
+            counter.labels(category).inc()
+
+    def inspect_refusal(self, reason: str) -> None:
+        """Count a refusal of the inspection stages that is not a detection."""
+        self.inspect_refused.labels(reason).inc()
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()
