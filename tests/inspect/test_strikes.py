@@ -1,0 +1,265 @@
+"""Strikes: counting and blocking in memory, through the SQL ban ledger (shared by processes,
+listed and lifted by ``bastion bans``) and in Redis (shared by instances at once); the stages'
+refusals (403 ``client_blocked`` by address and by principal) and their audit events."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from bastion.auth.admin import IdentityAdmin
+from bastion.cli import bans_cmd
+from bastion.inspect.config import InspectConfig, StrikesConfig
+from bastion.inspect.strikes import REDIS_PREFIX, LedgerStrikes, RedisStrikes, strike_name
+from bastion.observe.metrics import Metrics
+from bastion.ratelimit.ledger import SqlBanLedger
+from bastion.store.config import StoreConfig
+from bastion.store.database import Database
+from bastion.store.migrate import upgrade
+from bastion.store.redis import RedisConnector
+from inspection_harness import CLIENT_IP, XSS, protected
+from problem_assertions import assert_problem
+
+RULE = StrikesConfig(threshold=3, window=60.0, duration=300.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_threshold_within_the_window_blocks_for_the_duration() -> None:
+    clock = Clock()
+    strikes = LedgerStrikes(RULE, clock=clock)
+    assert await strikes.strike(["a", "b"]) == []
+    assert await strikes.strike(["a"]) == []
+    assert await strikes.blocked_for("a") == 0.0
+    assert await strikes.strike(["a", "b"]) == ["a"]
+    assert await strikes.blocked_for("a") == 300.0
+    assert await strikes.blocked_for("b") == 0.0
+    clock.now += 299.0
+    assert await strikes.blocked_for("a") == pytest.approx(1.0)
+    clock.now += 1.0
+    assert await strikes.blocked_for("a") == 0.0
+
+
+async def test_strikes_older_than_the_window_are_forgotten() -> None:
+    clock = Clock()
+    strikes = LedgerStrikes(RULE, clock=clock)
+    await strikes.strike(["a"])
+    await strikes.strike(["a"])
+    clock.now += 61.0
+    assert await strikes.strike(["a"]) == []  # a new window: one strike
+    assert await strikes.strike(["a"]) == []
+    assert await strikes.strike(["a"]) == ["a"]
+
+
+async def test_listed_and_lifted() -> None:
+    strikes = LedgerStrikes(StrikesConfig(threshold=1), clock=Clock())
+    await strikes.strike(["203.0.113.9"])
+    (record,) = await strikes.active()
+    assert (record.client, record.source, record.level) == ("strike:203.0.113.9", "inspect", 1)
+    assert await strikes.lift("strike:203.0.113.9")
+    assert await strikes.blocked_for("203.0.113.9") == 0.0
+    assert not await strikes.lift("203.0.113.9")
+    assert strike_name("x") == strike_name("strike:x") == "strike:x"
+
+
+async def _ledger(database_url: str) -> tuple[Database, SqlBanLedger]:
+    database = Database.from_url(database_url)
+    await database.start()
+    await upgrade(database)
+    ledger = SqlBanLedger(database)
+    await ledger.start()
+    return database, ledger
+
+
+async def test_a_block_reaches_every_process_through_the_ledger(database_url: str) -> None:
+    first_db, first = await _ledger(database_url)
+    second_db, second = await _ledger(database_url)
+    try:
+        here, there = LedgerStrikes(RULE, first), LedgerStrikes(RULE, second)
+        for _ in range(RULE.threshold):
+            blocked = await here.strike([CLIENT_IP])
+        assert blocked == [CLIENT_IP]
+        await first.flush()
+        await second.refresh()
+        assert await there.blocked_for(CLIENT_IP) == pytest.approx(RULE.duration, abs=5)
+        # The rate limiter's record of the same address is a different one.
+        assert second.banned_until(CLIENT_IP) == (0.0, 0)
+        (record,) = await there.active()
+        assert (record.client, record.source) == (f"strike:{CLIENT_IP}", "inspect")
+        assert await there.lift(CLIENT_IP)
+        await first.refresh()
+        assert await here.blocked_for(CLIENT_IP) == 0.0
+    finally:
+        for ledger, database in ((first, first_db), (second, second_db)):
+            await ledger.close()
+            await database.close()
+
+
+def test_bans_cli_lists_and_lifts_strikes(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BASTION_CONFIG", raising=False)
+    monkeypatch.delenv("BASTION_STORE__REDIS_URL", raising=False)
+
+    async def strike() -> None:
+        database, ledger = await _ledger(database_url)
+        try:
+            await LedgerStrikes(StrikesConfig(threshold=1), ledger).strike([CLIENT_IP])
+        finally:
+            await ledger.close()
+            await database.close()
+
+    asyncio.run(strike())
+    config = tmp_path / "bastion.toml"
+    config.write_text(f"[store]\ndatabase_url = '{database_url}'\n")
+    runner = CliRunner()
+    listed = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    (row,) = orjson.loads(listed.stdout)
+    assert (row["client"], row["source"], row["level"]) == (f"strike:{CLIENT_IP}", "inspect", 1)
+    assert 290 < row["remaining"] <= 900
+    lifted = runner.invoke(bans_cmd.app, ["lift", f"strike:{CLIENT_IP}", "--config", str(config)])
+    assert lifted.exit_code == 0, lifted.output
+    after = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])
+    assert orjson.loads(after.stdout) == []
+
+
+@pytest.mark.redis
+async def test_redis_strikes_are_shared_by_instances(clean_redis_url: str) -> None:
+    one = RedisConnector.from_url(clean_redis_url)
+    two = RedisConnector.from_url(clean_redis_url)
+    try:
+        a, b = RedisStrikes(one, RULE, timeout=1.0), RedisStrikes(two, RULE, timeout=1.0)
+        assert await a.strike([CLIENT_IP, "user:u1"]) == []
+        assert await b.strike([CLIENT_IP]) == []
+        assert await a.blocked_for(CLIENT_IP) == 0.0
+        assert await b.strike([CLIENT_IP, "user:u1"]) == [CLIENT_IP]
+        assert await a.blocked_for(CLIENT_IP) == pytest.approx(RULE.duration, abs=1)
+        assert await a.blocked_for("user:u1") == 0.0
+        count_ttl = await one.client.pttl(f"{REDIS_PREFIX}count:user:u1")
+        assert 0 < count_ttl <= RULE.window * 1000
+        (record,) = await b.active()
+        assert (record.client, record.source) == (f"strike:{CLIENT_IP}", "inspect")
+        assert record.until == pytest.approx(time.time() + RULE.duration, abs=5)
+        assert await a.lift(f"strike:{CLIENT_IP}")
+        assert not await a.lift(f"strike:{CLIENT_IP}")
+        assert await b.blocked_for(CLIENT_IP) == 0.0
+        assert await b.active() == []
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_an_unreachable_redis_lets_requests_through() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    connector = RedisConnector.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    metrics = Metrics()
+    try:
+        strikes = RedisStrikes(connector, RULE, timeout=0.2, metrics=metrics)
+        assert await strikes.strike([CLIENT_IP]) == []
+        assert await strikes.blocked_for(CLIENT_IP) == 0.0
+    finally:
+        await connector.close()
+    text = metrics.exposition().decode()
+    assert 'bastion_store_errors_total{op="strike",store="redis"} 1.0' in text
+    assert 'bastion_store_errors_total{op="strike_check",store="redis"} 1.0' in text
+
+
+async def _attack(
+    client: httpx.AsyncClient, times: int, headers: dict[str, str] | None = None
+) -> None:
+    for _ in range(times):
+        response = await client.get("/search", params={"q": XSS}, headers=headers)
+        assert_problem(response, 403, "request_blocked")
+
+
+async def test_a_struck_address_is_refused_until_the_block_ends(tmp_path: Path) -> None:
+    async with protected(tmp_path) as p:
+        async with p.client() as client:
+            await _attack(client, 5)
+            refused = await client.get("/clean")
+            data = assert_problem(refused, 403, "client_blocked")
+            assert data["retry_after"] == int(refused.headers["retry-after"])
+            assert 890 <= data["retry_after"] <= 900
+        async with p.client("198.51.100.1") as other:
+            assert (await other.get("/clean")).status_code == 200
+        assert p.recorder.calls[0].scope["path"] == "/clean"
+        assert len(p.recorder.calls) == 1
+        (event,) = p.events("inspect.strike.blocked")
+        assert (event.target, event.client_ip) == (f"strike:{CLIENT_IP}", CLIENT_IP)
+        assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 1.0
+
+
+async def test_ipv6_clients_are_aggregated_like_the_gate(tmp_path: Path) -> None:
+    async with protected(tmp_path) as p:
+        async with p.client("2001:db8:1:2::1") as client:
+            await _attack(client, 5)
+        async with p.client("2001:db8:1:ff::9") as neighbour:  # same /56
+            assert_problem(await neighbour.get("/clean"), 403, "client_blocked")
+        assert p.events("inspect.strike.blocked")[0].target == "strike:2001:db8:1::/56"
+
+
+async def test_a_struck_principal_is_refused_from_any_address(tmp_path: Path) -> None:
+    strikes = InspectConfig(strikes=StrikesConfig(threshold=2))
+    async with protected(tmp_path, inspect=strikes) as p:
+        assert p.engine.identity is not None
+        service = p.engine.identity.service
+        user = await IdentityAdmin(service).create_user("carol", "correct horse battery staple")
+        async with p.client("192.0.2.10") as first, p.client("192.0.2.20") as second:
+            login = await second.post(
+                "/_bastion/auth/login",
+                json={"username": "carol", "password": "correct horse battery staple"},
+            )
+            bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            await _attack(first, 2, headers=bearer)
+            assert_problem(await second.get("/clean", headers=bearer), 403, "client_blocked")
+            assert (await second.get("/clean")).status_code == 200
+        targets = sorted(event.target or "" for event in p.events("inspect.strike.blocked"))
+        assert targets == ["strike:192.0.2.10", f"strike:user:{user}"]
+
+
+async def test_without_strikes_nobody_is_refused_for_past_attacks(tmp_path: Path) -> None:
+    config = InspectConfig(strikes=StrikesConfig(enabled=False))
+    async with protected(tmp_path, inspect=config) as p, p.client() as client:
+        await _attack(client, 8)
+        assert (await client.get("/clean")).status_code == 200
+
+
+@pytest.mark.redis
+async def test_engines_sharing_redis_share_blocks(tmp_path: Path, clean_redis_url: str) -> None:
+    def store(name: str) -> StoreConfig:
+        url = f"sqlite+aiosqlite:///{tmp_path / name}"
+        return StoreConfig(database_url=url, redis_url=clean_redis_url)
+
+    async with (
+        protected(tmp_path, store=store("a.db")) as a,
+        protected(tmp_path, store=store("b.db")) as b,
+        a.client() as on_a,
+        b.client() as on_b,
+    ):
+        await _attack(on_a, 5)
+        assert_problem(await on_b.get("/clean"), 403, "client_blocked")
+        assert b.recorder.calls == []
+    direct = redis.Redis.from_url(clean_redis_url)
+    try:
+        keys = direct.keys(f"{REDIS_PREFIX}*")
+    finally:
+        direct.close()
+    assert sorted(keys) == [f"{REDIS_PREFIX}block:{CLIENT_IP}".encode(), b"bastion:strike:blocked"]
