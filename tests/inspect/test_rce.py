@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.inspect.core import Location, Normalized, Severity
+from bastion.inspect.detectors import _shell
 from bastion.inspect.detectors.rce import detect_rce
 
 PARAM = Location("query", "host")
@@ -131,9 +132,9 @@ def test_benign_text_is_silent_at_paranoia_1(text: str) -> None:
 
 WEAK = [
     ("lone-command-at-start", "whoami", "rce-command-word", 3),
-    ("command-word-prose-args", "; cat lovers unite", "rce-command-after-separator", 2),
-    ("plain-substitution", "$(document)", "rce-substitution", 2),
-    ("jargon-with-args", "ls foo bar", "rce-command-line", 2),
+    ("command-word-prose-args", "; cat lovers unite", "rce-command-after-separator", 3),
+    ("plain-substitution", "$(document)", "rce-substitution", 3),
+    ("jargon-with-args", "ls foo bar", "rce-command-line", 3),
 ]
 
 
@@ -196,3 +197,69 @@ def test_adversarial_64k_input_completes(unit: str) -> None:
     detect_rce(Normalized(text), PARAM, 4)
     elapsed = time.perf_counter() - started
     print(f"rce 64 KiB {unit!r}: {elapsed * 1000:.1f} ms")
+
+
+def _subscanned(monkeypatch: pytest.MonkeyPatch, text: str) -> tuple[int, int]:
+    """(nested scans started, characters they read) while detecting in ``text``."""
+    calls = [0, 0]
+    original = _shell._scan
+
+    def counting(body: str, depth: int, budget: list[int]) -> _shell.ShellScan:
+        if depth:
+            calls[0] += 1
+            calls[1] += len(body)
+        return original(body, depth, budget)
+
+    monkeypatch.setattr(_shell, "_scan", counting)
+    detect_rce(Normalized(text), PARAM, 4)
+    return calls[0], calls[1]
+
+
+@pytest.mark.parametrize("unit", ['"a;b', "'a;b", '"`a;b`', "{a,b}", '"$(a;b)"'])
+def test_nested_scans_read_at_most_about_the_value_once(
+    monkeypatch: pytest.MonkeyPatch, unit: str
+) -> None:
+    # Every quoted string used to be re-read as a script of its own without limit.
+    size = 65536
+    text = (unit * (size // len(unit) + 1))[:size]
+    _, read = _subscanned(monkeypatch, text)
+    assert read <= size + _shell._SUBSCAN_SLACK
+
+
+def test_nested_scan_work_does_not_grow_faster_than_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small = _subscanned(monkeypatch, '"a;b' * 1024)
+    large = _subscanned(monkeypatch, '"a;b' * 8192)
+    assert large[1] <= 8 * small[1] + _shell._SUBSCAN_SLACK
+
+
+def test_brace_words_stay_bounded() -> None:
+    # "{a,b}{a,b}…" grew every word variant by the whole value: quadratic.
+    scan = _shell.scan_shell("{a,b}" * 4000)
+    words = [word.text for command in scan.commands for word in command.words]
+    assert words
+    assert max(len(word) for word in words) <= _shell._MAX_WORD
+
+
+def test_reading_stops_at_the_command_cap_but_keeps_value_wide_signals() -> None:
+    scan = _shell.scan_shell("a;" * 4096 + "cat${ifs}x")
+    assert len(scan.commands) == _shell._MAX_COMMANDS
+    assert scan.ifs
+
+
+def test_quoted_script_is_still_read() -> None:
+    assert "rce-command-after-separator" in rules('system("x; cat /etc/passwd")')
+
+
+@pytest.mark.parametrize("text", ["a1b2c3", "550e8400-e29b-41d4-a716-446655440000", "v1.2_3"])
+def test_plain_tokens_need_no_shell_reading(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    def fail(*_: object) -> None:
+        raise AssertionError("scanned")
+
+    monkeypatch.setattr("bastion.inspect.detectors.rce.scan_shell", fail)
+    assert detect_rce(Normalized(text), PARAM, 2) == []
+
+
+def test_plain_command_word_still_reported_from_paranoia_3() -> None:
+    assert "rce-command-word" in rules("whoami", 3)

@@ -9,11 +9,15 @@ empty expansions (``c$@at``, ``cat$u``), ``${x:-cat}`` defaults, ``${IFS}``, bra
 needs them. Nothing is executed and unknown variables expand to nothing.
 
 Every character is visited a bounded number of times (a brace or ``${…}`` body at most twice),
-and the number of commands, words and word variants is capped.
+and the number of commands, words and word variants and the length of a word are capped. Text
+read again as a script of its own (a quoted string, a substitution inside double quotes, a
+brace alternative) draws on one budget per value, about the value's own length, so the total
+work stays linear in the value's size however the quotes and braces are arranged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 __all__ = ["Command", "ShellScan", "Word", "glob_matches", "scan_shell"]
@@ -24,6 +28,13 @@ _MAX_WORD = 256
 _MAX_VARIANTS = 8
 _MAX_DEPTH = 16
 _BRACE_SPAN = 256
+# Characters a nested scan may read, beyond the value's own length, and what starting one costs
+# in characters (so that thousands of tiny quoted strings cannot each pay a scanner's set-up).
+_SUBSCAN_SLACK = 2048
+_SUBSCAN_COST = 32
+# A run of characters the main loop has no rule for: appended to the word in one step. The
+# stdlib engine is safe here: one negated character class, so each character is read once.
+_ORDINARY_RUN = re.compile(r"[^ \t\v\f;\n\r&|`(){}<>\\'\"$#^?*\[]+")
 _SPECIAL_PARAMETERS = frozenset("@*#?!$-_0123456789")
 _NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz_")
 _NAME_CHARS = _NAME_START | frozenset("0123456789")
@@ -78,7 +89,9 @@ class _Lexer:
     __slots__ = (
         "brace_group",
         "brace_scanned",
+        "budget",
         "chunk",
+        "chunk_size",
         "command",
         "depth",
         "index",
@@ -91,8 +104,10 @@ class _Lexer:
         "word_flags",
     )
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, budget: list[int]) -> None:
         self.text = text
+        # Characters that nested scans of this value may still read (shared by all of them).
+        self.budget = budget
         self.index = 0
         self.scan = ShellScan()
         self.command = Command("start")
@@ -106,6 +121,7 @@ class _Lexer:
 
     def _reset_word(self) -> None:
         self.chunk: list[str] = []
+        self.chunk_size = 0
         self.variants: list[str] = [""]
         self.word_flags: dict[str, bool] = {}
         self.quote_parts = 0
@@ -114,10 +130,20 @@ class _Lexer:
     # -- word building -------------------------------------------------------------------
 
     def append(self, char: str, quoted: bool = False) -> None:
-        if len(self.chunk) < _MAX_WORD:
+        if self.chunk_size < _MAX_WORD:
             self.chunk.append(char)
+            self.chunk_size += 1
         if not quoted:
             self.unquoted += 1
+
+    def append_run(self, run: str) -> None:
+        """Append unquoted ordinary characters in one step (the common case in prose)."""
+        room = _MAX_WORD - self.chunk_size
+        if room > 0:
+            piece = run[:room]
+            self.chunk.append(piece)
+            self.chunk_size += len(piece)
+        self.unquoted += len(run)
 
     def flag(self, name: str) -> None:
         self.word_flags[name] = True
@@ -125,8 +151,10 @@ class _Lexer:
     def _flush_chunk(self) -> None:
         if self.chunk:
             piece = "".join(self.chunk)
-            self.variants = [variant + piece for variant in self.variants]
+            # Capped: "{a,b}{a,b}…" must not grow every variant by the whole value (quadratic).
+            self.variants = [(variant + piece)[:_MAX_WORD] for variant in self.variants]
             self.chunk = []
+            self.chunk_size = 0
 
     def end_word(self) -> None:
         self._flush_chunk()
@@ -171,6 +199,15 @@ class _Lexer:
         self._reset_word()
 
     def end_command(self, intro: str) -> None:
+        command = self.command
+        if not command.words and not self.chunk and self.variants == [""] and not self.quote_parts:
+            # Nothing to record (";;;", "a||b"'s empty side): reuse the empty command.
+            command.intro = intro
+            command.redirected = False
+            if self.word_flags:
+                self.word_flags = {}
+            self.unquoted = 0
+            return
         self.end_word()
         if self.command.words and len(self.scan.commands) < _MAX_COMMANDS:
             self.scan.commands.append(self.command)
@@ -197,6 +234,7 @@ class _Lexer:
         self.depth += 1
         self.command = Command(intro)
         self.chunk = []
+        self.chunk_size = 0
         self.variants = [""]
         self.word_flags = {}
         self.quote_parts = 0
@@ -210,6 +248,7 @@ class _Lexer:
         self.command = command
         self.variants = variants
         self.chunk = []
+        self.chunk_size = 0
         self.word_flags = flags
         self.quote_parts = quote_parts
         self.unquoted = unquoted
@@ -224,7 +263,13 @@ class _Lexer:
     def run(self) -> ShellScan:
         text = self.text
         size = len(text)
+        scan = self.scan
         while self.index < size:
+            if len(scan.commands) >= _MAX_COMMANDS:
+                # Nothing past the command cap would be classified: only the value-wide
+                # signals are still looked for, with substring tests instead of a full read.
+                self._rest_signals(text[self.index :])
+                break
             char = text[self.index]
             self.index += 1
             if char in " \t\v\f":
@@ -277,14 +322,27 @@ class _Lexer:
                 # cmd.exe escape character: w^h^o^a^m^i runs whoami.
                 if self.chunk or self.variants != [""]:
                     self.flag("obfuscated")
-            else:
-                if char in "?*[":
-                    self.flag("glob")
+            elif char in "?*[":
+                self.flag("glob")
                 self.append(char)
+            else:
+                run = _ORDINARY_RUN.match(text, self.index - 1)
+                if run is None:  # "#" inside a word
+                    self.append(char)
+                else:
+                    self.append_run(run.group())
+                    self.index = run.end()
         while self.stack:
             self.pop()
         self.end_command("separator")
         return self.scan
+
+    def _rest_signals(self, rest: str) -> None:
+        scan = self.scan
+        scan.ifs |= "$ifs" in rest or "${ifs}" in rest
+        scan.arithmetic |= "$((" in rest or "$[" in rest
+        scan.substitutions |= "$(" in rest or "`" in rest or "<(" in rest or ">(" in rest
+        scan.parameter_tricks |= "${" in rest and any(op in rest for op in (":-", ":=", "#", "%"))
 
     def _at_word_start(self) -> bool:
         return not self.chunk and self.variants == [""] and self.quote_parts == 0
@@ -355,7 +413,17 @@ class _Lexer:
     def _scan_quoted(self, body: str) -> None:
         """A quoted string handed to ``system('…')`` or ``sh -c "…"`` is a script of its own."""
         if len(body) > 2 and any(char in body for char in ";|&\n`"):
-            self._merge(scan_shell(body, self.depth + 1))
+            inner = self._subscan(body)
+            if inner is not None:
+                self._merge(inner)
+
+    def _subscan(self, text: str) -> ShellScan | None:
+        """``text`` read as a script of its own, or None once the value's budget is spent."""
+        cost = len(text) + _SUBSCAN_COST
+        if self.budget[0] < cost:
+            return None
+        self.budget[0] -= cost
+        return _scan(text, self.depth + 1, self.budget)
 
     def _double_quote(self) -> None:
         text = self.text
@@ -387,8 +455,9 @@ class _Lexer:
                 if end < 0:
                     end = size
                 self.scan.substitutions = True
-                inner = scan_shell(text[self.index : end], self.depth + 1)
-                self._merge(inner, "substitution")
+                inner = self._subscan(text[self.index : end])
+                if inner is not None:
+                    self._merge(inner, "substitution")
                 self.index = end + 1
                 self.flag("obfuscated")
             else:
@@ -415,8 +484,9 @@ class _Lexer:
                 self.scan.arithmetic = True
             if in_quotes:
                 end = _closing(text, self.index - 1, "(", ")")
-                inner = scan_shell(text[self.index : end], self.depth + 1)
-                self._merge(inner, "substitution")
+                inner = self._subscan(text[self.index : end])
+                if inner is not None:
+                    self._merge(inner, "substitution")
                 self.index = end + 1
                 self.flag("obfuscated")
             else:
@@ -467,8 +537,9 @@ class _Lexer:
                 self.flag("obfuscated")
                 return
             if rest[:1] == "`":
-                inner = scan_shell(rest.strip("`"), self.depth + 1)
-                self._merge(inner, "substitution")
+                inner = self._subscan(rest.strip("`"))
+                if inner is not None:
+                    self._merge(inner, "substitution")
                 self.scan.substitutions = True
         self._expand(name, in_quotes=False)
 
@@ -517,14 +588,19 @@ class _Lexer:
             return
         alternatives: list[str] = []
         for part in _split_top_level(body):
-            inner = scan_shell(part, self.depth + 1)
+            inner = self._subscan(part)
+            if inner is None:
+                alternatives.append(part)
+                continue
             words = [word for command in inner.commands for word in command.words]
             if any(word.glob for word in words):
                 self.flag("glob")
             alternatives.append("".join(word.text for word in words))
         self._flush_chunk()
         expanded = [
-            variant + alternative for variant in self.variants for alternative in alternatives
+            (variant + alternative)[:_MAX_WORD]
+            for variant in self.variants
+            for alternative in alternatives
         ]
         self.variants = expanded[:_MAX_VARIANTS] or [""]
         self.index = end + 1
@@ -562,9 +638,13 @@ def _split_top_level(body: str) -> list[str]:
     return parts
 
 
-def scan_shell(text: str, depth: int = 0) -> ShellScan:
+def scan_shell(text: str) -> ShellScan:
     """Read ``text`` (already lower-cased) as shell input; see the module docstring."""
-    lexer = _Lexer(text)
+    return _scan(text, 0, [len(text) + _SUBSCAN_SLACK])
+
+
+def _scan(text: str, depth: int, budget: list[int]) -> ShellScan:
+    lexer = _Lexer(text, budget)
     lexer.depth = depth
     if depth >= _MAX_DEPTH:
         return lexer.scan
