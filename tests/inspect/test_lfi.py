@@ -129,3 +129,13 @@ def test_adversarial_64k_input_completes(unit: str) -> None:
     started = time.perf_counter()
     detect_lfi(Normalized(text), PARAM, 4)
     print(f"lfi 64 KiB {unit!r}: {(time.perf_counter() - started) * 1000:.1f} ms")
+
+
+@pytest.mark.parametrize("text", ["id_rsa", "win.ini", "0x2e0x2e0x2fetc0x2fpasswd", ".htaccess"])
+def test_plain_looking_values_still_checked(text: str) -> None:
+    assert detect_lfi(Normalized(text), Location("query", "f"), 1)
+
+
+@pytest.mark.parametrize("text", ["abc123", "550e8400-e29b-41d4", "hello world"])
+def test_inert_values_are_silent(text: str) -> None:
+    assert detect_lfi(Normalized(text), Location("query", "f"), 4) == []

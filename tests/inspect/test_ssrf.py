@@ -182,3 +182,12 @@ def test_adversarial_64k_input_completes(text: str) -> None:
     detect_ssrf(Normalized(text), URL_PARAM, 4)
     elapsed = time.perf_counter() - started
     print(f"ssrf 64 KiB adversarial: {elapsed * 1000:.1f} ms")
+
+
+def test_bare_host_still_read_where_a_url_is_expected() -> None:
+    matches = detect_ssrf(Normalized("localhost"), Location("query", "redirect_url"), 1)
+    assert {m.rule for m in matches} == {"ssrf-internal-host"}
+
+
+def test_bare_word_elsewhere_is_skipped() -> None:
+    assert detect_ssrf(Normalized("localhost"), Location("query", "name"), 4) == []

@@ -182,3 +182,32 @@ def test_adversarial_64k_input_completes(text: str) -> None:
     detect_xss(Normalized(text), QUERY, 4)
     elapsed = time.perf_counter() - started
     print(f"xss 64 KiB adversarial: {elapsed * 1000:.1f} ms")
+
+
+def test_utf7_markup_is_decoded_without_a_regex_callback() -> None:
+    assert "xss-script-tag" in {
+        m.rule for m in detect_xss(Normalized("+ADw-script+AD4-"), Location("query", "q"), 1)
+    }
+
+
+def test_utf7_repetition_scales_linearly() -> None:
+    # One substitution callback per "+ADw-" made this the slowest 64 KiB shape.
+    from bastion.inspect.detectors.xss import _utf7
+
+    assert _utf7("+adw-" * 16000) == "<" * 16000
+
+
+@pytest.mark.parametrize("text", ["abc123", "550e8400-e29b-41d4", "hello world", "v1.2_3"])
+def test_inert_values_skip_the_rule_set(text: str) -> None:
+    from bastion.inspect.detectors.xss import _inert
+
+    assert _inert(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["document.cookie", "window.location", "ADw-script", "a<b", "%3cscript", "\uff1cx"]
+)
+def test_values_that_may_match_are_not_inert(text: str) -> None:
+    from bastion.inspect.detectors.xss import _inert
+
+    assert not _inert(text)

@@ -52,6 +52,10 @@ _SENSITIVE = re2.compile(
 )
 # Hidden files in general (not .well-known): weaker than the named ones above.
 _HIDDEN = re2.compile(r"(?:^|/)\.(?:[a-z0-9_-]{2,})(?:/|$)")
+# Letters, digits, "-" and spaces: no separator, no dot, no "_" (every sensitive name without a
+# "/" has a "." or "_": win.ini, id_rsa, known_hosts…), nothing to decode. Such a value is not
+# a path to anything this detector reports unless "0x2e"-style spelling supplies the dots.
+_INERT_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789- \t"
 _FAR = 3
 """Climbing this many levels above the start is far beyond any relative reference."""
 
@@ -59,7 +63,9 @@ _FAR = 3
 def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Match]:
     """Path traversal / file inclusion matches of ``value`` for rules enabled at ``paranoia``."""
     raw = value.raw
-    if not raw:
+    if not raw or (
+        raw.isascii() and not raw.encode().translate(None, _INERT_BYTES) and "0x" not in raw.lower()
+    ):
         return []
     found: dict[str, Match] = {}
 

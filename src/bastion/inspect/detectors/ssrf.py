@@ -20,6 +20,7 @@ import html
 import ipaddress
 import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 
 import re2
 
@@ -255,7 +256,9 @@ def _url_hits(text: str) -> Iterator[str]:
                 yield from _classify(host)
 
 
+@lru_cache(maxsize=1024)
 def _urlish(name: str) -> bool:
+    """Whether a field name says it holds a URL (cached: the same names recur every request)."""
     folded = name.casefold()
     return any(part in folded for part in _URLISH_NAMES)
 
@@ -302,6 +305,10 @@ def _text(value: Normalized) -> str:
 
 def detect_ssrf(value: Normalized, location: Location, paranoia: int) -> list[Match]:
     """Server-side request forgery matches in ``value`` for rules enabled at ``paranoia``."""
+    raw = value.raw
+    if raw.isascii() and not any(char in raw for char in ":/%&") and not _urlish(location.name):
+        # No decoding can produce a ":" or "/" here, and no URL is expected at this name.
+        return []
     text = _text(value)
     if ":" not in text and "/" not in text and not _urlish(location.name):
         return []
