@@ -56,7 +56,7 @@ def test_builtin_global_is_early_and_identity_policies_are_late() -> None:
     policy_set = policies(
         PolicyConfig(name="users", key="user", limit=5),
         PolicyConfig(name="per-route", key="route+ip", limit=5),
-        PolicyConfig(name="staff-free", key="ip", limit=5, exempt_roles=["staff"]),
+        PolicyConfig(name="staff-free", key="ip+user", limit=5, exempt_roles=["staff"]),
     )
     assert [p.config.name for p in policy_set.early] == ["global", "per-route"]
     assert [p.config.name for p in policy_set.late] == ["users", "staff-free"]
