@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from bastion.auth.admin import IdentityAdmin
 from bastion.cli import bans_cmd
 from bastion.inspect.config import InspectConfig, StrikesConfig
-from bastion.inspect.strikes import REDIS_PREFIX, LedgerStrikes, RedisStrikes, strike_name
+from bastion.inspect.strikes import REDIS_PREFIX, LedgerStrikes, strike_name
+from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.observe.metrics import Metrics
 from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.store.config import StoreConfig

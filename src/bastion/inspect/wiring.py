@@ -17,7 +17,8 @@ from bastion.http.asgi import ASGIApp
 from bastion.inspect.config import InspectConfig
 from bastion.inspect.engine import Inspector
 from bastion.inspect.stage import InspectStage, StrikeGate
-from bastion.inspect.strikes import LedgerStrikes, RedisStrikes, StrikeStore
+from bastion.inspect.strikes import LedgerStrikes, StrikeStore
+from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.ratelimit.policies import PolicySet
 
