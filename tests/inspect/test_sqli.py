@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.inspect.core import Location, Normalized, Severity
+from bastion.inspect.detectors import sqli
 from bastion.inspect.detectors.sqli import detect_sqli
 
 QUERY = Location("query", "id")
@@ -324,3 +325,67 @@ def test_large_adversarial_input_completes(adversarial: str) -> None:
     elapsed = time.perf_counter() - started
     assert isinstance(result, list)
     print(f"{len(adversarial)} chars in {elapsed * 1000:.1f} ms")
+
+
+# The pre-check skips one-word values of letters, digits, "_", "." and "-" without decoding
+# them. These look plain (or decode to something plain-looking) and must still be found.
+@pytest.mark.parametrize(
+    ("text", "rule", "level"),
+    [
+        pytest.param("1 or 1=1", "sqli-tautology", 1, id="numeric-tautology"),
+        pytest.param("admin'--", "sqli-fingerprint", 1, id="quote-comment"),
+        pytest.param("union select", "sqli-statement", 1, id="keywords-only"),
+        pytest.param("1+or+1=1", "sqli-tautology", 1, id="plus-as-space"),
+        pytest.param("1%20or%201=1", "sqli-tautology", 1, id="percent-encoded"),
+        pytest.param("union+select+1", "sqli-union-select", 1, id="plus-union"),
+        pytest.param("unionselect-1", "sqli-union-select", 1, id="glued-union"),
+        pytest.param("isnull", "sqli-operator-probe", 1, id="operator-word"),
+        pytest.param("XOR", "sqli-operator-probe", 1, id="operator-upper"),
+        pytest.param("sysobjects", "sqli-system-table", 1, id="system-table"),
+        pytest.param("information_schema", "sqli-system-table", 1, id="schema"),
+        pytest.param("master..sysdatabases", "sqli-system-table", 1, id="master-dots"),
+        pytest.param("pg_sleep", "sqli-time-based", 1, id="pg-sleep-word"),
+        pytest.param("xp_cmdshell", "sqli-mssql-procedure", 1, id="mssql-procedure"),
+        pytest.param("utl_http", "sqli-out-of-band", 1, id="out-of-band"),
+        pytest.param("2147483648", "sqli-overflow-probe", 1, id="overflow"),
+        pytest.param("1.e.users", "sqli-mysql-quirk", 1, id="mysql-quirk"),
+        pytest.param("id--", "sqli-trailing-comment", 3, id="trailing-comment-pl3"),
+    ],
+)
+def test_plain_looking_values_are_still_detected(text: str, rule: str, level: int) -> None:
+    assert rule in {match.rule for match in detect_sqli(Normalized(text), QUERY, level)}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["42", "session-abc_123.x", "GA1.1.2765117163.3270550834", "en-US", "v2.1.0", "id--"],
+)
+def test_plain_tokens_are_skipped_at_paranoia_1(text: str) -> None:
+    assert sqli._inert(text, 1)
+    assert detect_sqli(Normalized(text), QUERY, 1) == []
+
+
+@pytest.mark.parametrize("text", ["1 or 1=1", "a+b", "a%27", "x'", "union", "isnull", "id--"])
+def test_values_the_pre_check_must_not_skip(text: str) -> None:
+    assert not sqli._inert(text, 3)
+
+
+_TOKEN_PARTS = st.sampled_from(
+    ["union", "select", "sys", "objects", "pg_", "sleep", "information_schema", "mysql", ".",
+     "user", "master", "..", "1", "e", "xp_", "cmdshell", "utl_", "dbms_", "xor", "isnull",
+     "2147483648", "-", "--", "_", "a", "Z", "0", "all_", "tables", "openrowset", "rlike"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TOKEN_PARTS, min_size=1, max_size=5), st.integers(1, 4))
+def test_pre_check_never_changes_the_result(parts: list[str], paranoia: int) -> None:
+    text = "".join(parts)
+    fast = detect_sqli(Normalized(text), QUERY, paranoia)
+    inert = sqli._inert
+    sqli._inert = lambda raw, paranoia: False  # the full path, for comparison
+    try:
+        full = detect_sqli(Normalized(text), QUERY, paranoia)
+    finally:
+        sqli._inert = inert
+    assert fast == full
