@@ -158,7 +158,7 @@ def test_locations_name_the_field() -> None:
 
 
 def test_corpus_record_with_raw_request() -> None:
-    record = {
+    record: dict[str, object] = {
         "method": "GET",
         "uri": "/",
         "headers": {},
@@ -201,3 +201,52 @@ def test_large_request_completes() -> None:
     started = time.perf_counter()
     check_protocol(req, 4)
     print(f"protocol large request: {(time.perf_counter() - started) * 1000:.1f} ms")
+
+
+# The grammar checks use str/bytes methods instead of regular expressions; these pin the edges
+# of the character classes they replaced.
+@pytest.mark.parametrize(
+    ("headers", "method", "expected"),
+    [
+        pytest.param((("X-Ok!#$%&'*+.^_`|~", "1"),), "GET", set(), id="every-tchar"),
+        pytest.param((("Bad Name", "1"),), "GET", {"protocol-header-name-invalid"}, id="space"),
+        pytest.param((("", "1"),), "GET", {"protocol-header-name-invalid"}, id="empty-name"),
+        pytest.param((("Näme", "1"),), "GET", {"protocol-header-name-invalid"}, id="non-ascii"),
+        pytest.param((("a:b", "1"),), "GET", {"protocol-header-name-invalid"}, id="colon"),
+        pytest.param((), "G(T", {"protocol-method-invalid"}, id="method-paren"),
+        pytest.param((), "GÉT", {"protocol-method-invalid"}, id="method-non-ascii"),
+        pytest.param((), "get", set(), id="method-lower-case"),
+        pytest.param((("Content-Length", "٣"),), "POST", {"protocol-content-length-invalid"},
+                     id="length-arabic-digit"),
+        pytest.param((("Content-Length", "1" * 20),), "POST", {"protocol-content-length-invalid"},
+                     id="length-too-long"),
+        pytest.param((("Content-Length", "1" * 19),), "POST", set(), id="length-19-digits"),
+        pytest.param((("Content-Length", "+5"),), "POST", {"protocol-content-length-invalid"},
+                     id="length-sign"),
+        pytest.param((("Content-Type", "a/b/c"),), "POST", set(), id="media-two-slashes-pl1"),
+        pytest.param((("Content-Type", "application/json; x=text/html"),), "POST",
+                     {"protocol-content-type-confusion"}, id="smuggled-in-parameter"),
+        pytest.param((("Content-Type", "application/json; charset=utf-8"),), "POST", set(),
+                     id="parameter-without-slash"),
+    ],
+)  # fmt: skip
+def test_grammar_edges(
+    headers: tuple[tuple[str, str], ...], method: str, expected: set[str]
+) -> None:
+    assert rules(request(method=method, headers=headers)) == expected
+
+
+@pytest.mark.parametrize(
+    ("media_type", "invalid"),
+    [("a/b/c", True), ("/json", True), ("application/", True), ("application", True),
+     ("application/vnd.api+json", False), ("text/x-ÿ", True), ("K/json", False)],
+)  # fmt: skip
+def test_media_type_grammar_at_paranoia_2(media_type: str, invalid: bool) -> None:
+    found = rules(request(headers=(("Content-Type", media_type),)), 2)
+    assert ("protocol-content-type-invalid" in found) is invalid
+
+
+def test_header_names_are_checked_every_time() -> None:
+    # Names are memoised; a second request with the same invalid name is flagged again.
+    bad = request(headers=(("Bad Name", "1"),))
+    assert rules(bad) == rules(bad) == {"protocol-header-name-invalid"}
