@@ -268,3 +268,36 @@ def test_raw_requests_never_raise(data: bytes) -> None:
         b"POST /x HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n\r\n" + data
     )
     assert sum(len(value) for _, value in found(request)) <= DEFAULT.max_request_bytes
+
+
+def test_cookies_come_before_selected_headers_whatever_the_field_order() -> None:
+    request = get("/", ("User-Agent", "ua"), ("COOKIE", "a=1"), ("Referer", "r"), ("cookie", "b=2"))
+    assert found(request) == [
+        ("path", "/"),
+        ("cookie_name", "a"),
+        ("cookie:a", "1"),
+        ("cookie_name", "b"),
+        ("cookie:b", "2"),
+        ("header:user-agent", "ua"),
+        ("header:referer", "r"),
+    ]
+
+
+def test_each_configuration_selects_its_own_headers_and_sensitive_fields() -> None:
+    # What is derived from a configuration is memoised per configuration object.
+    request = get("/?card=4111&q=x", ("X-Token", "t"), ("User-Agent", "ua"))
+    plain = found(request, InspectConfig(headers=["x-token"]))
+    assert ("header:x-token", "t") in plain
+    assert ("header:user-agent", "ua") not in plain
+    assert ("query:card", "4111") in plain
+    strict = found(request, InspectConfig(sensitive_fields=["card"]))
+    assert ("query:card", "4111") not in strict
+    assert ("header:user-agent", "ua") in strict
+    assert ("header:x-token", "t") not in strict
+
+
+def test_locations_are_equal_values_whether_or_not_shared() -> None:
+    first = [location for location, _ in locations(get("/?id=1"), DEFAULT)]
+    second = [location for location, _ in locations(get("/?id=2"), DEFAULT)]
+    assert first == second
+    assert all(a is b for a, b in zip(first, second, strict=True))

@@ -148,33 +148,42 @@ class Inspector:
 
     def inspect(self, request: InspectionRequest) -> InspectionVerdict:
         """Score ``request``; never raises."""
-        path = routing_path(request.path)
-        policy = self.policy(path) if self._routes else self._default
+        policy = self._default
+        exclusions: list[_Exclusion] = []
+        if self._routes or self._exclusions:
+            # Decoding and normalising the path is only needed to choose a policy.
+            raw_path = request.path
+            path = routing_path(raw_path)
+            if self._routes:
+                policy = self.policy(path)
+            exclusions = [
+                item
+                for item in self._exclusions
+                if item.path.match(path) is not None and item.path.match(raw_path) is not None
+            ]
         if policy.mode == "off":
             return _PASS
-        reject = self.config.over_limit == "reject"
-        if reject and len(request.body) > self.config.max_request_bytes:
+        config = self.config
+        reject = config.over_limit == "reject"
+        if reject and len(request.body) > config.max_request_bytes:
             return InspectionVerdict(True, 0, (), too_large=True, truncated=True, mode=policy.mode)
-        exclusions = [
-            item
-            for item in self._exclusions
-            if item.path.match(path) is not None and item.path.match(request.path) is not None
-        ]
         paranoia = policy.paranoia
         found: list[Match] = []
-        budget = Budget.for_config(self.config)
+        budget = Budget(config.max_request_bytes, config.max_locations)
         detectors = self.detectors
-        for location, value in locations(
-            request, self.config, budget, auth_prefix=self.auth_prefix
-        ):
-            applicable = [e for e in exclusions if e.covers(location)] if exclusions else []
-            if applicable and any(item.whole_location for item in applicable):
-                continue
+        applicable: list[_Exclusion] = []
+        for location, value in locations(request, config, budget, auth_prefix=self.auth_prefix):
+            if exclusions:
+                applicable = [e for e in exclusions if e.covers(location)]
+                if applicable and any(item.whole_location for item in applicable):
+                    continue
             for detector in detectors:
                 try:
                     matches = detector(value, location, paranoia)
                 except Exception:  # a detector bug must not let the value through uninspected
                     matches = [self._failure(detector, location)]
+                if not matches:
+                    continue
                 for match in matches:
                     if match.paranoia <= paranoia and not any(e.drops(match) for e in applicable):
                         found.append(match)

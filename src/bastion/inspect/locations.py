@@ -45,6 +45,60 @@ _BINARY_TYPES = frozenset(
 )
 
 
+_LOCATIONS: dict[tuple[LocationKind, str], Location] = {}
+"""Locations already built: requests repeat the same few dozen kinds and names, and a frozen
+dataclass costs several times a dictionary look-up to build. Bounded: cleared when full."""
+_MAX_CACHED_LOCATIONS = 4096
+_LOWER_NAMES: dict[str, str] = {}
+"""Header names as sent → lower-cased (the same few dozen names on every request)."""
+_MAX_LOWER_NAMES = 1024
+
+
+def _location(kind: LocationKind, name: str) -> Location:
+    key = (kind, name)
+    location = _LOCATIONS.get(key)
+    if location is None:
+        if len(_LOCATIONS) >= _MAX_CACHED_LOCATIONS:
+            _LOCATIONS.clear()
+        location = _LOCATIONS[key] = Location(kind, name)
+    return location
+
+
+def _lower_name(name: str) -> str:
+    lowered = _LOWER_NAMES.get(name)
+    if lowered is None:
+        if len(_LOWER_NAMES) >= _MAX_LOWER_NAMES:
+            _LOWER_NAMES.clear()
+        lowered = _LOWER_NAMES[name] = name.lower()
+    return lowered
+
+
+class _Rules:
+    """What ``locations`` derives from a configuration, once per configuration object rather
+    than once per request (configurations are immutable)."""
+
+    __slots__ = ("config", "exact", "prefixes", "sensitive")
+
+    def __init__(self, config: InspectConfig) -> None:
+        self.config = config  # kept so that its id is not reused while cached
+        self.exact = frozenset(name for name in config.headers if not name.endswith("*"))
+        self.prefixes = tuple(name[:-1] for name in config.headers if name.endswith("*"))
+        self.sensitive = frozenset(config.sensitive_fields)
+
+
+_RULES: dict[int, _Rules] = {}
+_MAX_CACHED_RULES = 64
+
+
+def _rules(config: InspectConfig) -> _Rules:
+    rules = _RULES.get(id(config))
+    if rules is None or rules.config is not config:
+        if len(_RULES) >= _MAX_CACHED_RULES:
+            _RULES.clear()
+        rules = _RULES[id(config)] = _Rules(config)
+    return rules
+
+
 @dataclass(slots=True)
 class Budget:
     """What one request may still have inspected, and whether anything was left out."""
@@ -78,10 +132,12 @@ class _Emitter:
 
     __slots__ = ("budget", "passwords", "per_location", "sensitive")
 
-    def __init__(self, config: InspectConfig, budget: Budget, passwords: bool) -> None:
+    def __init__(
+        self, config: InspectConfig, budget: Budget, passwords: bool, sensitive: frozenset[str]
+    ) -> None:
         self.budget = budget
         self.per_location = config.max_location_bytes
-        self.sensitive = frozenset(config.sensitive_fields)
+        self.sensitive = sensitive
         self.passwords = passwords
 
     @property
@@ -89,6 +145,8 @@ class _Emitter:
         return self.budget.bytes_left <= 0 or self.budget.locations_left <= 0
 
     def is_sensitive(self, name: str) -> bool:
+        if not self.sensitive and not self.passwords:
+            return False  # the default: nothing to look up
         leaf = name.rpartition(".")[2].lower()
         return leaf in self.sensitive or (self.passwords and "password" in leaf)
 
@@ -107,7 +165,7 @@ class _Emitter:
             budget.truncated = True
         budget.bytes_left -= len(value)
         budget.locations_left -= 1
-        return Location(kind, name), Normalized(value)
+        return _location(kind, name), Normalized(value)
 
 
 def locations(
@@ -122,9 +180,11 @@ def locations(
     Field names in ``config.sensitive_fields`` are skipped everywhere, and any field whose name
     contains ``password`` under ``auth_prefix`` (Bastion's own login and account endpoints).
     """
-    passwords = request.path.startswith(auth_prefix)
-    emit = _Emitter(config, budget or Budget.for_config(config), passwords)
-    for item in _head(request, config, emit):
+    rules = _rules(config)
+    path = request.path
+    passwords = path.startswith(auth_prefix)
+    emit = _Emitter(config, budget or Budget.for_config(config), passwords, rules.sensitive)
+    for item in _head(request, path, rules, emit):
         if item is not None:
             yield item
     if not emit.done and request.body:
@@ -134,19 +194,26 @@ def locations(
 
 
 def _head(
-    request: InspectionRequest, config: InspectConfig, emit: _Emitter
+    request: InspectionRequest, path: str, rules: _Rules, emit: _Emitter
 ) -> Iterator[tuple[Location, Normalized] | None]:
-    yield emit.take("path", "", request.path)
-    if request.query:
-        yield from _pairs(request.query, "&", "query_name", "query", emit)
-    for cookie_header in request.header_values("cookie"):
-        yield from _pairs(cookie_header, ";", "cookie_name", "cookie", emit)
-    exact = {name for name in config.headers if not name.endswith("*")}
-    prefixes = tuple(name[:-1] for name in config.headers if name.endswith("*"))
+    yield emit.take("path", "", path)
+    query = request.query
+    if query:
+        yield from _pairs(query, "&", "query_name", "query", emit)
+    # One pass over the fields: cookies are inspected before the selected headers.
+    cookies: list[str] = []
+    selected: list[tuple[str, str]] = []
+    exact, prefixes = rules.exact, rules.prefixes
     for name, value in request.headers:
-        lowered = name.lower()
+        lowered = _lower_name(name)
+        if lowered == "cookie":
+            cookies.append(value)
         if lowered in exact or (prefixes and lowered.startswith(prefixes)):
-            yield emit.take("header", lowered, value)
+            selected.append((lowered, value))
+    for cookie_header in cookies:
+        yield from _pairs(cookie_header, ";", "cookie_name", "cookie", emit)
+    for lowered, value in selected:
+        yield emit.take("header", lowered, value)
 
 
 def _pairs(
