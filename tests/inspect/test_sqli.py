@@ -389,3 +389,25 @@ def test_pre_check_never_changes_the_result(parts: list[str], paranoia: int) -> 
     finally:
         sqli._inert = inert
     assert fast == full
+
+
+_CLASSES = "s1nvkUETBfo&c=();,.wx"
+
+
+def test_grammar_pre_check_is_implied_by_every_grammar_match() -> None:
+    # Every fingerprint of up to three token classes, then each extended by every class: the
+    # cheap test must accept whatever the grammar accepts.
+    short = [""]
+    for _ in range(3):
+        short = [prefix + kind for prefix in short for kind in _CLASSES] + short
+    for fingerprint in {*short, *(f + tail for f in short for tail in ("$", "1=1", "c", "E1"))}:
+        fingerprint = fingerprint.replace("$", "")
+        if sqli._GRAMMAR.search(fingerprint):
+            assert sqli._may_match_grammar(fingerprint), fingerprint
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=_CLASSES, max_size=8))
+def test_grammar_pre_check_on_random_fingerprints(fingerprint: str) -> None:
+    if sqli._GRAMMAR.search(fingerprint):
+        assert sqli._may_match_grammar(fingerprint)
