@@ -73,7 +73,7 @@ def test_every_location_of_a_rule_is_reported_once() -> None:
 def test_paranoia_enables_rules_and_filters_overeager_detectors() -> None:
     assert inspector(paranoia=2).inspect(get("/?q=deep")).score == 5
 
-    def overeager(value: Normalized, location: Location, level: int) -> list[Match]:
+    def overeager(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         return [Match("xss-pl4", "xss", Severity.CRITICAL, location, paranoia=4)]
 
     verdict = Inspector(InspectConfig(paranoia=3), [overeager], no_protocol).inspect(get("/"))
@@ -96,7 +96,7 @@ def test_monitor_flags_without_blocking() -> None:
 
 
 def test_off_calls_nothing() -> None:
-    def boom(value: Normalized, location: Location, level: int) -> list[Match]:
+    def boom(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         raise AssertionError("called")
 
     verdict = Inspector(InspectConfig(mode="off"), [boom], no_protocol).inspect(get("/?q=evil"))
@@ -164,7 +164,7 @@ def test_exclusion_of_a_whole_location_skips_the_detectors() -> None:
 def test_sensitive_and_auth_password_fields_never_reach_detectors() -> None:
     seen: list[str] = []
 
-    def record(value: Normalized, location: Location, level: int) -> list[Match]:
+    def record(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         seen.append(value.raw)
         return []
 
@@ -194,7 +194,7 @@ def test_protocol_check_runs_once_and_can_be_excluded() -> None:
 
 
 def test_a_failing_detector_fails_closed(caplog: pytest.LogCaptureFixture) -> None:
-    def broken(value: Normalized, location: Location, level: int) -> list[Match]:
+    def broken(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         raise ValueError("bug")
 
     engine = Inspector(InspectConfig(), [broken], no_protocol)
@@ -208,7 +208,7 @@ def test_a_failing_detector_fails_closed(caplog: pytest.LogCaptureFixture) -> No
 def test_lone_surrogates_are_inspected_not_errors() -> None:
     seen: list[str] = []
 
-    def decoding(value: Normalized, location: Location, level: int) -> list[Match]:
+    def decoding(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         seen.append(value.sql)  # %uD800 would be a lone surrogate, which no encoder accepts
         return []
 
@@ -231,7 +231,7 @@ def test_over_limit_policies() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300), st.binary(max_size=1000))
 def test_inspect_never_raises(target: str, body: bytes) -> None:
-    def every_form(value: Normalized, location: Location, level: int) -> list[Match]:
+    def every_form(value: Normalized, location: Location, paranoia: int) -> list[Match]:
         _ = (value.sql, value.compact, value.path)
         return []
 

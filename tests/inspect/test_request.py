@@ -111,7 +111,13 @@ def test_from_record_parses_raw_bytes_as_latin1() -> None:
         "POST /p?x=1 HTTP/1.1\r\nHost: h\r\nX-Long: a\r\n  b\r\n"
         "Content-Type: text/plain\r\n\r\n\xac\xed\x00"
     )
-    record = {"uri": "/ignored", "method": "GET", "headers": {}, "body": None, "raw": raw}
+    record: dict[str, object] = {
+        "uri": "/ignored",
+        "method": "GET",
+        "headers": {},
+        "body": None,
+        "raw": raw,
+    }
     request = InspectionRequest.from_record(record)
     assert (request.method, request.target) == ("POST", "/p?x=1")
     assert request.header("x-long") == "a b"
