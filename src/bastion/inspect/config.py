@@ -90,7 +90,8 @@ class InspectRouteConfig(ConfigModel):
 
 class StrikesConfig(ConfigModel):
     """``[inspect.strikes]``: clients whose requests keep being blocked are refused for a while
-    (403 ``client_blocked``), in the ban record the rate limiter's bans share."""
+    (403 ``client_blocked``); blocks are shared by every instance through Redis, or through the
+    SQL ban table (source ``inspect``) without it, and listed by ``bastion bans list``."""
 
     enabled: bool = True
     """Count blocked requests per client and refuse repeat offenders."""
@@ -144,7 +145,7 @@ class InspectConfig(ConfigModel):
     allow_cidrs: list[Cidr] = Field(default_factory=list)
     """Client networks whose requests are not inspected (scanners you run yourself)."""
     deny_cidrs: list[Cidr] = Field(default_factory=list)
-    """Client networks refused before inspection (403 ``client_blocked``)."""
+    """Client networks refused before inspection (403 ``request_blocked``)."""
     strikes: StrikesConfig = Field(default_factory=StrikesConfig)
 
     @field_validator("headers", "sensitive_fields")
