@@ -240,3 +240,42 @@ def test_inspect_never_raises(target: str, body: bytes) -> None:
         request = InspectionRequest("POST", target, (("Content-Type", content_type),), body)
         verdict = engine.inspect(request)
         assert verdict.score in (0, Severity.CRITICAL)
+
+
+def test_repeated_values_are_inspected_once_and_the_memo_is_bounded() -> None:
+    calls: list[str] = []
+
+    def counting(value: Normalized, location: Location, level: int) -> list[Match]:
+        calls.append(value.raw)
+        if "evil" in value.raw:
+            return [Match("sqli-test", "sqli", Severity.CRITICAL, location)]
+        return []
+
+    engine = Inspector(InspectConfig(), [counting], no_protocol)
+    first = engine.inspect(get("/?q=evil"))
+    second = engine.inspect(get("/?q=evil"))
+    assert first.blocked
+    assert second.blocked
+    assert first.matches == second.matches
+    assert calls.count("evil") == 1  # the second request was answered from the memo
+    long_value = "x" * 600
+    engine.inspect(get(f"/?q={long_value}"))
+    engine.inspect(get(f"/?q={long_value}"))
+    assert calls.count(long_value) == 2  # long values are inspected every time
+    for n in range(9000):
+        engine.inspect(get(f"/?q=v{n}"))
+    assert len(engine._memo) <= 8192
+
+
+def test_a_failing_detector_is_never_memoised() -> None:
+    calls = 0
+
+    def flaky(value: Normalized, location: Location, level: int) -> list[Match]:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bug")
+
+    engine = Inspector(InspectConfig(), [flaky], no_protocol)
+    assert engine.inspect(get("/?q=x")).blocked
+    assert engine.inspect(get("/?q=x")).blocked
+    assert calls >= 2

@@ -19,7 +19,7 @@ import re2
 
 from bastion.http.paths import GlobMatcher, compile_glob
 from bastion.inspect.config import ExclusionConfig, InspectConfig, InspectMode
-from bastion.inspect.core import Detector, Location, Match, Severity
+from bastion.inspect.core import Detector, Location, Match, Normalized, Severity
 from bastion.inspect.locations import AUTH_PATH_PREFIX, Budget, locations
 from bastion.inspect.request import InspectionRequest
 
@@ -57,6 +57,10 @@ class InspectionVerdict:
 
 
 _PASS = InspectionVerdict(False, 0, (), mode="off")
+_MEMO_SIZE = 8192
+"""Values whose detector results are remembered (oldest forgotten first)."""
+_MEMO_VALUE_MAX = 512
+"""Longer values are inspected every time (and never held in memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class Inspector:
         ]
         self._exclusions = [_Exclusion(item) for item in config.exclusions]
         self._failed: set[str] = set()
+        self._memo: dict[tuple[Location, str, int], tuple[Match, ...]] = {}
 
     def policy(self, path: str) -> _Policy:
         """Mode, paranoia and threshold for a (routing) path: the first matching route's."""
@@ -170,23 +175,15 @@ class Inspector:
         paranoia = policy.paranoia
         found: list[Match] = []
         budget = Budget(config.max_request_bytes, config.max_locations)
-        detectors = self.detectors
         applicable: list[_Exclusion] = []
         for location, value in locations(request, config, budget, auth_prefix=self.auth_prefix):
             if exclusions:
                 applicable = [e for e in exclusions if e.covers(location)]
                 if applicable and any(item.whole_location for item in applicable):
                     continue
-            for detector in detectors:
-                try:
-                    matches = detector(value, location, paranoia)
-                except Exception:  # a detector bug must not let the value through uninspected
-                    matches = [self._failure(detector, location)]
-                if not matches:
-                    continue
-                for match in matches:
-                    if match.paranoia <= paranoia and not any(e.drops(match) for e in applicable):
-                        found.append(match)
+            for match in self._detect(value, location, paranoia):
+                if match.paranoia <= paranoia and not any(e.drops(match) for e in applicable):
+                    found.append(match)
         try:
             request_matches = self.protocol(request, paranoia)
         except Exception:
@@ -195,6 +192,36 @@ class Inspector:
             if match.paranoia <= paranoia and not _excluded(match, exclusions):
                 found.append(match)
         return self._verdict(found, policy, budget.truncated and reject, budget.truncated)
+
+    def _detect(self, value: Normalized, location: Location, paranoia: int) -> tuple[Match, ...]:
+        """Every detector's matches for one value, remembered for short values.
+
+        Detectors are pure functions of (value, location, paranoia), and real traffic repeats
+        the same values (user agents, accept headers, paths, ids) over and over: a bounded
+        memo turns those into one dictionary look-up. Values a client varies gain nothing but
+        cost nothing extra either; long values are never kept.
+        """
+        raw = value.raw
+        key = (location, raw, paranoia) if len(raw) <= _MEMO_VALUE_MAX else None
+        if key is not None:
+            cached = self._memo.get(key)
+            if cached is not None:
+                return cached
+        found: list[Match] = []
+        failed = False
+        for detector in self.detectors:
+            try:
+                found.extend(detector(value, location, paranoia))
+            except Exception:  # a detector bug must not let the value through uninspected
+                found.append(self._failure(detector, location))
+                failed = True
+        result = tuple(found)
+        if key is not None and not failed:
+            memo = self._memo
+            if len(memo) >= _MEMO_SIZE:
+                del memo[next(iter(memo))]
+            memo[key] = result
+        return result
 
     def _failure(self, check: Callable[..., Any], location: Location) -> Match:
         name = getattr(check, "__qualname__", repr(check))
