@@ -59,6 +59,9 @@ class PasswordConfig(ConfigModel):
     """Longest accepted password, in characters (NIST: allow at least 64)."""
     reject_common: bool = True
     """Refuse passwords found in the shipped list of most common passwords."""
+    hash_threads: int = Field(default=0, ge=0)
+    """Threads hashing passwords per process; 0: one fewer than the CPUs (at least one), so a
+    burst of logins always leaves a CPU to the event loop serving everything else."""
     max_pending: int = Field(default=32, ge=1)
     """Password hashes queued or running at once per process; beyond, logins get 503
     ``overloaded`` at once instead of waiting behind seconds of hashing."""

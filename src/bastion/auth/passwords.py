@@ -180,7 +180,9 @@ class PasswordHasher:
     reveal which usernames exist.
     """
 
-    def __init__(self, config: PasswordConfig, *, max_threads: int = 2) -> None:
+    def __init__(self, config: PasswordConfig, *, max_threads: int | None = None) -> None:
+        if max_threads is None:
+            max_threads = config.hash_threads or max(1, (os.cpu_count() or 2) - 1)
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self._hasher = Argon2Hasher(
