@@ -9,7 +9,7 @@ VENV_STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard src tests bench examples)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test demo services-up services-down bench waf-eval
+.PHONY: help venv lint format test demo services-up services-down bench waf-eval fuzz
 
 help:
 	@echo "make venv           create .venv and install bastion with its dev extras"
@@ -20,6 +20,7 @@ help:
 	@echo "make services-up    start the test Redis/PostgreSQL (eval \"\$$(scripts/services.sh env)\")"
 	@echo "make services-down  stop them"
 	@echo "make waf-eval       inspection detection, false positives and latency → docs/waf.md"
+	@echo "make fuzz           fuzz the inspection engine for FUZZ_SECONDS (default 600)"
 
 venv: $(VENV_STAMP)
 
@@ -54,6 +55,11 @@ services-down:
 # Benchmarks → docs/benchmarks.md (BENCH_ARGS='--quick' or '--only gateway'; see bench/run.py).
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Coverage-guided fuzzing of the inspection engine for FUZZ_SECONDS (the suite runs it briefly).
+FUZZ_SECONDS ?= 600
+fuzz: venv
+	$(BIN)/python tests/fuzz/fuzz_inspection.py -max_total_time=$(FUZZ_SECONDS) -max_len=8192
 
 # Inspection engine over the CRS regression and benign corpora at paranoia 1-4 → docs/waf.md.
 WAF_CORPUS ?= ../shared/corpus/waf
