@@ -291,6 +291,16 @@ class Report:
 TIMES = "\u00d7"
 """The multiplication sign written after ratios."""
 DASH = "\u2013"
+_ADDED_COLUMNS = (
+    "case",
+    "µs/request",
+    "added µs",
+    f"batches µs (min{DASH}max)",
+    "target µs",
+    "met",
+    "configuration",
+)
+"""Columns of the tables that compare a case with its baseline in the same run."""
 """The en dash written between the ends of a range."""
 
 
@@ -589,18 +599,7 @@ def _auth_section(result: AuthResult, commands: Sequence[str], number: int) -> l
                 case.config or "—",
             ]
         )
-    lines += _table(
-        [
-            "case",
-            "µs/request",
-            "added µs",
-            f"batches µs (min{DASH}max)",
-            "target µs",
-            "met",
-            "configuration",
-        ],
-        rows,
-    )
+    lines += _table(list(_ADDED_COLUMNS), rows)
     lines += [
         "",
         f"- *{AUTH_IDLE}* is the cost every default installation pays: the auth stage with "
@@ -888,18 +887,7 @@ def _ratelimit_micro_lines(
                 step.config or "—",
             ]
         )
-    lines += _table(
-        [
-            "case",
-            "µs/request",
-            "added µs",
-            f"batches µs (min{DASH}max)",
-            "target µs",
-            "met",
-            "configuration",
-        ],
-        rows,
-    )
+    lines += _table(list(_ADDED_COLUMNS), rows)
     if pipeline.chain:
         lines += [
             "",
