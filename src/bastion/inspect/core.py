@@ -224,6 +224,19 @@ class Normalized:
 
     @cached_property
     def nfkc(self) -> str:
+        raw = self.raw
+        if (
+            raw.isascii()
+            and "%" not in raw
+            and "+" not in raw
+            and "&" not in raw
+            and "\\" not in raw
+        ):
+            # Nothing to decode, unescape or normalise: every form up to this one is raw.
+            forms = self.__dict__
+            forms.setdefault("decoded", raw)
+            forms.setdefault("unescaped", raw)
+            return raw
         text = self.unescaped
         return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
@@ -245,7 +258,8 @@ class Normalized:
     @cached_property
     def path(self) -> str:
         text = self.nfkc.replace("\\", "/")
-        text = str(_SLASH_RUN.sub("/", text))
+        if "//" in text:
+            text = str(_SLASH_RUN.sub("/", text))
         while "/./" in text:
             text = text.replace("/./", "/")
         return text.removeprefix("./")

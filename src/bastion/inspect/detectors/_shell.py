@@ -159,6 +159,16 @@ class _Lexer:
     def end_word(self) -> None:
         self._flush_chunk()
         flags = self.word_flags
+        variants = self.variants
+        if not flags and not self.quote_parts and len(variants) == 1:
+            # The common case: one plain word, unquoted and unflagged.
+            text = variants[0]
+            if text and "=" not in text:
+                words = self.command.words
+                if len(words) < _MAX_WORDS:
+                    words.append(Word(text))
+                self._reset_word()
+                return
         texts = [variant for variant in self.variants if variant]
         had_quotes = self.quote_parts > 0
         if not texts and not had_quotes:

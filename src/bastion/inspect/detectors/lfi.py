@@ -93,7 +93,11 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
         add("dot-segment", 3, Severity.WARNING)
     if sensitive:
         add("sensitive-file", 1)
-    elif ".well-known" not in lowered and _HIDDEN.search(lowered):
+    elif (
+        (lowered.startswith(".") or "/." in lowered)  # what _HIDDEN needs, tested first
+        and ".well-known" not in lowered
+        and _HIDDEN.search(lowered)
+    ):
         add("hidden-file", 3, Severity.WARNING)
     return list(found.values())
 

@@ -65,6 +65,13 @@ _WORDLIKE = _words(
     """
 )
 _KNOWN = _STRONG | _JARGON | _WORDLIKE
+_GLOB_NAMES = tuple(sorted(_KNOWN))
+"""Every known command, in the order a wildcard word is resolved against them."""
+_GLOB_NAMES_BY_FIRST: dict[str, tuple[str, ...]] = {}
+for _name in _GLOB_NAMES:
+    _GLOB_NAMES_BY_FIRST[_name[0]] = (*_GLOB_NAMES_BY_FIRST.get(_name[0], ()), _name)
+del _name
+_GLOB_SPECIALS = "?*["
 # Words that run the word after them: that word is in command position too.
 _PREFIXES = _words(
     """
@@ -267,7 +274,12 @@ def _glob_command(word: Word) -> str:
             return ""
     if not any(char in base for char in "?*["):
         return base if base in _KNOWN else ""
-    for name in sorted(_STRONG | _JARGON | _WORDLIKE):
+    # A pattern starting with a literal character only matches names starting with it.
+    first = base[:1]
+    candidates = (
+        _GLOB_NAMES if not first or first in _GLOB_SPECIALS else _GLOB_NAMES_BY_FIRST.get(first, ())
+    )
+    for name in candidates:
         if glob_matches(base, name):
             return name
     return ""
