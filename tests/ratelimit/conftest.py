@@ -19,6 +19,8 @@ import pytest
 
 from bastion.ratelimit.core import BanLedger, RateLimitStore
 from bastion.ratelimit.memory import MemoryStore
+from bastion.ratelimit.redis_store import RedisStore
+from bastion.store.redis import RedisConnector
 
 START = 1_700_000_000.0
 """The manual clock's start: an epoch-sized time, so float rounding is the real one."""
@@ -121,14 +123,10 @@ class RedisBackend(Backend):
     PREFIX = "bastion:rl:test:"
 
     def __init__(self, url: str) -> None:
-        from bastion.store.redis import RedisConnector
-
         super().__init__("redis", WallTime(), 0.03)
         self.connector = RedisConnector.from_url(url)
 
     async def __call__(self, *, ledger: BanLedger | None = None) -> RateLimitStore:
-        from bastion.ratelimit.redis_store import RedisStore
-
         if ledger is not None:
             raise ValueError("the Redis store keeps its bans in Redis: no ledger")
         store = RedisStore(self.connector, prefix=self.PREFIX)
@@ -150,14 +148,6 @@ class RedisBackend(Backend):
             await self.connector.close()
 
 
-def _redis_store_available() -> bool:
-    try:
-        import bastion.ratelimit.redis_store  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     """A :class:`Backend`: ``await store_factory()`` makes a store; ``store_factory.time``."""
@@ -165,8 +155,6 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[Backend
     if request.param == "memory":
         backend = MemoryBackend()
     else:
-        if not _redis_store_available():
-            pytest.skip("bastion.ratelimit.redis_store is not there yet")
         backend = RedisBackend(request.getfixturevalue("clean_redis_url"))
     try:
         yield backend
