@@ -312,6 +312,20 @@ NOISY_SPREAD = 0.15
 """Runs of one target differing by more than this (max-min over median) are flagged."""
 
 
+def _target_notes(scenario: ThroughputScenario) -> list[str]:
+    """One line per target's note, and a warning for each target whose runs spread widely."""
+    notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
+    for target in scenario.targets:
+        relative = run_spread(target)
+        if relative > NOISY_SPREAD:
+            notes.append(
+                f"- ⚠ The runs of {target.label} differ by {relative:.0%} (max{DASH}min over the "
+                "median): other work on the machine disturbed some of them; read its ratio "
+                "with care."
+            )
+    return notes
+
+
 def run_spread(target: ThroughputTarget) -> float:
     """(max - min) / median of the target's requests per second (0 with fewer than 2 runs)."""
     values = [r.rps for r in target.runs]
@@ -406,15 +420,7 @@ def _throughput_section(scenario: ThroughputScenario, number: int) -> list[str]:
         ["stack", "rps (median)", f"rps (min{DASH}max)", "p50", "p99", "ratio", "target", "met"],
         rows,
     )
-    notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
-    for target in scenario.targets:
-        relative = run_spread(target)
-        if relative > NOISY_SPREAD:
-            notes.append(
-                f"- ⚠ The runs of {target.label} differ by {relative:.0%} (max{DASH}min over the "
-                "median): other work on the machine disturbed some of them; read its ratio "
-                "with care."
-            )
+    notes = _target_notes(scenario)
     if scenario.reference_baseline_rps is not None:
         base = scenario.target(scenario.baseline)
         notes.append(
@@ -1025,15 +1031,7 @@ def _ratelimit_load_lines(
         ],
         rows,
     )
-    notes = [f"- {t.label}: {t.note}" for t in scenario.targets if t.note]
-    for target in scenario.targets:
-        relative = run_spread(target)
-        if relative > NOISY_SPREAD:
-            notes.append(
-                f"- ⚠ The runs of {target.label} differ by {relative:.0%} (max{DASH}min over the "
-                "median): other work on the machine disturbed some of them; read its ratio "
-                "with care."
-            )
+    notes = _target_notes(scenario)
     mix: dict[str, int] = {}
     for run in section.redis_runs.get("bastion_redis", []):
         for name, calls in run.by_command.items():
