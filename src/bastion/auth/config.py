@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from bastion.config_types import ConfigModel, Duration
-from bastion.http.paths import compile_glob
+from bastion.http.paths import check_globs, compile_glob
 
 __all__ = [
     "DEFAULT_ROLES",
@@ -229,9 +229,7 @@ class AuthConfig(ConfigModel):
     @field_validator("protect")
     @classmethod
     def _globs(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            compile_glob(pattern)
-        return patterns
+        return check_globs(patterns)
 
     @field_validator("roles")
     @classmethod

@@ -19,6 +19,7 @@ from bastion.http.asgi import Scope
 __all__ = [
     "GlobMatcher",
     "PathGlob",
+    "check_globs",
     "compile_alternatives",
     "compile_glob",
     "glob_regex",
@@ -42,6 +43,14 @@ def compile_glob(pattern: str) -> GlobMatcher:
     segment in place of ``*``.
     """
     return _compile(glob_regex(pattern))
+
+
+def check_globs(patterns: list[str]) -> list[str]:
+    """``patterns``, once each compiles (configuration validators; ``ValueError`` names the
+    first pattern that does not)."""
+    for pattern in patterns:
+        compile_glob(pattern)
+    return patterns
 
 
 def compile_alternatives(sources: Iterable[str]) -> GlobMatcher:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bastion.config_types import ByteSize, Cidr, ConfigModel, Duration, SecretValue
-from bastion.http.paths import compile_glob
+from bastion.http.paths import check_globs
 
 __all__ = [
     "BodyLimitRule",
@@ -248,9 +248,7 @@ class CsrfConfig(ConfigModel):
     @field_validator("paths", "exempt_paths")
     @classmethod
     def _globs(cls, value: list[str]) -> list[str]:
-        for item in value:
-            compile_glob(item)
-        return value
+        return check_globs(value)
 
     @field_validator("trusted_origins")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from bastion.config_types import Cidr, ConfigModel, Duration
-from bastion.http.paths import compile_glob
+from bastion.http.paths import check_globs
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -59,9 +59,7 @@ class MatchConfig(ConfigModel):
     @field_validator("paths")
     @classmethod
     def _globs(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            compile_glob(pattern)
-        return patterns
+        return check_globs(patterns)
 
     @field_validator("methods")
     @classmethod
