@@ -21,10 +21,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bastion.audit.config import AuditConfig
 from bastion.auth.config import AuthConfig
+from bastion.cache.config import CacheConfig
 from bastion.config_types import ConfigModel, Duration
 from bastion.inspect.config import InspectConfig
-from bastion.observe.config import LoggingConfig, MetricsConfig
+from bastion.observe.config import AlertsConfig, LoggingConfig, MetricsConfig, TracingConfig
 from bastion.pipeline.config import (
     ClientIpConfig,
     CompressionConfig,
@@ -158,10 +160,14 @@ class Settings(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     inspect: InspectConfig = Field(default_factory=InspectConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     headers: HeadersConfig = Field(default_factory=HeadersConfig)
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @field_validator("routes")
     @classmethod

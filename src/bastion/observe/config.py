@@ -9,7 +9,7 @@ from pydantic import Field
 
 from bastion.config_types import Cidr, ConfigModel
 
-__all__ = ["LoggingConfig", "MetricsConfig"]
+__all__ = ["AlertsConfig", "LoggingConfig", "MetricsConfig", "TracingConfig"]
 
 
 class MetricsConfig(ConfigModel):
@@ -55,3 +55,17 @@ class LoggingConfig(ConfigModel):
     access_log: bool = True
     """One line per request: request_id, client_ip, method, route, path, status, duration_ms,
     bytes_in, bytes_out, user."""
+
+
+class TracingConfig(ConfigModel):
+    """``[tracing]``: OpenTelemetry spans per request and per stage."""
+
+    enabled: bool = False
+    """Record and export spans; off: no tracing code runs at all."""
+
+
+class AlertsConfig(ConfigModel):
+    """``[alerts]``: rules over sliding windows, delivered to a webhook and the log."""
+
+    enabled: bool = False
+    """Evaluate the alert rules."""
