@@ -13,6 +13,7 @@ from bastion.auth.config import ThrottleConfig
 from bastion.auth.models import ThrottleRecord, User
 from bastion.auth.throttle import (
     LoginThrottle,
+    Reservation,
     ThrottleVerdict,
     ip_bucket,
     throttle_key,
@@ -56,25 +57,47 @@ async def _failures(database: Database, key: str) -> int | None:
     return count
 
 
-async def _fail(throttle: LoginThrottle, times: int, username: str = "alice", ip: str = IP) -> None:
-    """Record ``times`` failures that each went through :meth:`check` first, as logins do."""
+async def _fail(
+    throttle: LoginThrottle,
+    times: int,
+    username: str = "alice",
+    ip: str = IP,
+    *,
+    known_ip: bool = False,
+) -> None:
+    """``times`` attempts the throttle lets through whose passwords then turn out wrong: each
+    is counted by :meth:`reserve` and never taken back."""
     for _ in range(times):
-        assert await throttle.check(username, ip, known_ip=False) is None
-        assert await throttle.failure(username, ip, known_ip=False) is None
+        assert (await throttle.reserve(username, ip, known_ip=known_ip)).verdict is None
+
+
+async def _refused(
+    throttle: LoginThrottle, username: str = "alice", ip: str = IP, *, known_ip: bool = False
+) -> ThrottleVerdict | None:
+    """The verdict refusing an attempt now, or ``None`` when one would go ahead. An attempt
+    that goes ahead is taken back at once (as a correct password would), so probing leaves the
+    address and username counts as they were."""
+    reservation = await throttle.reserve(username, ip, known_ip=known_ip)
+    if reservation.verdict is None:
+        await throttle.succeeded(reservation)
+    return reservation.verdict
 
 
 async def test_pair_is_refused_after_the_fifth_failure(
     migrated: Database, clock: FakeClock
 ) -> None:
     throttle = _throttle(migrated, clock)
-    # Failures 1 to 5 are ordinary wrong passwords: the login answers 401 for each.
+    # Attempts 1 to 5 reach a password check: the login answers 401 for each wrong one.
     await _fail(throttle, DEFAULTS.pair_failures)
 
-    # The 6th attempt is refused before any password check, for base_delay.
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
+    # The 6th attempt is refused before any password check, for base_delay, and not counted.
+    assert await throttle.reserve("alice", IP, known_ip=False) == Reservation(
+        ThrottleVerdict(1, "pair")
+    )
+    assert await _failures(migrated, throttle_key("pair", "alice", ip_bucket(IP))) == 5
     # The same user from another address, and another user from this one, are not affected.
-    assert await throttle.check("alice", "198.51.100.1", known_ip=False) is None
-    assert await throttle.check("bob", IP, known_ip=False) is None
+    assert await _refused(throttle, "alice", "198.51.100.1") is None
+    assert await _refused(throttle, "bob", IP) is None
 
 
 async def test_each_further_failure_doubles_the_wait_up_to_the_cap(
@@ -84,15 +107,14 @@ async def test_each_further_failure_doubles_the_wait_up_to_the_cap(
     await _fail(throttle, DEFAULTS.pair_failures)
     waits = []
     for _ in range(12):
-        verdict = await throttle.check("alice", IP, known_ip=False)
+        verdict = await _refused(throttle)
         assert verdict is not None
         waits.append(verdict.retry_after)
         # Waiting out the block lets exactly one more attempt through; its failure blocks again.
         clock.advance(verdict.retry_after - 0.5)
-        assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
+        assert await _refused(throttle) == ThrottleVerdict(1, "pair")
         clock.advance(0.5)
-        assert await throttle.check("alice", IP, known_ip=False) is None
-        assert await throttle.failure("alice", IP, known_ip=False) is None
+        await _fail(throttle, 1)
     assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]
 
 
@@ -101,20 +123,9 @@ async def test_remaining_wait_is_rounded_up(migrated: Database, clock: FakeClock
     throttle = _throttle(migrated, clock, config)
     await _fail(throttle, config.pair_failures)
     clock.advance(6.25)
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(4, "pair")
+    assert await _refused(throttle) == ThrottleVerdict(4, "pair")
     clock.advance(3.7)
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
-
-
-async def test_failure_that_raced_past_the_check_is_refused_too(
-    migrated: Database, clock: FakeClock
-) -> None:
-    throttle = _throttle(migrated, clock)
-    await _fail(throttle, DEFAULTS.pair_failures)
-    # A concurrent attempt checked before the 5th failure was written, then failed: it is the
-    # 6th attempt, so it gets the (now doubled) wait instead of a 401.
-    assert await throttle.failure("alice", IP, known_ip=False) == ThrottleVerdict(2, "pair")
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(2, "pair")
+    assert await _refused(throttle) == ThrottleVerdict(1, "pair")
 
 
 @pytest.mark.parametrize(
@@ -131,31 +142,27 @@ async def test_one_address_against_many_accounts(
 ) -> None:
     throttle = _throttle(migrated, clock)
     for n in range(DEFAULTS.ip_failures):
-        address = addresses[n % len(addresses)]
-        assert await throttle.check(f"user{n}", address, known_ip=False) is None
-        assert await throttle.failure(f"user{n}", address, known_ip=False) is None
+        await _fail(throttle, 1, f"user{n}", addresses[n % len(addresses)])
 
     # Any account, even one never tried, and even a known address of it, must wait.
-    assert await throttle.check("fresh", other_host, known_ip=False) == ThrottleVerdict(1, "ip")
-    assert await throttle.check("fresh", other_host, known_ip=True) == ThrottleVerdict(1, "ip")
-    assert await throttle.check("fresh", "2001:db8:5:7::1", known_ip=False) is None
-    assert await throttle.check("fresh", "198.51.100.1", known_ip=False) is None
+    assert await _refused(throttle, "fresh", other_host) == ThrottleVerdict(1, "ip")
+    assert await _refused(throttle, "fresh", other_host, known_ip=True) == ThrottleVerdict(1, "ip")
+    assert await _refused(throttle, "fresh", "2001:db8:5:7::1") is None
+    assert await _refused(throttle, "fresh", "198.51.100.1") is None
 
 
 async def test_many_addresses_against_one_account(migrated: Database, clock: FakeClock) -> None:
     throttle = _throttle(migrated, clock)
     for n in range(DEFAULTS.username_failures):
-        address = f"10.0.{n // 250}.{n % 250 + 1}"
-        assert await throttle.check("alice", address, known_ip=False) is None
-        assert await throttle.failure("alice", address, known_ip=False) is None
+        await _fail(throttle, 1, "alice", f"10.0.{n // 250}.{n % 250 + 1}")
 
     # Every further unknown address waits for this username...
     refused = ThrottleVerdict(1, "username")
-    assert await throttle.check("alice", "198.51.100.1", known_ip=False) == refused
-    assert await throttle.check("alice", "2001:db8::1", known_ip=False) == refused
+    assert await _refused(throttle, "alice", "198.51.100.1") == refused
+    assert await _refused(throttle, "alice", "2001:db8::1") == refused
     # ...but the real user's own address is exempt, and other accounts are not affected.
-    assert await throttle.check("alice", "192.0.2.10", known_ip=True) is None
-    assert await throttle.check("bob", "198.51.100.1", known_ip=False) is None
+    assert await _refused(throttle, "alice", "192.0.2.10", known_ip=True) is None
+    assert await _refused(throttle, "bob", "198.51.100.1") is None
 
 
 async def test_failures_from_known_addresses_do_not_use_up_the_ceiling(
@@ -164,9 +171,9 @@ async def test_failures_from_known_addresses_do_not_use_up_the_ceiling(
     config = ThrottleConfig(username_failures=3)
     throttle = _throttle(migrated, clock, config)
     for n in range(10):
-        assert await throttle.failure("alice", f"192.0.2.{n + 1}", known_ip=True) is None
+        await _fail(throttle, 1, "alice", f"192.0.2.{n + 1}", known_ip=True)
     assert await _failures(migrated, throttle_key("user", "alice")) is None
-    assert await throttle.check("alice", "198.51.100.1", known_ip=False) is None
+    assert await _refused(throttle, "alice", "198.51.100.1") is None
 
 
 async def test_unknown_and_real_usernames_get_the_same_verdicts(
@@ -180,11 +187,8 @@ async def test_unknown_and_real_usernames_get_the_same_verdicts(
     async def sequence(username: str, ip: str) -> list[ThrottleVerdict | None]:
         verdicts: list[ThrottleVerdict | None] = []
         for _ in range(8):
-            refused = await throttle.check(username, ip, known_ip=False)
-            verdicts.append(refused)
-            if refused is None:
-                # Only attempts the throttle let through reach the password check.
-                verdicts.append(await throttle.failure(username, ip, known_ip=False))
+            # Attempts the throttle lets through reach the password check and fail.
+            verdicts.append((await throttle.reserve(username, ip, known_ip=False)).verdict)
             clock.advance(1.5)
         return verdicts
 
@@ -194,28 +198,40 @@ async def test_unknown_and_real_usernames_get_the_same_verdicts(
     assert any(verdict is not None for verdict in real)
 
 
-async def test_success_clears_the_pair_only(migrated: Database, clock: FakeClock) -> None:
+async def test_success_clears_the_pair_and_takes_back_its_own_attempt(
+    migrated: Database, clock: FakeClock
+) -> None:
     throttle = _throttle(migrated, clock)
     bucket = ip_bucket(IP)
     await _fail(throttle, 4)
-    await throttle.success("alice", IP)
+    # The 5th attempt reaches the pair's threshold and blocks it, but its password is right.
+    reservation = await throttle.reserve("alice", IP, known_ip=False)
+    assert reservation.verdict is None
+    await throttle.succeeded(reservation)
 
     assert await _failures(migrated, throttle_key("pair", "alice", bucket)) is None
+    # The four real failures stay on the address and the username.
     assert await _failures(migrated, throttle_key("ip", bucket)) == 4
     assert await _failures(migrated, throttle_key("user", "alice")) == 4
     # The pair starts again from zero: five more failures before it is refused.
     await _fail(throttle, DEFAULTS.pair_failures)
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
+    assert await _refused(throttle) == ThrottleVerdict(1, "pair")
     assert await _failures(migrated, throttle_key("ip", bucket)) == 9
 
 
-async def test_success_does_not_lift_an_address_block(migrated: Database, clock: FakeClock) -> None:
+async def test_success_does_not_lift_a_block_set_by_other_failures(
+    migrated: Database, clock: FakeClock
+) -> None:
     config = ThrottleConfig(ip_failures=3)
     throttle = _throttle(migrated, clock, config)
-    for username in ("a", "b", "c"):
-        await throttle.failure(username, IP, known_ip=False)
-    await throttle.success("alice", IP)
-    assert await throttle.check("alice", IP, known_ip=True) == ThrottleVerdict(1, "ip")
+    alice = await throttle.reserve("alice", IP, known_ip=True)
+    # Two failures against other accounts while alice's password is checked: the address
+    # reaches its threshold through them.
+    await _fail(throttle, 1, "a")
+    await _fail(throttle, 1, "b")
+    await throttle.succeeded(alice)
+    assert await _failures(migrated, throttle_key("ip", ip_bucket(IP))) == 2
+    assert await _refused(throttle, "alice", IP, known_ip=True) == ThrottleVerdict(1, "ip")
 
 
 async def test_failures_older_than_the_window_are_forgotten(
@@ -228,32 +244,38 @@ async def test_failures_older_than_the_window_are_forgotten(
     clock.advance(DEFAULTS.window)
     await _fail(throttle, 1)
     assert await _failures(migrated, pair) == 5
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
+    assert await _refused(throttle) == ThrottleVerdict(1, "pair")
 
     # ...longer than that, the count starts again at 1 (and the expired block is cleared).
     clock.advance(DEFAULTS.window + 1)
     await _fail(throttle, 1)
     assert await _failures(migrated, pair) == 1
-    await _fail(throttle, DEFAULTS.pair_failures - 2)
-    assert await throttle.check("alice", IP, known_ip=False) is None
-    await _fail(throttle, 1)
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(1, "pair")
+    await _fail(throttle, DEFAULTS.pair_failures - 1)
+    assert await _failures(migrated, pair) == DEFAULTS.pair_failures
+    assert await _refused(throttle) == ThrottleVerdict(1, "pair")
 
 
-async def test_concurrent_failures_are_all_counted(migrated: Database, clock: FakeClock) -> None:
+async def test_concurrent_attempts_only_the_allowed_number_go_ahead(
+    migrated: Database, clock: FakeClock
+) -> None:
     throttle = _throttle(migrated, clock)
-    verdicts = await asyncio.gather(
-        *(throttle.failure("alice", IP, known_ip=False) for _ in range(20))
+    reservations = await asyncio.gather(
+        *(throttle.reserve("alice", IP, known_ip=False) for _ in range(20))
     )
 
+    # Increments are serialised: five attempts went ahead (and were counted), the other
+    # fifteen found the pair blocked and counted nothing.
+    assert sum(r.verdict is None for r in reservations) == DEFAULTS.pair_failures
+    assert {r.verdict for r in reservations if r.verdict is not None} == {
+        ThrottleVerdict(1, "pair")
+    }
     bucket = ip_bucket(IP)
-    assert await _failures(migrated, throttle_key("pair", "alice", bucket)) == 20
-    assert await _failures(migrated, throttle_key("ip", bucket)) == 20
-    assert await _failures(migrated, throttle_key("user", "alice")) == 20
-    # Increments are serialised: five are ordinary failures, the other fifteen found the pair
-    # already blocked, and the block ends where the 20th failure put it (2 ** 15 s, capped).
-    assert sum(verdict is None for verdict in verdicts) == DEFAULTS.pair_failures
-    assert await throttle.check("alice", IP, known_ip=False) == ThrottleVerdict(900, "pair")
+    for key in (
+        throttle_key("pair", "alice", bucket),
+        throttle_key("ip", bucket),
+        throttle_key("user", "alice"),
+    ):
+        assert await _failures(migrated, key) == DEFAULTS.pair_failures
 
 
 async def test_prune_removes_only_forgotten_unblocked_rows(
@@ -262,18 +284,17 @@ async def test_prune_removes_only_forgotten_unblocked_rows(
     # A block longer than the window, so an old row can still be blocking.
     config = ThrottleConfig(window=60.0, base_delay=600.0, pair_failures=2)
     throttle = _throttle(migrated, clock, config)
-    await throttle.failure("old", "192.0.2.1", known_ip=True)
-    await throttle.failure("blocked", "192.0.2.2", known_ip=True)
-    await throttle.failure("blocked", "192.0.2.2", known_ip=True)
+    await _fail(throttle, 1, "old", "192.0.2.1", known_ip=True)
+    await _fail(throttle, 2, "blocked", "192.0.2.2", known_ip=True)
     clock.advance(61)
-    await throttle.failure("recent", "192.0.2.3", known_ip=True)
+    await _fail(throttle, 1, "recent", "192.0.2.3", known_ip=True)
 
     # Both rows of "old" and the address row of "blocked"; its pair row is still blocking.
     assert await throttle.prune() == 3
     assert await _failures(migrated, throttle_key("pair", "old", "192.0.2.1")) is None
     assert await _failures(migrated, throttle_key("pair", "blocked", "192.0.2.2")) == 2
     assert await _failures(migrated, throttle_key("pair", "recent", "192.0.2.3")) == 1
-    assert await throttle.check("blocked", "192.0.2.2", known_ip=True) is not None
+    assert await _refused(throttle, "blocked", "192.0.2.2", known_ip=True) is not None
 
     clock.advance(600)
     assert await throttle.prune() == 3
@@ -284,7 +305,7 @@ async def test_keys_are_hashed_and_fit_the_column(migrated: Database, clock: Fak
     throttle = _throttle(migrated, clock)
     username = "mistyped-password-" + "x" * 1000
     address = "not an address " * 40
-    await throttle.failure(username, address, known_ip=False)
+    await _fail(throttle, 1, username, address)
     async with migrated.session() as session:
         keys = (await session.scalars(select(ThrottleRecord.key))).all()
     assert sorted(key.split(":")[0] for key in keys) == ["ip", "pair", "user"]
@@ -301,9 +322,8 @@ async def test_disabled_throttle_counts_and_refuses_nothing(
     migrated: Database, clock: FakeClock
 ) -> None:
     throttle = _throttle(migrated, clock, ThrottleConfig(enabled=False, pair_failures=1))
-    for _ in range(3):
-        assert await throttle.failure("alice", IP, known_ip=False) is None
-    assert await throttle.check("alice", IP, known_ip=False) is None
+    await _fail(throttle, 3)
+    assert await _refused(throttle) is None
     assert await _failures(migrated, throttle_key("ip", IP)) is None
 
 

@@ -13,8 +13,9 @@ three keys:
 Once a key reaches its threshold it is blocked for ``base_delay``, and each further failure
 doubles the wait up to ``max_delay``. Nothing sleeps on the server: a blocked attempt is refused
 at once with ``Retry-After``. Failures more than ``window`` after the previous one start again
-at 1. A successful login clears only its pair: the address and username counts keep recording
-what an attacker did around it.
+at 1. A successful login clears its pair and takes back its own attempt from the address and
+username counts; every other failure stays, so they keep recording what an attacker did around
+it.
 
 Concurrent attempts cannot slip past the count: :meth:`LoginThrottle.reserve` counts an
 attempt as a failure *before* its password is checked, in the same statement that reads whether
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy import case, delete, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql import Executable
@@ -140,8 +141,9 @@ class _Key:
 class LoginThrottle:
     """Counts login failures in the SQL store and says when an attempt must wait.
 
-    The login service calls :meth:`check` before verifying a password, :meth:`failure` after a
-    wrong one (or an unknown username) and :meth:`success` after a correct one. Store errors
+    The login service calls :meth:`reserve` before verifying a password: the attempt is counted
+    as a failure up front (or refused without counting), and :meth:`succeeded` takes it back
+    when the password was right. An unknown username is counted like a wrong password. Store errors
     propagate as :class:`~bastion.store.errors.StoreError`; whether a login then proceeds is the
     caller's decision. With ``enabled = false`` nothing is counted or refused.
     """
@@ -157,41 +159,6 @@ class LoginThrottle:
         self._config = config
         self._clock = clock
         self._window = timedelta(seconds=config.window)
-
-    async def check(
-        self, username: str, client_ip: str, *, known_ip: bool
-    ) -> ThrottleVerdict | None:
-        """The wait in force for this attempt, or ``None`` when it may go ahead.
-
-        Looks at the pair, the address and, unless ``known_ip`` (the user logged in from this
-        address recently), the username ceiling, in one ``SELECT``; returns the longest
-        remaining wait among the blocked keys.
-        """
-        verdict, _ = await self.assess(username, client_ip, known_ip=known_ip)
-        return verdict
-
-    async def assess(
-        self, username: str, client_ip: str, *, known_ip: bool
-    ) -> tuple[ThrottleVerdict | None, bool]:
-        """:meth:`check`, plus whether the pair has failures on record — when it has none, a
-        successful login need not clear it (one write fewer per login)."""
-        if not self._config.enabled:
-            return None, False
-        keys = self._keys(username, client_ip, known_ip=known_ip)
-        by_stored = {key.stored: key for key in keys}
-        now = self._now()
-        query = select(ThrottleRecord.key, ThrottleRecord.blocked_until).where(
-            ThrottleRecord.key.in_(by_stored)
-        )
-        async with self._database.session() as session:
-            rows = (await session.execute(query)).all()
-        blocks = [
-            (by_stored[key].scope, until)
-            for key, until in rows
-            if until is not None and until > now
-        ]
-        pair_seen = any(by_stored[key].scope == "pair" for key, _ in rows)
-        return _longest(blocks, now), pair_seen
 
     async def reserve(self, username: str, client_ip: str, *, known_ip: bool) -> Reservation:
         """Count this attempt as a failure before its password is checked, unless a key is
@@ -218,7 +185,7 @@ class LoginThrottle:
                 return Reservation(_longest(active, now))
             blocks = []
             for stored, failures, blocked_until in rows:
-                until = self._block(by_stored[stored], failures, now, None)
+                until = self._block(by_stored[stored], failures, now)
                 if until is not None and until != blocked_until:
                     await session.execute(
                         update(ThrottleRecord)
@@ -257,62 +224,6 @@ class LoginThrottle:
                 )
             await session.commit()
 
-    async def failure(
-        self, username: str, client_ip: str, *, known_ip: bool
-    ) -> ThrottleVerdict | None:
-        """Record one failed attempt; a verdict when the attempt itself should have waited.
-
-        The failure counts on the pair and the address and, from an unknown address, on the
-        username. A key that reaches its threshold is blocked from now on, so the *next*
-        attempt is refused: with the defaults, the attempt that makes the 5th failure of a pair
-        still answers ``invalid_credentials`` (its password was checked), and the 6th attempt
-        answers 429 from :meth:`check`, without a password check.
-
-        The result is ``None`` in that normal case. It is a verdict (the longest wait now in
-        force) only when one of the keys was already blocked when this failure was recorded:
-        a concurrent attempt that passed :meth:`check` before the block was written. Such an
-        attempt is one the throttle refuses, and the caller answers it with 429 too.
-        """
-        if not self._config.enabled:
-            return None
-        now = self._now()
-        keys = self._keys(username, client_ip, known_ip=known_ip)
-        by_stored = {key.stored: key for key in keys}
-        async with self._database.session() as session:
-            # One statement for every key; rows locked in key order, so two logins sharing
-            # keys (same address, same username) can never lock each other in a cycle.
-            rows = (await session.execute(self._increment(sorted(by_stored), now))).all()
-            raced = False
-            in_force: list[tuple[str, datetime]] = []
-            for stored, failures, blocked_until in rows:
-                key = by_stored[stored]
-                active = _active(blocked_until, now)
-                raced = raced or active is not None
-                until = self._block(key, failures, now, active)
-                if until != blocked_until:
-                    # The row is locked by the increment above until commit: nothing can slip
-                    # between reading the count and writing the block derived from it.
-                    await session.execute(
-                        update(ThrottleRecord)
-                        .where(ThrottleRecord.key == stored)
-                        .values(blocked_until=until)
-                    )
-                if until is not None:
-                    in_force.append((key.scope, until))
-            await session.commit()
-        return _longest(in_force, now) if raced else None
-
-    async def success(self, username: str, client_ip: str) -> None:
-        """Forget the pair's failures after a correct password.
-
-        The address and username counts stay: a success in between must not reset what an
-        attacker accumulated against other accounts or from other addresses.
-        """
-        stored = throttle_key("pair", username, ip_bucket(client_ip))
-        async with self._database.session() as session:
-            await session.execute(delete(ThrottleRecord).where(ThrottleRecord.key == stored))
-            await session.commit()
-
     async def prune(self) -> int:
         """Delete the rows whose failures are forgotten (last one older than ``window``) and
         that block nothing; returns how many were deleted."""
@@ -343,8 +254,8 @@ class LoginThrottle:
     def _increment(self, stored_keys: list[str], now: datetime) -> Executable:
         """``INSERT … ON CONFLICT DO UPDATE … RETURNING`` adding one failure to each key.
 
-        ``blocked_until`` is returned as it was before this failure (the statement does not
-        touch it), which tells an attempt that raced past :meth:`check`.
+        ``blocked_until`` is returned as it was before this attempt (the statement does not
+        touch it): a key already blocked refuses the attempt, and the caller rolls back.
         """
         insert = postgresql_insert if self._database.dialect == "postgresql" else sqlite_insert
         statement = insert(ThrottleRecord).values(
@@ -360,18 +271,15 @@ class LoginThrottle:
             },
         ).returning(ThrottleRecord.key, ThrottleRecord.failures, ThrottleRecord.blocked_until)
 
-    def _block(
-        self, key: _Key, failures: int, now: datetime, active: datetime | None
-    ) -> datetime | None:
-        """``blocked_until`` after ``failures``: ``base_delay`` at the threshold, doubling with
-        each further failure up to ``max_delay``; never earlier than a block already in force."""
+    def _block(self, key: _Key, failures: int, now: datetime) -> datetime | None:
+        """``blocked_until`` after ``failures``: ``None`` below the threshold, ``base_delay`` at
+        it, doubling with each further failure up to ``max_delay``."""
         if failures < key.threshold:
-            return active
+            return None
         # The exponent is capped so a long run of failures cannot overflow the float.
         doublings = min(failures - key.threshold, 64)
         delay = min(self._config.max_delay, self._config.base_delay * 2.0**doublings)
-        until = now + timedelta(seconds=delay)
-        return max(until, active) if active is not None else until
+        return now + timedelta(seconds=delay)
 
 
 def _active(blocked_until: datetime | None, now: datetime) -> datetime | None:
