@@ -154,7 +154,7 @@ class Bastion:
         receives security events (default: structured log lines on ``bastion.audit``)."""
         self.settings = settings if settings is not None else Settings()
         self.metrics = Metrics(self.settings.metrics.latency_buckets)
-        self.stores = Stores(self.settings.store)
+        self.stores = Stores(self.settings.store, on_slow_query=self.metrics.store_slow_query)
         self.deps = Deps(
             settings=self.settings,
             metrics=self.metrics,

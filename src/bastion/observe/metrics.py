@@ -117,6 +117,13 @@ class Metrics:
             ("store", "op"),
             registry=reg,
         )
+        self.store_slow_queries = Counter(
+            "bastion_store_slow_queries_total",
+            "Bastion's own SQL statements slower than store.slow_query, by kind (select, insert, "
+            "update, delete, other).",
+            ("op",),
+            registry=reg,
+        )
         self.auth_attempts = Counter(
             "bastion_auth_attempts_total",
             "Authentication attempts, by method (password, refresh, bearer, api_key, otp) and "
@@ -230,6 +237,10 @@ class Metrics:
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()
+
+    def store_slow_query(self, op: str) -> None:
+        """Count one slow SQL statement (``op`` is one of a fixed set of statement kinds)."""
+        self.store_slow_queries.labels(op).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every series (all workers in multiprocess mode)."""

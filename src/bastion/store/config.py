@@ -26,6 +26,9 @@ class StoreConfig(ConfigModel):
     """Connect and command timeout of store calls."""
     pool_size: int = 10
     """Database connections per process (PostgreSQL)."""
+    slow_query: Duration = 0.1
+    """Log Bastion's own SQL statements that take at least this long (``bastion.store`` warning,
+    statement text without parameters); ``0`` disables the log."""
 
     @field_validator("database_url")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from bastion.store.config import StoreConfig
 from bastion.store.errors import StoreConflictError, StoreError, describe
+from bastion.store.slow_queries import SlowQueryLog
 
 __all__ = ["Database", "StoreConflictError", "StoreError"]
 
@@ -35,13 +36,25 @@ class Database:
     SQLite connections get WAL journaling (readers never block the writer), a busy timeout and
     enforced foreign keys; PostgreSQL connections get a pool of ``pool_size``, a liveness check on
     checkout and ``timeout`` as the per-statement timeout.
+
+    Statements of the pool taking at least ``store.slow_query`` are logged (see
+    :mod:`bastion.store.slow_queries`); ``on_slow_query`` receives the kind of each, for the
+    metric.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(
+        self, config: StoreConfig, *, on_slow_query: Callable[[str], None] | None = None
+    ) -> None:
         self._url: URL = make_url(config.database_url)
         self.timeout = config.timeout
         """Seconds allowed for connecting and for each statement."""
         self.pool_size = config.pool_size
+        self.slow_queries: SlowQueryLog | None = (
+            SlowQueryLog(config.slow_query, database=self.dialect, on_slow=on_slow_query)
+            if config.slow_query > 0
+            else None
+        )
+        """The slow-query log of the pooled engine (migrations and lock waits are not timed)."""
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
 
@@ -82,6 +95,8 @@ class Database:
         if self._engine is not None:
             return
         self._engine = self._create_engine(statement_timeout=self.timeout, pooled=True)
+        if self.slow_queries is not None:
+            self.slow_queries.attach(self._engine.sync_engine)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         try:
             await self.ping()

@@ -29,11 +29,14 @@ class Stores:
     the key store. Building one connects nothing; :meth:`start` does.
 
     An invalid ``key_encryption_key`` raises :class:`StoreError` here, before anything starts.
+    ``on_slow_query`` receives the kind of each slow SQL statement (for the metric).
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(
+        self, config: StoreConfig, *, on_slow_query: Callable[[str], None] | None = None
+    ) -> None:
         self.config = config
-        self.database = Database(config)
+        self.database = Database(config, on_slow_query=on_slow_query)
         self.redis: RedisConnector | None = (
             RedisConnector.from_url(config.redis_url, timeout=config.timeout)
             if config.redis_url
