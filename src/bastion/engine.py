@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bastion.audit.api import admin_audit_endpoint
 from bastion.audit.events import AuditSink, LoggingAuditSink
 from bastion.auth.wiring import Identity
 from bastion.deps import Deps
@@ -101,6 +102,8 @@ def build_pipeline(
     """Wrap ``terminal`` in the stages ``deps.settings`` enables, outermost first."""
     s = deps.settings
     mounts, exact = identity.endpoints(deps.prefix) if identity is not None else ({}, {})
+    if identity is not None and deps.stores is not None:
+        mounts["/admin/audit"] = admin_audit_endpoint(deps, identity.service.authorizer)
     stages: list[tuple[bool, Stage]] = [
         (True, lambda a: RequestIdStage(a, config=s.request_id, deps=deps, observer=observer)),
         (s.headers.enabled, lambda a: SecurityHeadersStage(a, config=s.headers, deps=deps)),
