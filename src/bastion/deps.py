@@ -11,6 +11,7 @@ from bastion.observe.metrics import Metrics
 
 if TYPE_CHECKING:
     from bastion.audit.events import AuditSink
+    from bastion.cache.tiered import Cache
     from bastion.http.principal import PrincipalResolver
     from bastion.settings import Settings
     from bastion.store.stores import Stores
@@ -34,6 +35,8 @@ class Deps:
     verified principal, such as CSRF exemption for bearer-authenticated requests)."""
     audit: AuditSink | None = None
     """Where security-relevant events go (DESIGN.md §9)."""
+    cache: Cache | None = None
+    """The engine's tiered cache (``[cache]``), set once the engine has built it."""
     client_ips: ClientIpResolver = field(init=False)
     """The one trust rule for client addresses (``[client_ip]``), shared by every stage that
     needs it, with one cache of normalised peers."""

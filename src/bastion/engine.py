@@ -14,6 +14,7 @@ from typing import Any
 
 from bastion.audit.api import admin_audit_endpoint
 from bastion.audit.events import AuditSink, LoggingAuditSink
+from bastion.audit.log import AuditLog
 from bastion.auth.wiring import Identity
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -154,10 +155,17 @@ class Bastion:
     ) -> None:
         """``principal_resolver`` replaces Bastion's own credential verification for the stages
         that need a principal before ``auth`` (an app with its own identity system); ``audit``
-        receives security events (default: structured log lines on ``bastion.audit``)."""
+        receives security events (default: the durable audit log when ``[audit] enabled``,
+        else structured log lines on ``bastion.audit``)."""
         self.settings = settings if settings is not None else Settings()
         self.metrics = Metrics(self.settings.metrics.latency_buckets)
         self.stores = Stores(self.settings.store, on_slow_query=self.metrics.store_slow_query)
+        self.audit_log: AuditLog | None = None
+        if audit is None and self.settings.audit.enabled:
+            self.audit_log = AuditLog(
+                self.settings.audit, self.stores.database, self.stores.keys, metrics=self.metrics
+            )
+            audit = self.audit_log
         self.deps = Deps(
             settings=self.settings,
             metrics=self.metrics,
@@ -223,6 +231,8 @@ class Bastion:
             if self._started:
                 return
             await self.stores.start(migrate=self.settings.store.auto_migrate)
+            if self.audit_log is not None:
+                await self.audit_log.start()
             if self.settings.csrf.enabled and not self.csrf_keys.keys:
                 self.csrf_keys.set(await self.stores.csrf_keys())
             if self.identity is not None:
@@ -243,6 +253,9 @@ class Bastion:
             await self.inspection.close()
         if self.ratelimit is not None:
             await self.ratelimit.close()
+        if self.audit_log is not None:
+            # After everything that may still emit, before the database closes.
+            await self.audit_log.close()
         await self.stores.close()
         output = access_output()
         if output is not None:

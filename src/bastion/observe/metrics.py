@@ -35,6 +35,9 @@ _KNOWN_METHODS = frozenset(
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 """Rate-limit store calls take microseconds in memory and well under a millisecond to Redis."""
 
+_LOADER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+"""Cache loaders run queries and upstream calls: from under a millisecond to seconds."""
+
 
 def _method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "OTHER"
@@ -169,6 +172,47 @@ class Metrics:
             ("reason",),
             registry=reg,
         )
+        self.cache_requests = Counter(
+            "bastion_cache_requests_total",
+            "Cache look-ups, by cache (l1, l2, http) and result (hit, miss, stale; l2 also "
+            "error: Redis failed or paused, answered without it).",
+            ("cache", "result"),
+            registry=reg,
+        )
+        self.cache_entries = Gauge(
+            "bastion_cache_entries",
+            "Entries held by an in-process cache tier.",
+            ("cache",),
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.cache_bytes = Gauge(
+            "bastion_cache_bytes",
+            "Serialized bytes of the values held by an in-process cache tier.",
+            ("cache",),
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.cache_evictions = Counter(
+            "bastion_cache_evictions_total",
+            "Entries an in-process cache tier dropped, by reason (size: bounds or admission; "
+            "expired).",
+            ("cache", "reason"),
+            registry=reg,
+        )
+        self.cache_loader_seconds = Histogram(
+            "bastion_cache_loader_seconds",
+            "Time of one cache loader call (a miss), by namespace.",
+            ("cache",),
+            buckets=_LOADER_BUCKETS,
+            registry=reg,
+        )
+        self.cache_l2_up = Gauge(
+            "bastion_cache_l2_up",
+            "1 while the cache's Redis tier answers, 0 while calls are served without it.",
+            registry=reg,
+            multiprocess_mode="min",
+        )
         self._ratelimit_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
@@ -234,6 +278,17 @@ class Metrics:
     def inspect_refusal(self, reason: str) -> None:
         """Count a refusal of the inspection stages that is not a detection."""
         self.inspect_refused.labels(reason).inc()
+
+    def cache_request(self, cache: str, result: str, count: int = 1) -> None:
+        """Count cache look-ups (the tiered cache batches its counts once a second)."""
+        self.cache_requests.labels(cache, result).inc(count)
+
+    def cache_size(self, cache: str, entries: int, size: int) -> None:
+        self.cache_entries.labels(cache).set(entries)
+        self.cache_bytes.labels(cache).set(size)
+
+    def cache_evicted(self, cache: str, reason: str, count: int = 1) -> None:
+        self.cache_evictions.labels(cache, reason).inc(count)
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()
