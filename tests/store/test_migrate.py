@@ -24,7 +24,7 @@ from bastion.store.migrate import (
     upgrade,
 )
 
-ALL_REVISIONS = ["0001", "0002", "0003"]
+ALL_REVISIONS = ["0001", "0002", "0003", "0004"]
 """Every revision, oldest first: what an upgrade of an empty database applies."""
 
 

@@ -28,7 +28,7 @@ async def stores(database_url: str) -> AsyncIterator[Stores]:
 
 
 async def test_start_migrates_by_default(stores: Stores) -> None:
-    assert stores.applied_migrations == ["0001", "0002", "0003"]
+    assert stores.applied_migrations == ["0001", "0002", "0003", "0004"]
     assert await current_revisions(stores.database) == head_revisions()
     assert stores.redis is None
     assert stores.keys.encrypted

@@ -1,22 +1,26 @@
-"""``bastion keys``: API keys of users, and rotation of the JWT signing key."""
+"""``bastion keys``: API keys of users, and rotation of the JWT signing and audit HMAC keys."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from bastion.audit.store import open_audit
 from bastion.auth.admin import IdentityAdmin
 from bastion.auth.config import check_permission
-from bastion.cli.common import EXIT_CONFIG, ConfigOption, fail, load_settings
+from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, ConfigOption, fail, load_settings
 from bastion.cli.identity import JsonOption, echo_json, run_admin, table_console
 from bastion.config_types import parse_duration
 from bastion.http.problems import BastionError
+from bastion.settings import Settings
+from bastion.store.errors import StoreError
 
 __all__ = ["app"]
 
-app = typer.Typer(help="API keys and JWT signing keys.", no_args_is_help=True)
+app = typer.Typer(help="API keys, JWT signing keys and the audit HMAC key.", no_args_is_help=True)
 
 
 @app.command("create")
@@ -152,3 +156,20 @@ def rotate_signing(config: ConfigOption = None) -> None:
     """Make a new JWT signing key and print its kid; the previous keys keep verifying."""
     kid = run_admin(load_settings(config), IdentityAdmin.rotate_signing)
     typer.echo(kid)
+
+
+async def _rotate_audit(settings: Settings) -> str:
+    async with open_audit(settings) as audit:
+        return await audit.rotate_key()
+
+
+@app.command("rotate-audit")
+def rotate_audit(config: ConfigOption = None) -> None:
+    """Make a new audit HMAC key and print its id. Running gateways hash new events with it
+    within [audit] key_refresh; events hashed with earlier keys keep verifying."""
+    settings = load_settings(config)
+    try:
+        key_id = asyncio.run(_rotate_audit(settings))
+    except StoreError as exc:
+        fail(f"database failure: {exc}", EXIT_RUNTIME)
+    typer.echo(key_id)

@@ -213,6 +213,13 @@ class Metrics:
             registry=reg,
             multiprocess_mode="min",
         )
+        self.audit_events_total = Counter(
+            "bastion_audit_events_total",
+            "Audit events committed to the audit log, by kind.",
+            ("kind",),
+            registry=reg,
+        )
+        self._audit_children: dict[str, Counter] = {}
         self._ratelimit_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
@@ -289,6 +296,13 @@ class Metrics:
 
     def cache_evicted(self, cache: str, reason: str, count: int = 1) -> None:
         self.cache_evictions.labels(cache, reason).inc(count)
+
+    def audit_events(self, kind: str, count: int = 1) -> None:
+        """Count committed audit events of one kind (kinds come from code: bounded)."""
+        child = self._audit_children.get(kind)
+        if child is None:
+            child = self._audit_children[kind] = self.audit_events_total.labels(kind)
+        child.inc(count)
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()

@@ -14,8 +14,9 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy.engine import Connection
 
 # Imported for their side effect: each registers its capability's tables on Base.metadata.
+import bastion.audit.models
 import bastion.auth.models
-import bastion.ratelimit.models  # noqa: F401  (one binding of `bastion` covers both imports)
+import bastion.ratelimit.models  # noqa: F401  (one binding of `bastion` covers the imports)
 from bastion.store.models import Base
 
 VERSION_TABLE = "bastion_alembic_version"

@@ -1,0 +1,326 @@
+"""The hash chain: canonical encoding, hashing, and appends serialised by the head row.
+
+Every event row carries ``prev_hash`` (the ``hash`` of the row before it) and
+``hash = SHA-256(prev_hash || canonical)``, or ``HMAC-SHA256(key, prev_hash || canonical)`` when
+the row names a ``key_id``. ``canonical`` is :func:`canonical_bytes`: a JSON array of every other
+column in a fixed order (docs/audit.md spells it out for third-party verifiers).
+
+Appends from every process go through :meth:`AuditChain.append`: one transaction that locks the
+head row of ``bastion_audit_chain`` (PostgreSQL ``SELECT … FOR UPDATE``; SQLite takes its
+database write lock by writing the head row first), numbers and hashes the batch after the
+head, inserts it with one ``executemany`` and moves the head. So there is one gapless chain
+whatever the number of writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bastion.audit.models import CHAIN_ID, GENESIS_HASH, AuditChainRow, AuditEventRow
+from bastion.store.database import Database
+from bastion.store.errors import StoreConflictError, StoreError, describe
+from bastion.store.models import utc_now
+
+__all__ = [
+    "ANCHOR_VERSION",
+    "CANONICAL_VERSION",
+    "AuditChain",
+    "ChainHead",
+    "PreparedEvent",
+    "SigningKey",
+    "anchor_mac",
+    "canonical_bytes",
+    "chain_hash",
+    "from_micros",
+    "to_micros",
+]
+
+CANONICAL_VERSION = "bastion.audit.v1"
+"""First element of every canonical encoding; a new encoding gets a new tag."""
+ANCHOR_VERSION = "bastion.audit.anchor.v1"
+"""First element of the encoding the checkpoint's HMAC covers."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_DRIVER_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+_EVENTS = cast(Table, AuditEventRow.__table__)
+_CHAIN = cast(Table, AuditChainRow.__table__)
+
+
+def to_micros(ts: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime, exactly."""
+    return (ts - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    """The aware UTC datetime of ``micros`` microseconds since the epoch, exactly."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def canonical_bytes(
+    seq: int,
+    ts_us: int,
+    kind: str,
+    outcome: str,
+    actor: str | None,
+    target: str | None,
+    client_ip: str | None,
+    request_id: str | None,
+    key_id: str | None,
+    detail: str,
+) -> bytes:
+    """The bytes an event's hash covers besides ``prev_hash``: a compact JSON array (UTF-8, no
+    whitespace) of the version tag and every column but ``prev_hash`` and ``hash``."""
+    return orjson.dumps(
+        [
+            CANONICAL_VERSION,
+            seq,
+            ts_us,
+            kind,
+            outcome,
+            actor,
+            target,
+            client_ip,
+            request_id,
+            key_id,
+            detail,
+        ]
+    )
+
+
+def chain_hash(prev_hash: str, canonical: bytes, key: bytes | None) -> str:
+    """``hash`` of a row: lowercase hex of SHA-256 (or HMAC-SHA256 with ``key``) over the 32 raw
+    bytes of ``prev_hash`` followed by ``canonical``. :class:`ValueError` if ``prev_hash`` is
+    not 64 hex digits."""
+    if len(prev_hash) != 64:
+        raise ValueError("prev_hash is not a SHA-256 hex digest")
+    message = bytes.fromhex(prev_hash) + canonical
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()
+
+
+def anchor_mac(key: bytes, seq: int, hash_hex: str) -> str:
+    """HMAC-SHA256 of a pruning checkpoint: JSON ``["bastion.audit.anchor.v1", seq, hash]``."""
+    return hmac.digest(key, orjson.dumps([ANCHOR_VERSION, seq, hash_hex]), "sha256").hex()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An event ready to append: redacted, truncated to the column sizes, ``detail`` encoded."""
+
+    ts_us: int
+    kind: str
+    outcome: str
+    actor: str | None
+    target: str | None
+    client_ip: str | None
+    request_id: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """The HMAC key new rows are hashed with, and its ``bastion_keys`` id."""
+
+    id: str
+    material: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The head row: last appended ``seq``/``hash`` and the pruning checkpoint."""
+
+    seq: int
+    hash: str
+    anchor_seq: int
+    anchor_hash: str
+    anchor_key_id: str | None
+    anchor_mac: str | None
+
+
+class AuditChain:
+    """Appends to, reads the head of, and prunes the chain of one database."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._head_for_update = select(
+            _CHAIN.c.seq, _CHAIN.c.hash, _CHAIN.c.anchor_seq, _CHAIN.c.anchor_hash
+        ).where(_CHAIN.c.id == CHAIN_ID)
+        if database.dialect == "postgresql":
+            self._head_for_update = self._head_for_update.with_for_update()
+        # SQLite has no row locks: writing the head row first takes the database's write lock
+        # (waiting up to busy_timeout for another writer), so the read that follows is current.
+        self._touch_head = (
+            update(_CHAIN).where(_CHAIN.c.id == CHAIN_ID).values(seq=_CHAIN.c.seq)
+            if database.dialect == "sqlite"
+            else None
+        )
+        self._insert = insert(_EVENTS)
+
+    async def ensure_head(self) -> None:
+        """Create the head row if it is missing (the migration creates it; this repairs a
+        database whose tables were created another way)."""
+        try:
+            async with self._database.engine.begin() as connection:
+                found = await connection.scalar(
+                    select(func.count()).select_from(_CHAIN).where(_CHAIN.c.id == CHAIN_ID)
+                )
+                if not found:
+                    await connection.execute(
+                        insert(_CHAIN).values(
+                            id=CHAIN_ID,
+                            seq=0,
+                            hash=GENESIS_HASH,
+                            anchor_seq=0,
+                            anchor_hash=GENESIS_HASH,
+                            updated_at=utc_now(),
+                        )
+                    )
+        except IntegrityError:
+            return  # another process created it first
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"audit chain head: {describe(exc)}") from exc
+
+    async def head(self) -> ChainHead:
+        """The head row as committed now."""
+        try:
+            async with self._database.engine.connect() as connection:
+                row = (
+                    await connection.execute(select(_CHAIN).where(_CHAIN.c.id == CHAIN_ID))
+                ).one_or_none()
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"audit chain head: {describe(exc)}") from exc
+        if row is None:
+            raise StoreError("the audit chain has no head row (run `bastion db upgrade`)")
+        return ChainHead(
+            seq=row.seq,
+            hash=row.hash,
+            anchor_seq=row.anchor_seq,
+            anchor_hash=row.anchor_hash,
+            anchor_key_id=row.anchor_key_id,
+            anchor_mac=row.anchor_mac,
+        )
+
+    async def append(
+        self, events: Sequence[PreparedEvent], key: SigningKey | None
+    ) -> list[tuple[int, str]]:
+        """Append ``events`` in one transaction after the current head; returns the ``seq`` and
+        ``hash`` each got. :class:`StoreError` when the transaction failed (nothing was
+        appended)."""
+        key_id = key.id if key is not None else None
+        material = key.material if key is not None else None
+        try:
+            async with self._database.engine.begin() as connection:
+                seq, prev = await self._lock_head(connection)
+                rows: list[dict[str, Any]] = []
+                for event in events:
+                    seq += 1
+                    canonical = canonical_bytes(
+                        seq,
+                        event.ts_us,
+                        event.kind,
+                        event.outcome,
+                        event.actor,
+                        event.target,
+                        event.client_ip,
+                        event.request_id,
+                        key_id,
+                        event.detail,
+                    )
+                    digest = chain_hash(prev, canonical, material)
+                    rows.append(
+                        {
+                            "seq": seq,
+                            "ts": from_micros(event.ts_us),
+                            "kind": event.kind,
+                            "outcome": event.outcome,
+                            "actor": event.actor,
+                            "target": event.target,
+                            "client_ip": event.client_ip,
+                            "request_id": event.request_id,
+                            "detail": event.detail,
+                            "key_id": key_id,
+                            "prev_hash": prev,
+                            "hash": digest,
+                        }
+                    )
+                    prev = digest
+                await connection.execute(self._insert, rows)
+                await connection.execute(
+                    update(_CHAIN)
+                    .where(_CHAIN.c.id == CHAIN_ID)
+                    .values(seq=seq, hash=prev, updated_at=utc_now())
+                )
+        except IntegrityError as exc:
+            raise StoreConflictError(f"audit append: {describe(exc.orig or exc)}") from exc
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"audit append: {describe(exc)}") from exc
+        return [(row["seq"], row["hash"]) for row in rows]
+
+    async def prune(self, before: datetime, key: SigningKey | None, *, chunk: int = 10_000) -> int:
+        """Delete the events up to the last one emitted before ``before``, moving the checkpoint
+        to the last deleted row (HMAC'd with ``key``). Each chunk is one transaction under the
+        head lock, so only one process prunes at a time and appends wait only briefly.
+        Returns how many events were deleted."""
+        deleted = 0
+        try:
+            async with self._database.engine.connect() as connection:
+                last = await connection.scalar(
+                    select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.ts < before)
+                )
+                await connection.rollback()
+                if last is None:
+                    return 0
+                while True:
+                    async with connection.begin():
+                        head_seq, _ = await self._lock_head(connection)
+                        anchor = await connection.scalar(
+                            select(_CHAIN.c.anchor_seq).where(_CHAIN.c.id == CHAIN_ID)
+                        )
+                        upto = min(int(last), int(anchor or 0) + chunk, head_seq)
+                        if anchor is None or upto <= anchor:
+                            return deleted
+                        anchor_hash = await connection.scalar(
+                            select(_EVENTS.c.hash).where(_EVENTS.c.seq == upto)
+                        )
+                        if anchor_hash is None:
+                            raise StoreError(f"audit prune: event {upto} is missing")
+                        result = await connection.execute(
+                            delete(_EVENTS).where(_EVENTS.c.seq <= upto)
+                        )
+                        deleted += int(result.rowcount)
+                        await connection.execute(
+                            update(_CHAIN)
+                            .where(_CHAIN.c.id == CHAIN_ID)
+                            .values(
+                                anchor_seq=upto,
+                                anchor_hash=anchor_hash,
+                                anchor_key_id=key.id if key is not None else None,
+                                anchor_mac=anchor_mac(key.material, upto, anchor_hash)
+                                if key is not None
+                                else None,
+                                updated_at=utc_now(),
+                            )
+                        )
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"audit prune: {describe(exc)}") from exc
+
+    async def _lock_head(self, connection: AsyncConnection) -> tuple[int, str]:
+        if self._touch_head is not None:
+            await connection.execute(self._touch_head)
+        row = (await connection.execute(self._head_for_update)).one_or_none()
+        if row is None:
+            raise StoreError("the audit chain has no head row (run `bastion db upgrade`)")
+        return int(row.seq), str(row.hash)

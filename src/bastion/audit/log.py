@@ -1,0 +1,345 @@
+"""The durable audit log: an :class:`~bastion.audit.events.AuditSink` with group commit.
+
+``emit()`` redacts the event, queues it in the open batch and waits until the transaction holding
+that batch has committed, so the request that caused the event completes only once its event is
+durable. One writer task per process commits batches back to back: events arriving while a
+commit is in flight share the next one, which is what keeps throughput up (one transaction and
+one ``executemany`` per batch instead of per event).
+
+With ``loss_window > 0``, ``emit()`` returns as soon as the event is queued and the writer commits
+at least that often. A full queue either makes ``emit()`` wait for room or refuses the request
+with 503 ``overloaded`` (``on_full``); an event is never dropped silently. A failed commit is
+retried with backoff; its ``emit()`` callers are not answered until it succeeds or their
+``commit_timeout`` passes (503; the events stay queued and are committed later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from bastion.audit.chain import AuditChain, PreparedEvent, SigningKey
+from bastion.audit.config import AuditConfig
+from bastion.audit.events import AuditEvent
+from bastion.audit.keys import AuditKeyring
+from bastion.audit.models import (
+    ACTOR_MAX,
+    CLIENT_IP_MAX,
+    KIND_MAX,
+    OUTCOME_MAX,
+    REQUEST_ID_MAX,
+    TARGET_MAX,
+)
+from bastion.audit.redaction import Redactor
+from bastion.http.problems import BastionError
+from bastion.observe.logging import get_logger
+from bastion.observe.metrics import Metrics
+from bastion.store.database import Database
+from bastion.store.errors import StoreError
+from bastion.store.keys import KeyStore
+
+__all__ = ["AuditLog"]
+
+_log: Any = get_logger("bastion.audit")
+
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 5.0
+_CLOSE_PATIENCE = 10.0
+"""Seconds :meth:`AuditLog.close` keeps retrying a failing commit before giving up loudly."""
+_RETRY_AFTER = "1"
+
+
+class _Batch:
+    """Events committed together, and the future their ``emit()`` calls wait on."""
+
+    __slots__ = ("done", "events")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.events: list[PreparedEvent] = []
+        self.done = done
+
+
+class AuditLog:
+    """The hash-chained audit log of one database; one per process.
+
+    :meth:`start` loads the HMAC key and starts the writer (and the pruner when ``retention``
+    is set); :meth:`close` commits everything queued, then stops them.
+    """
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        database: Database,
+        keys: KeyStore,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.chain = AuditChain(database)
+        self.keyring = AuditKeyring(keys)
+        self._metrics = metrics
+        self._redactor = Redactor()
+        self._pending: deque[_Batch] = deque()
+        self._committing: _Batch | None = None
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._running = False
+        self._closing = False
+        self._key: SigningKey | None = None
+        self._keys_loaded_at = 0.0
+        self._batch_wait = config.loss_window or config.max_wait
+        self._kind_counters: dict[str, Any] = {}
+
+    @property
+    def queued(self) -> int:
+        """Events emitted and not yet committed."""
+        return self._queued
+
+    async def start(self) -> None:
+        """Load the signing key and start the writer (idempotent)."""
+        if self._running:
+            return
+        await self.chain.ensure_head()
+        if self.config.hmac:
+            self._key = await self.keyring.load()
+            self._keys_loaded_at = time.monotonic()
+        self._closing = False
+        self._running = True
+        self._writer = asyncio.create_task(self._write_loop(), name="bastion-audit-writer")
+        if self.config.retention > 0:
+            self._pruner = asyncio.create_task(self._prune_loop(), name="bastion-audit-pruner")
+
+    async def close(self) -> None:
+        """Commit every queued event, then stop (idempotent). Events that still cannot be
+        committed after a few seconds of retrying are reported in an error log line and their
+        ``emit()`` callers get an error."""
+        if not self._running:
+            return
+        self._running = False
+        self._closing = True
+        self._wakeup.set()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+
+    async def emit(self, event: AuditEvent) -> None:
+        """Queue ``event`` and, unless a loss window is configured, wait for its commit.
+
+        Raises :class:`BastionError` ``overloaded`` (503) when the log is not running, when the
+        queue is full and ``on_full = "shed"``, or when ``commit_timeout`` passes first.
+        """
+        prepared = self._prepare(event)
+        if not self._running:
+            raise BastionError(
+                "overloaded", "The audit log is not running", headers={"Retry-After": _RETRY_AFTER}
+            )
+        if self._queued >= self.config.queue_size:
+            await self._wait_for_room()
+        batch = self._open_batch()
+        batch.events.append(prepared)
+        self._queued += 1
+        if self._queued >= self.config.queue_size:
+            self._room.clear()
+        self._wakeup.set()
+        if self.config.loss_window > 0:
+            return
+        try:
+            async with asyncio.timeout(self.config.commit_timeout):
+                await asyncio.shield(batch.done)
+        except TimeoutError:
+            raise BastionError(
+                "overloaded",
+                "The audit log could not record the event in time",
+                headers={"Retry-After": _RETRY_AFTER},
+            ) from None
+
+    async def flush(self) -> None:
+        """Wait until every event queued so far is committed."""
+        last = self._pending[-1] if self._pending else self._committing
+        if last is not None:
+            await asyncio.shield(last.done)
+
+    def _prepare(self, event: AuditEvent) -> PreparedEvent:
+        redactor = self._redactor
+        detail = orjson.dumps(redactor.detail(event.detail), option=orjson.OPT_SORT_KEYS)
+        return PreparedEvent(
+            ts_us=time.time_ns() // 1000,
+            kind=event.kind[:KIND_MAX],
+            outcome=event.outcome[:OUTCOME_MAX],
+            actor=redactor.text(event.actor, ACTOR_MAX),
+            target=redactor.text(event.target, TARGET_MAX),
+            client_ip=event.client_ip[:CLIENT_IP_MAX] if event.client_ip else event.client_ip,
+            request_id=event.request_id[:REQUEST_ID_MAX] if event.request_id else event.request_id,
+            detail=detail.decode("utf-8"),
+        )
+
+    def _open_batch(self) -> _Batch:
+        pending = self._pending
+        if pending and len(pending[-1].events) < self.config.batch_size:
+            return pending[-1]
+        batch = _Batch(asyncio.get_running_loop().create_future())
+        pending.append(batch)
+        return batch
+
+    async def _wait_for_room(self) -> None:
+        if self.config.on_full == "shed":
+            raise BastionError(
+                "overloaded",
+                "The audit log is saturated",
+                headers={"Retry-After": _RETRY_AFTER},
+            )
+        try:
+            async with asyncio.timeout(self.config.commit_timeout):
+                while self._queued >= self.config.queue_size:
+                    self._room.clear()
+                    await self._room.wait()
+        except TimeoutError:
+            raise BastionError(
+                "overloaded",
+                "The audit log is saturated",
+                headers={"Retry-After": _RETRY_AFTER},
+            ) from None
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if (
+                self._batch_wait > 0
+                and not self._closing
+                and len(self._pending) == 1
+                and len(self._pending[0].events) < self.config.batch_size
+            ):
+                # Gather more events; a batch filling up meanwhile is committed right after.
+                await asyncio.sleep(self._batch_wait)
+            batch = self._committing = self._pending.popleft()
+            try:
+                await self._commit(batch)
+            finally:
+                self._committing = None
+
+    async def _commit(self, batch: _Batch) -> None:
+        delay = _RETRY_FIRST
+        give_up_at: float | None = None
+        while True:
+            key = await self._signing_key()
+            try:
+                hashes = await self.chain.append(batch.events, key)
+                break
+            except StoreError as exc:
+                if self._metrics is not None:
+                    self._metrics.store_error("audit", "append")
+                _log.warning(
+                    "audit append failed; retrying",
+                    error=str(exc),
+                    events=len(batch.events),
+                    retry_in=delay,
+                )
+                if self._closing:
+                    now = time.monotonic()
+                    give_up_at = give_up_at or now + _CLOSE_PATIENCE
+                    if now >= give_up_at:
+                        self._abandon(batch, exc)
+                        return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        self._queued -= len(batch.events)
+        if self._queued < self.config.queue_size:
+            self._room.set()
+        if not batch.done.done():
+            batch.done.set_result(None)
+        self._count(event.kind for event in batch.events)
+        if self.config.log_events:
+            self._log_committed(batch.events, hashes)
+
+    def _abandon(self, batch: _Batch, error: StoreError) -> None:
+        """Shut-down with the database unreachable: say loudly what could not be recorded."""
+        self._queued -= len(batch.events)
+        _log.error(
+            "audit events could not be committed before shut-down",
+            error=str(error),
+            events=len(batch.events),
+            kinds=sorted({event.kind for event in batch.events}),
+        )
+        if not batch.done.done():
+            batch.done.set_exception(
+                BastionError("overloaded", "The audit log could not record the event")
+            )
+            # Retrieved here so an emit() that already timed out leaves no unretrieved error.
+            batch.done.exception()
+
+    async def _signing_key(self) -> SigningKey | None:
+        if self._key is None:
+            return None
+        if time.monotonic() - self._keys_loaded_at >= self.config.key_refresh:
+            self._keys_loaded_at = time.monotonic()
+            try:
+                self._key = await self.keyring.load()
+            except StoreError as exc:
+                if self._metrics is not None:
+                    self._metrics.store_error("audit", "keys")
+                _log.warning("audit key reload failed; keeping the current key", error=str(exc))
+        return self._key
+
+    def _count(self, kinds: Iterable[str]) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        counts: dict[str, int] = {}
+        for kind in kinds:
+            counts[kind] = counts.get(kind, 0) + 1
+        for kind, count in counts.items():
+            metrics.audit_events(kind, count)
+
+    def _log_committed(self, events: list[PreparedEvent], hashes: list[tuple[int, str]]) -> None:
+        for event, (seq, digest) in zip(events, hashes, strict=True):
+            _log.info(
+                "audit",
+                seq=seq,
+                hash=digest,
+                kind=event.kind,
+                outcome=event.outcome,
+                actor=event.actor,
+                target=event.target,
+                client_ip=event.client_ip,
+                audit_request_id=event.request_id,
+                detail=event.detail,
+            )
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.prune_interval)
+            try:
+                await self.prune()
+            except StoreError as exc:
+                if self._metrics is not None:
+                    self._metrics.store_error("audit", "prune")
+                _log.warning("audit prune failed", error=str(exc))
+
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete events older than ``retention`` now, leaving a checkpoint; returns how many."""
+        if self.config.retention <= 0:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.config.retention)
+        deleted = await self.chain.prune(cutoff, await self._signing_key())
+        if deleted:
+            _log.info("audit events pruned", deleted=deleted, before=cutoff.isoformat())
+        return deleted
