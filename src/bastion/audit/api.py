@@ -41,6 +41,8 @@ __all__ = [
     "MAX_LIMIT",
     "AuditEndpoint",
     "admin_audit_endpoint",
+    "check_actor",
+    "check_kind",
     "parse_filter",
     "parse_time",
 ]
@@ -98,6 +100,20 @@ def parse_time(value: str, *, now: float | None = None) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def check_kind(value: str) -> str:
+    """A kind filter: a dotted kind (``auth.login.failed``) or a family (``auth.*``)."""
+    if len(value) > _KIND_MAX or not _KIND.match(value):
+        raise ValueError("must be a kind such as auth.login.failed or auth.*")
+    return value
+
+
+def check_actor(value: str) -> str:
+    """An actor filter: at most 128 printable characters."""
+    if len(value) > _ACTOR_MAX or not value.isprintable():
+        raise ValueError("must be at most 128 printable characters")
+    return value
+
+
 def parse_filter(query_string: bytes, *, now: float | None = None) -> AuditFilter:
     """The filter of a query string; :class:`BastionError` ``invalid_query`` naming every
     offending parameter otherwise."""
@@ -120,14 +136,15 @@ def parse_filter(query_string: bytes, *, now: float | None = None) -> AuditFilte
             errors.append({"field": name, "message": "is given more than once"})
         else:
             values[name] = value
-    kind = values.get("kind") or None
-    if kind is not None and (len(kind) > _KIND_MAX or not _KIND.match(kind)):
-        errors.append(
-            {"field": "kind", "message": "must be a kind such as auth.login.failed or auth.*"}
-        )
-    actor = values.get("actor") or None
-    if actor is not None and (len(actor) > _ACTOR_MAX or not actor.isprintable()):
-        errors.append({"field": "actor", "message": "must be at most 128 printable characters"})
+    checked: dict[str, str | None] = {"kind": None, "actor": None}
+    for name, check in (("kind", check_kind), ("actor", check_actor)):
+        raw = values.get(name)
+        if raw:
+            try:
+                checked[name] = check(raw)
+            except ValueError as exc:
+                errors.append({"field": name, "message": str(exc)})
+    kind, actor = checked["kind"], checked["actor"]
     moments: dict[str, datetime | None] = {"since": None, "until": None}
     for name in moments:
         raw = values.get(name)

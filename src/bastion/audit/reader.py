@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Select, select
 
 from bastion.audit.models import AuditEventRow
+from bastion.audit.query import StoredEvent
 from bastion.store.database import Database
 
 __all__ = [
@@ -38,14 +38,16 @@ FIELDS = (
     "kind",
     "outcome",
     "actor",
+    "target",
     "client_ip",
     "request_id",
-    "target",
     "detail",
+    "key_id",
     "prev_hash",
     "hash",
 )
-"""The fields of an event as every surface shows them, in this order (DESIGN.md §9)."""
+"""The fields of an event as every surface shows them, in this order: the columns of
+``audit_events`` (DESIGN.md §9), as :meth:`StoredEvent.as_dict` gives them."""
 
 _STREAM_BATCH = 1000
 
@@ -81,30 +83,9 @@ class AuditPage:
     next_seq: int | None
 
 
-def _timestamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def event_record(row: AuditEventRow) -> dict[str, Any]:
-    """One stored event as a JSON-ready dict with :data:`FIELDS` (``detail`` parsed)."""
-    try:
-        detail: Any = orjson.loads(row.detail)
-    except orjson.JSONDecodeError:
-        # Shown as stored: a row whose detail is not JSON is what verification reports.
-        detail = row.detail
-    return {
-        "seq": row.seq,
-        "ts": _timestamp(row.ts),
-        "kind": row.kind,
-        "outcome": row.outcome,
-        "actor": row.actor,
-        "client_ip": row.client_ip,
-        "request_id": row.request_id,
-        "target": row.target,
-        "detail": detail,
-        "prev_hash": row.prev_hash,
-        "hash": row.hash,
-    }
+    """One stored event as a JSON-ready dict with :data:`FIELDS` (``detail`` decoded)."""
+    return StoredEvent.from_row(row).as_dict()
 
 
 def _filtered(query: AuditFilter) -> Select[AuditEventRow]:
@@ -163,10 +144,3 @@ class AuditReader:
             if len(rows) < batch:
                 return
             last = rows[-1].seq
-
-    async def last_seq(self) -> int:
-        """The highest ``seq`` stored (0 for an empty log)."""
-        statement = select(AuditEventRow.seq).order_by(AuditEventRow.seq.desc()).limit(1)
-        async with self._database.session() as session:
-            seq = await session.scalar(statement)
-        return int(seq or 0)

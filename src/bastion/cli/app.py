@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli import (
+    audit_cmd,
     bans_cmd,
     config_cmd,
     db_cmd,
@@ -32,6 +33,7 @@ app.add_typer(roles_cmd.app, name="roles")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bans_cmd.app, name="bans")
 app.add_typer(waf_cmd.app, name="waf")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def main() -> None:
