@@ -1,0 +1,230 @@
+"""``bastion db advise``: against a seeded PostgreSQL database every planted problem is reported
+(unused, duplicate and prefix indexes, a sequentially scanned table and its candidate columns,
+an unindexed foreign key, bloat) and nothing healthy is; URL handling and statement text."""
+
+from __future__ import annotations
+
+import socket
+
+import asyncpg
+import pytest
+
+from advisor_seed import SEQ_SCANS, asyncpg_dsn, seed
+from bastion.observe.advisor import (
+    AdvisorReport,
+    AdvisorUrlError,
+    Thresholds,
+    _redacted,
+    advise,
+    normalise_url,
+)
+from bastion.store.errors import StoreError
+
+# The seeded tables are small; the default floor (10,000 rows) is kept, orders has 15,000.
+THRESHOLDS = Thresholds(top=20)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback TCP port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+async def seeded(postgres_database_url: str) -> str:
+    await seed(postgres_database_url)
+    return postgres_database_url
+
+
+@pytest.fixture
+async def report(seeded: str) -> AdvisorReport:
+    return await advise(seeded, thresholds=THRESHOLDS)
+
+
+@pytest.mark.postgres
+async def test_unused_index_and_missing_index_are_both_reported(report: AdvisorReport) -> None:
+    unused = {(index.table, index.index) for index in report.unused_indexes}
+    assert ("events", "events_kind_idx") in unused
+    # Used, unique and primary-key indexes are never "unused".
+    assert ("customers", "customers_name_idx") not in unused
+    assert ("events", "events_code_key") not in unused
+    assert not any(name.endswith("_pkey") for _, name in unused)
+
+    [orders] = [table for table in report.seq_scan_tables if table.table == "orders"]
+    assert orders.seq_scans >= SEQ_SCANS
+    assert orders.index_scans < orders.seq_scans
+    assert orders.rows >= 10_000
+    assert orders.has_indexes  # its primary key, which the scans cannot use
+    candidates = {tuple(c.columns): c.reason for c in orders.candidates}
+    assert candidates[("customer_id",)] == "foreign_key"
+    assert candidates[("reference",)] == "selective"
+    assert ("id",) not in candidates  # already leads the primary key
+
+    [key] = report.unindexed_foreign_keys
+    assert (key.table, key.constraint, key.columns) == (
+        "orders",
+        "orders_customer_id_fkey",
+        ["customer_id"],
+    )
+    assert key.references == "customers"
+    assert key.suggestion == "CREATE INDEX CONCURRENTLY ON public.orders (customer_id)"
+
+
+@pytest.mark.postgres
+async def test_small_or_index_served_tables_are_not_reported(report: AdvisorReport) -> None:
+    assert {table.table for table in report.seq_scan_tables} == {"orders"}
+
+
+@pytest.mark.postgres
+async def test_duplicate_and_prefix_indexes(report: AdvisorReport) -> None:
+    [duplicate] = report.duplicate_indexes
+    # The copy sorts after its twin by name: the twin is kept, the copy is the one to drop.
+    assert (duplicate.index, duplicate.duplicate_of) == ("events_kind_idx", "events_kind_copy_idx")
+    assert duplicate.definition.startswith("CREATE INDEX events_kind_idx ON public.events")
+    # The kept single-column index is itself covered by (kind, at); the dropped copy is not
+    # reported twice, and the unique index on code is never called redundant.
+    assert [(p.index, p.duplicate_of) for p in report.prefix_indexes] == [
+        ("events_kind_copy_idx", "events_kind_at_idx")
+    ]
+
+
+@pytest.mark.postgres
+async def test_a_higher_floor_hides_the_table(seeded: str) -> None:
+    report = await advise(seeded, thresholds=Thresholds(min_rows=1_000_000))
+    assert report.seq_scan_tables == []
+    assert report.thresholds.min_rows == 1_000_000
+
+
+@pytest.mark.postgres
+async def test_cache_and_bloat(report: AdvisorReport) -> None:
+    cache = report.cache
+    for value in (cache.database_hit_pct, cache.heap_hit_pct, cache.index_hit_pct):
+        assert value is not None
+        assert 0 <= value <= 100
+    assert "orders" in {table.table for table in cache.tables}
+
+    bloat = {table.table: table for table in report.bloat.tables}
+    orders = bloat["orders"]
+    assert orders.dead_tuples == 5000  # the deleted quarter, never vacuumed
+    assert orders.live_tuples == 15000
+    assert orders.dead_pct == 25.0
+    assert orders.bloat_bytes is not None
+    assert orders.bloat_bytes > 0
+    assert orders.bloat_pct is not None
+    assert 10 < orders.bloat_pct < 40
+    assert bloat["customers"].dead_tuples == 0
+    assert "statistics-based estimate" in report.bloat.method
+
+
+@pytest.mark.postgres
+async def test_report_header_and_json_document(report: AdvisorReport, seeded: str) -> None:
+    document = report.to_dict()
+    assert document["schema_version"] == 1
+    assert document["database"]["name"] == seeded.rsplit("/", 1)[1]
+    assert document["database"]["server_version"][:2].isdigit()
+    assert document["thresholds"] == {
+        "top": 20,
+        "min_rows": 10_000,
+        "min_seq_scans": 10,
+        "max_index_pct": 95,
+    }
+
+
+@pytest.mark.postgres
+async def test_statements_section_follows_the_extension(postgres_database_url: str) -> None:
+    report = await advise(postgres_database_url)
+    assert not report.statements.available
+    assert report.statements.reason is not None
+    assert "not installed in this database" in report.statements.reason
+    assert "shared_preload_libraries" in report.statements.reason
+
+    connection = await asyncpg.connect(asyncpg_dsn(postgres_database_url))
+    try:
+        preload = await connection.fetchval("SHOW shared_preload_libraries")
+        await connection.execute("CREATE EXTENSION pg_stat_statements")
+        for _ in range(3):
+            await connection.fetchval("SELECT count(*) FROM pg_class WHERE relname = $1", "x")
+    finally:
+        await connection.close()
+    statements = (await advise(postgres_database_url, thresholds=Thresholds(top=100))).statements
+    if "pg_stat_statements" in preload:
+        assert statements.available
+        assert statements.reason is None
+        queries = [item.query for item in statements.items]
+        assert "SELECT count(*) FROM pg_class WHERE relname = $1" in queries
+        assert all(item.calls >= 1 and item.total_ms >= 0 for item in statements.items)
+    else:
+        # Installed but not preloaded: the report says so instead of failing.
+        assert not statements.available
+        assert statements.reason is not None
+        assert "installed but cannot be read" in statements.reason
+        assert "shared_preload_libraries" in statements.reason
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@db:5432/app", "postgresql+asyncpg://u@db:5432/app"),
+        ("postgres://u:pw@db/app", "postgresql+asyncpg://u:pw@db/app"),
+        ("postgresql+asyncpg://u@db/app", "postgresql+asyncpg://u@db/app"),
+        ("  postgresql://u@db/app\n", "postgresql+asyncpg://u@db/app"),
+        (
+            "postgresql://u@/app?host=/run/postgresql",
+            "postgresql+asyncpg://u@/app?host=%2Frun%2Fpostgresql",
+        ),
+    ],
+)
+def test_accepted_urls_are_normalised(url: str, expected: str) -> None:
+    assert normalise_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite+aiosqlite:///./bastion.db", "not sqlite+aiosqlite://"),
+        ("sqlite:///x.db", "not sqlite://"),
+        ("mysql://root:topsecret@db/app", "not mysql://"),
+        ("postgresql+psycopg://u:topsecret@db/app", "not postgresql+psycopg://"),
+        ("just some words", "not a database URL"),
+        ("", "not a database URL"),
+        ("postgresql://u:topsecret@db:port/app", "not a database URL"),
+        ("postgresql:///app", "names no host"),
+    ],
+)
+def test_other_urls_are_refused_without_echoing_them(url: str, message: str) -> None:
+    with pytest.raises(AdvisorUrlError) as caught:
+        normalise_url(url)
+    assert message in str(caught.value)
+    assert "topsecret" not in str(caught.value)
+
+
+async def test_unreachable_server_is_a_store_error(closed_port: int) -> None:
+    with pytest.raises(StoreError) as caught:
+        await advise(f"postgresql://u:topsecret@127.0.0.1:{closed_port}/app", query_timeout=2)
+    assert "topsecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '***'"),
+        ("create user x with password 'a''b c'", "create user x with password '***'"),
+        (
+            "ALTER USER x ENCRYPTED PASSWORD 'md5abc' VALID UNTIL 'x'",
+            "ALTER USER x ENCRYPTED PASSWORD '***' VALID UNTIL 'x'",
+        ),
+        ("SELECT password FROM users WHERE id = $1", "SELECT password FROM users WHERE id = $1"),
+        ("SELECT\n  a,\n  b\nFROM t", "SELECT a, b FROM t"),
+    ],
+)
+def test_statement_text_masks_password_literals(query: str, shown: str) -> None:
+    assert _redacted(query) == shown
+
+
+def test_long_statement_text_is_cut() -> None:
+    shown = _redacted("SELECT " + "x, " * 2000 + "y")
+    assert len(shown) == 2000
+    assert shown.endswith("…")
