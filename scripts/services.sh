@@ -143,8 +143,14 @@ EOF
 local all all trust
 host all all 127.0.0.1/32 trust
 EOF
+    # pg_stat_statements (a contrib module shipped with the server packages) lets the tests of
+    # `bastion db advise` read statement statistics; skipped where the module is missing.
+    local preload=""
+    if [[ -f $(dirname "$bindir")/lib/pg_stat_statements.so ]]; then
+        preload="-c shared_preload_libraries=pg_stat_statements"
+    fi
     pg_run "$bindir/pg_ctl" --pgdata="$tmp/pg" --log="$tmp/postgres.log" --wait --timeout=60 \
-        --options="-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        --options="-c listen_addresses=127.0.0.1 -c port=$pg_port -c unix_socket_directories=$tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 $preload" \
         start >/dev/null || die "postgres did not start: $(tail -n 20 "$tmp/postgres.log")"
     pg_run "$bindir/createdb" --host=127.0.0.1 --port="$pg_port" --username="$PG_ROLE" "$PG_DATABASE"
     log "postgres on 127.0.0.1:$pg_port (database $PG_DATABASE, role $PG_ROLE)"
