@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from bastion.auth.config import AccessRule
+from bastion.cache.http.config import HttpCacheRouteConfig
 from bastion.inspect.config import ExclusionConfig, InspectRouteConfig
 from bastion.pipeline.config import BodyLimitRule
 from bastion.proxy.config import RouteConfig
@@ -41,6 +42,10 @@ _EXAMPLES: dict[str, list[BaseModel]] = {
         ExclusionConfig(path="/api/search", location="query:q", rules=["sqli-*"]),
     ],
     "inspect.routes": [InspectRouteConfig(path="/api/admin/**", paranoia=2)],
+    "cache.http.routes": [
+        HttpCacheRouteConfig(paths=["/api/catalog/**"], enabled=True, ttl=300.0),
+        HttpCacheRouteConfig(paths=["/api/me", "/api/me/**"], key="user", default_ttl=30.0),
+    ],
     "ratelimit.policies": [
         PolicyConfig(
             name="api",

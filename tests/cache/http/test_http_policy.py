@@ -221,7 +221,7 @@ def test_storability(
     [
         ([(b"cache-control", b"max-age=60")], 0.0, None, 60.0, False),
         ([(b"cache-control", b"max-age=60, s-maxage=5")], 0.0, None, 5.0, True),
-        ([(b"cache-control", b"max-age=60, no-cache")], 0.0, None, 0.0, False),
+        ([(b"cache-control", b"max-age=60, no-cache")], 0.0, None, 0.0, True),
         ([(b"cache-control", b"max-age=60, must-revalidate")], 0.0, None, 60.0, True),
         ([(b"cache-control", b"max-age=60, proxy-revalidate")], 0.0, None, 60.0, True),
         (
@@ -236,7 +236,7 @@ def test_storability(
         ([], 30.0, None, 30.0, False),
         ([], 0.0, None, 0.0, False),
         ([(b"cache-control", b"max-age=60")], 0.0, 3600.0, 3600.0, False),
-        ([(b"cache-control", b"no-cache")], 0.0, 3600.0, 0.0, False),
+        ([(b"cache-control", b"no-cache")], 0.0, 3600.0, 0.0, True),
         ([], 30.0, 3600.0, 30.0, False),
     ],
 )

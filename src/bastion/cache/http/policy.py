@@ -158,7 +158,8 @@ class Freshness:
     stale_while_revalidate: float
     stale_if_error: float
     strict: bool
-    """``must-revalidate``, ``proxy-revalidate`` or ``s-maxage``: never served stale (§4.2.4)."""
+    """``must-revalidate``, ``proxy-revalidate``, ``s-maxage`` or ``no-cache``: never served
+    stale (RFC 9111 §4.2.4, §5.2.2.4)."""
     explicit: bool
     """The lifetime came from the response (``s-maxage``, ``max-age``, ``Expires``)."""
 
@@ -193,7 +194,7 @@ def freshness(
         lifetime = default_ttl if facts.status in HEURISTIC_STATUSES else 0.0
     if cc.no_cache:
         lifetime = 0.0
-    strict = cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None
+    strict = cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None or cc.no_cache
     return Freshness(
         lifetime=float(lifetime),
         stale_while_revalidate=0.0 if strict else float(cc.stale_while_revalidate or 0),
@@ -225,10 +226,10 @@ def stale_allowed(
         return False
     if request_cc.max_stale is not None and staleness <= request_cc.max_stale:
         return True
+    window = freshness_.stale_while_revalidate
     if error:
         window = max(freshness_.stale_if_error, float(request_cc.stale_if_error or 0))
-        return staleness <= window
-    return staleness <= freshness_.stale_while_revalidate
+    return window > 0 and staleness <= window
 
 
 class Conditional:

@@ -1,0 +1,93 @@
+"""Cache keys of HTTP responses, and the tags that find them again.
+
+A primary key is ``<path>?<query>|<host>|<scope>``, each part escaped by :func:`key_text`
+(so no request can spell another's key); it starts with the decoded path so that
+``bastion cache purge --prefix /api/`` reaches every entry below a path (whatever its query,
+host, user or variant). ``<scope>`` is empty for shared entries, ``u:<subject>`` or
+``t:<tenant>`` on per-user and per-tenant routes. A response with ``Vary`` is stored under
+``<primary>|v:<digest of the request's values of the varied fields>``, and the primary key holds
+the list of varied fields.
+
+Every entry carries the tag ``p:<path>`` (invalidation by URL and by unsafe methods) and
+``t:<tag>`` for each tag the upstream named in its tag headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlencode
+
+__all__ = ["KeyBuilder", "key_text", "path_tag", "upstream_tag", "variant_key"]
+
+_QUERY_MEMO = 1024
+
+
+def key_text(part: str) -> str:
+    """``part`` with the key's separators (``?``, ``|``) and ``%`` percent-encoded, so no path,
+    query, host or subject can spell another request's key."""
+    if "%" in part:
+        part = part.replace("%", "%25")
+    if "|" in part:
+        part = part.replace("|", "%7C")
+    if "?" in part:
+        part = part.replace("?", "%3F")
+    return part
+
+
+def path_tag(path: str) -> str:
+    """Tag of every entry stored for ``path`` (any query, host, user or variant)."""
+    return "p:" + path
+
+
+def upstream_tag(tag: str) -> str:
+    """Tag of the entries whose response named ``tag`` in a tag header."""
+    return "t:" + tag
+
+
+def variant_key(primary: str, values: Sequence[bytes]) -> str:
+    """Key of the variant of ``primary`` selected by the request's ``values`` of the varied
+    fields (in the order the response listed them)."""
+    digest = hashlib.blake2b(b"\x00".join(values), digest_size=16).hexdigest()
+    return f"{primary}|v:{digest}"
+
+
+class KeyBuilder:
+    """Primary keys under the section's key options (host, ignored and sorted parameters)."""
+
+    def __init__(
+        self, *, include_host: bool, ignore_params: Sequence[str], sort_query: bool
+    ) -> None:
+        self._host = include_host
+        self._ignored = frozenset(ignore_params)
+        self._sort = sort_query
+        self._rewrite = bool(self._ignored) or sort_query
+        self._queries: dict[bytes, str] = {}
+
+    def query(self, raw: bytes) -> str:
+        """The query string as it goes into the key."""
+        if not raw:
+            return ""
+        known = self._queries.get(raw)
+        if known is not None:
+            return known
+        text = raw.decode("latin-1")
+        if self._rewrite:
+            pairs = [
+                (name, value)
+                for name, value in parse_qsl(text, keep_blank_values=True)
+                if name not in self._ignored
+            ]
+            if self._sort:
+                pairs.sort()
+            text = urlencode(pairs)
+        text = key_text(text)
+        if len(self._queries) >= _QUERY_MEMO:
+            self._queries.clear()
+        self._queries[raw] = text
+        return text
+
+    def primary(self, path: str, raw_query: bytes, host: bytes | None, scope: str) -> str:
+        """Primary key of a request (``scope``: ``""``, ``u:<subject>`` or ``t:<tenant>``)."""
+        host_part = key_text(host.decode("latin-1").lower()) if self._host and host else ""
+        return f"{key_text(path)}?{self.query(raw_query)}|{host_part}|{key_text(scope)}"

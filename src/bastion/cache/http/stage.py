@@ -1,0 +1,437 @@
+"""The ``cache`` stage (DESIGN.md §1, step 13): RFC 9111 shared caching of the terminal's
+responses, inside compression and security headers, so entries hold the terminal's own bytes and
+every answer is compressed and given its security headers per request.
+
+``GET`` requests are looked up; a fresh entry is answered without running the terminal, a stale
+one within ``stale-while-revalidate`` is answered while one background request revalidates it,
+and otherwise the terminal is asked (:mod:`bastion.cache.http.exchange`) by one request per key
+at a time: concurrent misses of the same key wait for it and are answered from what it stored,
+when that matches their own request (its ``Vary`` fields), else they ask the terminal
+themselves. ``HEAD`` is answered from a stored ``GET``; a ``HEAD`` or ``Range`` miss goes to the
+terminal unchanged and stores nothing. A successful unsafe request (2xx/3xx) invalidates its path
+and the same-origin paths of its ``Location``/``Content-Location`` in every instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote, urljoin, urlsplit
+
+from bastion.cache.http.config import HttpCacheConfig, HttpCacheRouteConfig, KeyScope
+from bastion.cache.http.directives import EMPTY, CacheControl, parse_cache_control
+from bastion.cache.http.entry import Entry
+from bastion.cache.http.exchange import Exchange, Outcome, RequestFacts
+from bastion.cache.http.keys import KeyBuilder, path_tag, variant_key
+from bastion.cache.http.policy import Header, vary_values
+from bastion.cache.http.respond import send_entry
+from bastion.deps import Deps
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.paths import GlobMatcher, compile_alternatives, glob_regex, path_spellings
+from bastion.http.problems import BastionError, register
+from bastion.http.state import state_of
+from bastion.observe.logging import get_logger
+
+__all__ = ["HttpCacheStage", "ResponseStore"]
+
+register("not_in_cache", 504, "Not in cache")
+
+_log: Any = get_logger("bastion.cache.http")
+_SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
+_BYPASS = frozenset({b"if-match", b"if-unmodified-since"})
+_CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
+_STRICTNESS = {"shared": 0, "tenant": 1, "user": 2}
+
+
+class ResponseStore(Protocol):
+    """The part of :class:`bastion.cache.Cache` the stage uses (its ``http`` namespace)."""
+
+    async def get(self, key: str, default: Any = None) -> Any: ...
+
+    async def set(
+        self, key: str, value: Any, *, ttl: float | None = None, tags: Any = ()
+    ) -> None: ...
+
+    async def invalidate_tag(self, tag: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    enabled: bool
+    ttl: float | None
+    default_ttl: float
+    key: KeyScope
+
+
+class HttpCacheStage:
+    """Step 13: the HTTP response cache (module docstring)."""
+
+    def __init__(
+        self, app: ASGIApp, *, config: HttpCacheConfig, deps: Deps, store: ResponseStore
+    ) -> None:
+        self.app = app
+        self._store = store
+        self._keys = KeyBuilder(
+            include_host=config.key_host,
+            ignore_params=config.ignore_query_params,
+            sort_query=config.sort_query,
+        )
+        self._section = _Policy(config.enabled, None, config.default_ttl, "shared")
+        self._policies = [self._route_policy(route, config) for route in config.routes]
+        self._matcher: GlobMatcher | None = None
+        if config.routes:
+            self._matcher = compile_alternatives(
+                "|".join(f"(?:{glob_regex(p)})" for p in route.paths) for route in config.routes
+            )
+        self._honour = config.honour_request_directives
+        self._window = config.revalidate_window
+        self._x_cache = config.x_cache_header
+        self._labels = {label: label.encode("ascii") for label in ("HIT", "MISS", "STALE")}
+        self._tag_headers = frozenset(name.encode("latin-1") for name in config.tag_headers)
+        self._exchange = Exchange(
+            app,
+            statuses=frozenset(config.statuses),
+            max_size=config.max_object_size,
+            tag_headers=self._tag_headers,
+            label=self._label,
+        )
+        self._flights: dict[str, asyncio.Future[Entry | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._count: Callable[[str], None] = lambda result: deps.metrics.cache_request(
+            "http", result
+        )
+
+    @staticmethod
+    def _route_policy(route: HttpCacheRouteConfig, config: HttpCacheConfig) -> _Policy:
+        return _Policy(
+            enabled=config.enabled if route.enabled is None else route.enabled,
+            ttl=route.ttl,
+            default_ttl=config.default_ttl if route.default_ttl is None else route.default_ttl,
+            key=route.key or "shared",
+        )
+
+    def _label(self, label: str) -> bytes | None:
+        return self._labels[label] if self._x_cache else None
+
+    def _match(self, path: str) -> _Policy:
+        assert self._matcher is not None
+        found = self._matcher.match(path)
+        return self._section if found is None else self._policies[found.lastindex - 1]
+
+    def _policy(self, scope: Scope, path: str) -> _Policy:
+        """The route policy of ``path``; any other spelling of it an upstream might route alike
+        can only make it stricter (off, or keyed per tenant or user)."""
+        if self._matcher is None:
+            return self._section
+        policy = self._match(path)
+        for spelling in path_spellings(scope, path):
+            other = self._match(spelling)
+            if not other.enabled:
+                return other
+            if _STRICTNESS[other.key] > _STRICTNESS[policy.key]:
+                policy = _Policy(policy.enabled, policy.ttl, policy.default_ttl, other.key)
+        return policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            if method in _SAFE_UNCACHED:
+                await self.app(scope, receive, send)
+            else:
+                await self._unsafe(scope, receive, send)
+            return
+        path: str = scope["path"]
+        policy = self._policy(scope, path)
+        if not policy.enabled:
+            await self.app(scope, receive, send)
+            return
+        headers: list[Header] = scope["headers"]
+        authenticated = has_conditions = False
+        cc_values: list[bytes] = []
+        range_header = host = None
+        for name, value in headers:
+            if name == b"authorization" or name == b"cookie":
+                authenticated = True
+            elif name == b"cache-control":
+                cc_values.append(value)
+            elif name == b"host":
+                host = value
+            elif name == b"range":
+                range_header = value
+            elif name in _CONDITIONS:
+                has_conditions = True
+            elif name in _BYPASS:
+                await self._forward(scope, receive, send)
+                return
+        principal = state_of(scope).principal
+        key_scope = ""
+        per_user = False
+        if principal is not None:
+            authenticated = True
+            if policy.key == "user":
+                key_scope, per_user = "u:" + principal.subject, True
+            elif policy.key == "tenant":
+                tenant = principal.extra.get("tenant")
+                if tenant is not None:
+                    key_scope, per_user = "t:" + str(tenant), True
+        request_cc = parse_cache_control(cc_values) if cc_values else EMPTY
+        primary = self._keys.primary(path, scope["query_string"], host, key_scope)
+        entry = await self._lookup(primary, headers)
+        directives = request_cc if self._honour else EMPTY
+        head = method == "HEAD"
+        if entry is not None:
+            age = entry["age"] + max(time.time() - entry["received"], 0.0)
+            staleness = age - _lifetime(entry, directives)
+            if staleness < 0:
+                self._count("hit")
+                await send_entry(
+                    send,
+                    entry,
+                    headers,
+                    head=head,
+                    age=age,
+                    label=self._label("HIT"),
+                    range_header=range_header,
+                )
+                return
+            if _serve_stale(entry, staleness, directives):
+                self._count("stale")
+                await send_entry(
+                    send,
+                    entry,
+                    headers,
+                    head=head,
+                    age=age,
+                    label=self._label("STALE"),
+                    range_header=range_header,
+                )
+                self._revalidate_later(scope, primary, entry, policy, request_cc, per_user)
+                return
+        elif directives.only_if_cached:
+            raise BastionError("not_in_cache", "The response is not in the cache")
+        self._count("miss")
+        if head or range_header is not None:
+            await self._forward(scope, receive, send)
+            return
+        request = RequestFacts(
+            path=path,
+            headers=headers,
+            cache_control=request_cc,
+            authenticated=authenticated,
+            per_user=per_user,
+            ttl=policy.ttl,
+            default_ttl=policy.default_ttl,
+            has_conditions=has_conditions,
+        )
+        flight = self._flights.get(primary)
+        if flight is not None:
+            shared = await asyncio.shield(flight)
+            if shared is not None and _matches(shared, headers):
+                age = shared["age"] + max(time.time() - shared["received"], 0.0)
+                label = self._label("HIT")
+                await send_entry(send, shared, headers, head=False, age=age, label=label)
+                return
+        await self._fetch(scope, receive, send, primary, request, entry)
+
+    async def _lookup(self, primary: str, headers: list[Header]) -> Entry | None:
+        value = await self._store.get(primary)
+        if value is None:
+            return None
+        if "index" in value:
+            variant = variant_key(primary, vary_values(headers, value["index"]))
+            value = await self._store.get(variant)
+            if value is None:
+                return None
+        if value["vary"] and not _matches(value, headers):
+            return None
+        entry: Entry = value
+        return entry
+
+    async def _fetch(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        primary: str,
+        request: RequestFacts,
+        stale: Entry | None,
+    ) -> None:
+        """Ask the terminal as the one request of ``primary`` in flight (others wait for it)."""
+        flight: asyncio.Future[Entry | None] | None = None
+        if primary not in self._flights:
+            flight = asyncio.get_running_loop().create_future()
+            self._flights[primary] = flight
+        stored: Entry | None = None
+        try:
+            outcome = await self._exchange.run(scope, receive, send, request, stale)
+            stored = await self._keep(primary, outcome)
+        finally:
+            if flight is not None:
+                del self._flights[primary]
+                flight.set_result(stored)
+
+    async def _keep(self, primary: str, outcome: Outcome) -> Entry | None:
+        """Store what the exchange produced; the stored entry, if any."""
+        entry = outcome.entry
+        if outcome.from_cache == "stale":
+            self._count("stale")
+        if entry is None:
+            return None
+        remaining = entry["lifetime"] - entry["age"]
+        keep = max(entry["swr"], 0 if entry["strict"] else entry["sie"])
+        if entry["etag"] or entry["modified_raw"]:
+            keep = max(keep, self._window)
+        ttl = max(remaining, 0.0) + keep if remaining > 0 else keep
+        if ttl <= 0:
+            return None
+        tags = entry["tags"]
+        if entry["vary"]:
+            await self._store.set(primary, {"index": entry["vary"]}, ttl=ttl, tags=tags[:1])
+            await self._store.set(variant_key(primary, entry["varies"]), entry, ttl=ttl, tags=tags)
+        else:
+            await self._store.set(primary, entry, ttl=ttl, tags=tags)
+        return entry
+
+    def _revalidate_later(
+        self,
+        scope: Scope,
+        primary: str,
+        entry: Entry,
+        policy: _Policy,
+        request_cc: CacheControl,
+        per_user: bool,
+    ) -> None:
+        """Revalidate ``entry`` in the background (``stale-while-revalidate``), once per key."""
+        if primary in self._flights:
+            return
+        background = dict(scope)
+        background["method"] = "GET"
+        background["headers"] = [(n, v) for n, v in scope["headers"] if n != b"range"]
+        background["state"] = dict(scope.get("state") or {})
+        background["state"]["bastion"] = copy.copy(state_of(scope))
+        request = RequestFacts(
+            path=scope["path"],
+            headers=background["headers"],
+            cache_control=EMPTY,
+            authenticated=False,
+            per_user=per_user,
+            ttl=policy.ttl,
+            default_ttl=policy.default_ttl,
+            has_conditions=False,
+        )
+        request.authenticated = any(
+            n == b"authorization" or n == b"cookie" for n, _ in background["headers"]
+        ) or (state_of(scope).principal is not None)
+        task = asyncio.create_task(self._revalidate(background, primary, request, entry))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _revalidate(
+        self, scope: Scope, primary: str, request: RequestFacts, entry: Entry
+    ) -> None:
+        done = asyncio.Event()
+
+        async def receive() -> Message:
+            if not done.is_set():
+                done.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(0)
+            return {"type": "http.disconnect"}
+
+        async def discard(message: Message) -> None:
+            return None
+
+        try:
+            await self._fetch(scope, receive, discard, primary, request, entry)
+        except Exception as exc:
+            _log.warning("background revalidation failed", path=scope["path"], error=str(exc))
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a request the cache does not answer to the terminal (tag headers removed)."""
+
+        async def cleaned(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": self._exchange.client_headers(
+                        list(message.get("headers", ())), "MISS"
+                    ),
+                }
+            await send(message)
+
+        await self.app(scope, receive, cleaned)
+
+    async def _unsafe(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward an unsafe request; on success, invalidate what it may have changed."""
+
+        async def watching(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if 200 <= message["status"] < 400:
+                    await self._invalidate(scope, headers)
+                if self._tag_headers:
+                    message = {
+                        **message,
+                        "headers": [
+                            (n, v) for n, v in headers if n.lower() not in self._tag_headers
+                        ],
+                    }
+            await send(message)
+
+        await self.app(scope, receive, watching)
+
+    async def _invalidate(self, scope: Scope, headers: list[Header]) -> None:
+        """RFC 9111 §4.4: the request's path, and those of same-origin ``Location`` and
+        ``Content-Location``, in every instance (the tiered cache's invalidation)."""
+        path: str = scope["path"]
+        paths = {path}
+        host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
+        for name, value in headers:
+            if name.lower() in (b"location", b"content-location"):
+                target = urlsplit(urljoin(path, value.decode("latin-1")))
+                if not target.netloc or target.netloc.lower() == host.lower():
+                    paths.add(unquote(target.path) or "/")
+        for each in paths:
+            await self._store.invalidate_tag(path_tag(each))
+
+    async def close(self) -> None:
+        """Wait for background revalidations (engine shut-down)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _lifetime(entry: Entry, directives: CacheControl) -> float:
+    """The entry's lifetime as this request accepts it (``no-cache``, ``max-age``,
+    ``min-fresh`` of the request shorten it)."""
+    lifetime: float = entry["lifetime"]
+    if directives is EMPTY:
+        return lifetime
+    if directives.no_cache:
+        return 0.0
+    if directives.max_age is not None:
+        lifetime = min(lifetime, float(directives.max_age))
+    if directives.min_fresh is not None:
+        lifetime -= directives.min_fresh
+    return lifetime
+
+
+def _serve_stale(entry: Entry, staleness: float, directives: CacheControl) -> bool:
+    if entry["strict"] or directives.no_cache:
+        return False
+    if directives.max_stale is not None and staleness <= directives.max_stale:
+        return True
+    window: float = entry["swr"]
+    return window > 0 and staleness <= window
+
+
+def _matches(entry: Entry, headers: list[Header]) -> bool:
+    """Whether a request selects ``entry`` (its values of the varied fields are the same)."""
+    varied: list[bytes] = entry["vary"]
+    return not varied or vary_values(headers, varied) == entry["varies"]
