@@ -99,7 +99,8 @@ def decode(data: bytes) -> Invalidation | None:
     prefix = message.get("p")
     if isinstance(prefix, str):
         return Invalidation(sender, prefix=prefix)
-    if message.get("a") == 1:
+    everything = message.get("a")
+    if type(everything) is int and everything == 1:
         return Invalidation(sender, everything=True)
     return None
 

@@ -241,6 +241,8 @@ class L1:
                 keys.add(entry.key)
         if len(self._window) > self._window_cap:
             self._drain_window()
+        if len(self._data) > self.max_entries:
+            self._evict_over()
         if self.max_bytes and self.bytes > self.max_bytes:
             self._shed_bytes(entry.key)
 
@@ -317,14 +319,23 @@ class L1:
             self._probation[candidate.key] = candidate
             if len(self._data) <= self.max_entries:
                 continue
-            victims = self._probation if len(self._probation) > 1 else self._protected
-            victim = next(iter(victims.values()))
-            if victim is candidate:
+            if len(self._probation) > 1:
+                victim = next(iter(self._probation.values()))
+            elif self._protected:
+                victim = next(iter(self._protected.values()))
+            else:
                 continue
             if self._admit(candidate.key, victim.key):
                 self._unlink(victim)
             else:
                 self._unlink(candidate)
+            self.evictions += 1
+
+    def _evict_over(self) -> None:
+        """Tiny capacities, where the duel found no victim: drop the coldest until within."""
+        while len(self._data) > self.max_entries:
+            region = self._probation or self._protected or self._window
+            self._unlink(next(iter(region.values())))
             self.evictions += 1
 
     def _admit(self, candidate: str, victim: str) -> bool:

@@ -164,6 +164,8 @@ class Serializer:
             if kind == _TREE:
                 view = memoryview(body)
                 (length,) = _LENGTH.unpack_from(view)
+                if 4 + length > len(view):
+                    raise SerializationError("corrupt cached value: truncated")
                 tree = orjson.loads(view[4 : 4 + length])
                 return _decode_tree(tree, view[4 + length :])
         except (orjson.JSONDecodeError, zstandard.ZstdError, struct.error, TypeError) as exc:

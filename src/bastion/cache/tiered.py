@@ -178,8 +178,9 @@ class _Core:
         self.refreshing: set[str] = set()
         self.waiters: dict[str, asyncio.Event] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.epoch = 0
-        """Bumped by every invalidation: an L2 read that started before one does not fill L1."""
+        self.reads: dict[str, list[list[bool]]] = {}
+        """L2 reads in progress, per key: a flag each, set when the key is invalidated during
+        the read (its result then does not fill L1: it may be the value just invalidated)."""
         self.pending: list[tuple[str, str]] = []
         """Invalidations that could not reach Redis, replayed when it answers: (kind, value)."""
         self.pending_overflow = False
@@ -192,9 +193,41 @@ class _Core:
 
     # -- invalidation from other instances ------------------------------------------------
 
+    def begin_read(self, key: str) -> list[bool]:
+        flag = [False]
+        self.reads.setdefault(key, []).append(flag)
+        return flag
+
+    def end_read(self, key: str, flag: list[bool]) -> None:
+        flags = self.reads[key]
+        flags.remove(flag)
+        if not flags:
+            del self.reads[key]
+
+    def invalidated(self, keys: Iterable[str] | None = None, prefix: str | None = None) -> None:
+        """Mark the reads in progress of ``keys``, of keys under ``prefix``, or (neither
+        given: a tag, whose keys a read only learns at its end) all of them."""
+        reads = self.reads
+        if not reads:
+            return
+        if keys is not None:
+            matching = [reads[key] for key in keys if key in reads]
+        elif prefix is not None:
+            matching = [flags for key, flags in reads.items() if key.startswith(prefix)]
+        else:
+            matching = list(reads.values())
+        for flags in matching:
+            for flag in flags:
+                flag[0] = True
+
     def on_invalidation(self, message: Invalidation) -> None:
-        self.epoch += 1
         l1 = self.l1
+        if message.keys:
+            self.invalidated(keys=message.keys)
+        elif message.prefix is not None:
+            self.invalidated(prefix=message.prefix)
+        else:
+            self.invalidated()
         if message.keys:
             if l1 is not None:
                 l1.remove_many(message.keys)
@@ -213,7 +246,7 @@ class _Core:
 
     def resubscribed(self) -> None:
         """Messages may have been missed while the subscription was down."""
-        self.epoch += 1
+        self.invalidated()
         if self.l1 is not None:
             self.l1.clear()
         self.recovered()
@@ -542,12 +575,14 @@ class Cache:
         if not l2.usable:
             core.stats.l2_error += 1
             return None
-        epoch = core.epoch
+        flag = core.begin_read(full)
         try:
             record = await l2.get(full)
         except CacheStoreError:
             core.stats.l2_error += 1
             return None
+        finally:
+            core.end_read(full, flag)
         if record is None:
             core.stats.l2_miss += 1
             return None
@@ -560,7 +595,7 @@ class Cache:
         if _time() >= entry.stale_until:
             core.stats.l2_miss += 1
             return None
-        if core.l1 is not None and core.epoch == epoch:
+        if core.l1 is not None and not flag[0]:
             core.l1.put(entry)
         return entry
 
@@ -635,11 +670,14 @@ class Cache:
             return await self._load(full, call)
         found = await self._l2_read(full)
         if found is not None:
-            if _time() < found.fresh_until:
+            now = _time()
+            if now < found.fresh_until:
                 core.stats.l2_hit += 1
+                if now >= found.early_at and core.refresh_now(found, now):
+                    self._refresh(full, call, in_flight=True)
             else:
                 core.stats.l2_stale += 1
-                self._refresh(full, call)
+                self._refresh(full, call, in_flight=True)
             return found.value
         token: str | None = None
         if l2.usable:
@@ -709,10 +747,11 @@ class Cache:
         await self._store(full, value, ttl, stale_ttl, tags, delta)
         return value
 
-    def _refresh(self, full: str, call: _Call) -> None:
-        """Reload ``full`` in the background unless this process already is."""
+    def _refresh(self, full: str, call: _Call, *, in_flight: bool = False) -> None:
+        """Reload ``full`` in the background unless this process already is (``in_flight``:
+        called by the flight of ``full`` itself, which is about to land)."""
         core = self._core
-        if full in core.refreshing or full in core.flights:
+        if full in core.refreshing or (not in_flight and full in core.flights):
             return
         core.refreshing.add(full)
         core.spawn(self._refresh_run(full, call))
@@ -778,7 +817,7 @@ class Cache:
         data = core.serializer.dumps(value)
         ttl = max(ttl, 0.0)
         lifetime = ttl + max(stale_ttl, 0.0)
-        core.epoch += 1
+        core.invalidated(keys=(full,))
         if lifetime <= 0.0:
             await self._delete_keys([full])
             return
@@ -824,7 +863,7 @@ class Cache:
 
     async def _delete_keys(self, keys: list[str]) -> int:
         core = self._core
-        core.epoch += 1
+        core.invalidated(keys=keys)
         removed = core.l1.remove_many(keys) if core.l1 is not None else 0
         if core.l2 is None:
             return removed
@@ -840,7 +879,7 @@ class Cache:
         every instance's L1; how many entries Redis held (without Redis: this process's L1)."""
         core = self._core
         full = self._ns + tag
-        core.epoch += 1
+        core.invalidated()
         removed = len(core.l1.remove_tag(full)) if core.l1 is not None else 0
         if core.l2 is None:
             return removed
@@ -856,7 +895,7 @@ class Cache:
         process's L1). ``""`` on a namespace empties the namespace."""
         core = self._core
         full = self._ns + prefix
-        core.epoch += 1
+        core.invalidated(prefix=full)
         removed = len(core.l1.remove_prefix(full)) if core.l1 is not None else 0
         if core.l2 is None:
             return removed

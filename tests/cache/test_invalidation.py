@@ -1,0 +1,279 @@
+"""Several instances sharing one Redis: L1 invalidation, cross-instance single flight, purges
+from a short-lived process, and two OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bastion.cache import Cache
+from bastion.cache.invalidation import decode, encode_all, encode_keys, encode_prefix, encode_tag
+from bastion.cache.wiring import purge
+from bastion.settings import Settings
+
+MakeTiered = Callable[..., Any]
+
+PROPAGATION = 0.1
+"""The contract: another instance's L1 forgets a changed key within 100 ms."""
+
+
+async def two(make_tiered: MakeTiered) -> tuple[Cache, Cache]:
+    return await make_tiered(), await make_tiered()
+
+
+def held(cache: Cache, key: str) -> bool:
+    assert cache.l1 is not None
+    return key in cache.l1
+
+
+async def test_a_write_evicts_the_other_instances_l1(make_tiered: MakeTiered) -> None:
+    a, b = await two(make_tiered)
+    await a.set("k", "v1", ttl=60)
+    await asyncio.sleep(PROPAGATION)
+    assert await b.get("k") == "v1"
+    assert held(b, "k")
+    await a.set("k", "v2", ttl=60)
+    await asyncio.sleep(PROPAGATION)
+    assert not held(b, "k")
+    assert await b.get("k") == "v2"
+
+
+async def test_the_writer_keeps_its_own_entry(make_tiered: MakeTiered) -> None:
+    """Self-echo suppression: an instance does not evict what it has just written."""
+    a, _ = await two(make_tiered)
+    await a.set("k", "v", ttl=60)
+    await asyncio.sleep(PROPAGATION)
+    assert held(a, "k")
+
+
+@pytest.mark.parametrize("operation", ["delete", "tag", "prefix", "namespace_prefix"])
+async def test_invalidations_reach_the_other_instance(
+    make_tiered: MakeTiered, operation: str
+) -> None:
+    a, b = await two(make_tiered)
+    await a.namespace("ns").set("user:1", "x", tags=["user:1"])
+    await a.set("keep", "y")
+    await asyncio.sleep(PROPAGATION)
+    assert await b.namespace("ns").get("user:1") == "x"
+    assert await b.get("keep") == "y"
+    if operation == "delete":
+        await a.namespace("ns").delete("user:1")
+    elif operation == "tag":
+        assert await a.namespace("ns").invalidate_tag("user:1") == 1
+    elif operation == "prefix":
+        assert await a.invalidate_prefix("ns:user") == 1
+    else:
+        assert await a.namespace("ns").invalidate_prefix("") == 1
+    await asyncio.sleep(PROPAGATION)
+    assert not held(b, "ns:user:1")
+    assert held(b, "keep")
+    assert await b.namespace("ns").get("user:1") is None
+
+
+async def test_an_invalidation_during_an_l2_read_keeps_the_result_out_of_l1(
+    make_tiered: MakeTiered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read may have fetched the very value being invalidated: it is returned to its
+    caller but not kept, so the next read goes to Redis again."""
+    a, b = await two(make_tiered)
+    await a.set("k", "old")
+    await asyncio.sleep(PROPAGATION)
+    l2 = b._core.l2
+    assert l2 is not None
+    read_started = asyncio.Event()
+    release = asyncio.Event()
+    real_get = l2.get
+
+    async def slow_get(key: str) -> bytes | None:
+        record = await real_get(key)
+        read_started.set()
+        await release.wait()
+        return record
+
+    monkeypatch.setattr(l2, "get", slow_get)
+    reader = asyncio.create_task(b.get("k"))
+    await read_started.wait()
+    await a.set("k", "new")
+    await asyncio.sleep(PROPAGATION)
+    release.set()
+    assert await reader == "old"
+    assert not held(b, "k")
+    monkeypatch.setattr(l2, "get", real_get)
+    assert await b.get("k") == "new"
+
+
+async def test_single_flight_across_instances(make_tiered: MakeTiered) -> None:
+    a, b = await two(make_tiered)
+    calls = 0
+    gate = asyncio.Event()
+
+    async def loader() -> str:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return "shared"
+
+    callers = [asyncio.create_task(c.get_or_set("k", loader)) for c in (a, b) for _ in range(50)]
+    await asyncio.sleep(0.1)
+    gate.set()
+    assert await asyncio.gather(*callers) == ["shared"] * 100
+    assert calls == 1
+
+
+async def test_a_purge_from_a_short_lived_process_reaches_running_instances(
+    make_tiered: MakeTiered, clean_redis_url: str
+) -> None:
+    a, _ = await two(make_tiered)
+    await a.set("page:/a", "A", tags=["pages"])
+    await a.set("page:/b", "B", tags=["pages"])
+    await a.set("other", "O")
+    settings = Settings(store={"redis_url": clean_redis_url})
+    assert await purge(settings, tag="pages") == 2
+    await asyncio.sleep(PROPAGATION)
+    assert not held(a, "page:/a")
+    assert not held(a, "page:/b")
+    assert await purge(settings, key="other") == 1
+    assert await purge(settings, prefix="nothing") == 0
+    with pytest.raises(ValueError, match="exactly one"):
+        await purge(settings, key="a", tag="b")
+
+
+async def test_purge_without_redis_has_nothing_to_do() -> None:
+    assert await purge(Settings(), tag="x") == 0
+
+
+MESSAGES = [
+    ("keys", encode_keys("s", ["a", "b"]), {"keys": ["a", "b"]}),
+    ("tag", encode_tag("s", "t"), {"tag": "t"}),
+    ("prefix", encode_prefix("s", "p:"), {"prefix": "p:"}),
+    ("all", encode_all("s"), {"everything": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "fields"), MESSAGES, ids=[m[0] for m in MESSAGES])
+def test_messages_round_trip(name: str, data: bytes, fields: dict[str, Any]) -> None:
+    message = decode(data)
+    assert message is not None
+    assert message.sender == "s"
+    for field, value in fields.items():
+        assert getattr(message, field) == value
+
+
+MALFORMED = [
+    ("not_json", b"{"),
+    ("not_object", b"[1]"),
+    ("no_sender", b'{"k": ["a"]}'),
+    ("sender_not_str", b'{"s": 1, "k": ["a"]}'),
+    ("keys_not_str", b'{"s": "x", "k": [1]}'),
+    ("nothing", b'{"s": "x"}'),
+    ("all_not_one", b'{"s": "x", "a": true}'),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_messages_are_ignored(name: str, data: bytes) -> None:
+    assert decode(data) is None
+
+
+async def test_malformed_messages_on_the_channel_change_nothing(
+    make_tiered: MakeTiered, clean_redis_url: str
+) -> None:
+    a = await make_tiered()
+    await a.set("k", "v")
+    client = redis.Redis.from_url(clean_redis_url)
+    try:
+        for _, data in MALFORMED:
+            client.publish(a.config.invalidation_channel, data)
+    finally:
+        client.close()
+    await asyncio.sleep(PROPAGATION)
+    assert held(a, "k")
+
+
+class Peer:
+    """A cache instance in another OS process (``peer.py``)."""
+
+    def __init__(self, url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("peer.py")), url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def ask(self, *command: Any) -> Any:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def peers(clean_redis_url: str) -> Iterator[list[Peer]]:
+    started: list[Peer] = []
+    try:
+        started.extend(Peer(clean_redis_url) for _ in range(2))
+        yield started
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+async def test_two_processes_see_each_others_invalidations(
+    make_tiered: MakeTiered, peers: list[Peer]
+) -> None:
+    here = await make_tiered()
+    peer = peers[0]
+    await here.set("k", "v1", tags=["t"])
+    await asyncio.sleep(PROPAGATION)
+    assert peer.ask("get", "k") == {"value": "v1", "in_l1": False}
+    assert peer.ask("held", "k") is True
+    await here.set("k", "v2", tags=["t"])
+    await asyncio.sleep(PROPAGATION)
+    assert peer.ask("held", "k") is False
+    assert peer.ask("get", "k")["value"] == "v2"
+    await here.invalidate_tag("t")
+    await asyncio.sleep(PROPAGATION)
+    assert peer.ask("held", "k") is False
+    # And the other way round.
+    assert peer.ask("set", "from-peer", "p1", []) is True
+    assert await here.get("from-peer") == "p1"
+    assert peer.ask("set", "from-peer", "p2", []) is True
+    await asyncio.sleep(PROPAGATION)
+    assert not held(here, "from-peer")
+    assert await here.get("from-peer") == "p2"
+
+
+def test_two_processes_load_a_key_once(peers: list[Peer], clean_redis_url: str) -> None:
+    for peer in peers:
+        assert peer.process.stdin is not None
+        peer.process.stdin.write(json.dumps(["load", "k"]) + "\n")
+        peer.process.stdin.flush()
+    replies = []
+    for peer in peers:
+        assert peer.process.stdout is not None
+        replies.append(json.loads(peer.process.stdout.readline()))
+    assert replies == ["loaded k", "loaded k"]
+    client = redis.Redis.from_url(clean_redis_url)
+    try:
+        assert client.get("loads:k") == b"1"
+    finally:
+        client.close()
