@@ -4,20 +4,30 @@ an unindexed foreign key, bloat) and nothing healthy is; URL handling and statem
 
 from __future__ import annotations
 
+import io
 import socket
 
 import asyncpg
 import pytest
+from rich.console import Console
 
 from advisor_seed import SEQ_SCANS, asyncpg_dsn, seed
 from bastion.observe.advisor import (
     AdvisorReport,
     AdvisorUrlError,
+    BloatReport,
+    CacheReport,
+    DatabaseInfo,
+    SeqScanTable,
+    Statements,
+    TableBloat,
     Thresholds,
+    UnusedIndex,
     _redacted,
     advise,
     normalise_url,
 )
+from bastion.observe.advisor_text import render_text
 from bastion.store.errors import StoreError
 
 # The seeded tables are small; the default floor (10,000 rows) is kept, orders has 15,000.
@@ -228,3 +238,36 @@ def test_long_statement_text_is_cut() -> None:
     shown = _redacted("SELECT " + "x, " * 2000 + "y")
     assert len(shown) == 2000
     assert shown.endswith("…")
+
+
+def test_text_report_shows_names_as_written_and_missing_values() -> None:
+    odd = "[bold]t[/bold]"
+    report = AdvisorReport(
+        generated_at="2026-01-01T00:00:00+00:00",
+        database=DatabaseInfo("db[1]", "15.0", 5 * 1024**3, None),
+        thresholds=Thresholds(),
+        statements=Statements(False, "pg_stat_statements is not installed [here]"),
+        unused_indexes=[UnusedIndex("public", odd, "i[x]", 10, "CREATE INDEX i ON t (a[1])")],
+        duplicate_indexes=[],
+        prefix_indexes=[],
+        seq_scan_tables=[
+            SeqScanTable("public", "t", 20_000, 8192, 50, 0, 0.0, 20_000, False, candidates=[])
+        ],
+        unindexed_foreign_keys=[],
+        cache=CacheReport(None, None, None, []),
+        bloat=BloatReport(
+            "statistics-based estimate",
+            [TableBloat("public", "t", 8192, None, None, 0, 0, None, None)],
+        ),
+    )
+    buffer = io.StringIO()
+    render_text(report, Console(file=buffer, width=200, color_system=None))
+    out = buffer.getvalue()
+    assert "Database db[1]: PostgreSQL 15.0, 5.0 GiB" in out
+    assert "the database was created" in out
+    assert "pg_stat_statements is not installed [here]" in out
+    assert "public.[bold]t[/bold]" in out
+    assert "CREATE INDEX i ON t (a[1])" in out
+    assert "see the statements filtering this table" in out
+    assert "database n/a, tables n/a, indexes n/a" in out
+    assert "never" in out

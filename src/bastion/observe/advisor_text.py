@@ -186,8 +186,8 @@ def _cache(report: AdvisorReport, console: Console) -> None:
         "more memory or fewer sequential scans (reads from the OS page cache count as misses).",
     )
     console.print(
-        f"database {_pct(cache.database_hit_pct)}%, tables {_pct(cache.heap_hit_pct)}%, "
-        f"indexes {_pct(cache.index_hit_pct)}%"
+        f"database {_percent(cache.database_hit_pct)}, tables {_percent(cache.heap_hit_pct)}, "
+        f"indexes {_percent(cache.index_hit_pct)}"
     )
     if not cache.tables:
         return
@@ -236,6 +236,10 @@ def _row(table: Table, *cells: str | Text) -> None:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def _size(size: int) -> str:
