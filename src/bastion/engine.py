@@ -15,6 +15,7 @@ from typing import Any
 from bastion.audit.api import admin_audit_endpoint
 from bastion.audit.events import AuditSink, LoggingAuditSink
 from bastion.audit.log import AuditLog
+from bastion.audit.sinks import AuditCopies
 from bastion.auth.wiring import Identity
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
@@ -166,6 +167,14 @@ class Bastion:
                 self.settings.audit, self.stores.database, self.stores.keys, metrics=self.metrics
             )
             audit = self.audit_log
+        copies = AuditCopies.wrap(
+            audit or LoggingAuditSink(),
+            file=self.settings.audit.file,
+            syslog=self.settings.audit.syslog,
+            metrics=self.metrics,
+        )
+        self.audit_copies = copies if isinstance(copies, AuditCopies) else None
+        audit = copies
         self.deps = Deps(
             settings=self.settings,
             metrics=self.metrics,
@@ -173,7 +182,7 @@ class Bastion:
             prefix=self.settings.server.prefix,
             stores=self.stores,
             principal_resolver=principal_resolver,
-            audit=audit if audit is not None else LoggingAuditSink(),
+            audit=audit,
         )
         self.identity: Identity | None = None
         if self.settings.auth.enabled:
@@ -253,6 +262,8 @@ class Bastion:
             await self.inspection.close()
         if self.ratelimit is not None:
             await self.ratelimit.close()
+        if self.audit_copies is not None:
+            await self.audit_copies.close()
         if self.audit_log is not None:
             # After everything that may still emit, before the database closes.
             await self.audit_log.close()

@@ -148,17 +148,20 @@ async def test_closed_copy_ignores_later_events(tmp_path: Path) -> None:
     assert [r["request_id"] for r in _lines(path)] == ["req-1"]
 
 
-async def test_copy_redacts_detail(tmp_path: Path) -> None:
+async def test_copy_is_redacted_like_the_record(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-
-    def redact(detail: dict[str, Any]) -> dict[str, Any]:
-        return {k: "[redacted]" if k == "password" else v for k, v in detail.items()}
-
-    sink = JsonLinesFileSink(FileSinkConfig(path=str(path)), redact=redact)
-    await sink.emit(_event(1, detail={"password": "hunter2", "reason": "x"}))
+    sink = JsonLinesFileSink(FileSinkConfig(path=str(path)))
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    await sink.emit(
+        _event(1, target=f"/api?token={token}", detail={"password": "hunter2", "reason": "x"})
+    )
     await sink.close()
-    assert _lines(path)[0]["detail"] == {"password": "[redacted]", "reason": "x"}
-    assert b"hunter2" not in path.read_bytes()
+    record = _lines(path)[0]
+    assert record["detail"]["reason"] == "x"
+    assert record["detail"]["password"] != "hunter2"
+    written = path.read_bytes()
+    assert b"hunter2" not in written
+    assert token.encode() not in written
 
 
 # ---------------------------------------------------------------- syslog
@@ -337,3 +340,23 @@ async def test_a_failed_record_still_reaches_the_copies(tmp_path: Path) -> None:
         await sink.emit(_event(1))
     await sink.close()
     assert [r["request_id"] for r in _lines(path)] == ["req-1"]
+
+
+async def test_the_engine_copies_the_events_of_requests(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+
+    from auth.http_harness import wrapped
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditConfig(file=FileSinkConfig(path=str(path)))
+    async with wrapped(tmp_path, Starlette(), audit=audit) as app:
+        assert app.engine.audit_copies is not None
+        response = await app.client.post(
+            "/_bastion/auth/login", json={"username": "nobody@example.com", "password": "wrong"}
+        )
+        assert response.status_code == 401
+    records = _lines(path)
+    assert [r["kind"] for r in records] == [e.kind for e in app.audit.events]
+    assert records[-1]["kind"] == "auth.login.failed"
+    assert records[-1]["request_id"] == response.headers["x-request-id"]
+    assert "wrong" not in path.read_text()

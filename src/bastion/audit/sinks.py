@@ -20,13 +20,15 @@ import contextlib
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from bastion.audit.events import AuditEvent, AuditSink
+from bastion.audit.models import ACTOR_MAX, TARGET_MAX
+from bastion.audit.redaction import Redactor
 from bastion.audit.sink_config import FileSinkConfig, SyslogSinkConfig, syslog_target
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
@@ -51,24 +53,20 @@ _SEVERITY = {"success": 5, "failure": 4, "denied": 4}
 refused."""
 _MSGID_MAX = 32
 
-Redact = Callable[[dict[str, Any]], dict[str, Any]]
+_REDACTOR = Redactor()
 
 
-def _keep(detail: dict[str, Any]) -> dict[str, Any]:
-    return detail
-
-
-def copy_record(event: AuditEvent, ts: datetime, redact: Redact = _keep) -> dict[str, Any]:
-    """The JSON object of one copied event."""
+def copy_record(event: AuditEvent, ts: datetime) -> dict[str, Any]:
+    """The JSON object of one copied event, redacted as the SQL log redacts it."""
     return {
         "ts": ts.isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "kind": event.kind,
         "outcome": event.outcome,
-        "actor": event.actor,
+        "actor": _REDACTOR.text(event.actor, ACTOR_MAX),
         "client_ip": event.client_ip,
         "request_id": event.request_id,
-        "target": event.target,
-        "detail": redact(dict(event.detail)),
+        "target": _REDACTOR.text(event.target, TARGET_MAX),
+        "detail": _REDACTOR.detail(event.detail),
     }
 
 
@@ -79,10 +77,9 @@ class QueuedSink(ABC):
     store = "audit_copy"
     """The ``store`` label of this copy's failures."""
 
-    def __init__(self, *, queue: int, metrics: Metrics | None, redact: Redact = _keep) -> None:
+    def __init__(self, *, queue: int, metrics: Metrics | None) -> None:
         self._queue: asyncio.Queue[tuple[AuditEvent, datetime] | None] = asyncio.Queue(queue)
         self._metrics = metrics
-        self._redact = redact
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.written = 0
@@ -167,10 +164,8 @@ class JsonLinesFileSink(QueuedSink):
 
     store = "audit_file"
 
-    def __init__(
-        self, config: FileSinkConfig, *, metrics: Metrics | None = None, redact: Redact = _keep
-    ) -> None:
-        super().__init__(queue=config.queue, metrics=metrics, redact=redact)
+    def __init__(self, config: FileSinkConfig, *, metrics: Metrics | None = None) -> None:
+        super().__init__(queue=config.queue, metrics=metrics)
         self.path = config.path
         self._fsync = config.fsync
         self._fd: int | None = None
@@ -196,7 +191,7 @@ class JsonLinesFileSink(QueuedSink):
 
     def _write(self, batch: Sequence[tuple[AuditEvent, datetime]]) -> None:
         data = b"".join(
-            orjson.dumps(copy_record(event, ts, self._redact), option=orjson.OPT_APPEND_NEWLINE)
+            orjson.dumps(copy_record(event, ts), option=orjson.OPT_APPEND_NEWLINE)
             for event, ts in batch
         )
         fd = self._current()
@@ -221,14 +216,13 @@ def syslog_message(
     app_name: str,
     hostname: str,
     procid: str,
-    redact: Redact = _keep,
 ) -> bytes:
     """One RFC 5424 message: the event's kind as MSGID and its JSON object as MSG."""
     severity = _SEVERITY.get(event.outcome, 5)
     stamp = ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
     msgid = "".join(c if "!" <= c <= "~" else "_" for c in event.kind)[:_MSGID_MAX] or "-"
     header = f"<{facility * 8 + severity}>1 {stamp} {hostname} {app_name} {procid} {msgid} - "
-    return header.encode("ascii") + orjson.dumps(copy_record(event, ts, redact))
+    return header.encode("ascii") + orjson.dumps(copy_record(event, ts))
 
 
 def _header_token(value: str, limit: int) -> str:
@@ -243,10 +237,8 @@ class SyslogSink(QueuedSink):
 
     store = "audit_syslog"
 
-    def __init__(
-        self, config: SyslogSinkConfig, *, metrics: Metrics | None = None, redact: Redact = _keep
-    ) -> None:
-        super().__init__(queue=config.queue, metrics=metrics, redact=redact)
+    def __init__(self, config: SyslogSinkConfig, *, metrics: Metrics | None = None) -> None:
+        super().__init__(queue=config.queue, metrics=metrics)
         self._transport, self._host, self._port = syslog_target(config.address)
         self._facility = config.facility
         self._app_name = config.app_name
@@ -287,7 +279,6 @@ class SyslogSink(QueuedSink):
                 app_name=self._app_name,
                 hostname=self._hostname,
                 procid=self._procid,
-                redact=self._redact,
             )
             for event, ts in batch
         ]
@@ -338,12 +329,11 @@ class AuditCopies:
         file: FileSinkConfig,
         syslog: SyslogSinkConfig,
         metrics: Metrics | None = None,
-        redact: Redact = _keep,
     ) -> AuditSink:
         """``record`` alone when no copy is configured, else ``record`` and its copies."""
         copies: list[QueuedSink] = []
         if file.enabled:
-            copies.append(JsonLinesFileSink(file, metrics=metrics, redact=redact))
+            copies.append(JsonLinesFileSink(file, metrics=metrics))
         if syslog.enabled:
-            copies.append(SyslogSink(syslog, metrics=metrics, redact=redact))
+            copies.append(SyslogSink(syslog, metrics=metrics))
         return cls(record, copies) if copies else record
