@@ -16,6 +16,7 @@ retried with backoff; its ``emit()`` callers are not answered until it succeeds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -89,6 +90,8 @@ class AuditLog:
         self._committing: _Batch | None = None
         self._queued = 0
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set to end a batch's gathering wait early: a full batch, a flush, shut-down."""
         self._room = asyncio.Event()
         self._room.set()
         self._writer: asyncio.Task[None] | None = None
@@ -127,6 +130,7 @@ class AuditLog:
             return
         self._running = False
         self._closing = True
+        self._hurry.set()
         self._wakeup.set()
         if self._pruner is not None:
             self._pruner.cancel()
@@ -171,6 +175,7 @@ class AuditLog:
         """Wait until every event queued so far is committed."""
         last = self._pending[-1] if self._pending else self._committing
         if last is not None:
+            self._hurry.set()
             await asyncio.shield(last.done)
 
     def _prepare(self, event: AuditEvent) -> PreparedEvent:
@@ -191,6 +196,8 @@ class AuditLog:
         pending = self._pending
         if pending and len(pending[-1].events) < self.config.batch_size:
             return pending[-1]
+        if pending:
+            self._hurry.set()  # the open batch is full: no reason to wait for more
         batch = _Batch(asyncio.get_running_loop().create_future())
         pending.append(batch)
         return batch
@@ -219,17 +226,20 @@ class AuditLog:
             if not self._pending:
                 if self._closing:
                     return
+                self._hurry.clear()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if (
                 self._batch_wait > 0
-                and not self._closing
+                and not self._hurry.is_set()
                 and len(self._pending) == 1
                 and len(self._pending[0].events) < self.config.batch_size
             ):
-                # Gather more events; a batch filling up meanwhile is committed right after.
-                await asyncio.sleep(self._batch_wait)
+                # Gather more events, until the wait ends or something asks to hurry.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._batch_wait):
+                        await self._hurry.wait()
             batch = self._committing = self._pending.popleft()
             try:
                 await self._commit(batch)

@@ -132,7 +132,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
     (
         re.compile(
             r"(?i)((?:^|[?&;,\s])(?:[a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api_?key"
-            r"|apikey|auth|session|sid|otp|signature|sig))\s*[=:]\s*)([^&;,\s#\"']+)"
+            r"|apikey|auth|session|sess(?:ion)?_?id|sid|otp|signature|sig))\s*[=:]\s*)([^&;,\s#\"']+)"
         ),
         _keep_prefix,
     ),

@@ -1,0 +1,357 @@
+"""The durable log: group commit, durability before acknowledgement, back-pressure, retries,
+shut-down, key rotation, metrics and pruning with a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from audit.chain_harness import audit_store, execute, rows, sample_event, started_stores
+from bastion.audit.chain import PreparedEvent, SigningKey
+from bastion.audit.config import AuditConfig
+from bastion.audit.log import AuditLog
+from bastion.audit.query import query_events
+from bastion.http.problems import BastionError
+from bastion.observe.metrics import Metrics
+from bastion.store.errors import StoreError
+from bastion.store.stores import Stores
+
+
+@pytest.fixture
+async def sqlite_stores(tmp_path: Path) -> AsyncIterator[Stores]:
+    async with started_stores(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}") as stores:
+        yield stores
+
+
+class ControlledAppend:
+    """Wraps :meth:`AuditChain.append`: records batch sizes, can hold commits behind a gate
+    and make the next ``failures`` attempts fail like a database outage."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._append = log.chain.append
+        self.batches: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.failures = 0
+        self.attempts = 0
+        log.chain.append = self  # type: ignore[method-assign]
+
+    async def __call__(
+        self, events: Sequence[PreparedEvent], key: SigningKey | None
+    ) -> list[tuple[int, str]]:
+        self.attempts += 1
+        await self.gate.wait()
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("audit append: ConnectionRefusedError")
+        result = await self._append(events, key)
+        self.batches.append(len(events))
+        return result
+
+
+async def count(stores: Stores) -> int:
+    return int((await rows(stores, "SELECT count(*) FROM audit_events"))[0][0])
+
+
+async def started(stores: Stores, config: AuditConfig, **kwargs: Any) -> AuditLog:
+    log = AuditLog(config, stores.database, stores.keys, **kwargs)
+    await log.start()
+    return log
+
+
+async def test_an_event_is_committed_when_emit_returns(database_url: str) -> None:
+    async with started_stores(database_url) as stores:
+        log = await started(stores, AuditConfig())
+        try:
+            await log.emit(sample_event(1))
+            # Read through another connection while the writer is still running.
+            events, _ = await query_events(stores.database)
+            assert [(event.seq, event.kind) for event in events] == [(1, "auth.login.failed")]
+        finally:
+            await log.close()
+
+
+async def test_concurrent_emits_share_transactions(database_url: str) -> None:
+    async with started_stores(database_url) as stores:
+        log = await started(stores, AuditConfig(batch_size=50))
+        append = ControlledAppend(log)
+        try:
+            await asyncio.gather(*(log.emit(sample_event(n)) for n in range(1, 301)))
+        finally:
+            await log.close()
+        assert sum(append.batches) == 300
+        assert len(append.batches) < 300
+        assert max(append.batches) <= 50
+        seqs = [row[0] for row in await rows(stores, "SELECT seq FROM audit_events ORDER BY seq")]
+        assert seqs == list(range(1, 301))
+        report = await audit_store(stores).verify()
+        assert (report.ok, report.checked) == (True, 300)
+
+
+async def test_loss_window_acknowledges_at_once_and_commits_later(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(loss_window=30.0))
+    try:
+        for number in range(5):
+            await log.emit(sample_event(number))
+        assert log.queued == 5
+        assert await count(sqlite_stores) == 0
+        await log.flush()
+        assert (log.queued, await count(sqlite_stores)) == (0, 5)
+        await log.emit(sample_event(6))
+    finally:
+        await log.close()
+    # Shut-down commits what was only acknowledged.
+    assert await count(sqlite_stores) == 6
+
+
+async def test_a_full_queue_sheds_visibly_and_drops_nothing(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(queue_size=2, on_full="shed"))
+    append = ControlledAppend(log)
+    append.gate.clear()
+    try:
+        waiting = [asyncio.create_task(log.emit(sample_event(n))) for n in (1, 2)]
+        await asyncio.sleep(0)
+        while append.attempts == 0:
+            await asyncio.sleep(0.001)
+        with pytest.raises(BastionError) as refused:
+            await log.emit(sample_event(3))
+        assert (refused.value.code, refused.value.status) == ("overloaded", 503)
+        assert refused.value.headers["Retry-After"] == "1"
+        append.gate.set()
+        await asyncio.gather(*waiting)
+    finally:
+        await log.close()
+    assert await count(sqlite_stores) == 2
+
+
+async def test_a_full_queue_makes_emit_wait_for_room(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(queue_size=2, on_full="wait"))
+    append = ControlledAppend(log)
+    append.gate.clear()
+    try:
+        first = [asyncio.create_task(log.emit(sample_event(n))) for n in (1, 2)]
+        while append.attempts == 0:
+            await asyncio.sleep(0.001)
+        third = asyncio.create_task(log.emit(sample_event(3)))
+        await asyncio.sleep(0.01)
+        assert not third.done()
+        assert log.queued == 2
+        append.gate.set()
+        await asyncio.gather(*first, third)
+    finally:
+        await log.close()
+    assert await count(sqlite_stores) == 3
+
+
+async def test_waiting_for_room_is_bounded_by_the_commit_timeout(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(queue_size=1, commit_timeout=0.05))
+    append = ControlledAppend(log)
+    append.gate.clear()
+    try:
+        held = asyncio.create_task(log.emit(sample_event(1)))
+        with pytest.raises(BastionError) as refused:
+            await log.emit(sample_event(2))
+        assert refused.value.code == "overloaded"
+        with pytest.raises(BastionError):
+            await held
+        append.gate.set()
+        await log.flush()
+    finally:
+        await log.close()
+    # The held event timed out for its caller but was still committed; the refused one never
+    # entered the queue.
+    assert await count(sqlite_stores) == 1
+
+
+async def test_a_failed_commit_is_retried_and_callers_wait_for_it(sqlite_stores: Stores) -> None:
+    metrics = Metrics()
+    log = await started(sqlite_stores, AuditConfig(), metrics=metrics)
+    append = ControlledAppend(log)
+    append.failures = 2
+    try:
+        await log.emit(sample_event(1))
+        assert append.attempts == 3
+        assert await count(sqlite_stores) == 1
+    finally:
+        await log.close()
+    errors = metrics.registry.get_sample_value(
+        "bastion_store_errors_total", {"store": "audit", "op": "append"}
+    )
+    assert errors == 2
+
+
+async def test_an_outage_longer_than_the_timeout_fails_the_request_not_the_event(
+    sqlite_stores: Stores,
+) -> None:
+    log = await started(sqlite_stores, AuditConfig(commit_timeout=0.05))
+    append = ControlledAppend(log)
+    append.failures = 1_000_000
+    try:
+        with pytest.raises(BastionError) as refused:
+            await log.emit(sample_event(1))
+        assert refused.value.code == "overloaded"
+        assert await count(sqlite_stores) == 0
+        append.failures = 0
+        await log.flush()
+        assert await count(sqlite_stores) == 1
+    finally:
+        await log.close()
+
+
+async def test_close_reports_events_it_cannot_commit(
+    sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bastion.audit.log._CLOSE_PATIENCE", 0.0)
+    log = await started(sqlite_stores, AuditConfig(loss_window=30.0))
+    append = ControlledAppend(log)
+    append.failures = 1_000_000
+    await log.emit(sample_event(1))
+    with capture_logs() as logs:
+        await log.close()
+    lost = [entry for entry in logs if entry["log_level"] == "error"]
+    assert lost[0]["events"] == 1
+    assert lost[0]["kinds"] == ["auth.login.failed"]
+    assert log.queued == 0
+
+
+async def test_emit_on_a_log_that_is_not_running_fails_visibly(sqlite_stores: Stores) -> None:
+    log = AuditLog(AuditConfig(), sqlite_stores.database, sqlite_stores.keys)
+    with pytest.raises(BastionError) as refused:
+        await log.emit(sample_event(1))
+    assert refused.value.code == "overloaded"
+    await log.start()
+    await log.close()
+    with pytest.raises(BastionError):
+        await log.emit(sample_event(2))
+
+
+async def test_committed_events_are_counted_by_kind(sqlite_stores: Stores) -> None:
+    metrics = Metrics()
+    log = await started(sqlite_stores, AuditConfig(), metrics=metrics)
+    try:
+        await asyncio.gather(*(log.emit(sample_event(n)) for n in range(1, 6)))
+    finally:
+        await log.close()
+
+    def value(kind: str) -> float | None:
+        return metrics.registry.get_sample_value("bastion_audit_events_total", {"kind": kind})
+
+    assert (value("auth.login.failed"), value("access.denied")) == (3, 2)
+
+
+async def test_log_events_writes_a_line_with_seq_and_hash(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(log_events=True))
+    try:
+        with capture_logs() as logs:
+            await log.emit(sample_event(1, detail={"password": "hunter2"}))
+    finally:
+        await log.close()
+    (line,) = [entry for entry in logs if entry["event"] == "audit"]
+    (event,), _ = await query_events(sqlite_stores.database)
+    assert (line["seq"], line["hash"], line["kind"]) == (1, event.hash, "auth.login.failed")
+    assert "hunter2" not in str(line)
+
+
+async def test_a_rotation_elsewhere_is_picked_up_by_the_writer(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(key_refresh=0.001))
+    try:
+        await log.emit(sample_event(1))
+        rotated = await audit_store(sqlite_stores).rotate_key()
+        await asyncio.sleep(0.002)
+        await log.emit(sample_event(2))
+    finally:
+        await log.close()
+    key_ids = [row[0] for row in await rows(sqlite_stores, "SELECT key_id FROM audit_events")]
+    assert key_ids[1] == rotated != key_ids[0]
+    assert (await audit_store(sqlite_stores).verify()).ok
+
+
+async def test_without_hmac_rows_carry_no_key(sqlite_stores: Stores) -> None:
+    config = AuditConfig(hmac=False)
+    log = await started(sqlite_stores, config)
+    try:
+        await log.emit(sample_event(1))
+    finally:
+        await log.close()
+    assert await rows(sqlite_stores, "SELECT key_id FROM audit_events") == [(None,)]
+    assert (await audit_store(sqlite_stores, config).verify()).ok
+
+
+@pytest.mark.parametrize("use_hmac", [True, False], ids=["hmac", "sha256"])
+async def test_pruning_leaves_a_checkpoint_verify_starts_from(
+    database_url: str, use_hmac: bool
+) -> None:
+    config = AuditConfig(retention=86400.0, hmac=use_hmac)
+    async with started_stores(database_url) as stores:
+        log = await started(stores, config)
+        try:
+            for number in range(1, 7):
+                await log.emit(sample_event(number))
+            await asyncio.sleep(0.002)
+            middle = datetime.now(UTC)
+            await asyncio.sleep(0.002)
+            for number in range(7, 11):
+                await log.emit(sample_event(number))
+            assert await log.prune(now=middle - timedelta(seconds=1)) == 0
+            assert await log.prune(now=middle + timedelta(days=1)) == 6
+        finally:
+            await log.close()
+        store = audit_store(stores, config)
+        head = await store.head()
+        assert (head.anchor_seq, head.seq) == (6, 10)
+        assert (head.anchor_mac is not None) is use_hmac
+        report = await store.verify()
+        assert (report.ok, report.checked, report.anchor_seq) == (True, 4, 6)
+        await execute(stores, ["DELETE FROM audit_events WHERE seq = 7"])
+        gap = await store.verify()
+        assert (gap.first_bad_seq, gap.reason) == (7, "gap")
+
+
+async def test_a_moved_checkpoint_is_found(sqlite_stores: Stores) -> None:
+    config = AuditConfig(retention=1.0)
+    log = await started(sqlite_stores, config)
+    try:
+        for number in range(1, 6):
+            await log.emit(sample_event(number))
+        assert await log.prune(now=datetime.now(UTC) + timedelta(days=1)) == 5
+        for number in range(6, 9):
+            await log.emit(sample_event(number))
+    finally:
+        await log.close()
+    store = audit_store(sqlite_stores, config)
+    assert (await store.verify()).ok
+    # Hiding events 6 and 7 by moving the checkpoint past them needs the key.
+    await execute(
+        sqlite_stores,
+        [
+            "DELETE FROM audit_events WHERE seq <= 7",
+            "UPDATE bastion_audit_chain SET anchor_seq = 7, anchor_hash = "
+            "(SELECT prev_hash FROM audit_events WHERE seq = 8)",
+        ],
+    )
+    report = await store.verify()
+    assert (report.first_bad_seq, report.reason) == (8, "anchor_invalid")
+
+
+async def test_pruning_in_chunks_and_from_the_store(sqlite_stores: Stores) -> None:
+    config = AuditConfig(retention=60.0)
+    log = await started(sqlite_stores, config)
+    try:
+        await asyncio.gather(*(log.emit(sample_event(n)) for n in range(1, 26)))
+        later = datetime.now(UTC) + timedelta(hours=1)
+        key = log.keyring.signing
+        assert await log.chain.prune(later - timedelta(seconds=60), key, chunk=4) == 25
+    finally:
+        await log.close()
+    store = audit_store(sqlite_stores, config)
+    assert await store.prune(now=later) == 0
+    assert (await store.head()).anchor_seq == 25
+    report = await store.verify()
+    assert (report.ok, report.checked, report.head_seq) == (True, 0, 25)
+    assert await audit_store(sqlite_stores, AuditConfig()).prune() == 0

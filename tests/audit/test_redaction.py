@@ -1,0 +1,188 @@
+"""Secrets are redacted before an event is hashed or written: by field name and by shape."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import pytest
+
+from audit.chain_harness import started_stores
+from bastion.audit.config import AuditConfig
+from bastion.audit.events import AuditEvent
+from bastion.audit.log import AuditLog
+from bastion.audit.query import query_events
+from bastion.audit.redaction import REDACTED, Redactor, is_secret_name, luhn_valid, redact_text
+
+# (id, detail, expected detail after redaction)
+BY_NAME: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("password", {"password": "hunter2"}, {"password": REDACTED}),
+    ("Password-camel", {"newPassword": "hunter2"}, {"newPassword": REDACTED}),
+    ("passwd", {"passwd": "x"}, {"passwd": REDACTED}),
+    ("passphrase", {"key_passphrase": "x"}, {"key_passphrase": REDACTED}),
+    ("client-secret", {"client_secret": "abc"}, {"client_secret": REDACTED}),
+    ("access-token", {"access_token": "abc"}, {"access_token": REDACTED}),
+    ("refresh-token", {"Refresh-Token": "abc"}, {"Refresh-Token": REDACTED}),
+    ("api-key", {"api_key": "abc"}, {"api_key": REDACTED}),
+    ("x-api-key-header", {"X-API-Key": "abc"}, {"X-API-Key": REDACTED}),
+    ("authorization", {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": REDACTED}),
+    ("cookie", {"cookie": "sid=abc"}, {"cookie": REDACTED}),
+    ("set-cookie", {"Set-Cookie": "sid=abc; HttpOnly"}, {"Set-Cookie": REDACTED}),
+    ("otp", {"otp": "123456"}, {"otp": REDACTED}),
+    ("totp", {"TOTP": "123456"}, {"TOTP": REDACTED}),
+    ("backup-codes", {"backup_codes": ["a1", "b2"]}, {"backup_codes": REDACTED}),
+    ("recovery-code", {"recoveryCode": "a1"}, {"recoveryCode": REDACTED}),
+    ("card-number", {"card_number": "4111 1111 1111 1111"}, {"card_number": REDACTED}),
+    ("cvv", {"cvv": "123"}, {"cvv": REDACTED}),
+    ("private-key", {"private_key": "-----BEGIN"}, {"private_key": REDACTED}),
+    ("credentials", {"credentials": {"user": "a"}}, {"credentials": REDACTED}),
+    ("nested", {"a": {"b": [{"token": "t"}]}}, {"a": {"b": [{"token": REDACTED}]}}),
+    ("null-stays-null", {"password": None}, {"password": None}),
+    ("non-string-key", {1: "one"}, {"1": "one"}),
+    # Names *about* a secret stay: ids, types and counts are what an investigation needs.
+    ("token-id-kept", {"token_id": "tid"}, {"token_id": "tid"}),
+    ("api-key-id-kept", {"api_key_id": "kid"}, {"api_key_id": "kid"}),
+    ("token-type-kept", {"token_type": "Bearer"}, {"token_type": "Bearer"}),
+    (
+        "innocent-words-kept",
+        {"footprint": 1, "session": "s1", "username": "ann"},
+        {"footprint": 1, "session": "s1", "username": "ann"},
+    ),
+]
+
+JWT = (
+    "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0."
+    "eyJzdWIiOiJ1c2VyLTEiLCJleHAiOjE3MDAwMDAwMDB9."
+    "c2lnbmF0dXJlLWJ5dGVzLWhlcmU"
+)
+
+# (id, text, expected text)
+BY_PATTERN: list[tuple[str, str, str]] = [
+    ("bearer", "Authorization: Bearer abcdef0123456789", "Authorization: Bearer " + REDACTED),
+    ("bearer-lowercase", "bearer abcdef0123456789", "bearer " + REDACTED),
+    ("basic", "Basic dXNlcjpwYXNzd29yZA==", "Basic " + REDACTED),
+    ("jwt-bare", f"token was {JWT} today", f"token was {REDACTED} today"),
+    ("bearer-jwt", f"Bearer {JWT}", "Bearer " + REDACTED),
+    (
+        "bst-api-key",
+        "key bst_4fX9kQ2mZp7LwR3tY8vB1nC6dH0jS5gA_abc123 leaked",
+        f"key {REDACTED} leaked",
+    ),
+    ("bst-refresh", "bst_rt_0123456789abcdefghij", REDACTED),
+    ("card-visa", "paid with 4111 1111 1111 1111 ok", f"paid with {REDACTED} ok"),
+    ("card-dashes", "4242-4242-4242-4242", REDACTED),
+    ("card-plain", "5555555555554444", REDACTED),
+    ("card-amex", "378282246310005", REDACTED),
+    ("not-luhn-kept", "order 4111 1111 1111 1112", "order 4111 1111 1111 1112"),
+    ("short-number-kept", "order 123456789012", "order 123456789012"),
+    (
+        "query-password",
+        "/login?user=ann&password=hunter2&x=1",
+        f"/login?user=ann&password={REDACTED}&x=1",
+    ),
+    ("query-token", "/reset?token=abcdef123", f"/reset?token={REDACTED}"),
+    ("query-api-key", "/v1?api_key=abcdef123&q=1", f"/v1?api_key={REDACTED}&q=1"),
+    ("cookie-session", "sessionid=abcdef123; theme=dark", f"sessionid={REDACTED}; theme=dark"),
+    ("url-password", "postgresql://app:s3cr3t@db:5432/x", f"postgresql://app:{REDACTED}@db:5432/x"),
+    ("aws-key", "AKIAIOSFODNN7EXAMPLE", REDACTED),
+    ("github-token", "ghp_" + "a" * 36, REDACTED),
+    ("stripe-key", "sk_live_" + "a" * 24, REDACTED),
+    (
+        "private-key-block",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----",
+        REDACTED,
+    ),
+    ("cut-private-key", "x -----BEGIN RSA PRIVATE KEY-----\nMIIEvQIBA", "x " + REDACTED),
+    ("plain-text-kept", "GET /api/orders/42 denied", "GET /api/orders/42 denied"),
+    ("short-kept", "abc", "abc"),
+]
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [(detail, expected) for _, detail, expected in BY_NAME],
+    ids=[case_id for case_id, _, _ in BY_NAME],
+)
+def test_fields_named_like_secrets_are_redacted(
+    detail: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert Redactor().detail(detail) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(text, expected) for _, text, expected in BY_PATTERN],
+    ids=[case_id for case_id, _, _ in BY_PATTERN],
+)
+def test_secret_shapes_are_redacted_in_any_string(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert Redactor().detail({"note": text}) == {"note": expected}
+    assert Redactor().text(text, 1000) == expected
+
+
+def test_luhn() -> None:
+    assert luhn_valid("4111111111111111")
+    assert luhn_valid("79927398713")
+    assert not luhn_valid("4111111111111112")
+
+
+def test_names_are_matched_case_and_separator_blind() -> None:
+    for name in ("PASSWORD", "pass_word", "Api-Key", "api.key", "X_Auth_Token"):
+        assert is_secret_name(name.replace("pass_word", "password")), name
+    assert not is_secret_name("key_id")
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+class Mode(StrEnum):
+    BLOCK = "block"
+
+
+def test_detail_becomes_plain_json() -> None:
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    detail = {
+        "tuple": (1, 2),
+        "set": {"b", "a"},
+        "big": 2**70,
+        "enum": Level.HIGH,
+        "mode": Mode.BLOCK,
+        "when": moment,
+        "bytes": b"\x00raw",
+        "surrogate": "bad \udcff byte",
+        "deep": {"a": {"b": {"c": {}}}},
+    }
+    result = Redactor(max_depth=3).detail(detail)
+    assert result == {
+        "tuple": [1, 2],
+        "set": ["a", "b"],
+        "big": str(2**70),
+        "enum": 3,
+        "mode": "block",
+        "when": str(moment),
+        "bytes": REDACTED,
+        "surrogate": "bad ? byte",
+        "deep": {"a": {"b": "[TRUNCATED]"}},
+    }
+
+
+async def test_what_is_stored_and_hashed_is_redacted(tmp_path: Any) -> None:
+    async with started_stores(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}") as stores:
+        log = AuditLog(AuditConfig(), stores.database, stores.keys)
+        await log.start()
+        await log.emit(
+            AuditEvent(
+                kind="auth.login.failed",
+                actor="Bearer abcdef0123456789",
+                target="/login?password=hunter2",
+                detail={"password": "hunter2", "headers": {"authorization": "Bearer x"}},
+            )
+        )
+        await log.close()
+        (event,), _ = await query_events(stores.database)
+    assert "hunter2" not in event.detail_json
+    assert event.detail == {"headers": {"authorization": REDACTED}, "password": REDACTED}
+    assert event.actor == "Bearer " + REDACTED
+    assert event.target == f"/login?password={REDACTED}"
