@@ -17,6 +17,9 @@ from bastion.audit.events import AuditSink, LoggingAuditSink
 from bastion.audit.log import AuditLog
 from bastion.audit.sinks import AuditCopies
 from bastion.auth.wiring import Identity
+from bastion.cache.http.wiring import http_cache_enabled, http_cache_stage
+from bastion.cache.tiered import Cache
+from bastion.cache.wiring import build_cache
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.framework import adopt_error_handling
@@ -133,6 +136,7 @@ def build_pipeline(
             lambda a: ratelimit.stage(a, deps) if ratelimit else a,
         ),
         (inspection is not None, lambda a: inspection.stage(a, deps) if inspection else a),
+        (http_cache_enabled(s.cache.http), lambda a: http_cache_stage(a, deps)),
         (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
         (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
@@ -195,6 +199,9 @@ class Bastion:
         self.inspection: Inspection | None = None
         if Inspection.enabled(self.settings.inspect):
             self.inspection = Inspection(self.settings.inspect, self.deps, ratelimit=self.ratelimit)
+        self.cache: Cache = build_cache(self.settings, self.stores, self.metrics)
+        """The tiered cache (``[cache]``), for the HTTP cache stage and the application."""
+        self.deps.cache = self.cache
         self.csrf_keys = CsrfKeyRing(
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
@@ -250,6 +257,7 @@ class Bastion:
                 await self.ratelimit.start()
             if self.inspection is not None:
                 await self.inspection.start()
+            await self.cache.start()
             self._started = True
 
     async def shutdown(self) -> None:
@@ -262,6 +270,7 @@ class Bastion:
             await self.inspection.close()
         if self.ratelimit is not None:
             await self.ratelimit.close()
+        await self.cache.close()
         if self.audit_copies is not None:
             await self.audit_copies.close()
         if self.audit_log is not None:
