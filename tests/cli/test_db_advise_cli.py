@@ -59,6 +59,8 @@ def invoke(*args: str) -> tuple[int, str, str]:
         (f"mysql://root:{PASSWORD}@127.0.0.1/app", "needs a PostgreSQL URL"),
         (f"postgresql://u:{PASSWORD}@db:notaport/app", "not a database URL"),
         ("not a url", "not a database URL"),
+        (f"postgresql://u:{PASSWORD}@127.0.0.1:99999/app", "port is out of range"),
+        (f"postgresql://u:{PASSWORD}@127.0.0.1/app?options=-c", "unsupported URL parameter"),
     ],
 )
 def test_non_postgres_url_is_a_usage_error(url: str, message: str) -> None:

@@ -181,6 +181,8 @@ async def test_statements_section_follows_the_extension(postgres_database_url: s
         ("postgres://u:pw@db/app", "postgresql+asyncpg://u:pw@db/app"),
         ("postgresql+asyncpg://u@db/app", "postgresql+asyncpg://u@db/app"),
         ("  postgresql://u@db/app\n", "postgresql+asyncpg://u@db/app"),
+        ("postgresql://u@db/app?sslmode=require", "postgresql+asyncpg://u@db/app?ssl=require"),
+        ("postgresql://u@db/app?ssl=verify-full", "postgresql+asyncpg://u@db/app?ssl=verify-full"),
         (
             "postgresql://u@/app?host=/run/postgresql",
             "postgresql+asyncpg://u@/app?host=%2Frun%2Fpostgresql",
@@ -202,6 +204,9 @@ def test_accepted_urls_are_normalised(url: str, expected: str) -> None:
         ("", "not a database URL"),
         ("postgresql://u:topsecret@db:port/app", "not a database URL"),
         ("postgresql:///app", "names no host"),
+        ("postgresql://u:topsecret@db:70000/app", "port is out of range"),
+        ("postgresql://u:topsecret@db/app?bogus=1", "unsupported URL parameter 'bogus'"),
+        ("postgresql://u@db/app?port=abc", "unsupported URL parameter 'port'"),
     ],
 )
 def test_other_urls_are_refused_without_echoing_them(url: str, message: str) -> None:

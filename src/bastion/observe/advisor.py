@@ -39,6 +39,8 @@ SCHEMA_VERSION = 1
 """Version of the JSON document; bumped only when a field is removed or changes meaning."""
 
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
+_URL_PARAMETERS = frozenset({"host", "ssl", "passfile", "target_session_attrs"})
+"""Query parameters of the URL the driver understands (``sslmode`` is accepted as ``ssl``)."""
 _MAX_QUERY_TEXT = 2000
 _PASSWORD_LITERAL = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
 _ENABLE_HINT = (
@@ -73,7 +75,20 @@ def normalise_url(url: str) -> str:
         )
     if not parsed.host and not parsed.query.get("host"):
         raise AdvisorUrlError("the PostgreSQL URL names no host: postgresql://user@host/database")
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise AdvisorUrlError("the PostgreSQL URL's port is out of range")
+    query = dict(parsed.query)
+    if "sslmode" in query:
+        # libpq's name; asyncpg's ssl parameter takes the same values.
+        query.setdefault("ssl", query.pop("sslmode"))
+    unknown = sorted(set(query) - _URL_PARAMETERS)
+    if unknown:
+        raise AdvisorUrlError(
+            f"unsupported URL parameter {unknown[0]!r} "
+            f"(accepted: {', '.join(sorted(_URL_PARAMETERS | {'sslmode'}))})"
+        )
+    normalised = parsed.set(drivername="postgresql+asyncpg", query=query)
+    return normalised.render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +263,10 @@ async def advise(
         database_url=normalise_url(url), timeout=query_timeout, pool_size=1, slow_query=0
     )
     database = Database(config)
-    await database.start()
+    try:
+        await database.start()
+    except (ValueError, TypeError) as exc:
+        raise AdvisorUrlError(f"the driver refused the URL: {describe(exc)}") from exc
     try:
         async with database.engine.connect() as connection:
             await connection.execute(text("SET TRANSACTION READ ONLY"))
