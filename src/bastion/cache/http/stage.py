@@ -99,6 +99,7 @@ class HttpCacheStage:
             tag_headers=self._tag_headers,
             label=self._label,
         )
+        self._reserved = deps.prefix + "/"
         self._flights: dict[str, asyncio.Future[Entry | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._count: Callable[[str], None] = lambda result: deps.metrics.cache_request(
@@ -142,14 +143,14 @@ class HttpCacheStage:
             return
         method = scope["method"]
         if method != "GET" and method != "HEAD":
-            if method in _SAFE_UNCACHED:
+            if method in _SAFE_UNCACHED or scope["path"].startswith(self._reserved):
                 await self.app(scope, receive, send)
             else:
                 await self._unsafe(scope, receive, send)
             return
         path: str = scope["path"]
         policy = self._policy(scope, path)
-        if not policy.enabled:
+        if not policy.enabled or path.startswith(self._reserved):
             await self.app(scope, receive, send)
             return
         headers: list[Header] = scope["headers"]
@@ -400,11 +401,6 @@ class HttpCacheStage:
                     paths.add(unquote(target.path) or "/")
         for each in paths:
             await self._store.invalidate_tag(path_tag(each))
-
-    async def close(self) -> None:
-        """Wait for background revalidations (engine shut-down)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
 
 def _lifetime(entry: Entry, directives: CacheControl) -> float:

@@ -23,7 +23,13 @@ def http_cache_enabled(config: HttpCacheConfig) -> bool:
     return config.enabled or any(route.enabled for route in config.routes)
 
 
-def http_cache_stage(app: ASGIApp, deps: Deps, store: ResponseStore) -> HttpCacheStage:
-    """The ``cache`` stage in front of ``app``; ``store`` is the tiered cache's ``http``
-    namespace (``cache.namespace(NAMESPACE)``)."""
+def http_cache_stage(
+    app: ASGIApp, deps: Deps, store: ResponseStore | None = None
+) -> HttpCacheStage:
+    """The ``cache`` stage in front of ``app``, storing in ``store`` (default: the ``http``
+    namespace of the engine's tiered cache, ``deps.cache``)."""
+    if store is None:
+        if deps.cache is None:
+            raise ValueError("the HTTP cache stage needs the engine's tiered cache (deps.cache)")
+        store = deps.cache.namespace(NAMESPACE)
     return HttpCacheStage(app, config=deps.settings.cache.http, deps=deps, store=store)
