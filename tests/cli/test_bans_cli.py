@@ -86,7 +86,8 @@ def test_list_shows_active_bans(tmp_path: Path, database_url: str) -> None:
     seed(
         database_url,
         (CLIENT, 60, 1, "ratelimit"),
-        (OTHER, 1800, 3, "inspect"),
+        (OTHER, 600, 3, "ratelimit"),
+        (OTHER, 1800, 0, "inspect"),  # a strike block outlasting the ban: one record
         ("ip:192.0.2.1", -10, 1, "ratelimit"),  # over: not listed
     )
     config = config_file(tmp_path, database_url)
@@ -94,17 +95,17 @@ def test_list_shows_active_bans(tmp_path: Path, database_url: str) -> None:
     assert code == 0
     lines = out.splitlines()
     assert any(CLIENT in line and "ratelimit" in line for line in lines)
-    assert any(OTHER in line and "inspect" in line and " 3 " in line for line in lines)
+    assert any(f"strike:{OTHER}" in line and "inspect" in line and " 3 " in line for line in lines)
     assert "192.0.2.1" not in out
 
 
 def test_list_json(tmp_path: Path, database_url: str) -> None:
-    seed(database_url, (CLIENT, 60, 1, "ratelimit"), (OTHER, 1800, 3, "inspect"))
+    seed(database_url, (CLIENT, 60, 1, "ratelimit"), (OTHER, 1800, 0, "inspect"))
     code, out, _ = invoke("list", "--json", "--config", str(config_file(tmp_path, database_url)))
     assert code == 0
     rows = orjson.loads(out)
     assert [(row["client"], row["level"], row["source"]) for row in rows] == [
-        (OTHER, 3, "inspect"),
+        (f"strike:{OTHER}", 0, "inspect"),
         (CLIENT, 1, "ratelimit"),
     ]
     assert 1790 <= rows[0]["remaining"] <= 1800

@@ -1,6 +1,7 @@
 """Strikes: counting and blocking in memory, through the SQL ban ledger (shared by processes,
-listed and lifted by ``bastion bans``) and in Redis (shared by instances at once); the stages'
-refusals (403 ``client_blocked`` by address and by principal) and their audit events."""
+listed and lifted by ``bastion bans``) and in Redis (shared by instances at once), always in the
+rate limiter's penalty record of the client; the refusals (403 ``client_blocked`` by address at
+the gate and by principal in the inspect stage) and their audit events."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from typer.testing import CliRunner
 from bastion.auth.admin import IdentityAdmin
 from bastion.cli import bans_cmd
 from bastion.inspect.config import InspectConfig, StrikesConfig
-from bastion.inspect.strikes import REDIS_PREFIX, LedgerStrikes, strike_name
+from bastion.inspect.strikes import MemoryStrikes, strike_name
 from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.observe.metrics import Metrics
+from bastion.ratelimit.core import BanRecord, BanRule, Check, Penalty, Rule
 from bastion.ratelimit.ledger import SqlBanLedger
+from bastion.ratelimit.memory import MemoryStore
+from bastion.ratelimit.redis_store import RedisStore
+from bastion.ratelimit.wiring import REDIS_KEY_PREFIX
 from bastion.store.config import StoreConfig
 from bastion.store.database import Database
 from bastion.store.migrate import upgrade
@@ -40,9 +45,17 @@ class Clock:
         return self.now
 
 
+def in_memory(
+    rule: StrikesConfig, clock: Clock, ledger: SqlBanLedger | None = None
+) -> tuple[MemoryStrikes, MemoryStore]:
+    """Strikes over a memory store (its penalty records, and the ledger's when given)."""
+    store = MemoryStore(clock=clock, ledger=ledger)
+    return MemoryStrikes(rule, store, clock=clock), store
+
+
 async def test_threshold_within_the_window_blocks_for_the_duration() -> None:
     clock = Clock()
-    strikes = LedgerStrikes(RULE, clock=clock)
+    strikes, _ = in_memory(RULE, clock)
     assert await strikes.strike(["a", "b"]) == []
     assert await strikes.strike(["a"]) == []
     assert await strikes.blocked_for("a") == 0.0
@@ -57,7 +70,7 @@ async def test_threshold_within_the_window_blocks_for_the_duration() -> None:
 
 async def test_strikes_older_than_the_window_are_forgotten() -> None:
     clock = Clock()
-    strikes = LedgerStrikes(RULE, clock=clock)
+    strikes, _ = in_memory(RULE, clock)
     await strikes.strike(["a"])
     await strikes.strike(["a"])
     clock.now += 61.0
@@ -66,15 +79,27 @@ async def test_strikes_older_than_the_window_are_forgotten() -> None:
     assert await strikes.strike(["a"]) == ["a"]
 
 
-async def test_listed_and_lifted() -> None:
-    strikes = LedgerStrikes(StrikesConfig(threshold=1), clock=Clock())
+async def test_a_block_is_the_clients_penalty_record_listed_and_lifted_by_the_store() -> None:
+    clock = Clock()
+    strikes, store = in_memory(StrikesConfig(threshold=1, duration=300.0), clock)
     await strikes.strike(["203.0.113.9"])
-    (record,) = await strikes.active()
-    assert (record.client, record.source, record.level) == ("strike:203.0.113.9", "inspect", 1)
-    assert await strikes.lift("strike:203.0.113.9")
+    assert await store.active_bans() == [BanRecord("203.0.113.9", clock.now + 300.0, 0, "inspect")]
+    assert await store.lift("203.0.113.9")
     assert await strikes.blocked_for("203.0.113.9") == 0.0
-    assert not await strikes.lift("203.0.113.9")
+    assert not await store.lift("203.0.113.9")
     assert strike_name("x") == strike_name("strike:x") == "strike:x"
+
+
+async def test_a_rate_limit_ban_is_not_a_strike_block() -> None:
+    clock = Clock()
+    strikes, store = in_memory(RULE, clock)
+    rule = Rule("p", "fixed_window", 1, 60.0, 1)
+    bans = BanRule(threshold=1, window=60.0, durations=(600.0,), reset_after=60.0)
+    check = Check(rule, "p|203.0.113.9")
+    store.evaluate_now([check], client="203.0.113.9", bans=bans)
+    assert store.evaluate_now([check], client="203.0.113.9", bans=bans).new_ban == 600.0
+    # The inspect stage and the strike gate answer for strikes only.
+    assert await strikes.blocked_for("203.0.113.9") == 0.0
 
 
 async def _ledger(database_url: str) -> tuple[Database, SqlBanLedger]:
@@ -90,20 +115,24 @@ async def test_a_block_reaches_every_process_through_the_ledger(database_url: st
     first_db, first = await _ledger(database_url)
     second_db, second = await _ledger(database_url)
     try:
-        here, there = LedgerStrikes(RULE, first), LedgerStrikes(RULE, second)
+        here = MemoryStrikes(RULE, MemoryStore(ledger=first))
+        there = MemoryStrikes(RULE, MemoryStore(ledger=second))
         for _ in range(RULE.threshold):
             blocked = await here.strike([CLIENT_IP])
         assert blocked == [CLIENT_IP]
         await first.flush()
         await second.refresh()
         assert await there.blocked_for(CLIENT_IP) == pytest.approx(RULE.duration, abs=5)
-        # The rate limiter's record of the same address is a different one.
-        assert second.banned_until(CLIENT_IP) == (0.0, 0)
-        (record,) = await there.active()
-        assert (record.client, record.source) == (f"strike:{CLIENT_IP}", "inspect")
-        assert await there.lift(CLIENT_IP)
+        # One record per client: the one the rate limiter's gate reads.
+        until, level, source = second.penalty(CLIENT_IP)
+        assert (level, source) == (0, "inspect")
+        assert until == pytest.approx(time.time() + RULE.duration, abs=5)
+        (record,) = await second.active()
+        assert (record.client, record.source) == (CLIENT_IP, "inspect")
+        assert await second.lift(CLIENT_IP)
         await first.refresh()
         assert await here.blocked_for(CLIENT_IP) == 0.0
+        assert first.penalty(CLIENT_IP) == Penalty(0.0, 0, "ratelimit")
     finally:
         for ledger, database in ((first, first_db), (second, second_db)):
             await ledger.close()
@@ -120,7 +149,8 @@ def test_bans_cli_lists_and_lifts_strikes(
     async def strike() -> None:
         database, ledger = await _ledger(database_url)
         try:
-            await LedgerStrikes(StrikesConfig(threshold=1), ledger).strike([CLIENT_IP])
+            strikes = MemoryStrikes(StrikesConfig(threshold=1), MemoryStore(ledger=ledger))
+            await strikes.strike([CLIENT_IP])
         finally:
             await ledger.close()
             await database.close()
@@ -132,7 +162,7 @@ def test_bans_cli_lists_and_lifts_strikes(
     listed = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])
     assert listed.exit_code == 0, listed.output
     (row,) = orjson.loads(listed.stdout)
-    assert (row["client"], row["source"], row["level"]) == (f"strike:{CLIENT_IP}", "inspect", 1)
+    assert (row["client"], row["source"], row["level"]) == (f"strike:{CLIENT_IP}", "inspect", 0)
     assert 290 < row["remaining"] <= 900
     lifted = runner.invoke(bans_cmd.app, ["lift", f"strike:{CLIENT_IP}", "--config", str(config)])
     assert lifted.exit_code == 0, lifted.output
@@ -144,26 +174,30 @@ def test_bans_cli_lists_and_lifts_strikes(
 async def test_redis_strikes_are_shared_by_instances(clean_redis_url: str) -> None:
     one = RedisConnector.from_url(clean_redis_url)
     two = RedisConnector.from_url(clean_redis_url)
+    first = RedisStore(one, prefix=REDIS_KEY_PREFIX, timeout=1.0)
+    second = RedisStore(two, prefix=REDIS_KEY_PREFIX, timeout=1.0)
     try:
-        a, b = RedisStrikes(one, RULE, timeout=1.0), RedisStrikes(two, RULE, timeout=1.0)
+        a, b = RedisStrikes(first, RULE), RedisStrikes(second, RULE)
         assert await a.strike([CLIENT_IP, "user:u1"]) == []
         assert await b.strike([CLIENT_IP]) == []
         assert await a.blocked_for(CLIENT_IP) == 0.0
         assert await b.strike([CLIENT_IP, "user:u1"]) == [CLIENT_IP]
         assert await a.blocked_for(CLIENT_IP) == pytest.approx(RULE.duration, abs=1)
         assert await a.blocked_for("user:u1") == 0.0
-        count_ttl = await one.client.pttl(f"{REDIS_PREFIX}count:user:u1")
+        count_ttl = await one.client.pttl(REDIS_KEY_PREFIX + "strikes:{user:u1}")
         assert 0 < count_ttl <= RULE.window * 1000
-        (record,) = await b.active()
-        assert (record.client, record.source) == (f"strike:{CLIENT_IP}", "inspect")
+        # The block is the client's penalty record: the rate-limit store lists and lifts it.
+        (record,) = await second.active_bans()
+        assert (record.client, record.source, record.level) == (CLIENT_IP, "inspect", 0)
         assert record.until == pytest.approx(time.time() + RULE.duration, abs=5)
-        assert await a.lift(f"strike:{CLIENT_IP}")
-        assert not await a.lift(f"strike:{CLIENT_IP}")
+        assert await first.lift(CLIENT_IP)
+        assert not await first.lift(CLIENT_IP)
         assert await b.blocked_for(CLIENT_IP) == 0.0
-        assert await b.active() == []
+        assert await second.active_bans() == []
     finally:
-        await one.close()
-        await two.close()
+        for store, connector in ((first, one), (second, two)):
+            await store.close()
+            await connector.close()
 
 
 async def test_an_unreachable_redis_lets_requests_through() -> None:
@@ -171,12 +205,14 @@ async def test_an_unreachable_redis_lets_requests_through() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     connector = RedisConnector.from_url(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    store = RedisStore(connector, timeout=0.2)
     metrics = Metrics()
     try:
-        strikes = RedisStrikes(connector, RULE, timeout=0.2, metrics=metrics)
+        strikes = RedisStrikes(store, RULE, metrics=metrics)
         assert await strikes.strike([CLIENT_IP]) == []
         assert await strikes.blocked_for(CLIENT_IP) == 0.0
     finally:
+        await store.close()
         await connector.close()
     text = metrics.exposition().decode()
     assert 'bastion_store_errors_total{op="strike",store="redis"} 1.0' in text
@@ -260,7 +296,13 @@ async def test_engines_sharing_redis_share_blocks(tmp_path: Path, clean_redis_ur
         assert b.recorder.calls == []
     direct = redis.Redis.from_url(clean_redis_url)
     try:
-        keys = direct.keys(f"{REDIS_PREFIX}*")
+        record = direct.get(REDIS_KEY_PREFIX + "ban:{" + CLIENT_IP + "}")
+        index = direct.zrange(REDIS_KEY_PREFIX + "bans", 0, -1)
+        leftovers = direct.keys("bastion:rl:strikes:*") + direct.keys("bastion:strike:*")
     finally:
         direct.close()
-    assert sorted(keys) == [f"{REDIS_PREFIX}block:{CLIENT_IP}".encode(), b"bastion:strike:blocked"]
+    # The rate limiter's record of the client, indexed for `bastion bans`; the count is gone.
+    assert record is not None
+    assert record.split()[1:] == [b"0", b"inspect"]
+    assert index == [CLIENT_IP.encode()]
+    assert leftovers == []

@@ -78,7 +78,6 @@ def test_all_stages_covered() -> None:
         "CsrfStage",
         "AuthStage",
         "RateLimitStage",
-        "StrikeGate",
         "InspectStage",
         "CompressionStage",
         "OwnRoutes",

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
 from bastion.observe.metrics import Metrics
-from bastion.ratelimit.core import BanLedger
-from bastion.ratelimit.ledger import SqlBanLedger, StoredBan, stored_client
+from bastion.ratelimit.core import NO_PENALTY, BanLedger, BanRecord, Penalty
+from bastion.ratelimit.ledger import LIFTED, SqlBanLedger, stored_client
 from bastion.ratelimit.models import BanRow
 from bastion.store.database import Database
 from bastion.store.migrate import upgrade
@@ -71,6 +71,12 @@ async def row_count(database: Database) -> int:
         return int(await session.scalar(select(func.count()).select_from(BanRow)) or 0)
 
 
+def banned(ledger: SqlBanLedger, client: str) -> tuple[float, int]:
+    """``(until, level)`` of the client's record in the ledger's mirror."""
+    until, level, _ = ledger.penalty(client)
+    return until, level
+
+
 def write_errors(metrics: Metrics) -> float:
     labels = {"store": "database", "op": "ban_write"}
     return metrics.registry.get_sample_value("bastion_store_errors_total", labels) or 0.0
@@ -78,7 +84,7 @@ def write_errors(metrics: Metrics) -> float:
 
 def test_implements_the_ban_ledger_protocol() -> None:
     ledger: BanLedger = SqlBanLedger(Database.from_url("sqlite+aiosqlite:///:memory:"))
-    assert ledger.banned_until(CLIENT) == (0.0, 0)
+    assert ledger.penalty(CLIENT) == NO_PENALTY
 
 
 async def test_record_reads_from_the_mirror_at_once_and_lands_in_the_database(
@@ -87,15 +93,15 @@ async def test_record_reads_from_the_mirror_at_once_and_lands_in_the_database(
     clock = FakeClock()
     ledger = SqlBanLedger(await started_database(databases), clock=clock)
     ledger.record(CLIENT, until=clock.now + 60, level=1)
-    assert ledger.banned_until(CLIENT) == (clock.now + 60, 1)
-    assert ledger.banned_until(OTHER) == (0.0, 0)
+    assert banned(ledger, CLIENT) == (clock.now + 60, 1)
+    assert banned(ledger, OTHER) == (0.0, 0)
     assert ledger.pending == 1
     assert await ledger.active() == []  # not written yet
 
     await ledger.flush()
     assert ledger.pending == 0
     assert await ledger.active() == [
-        StoredBan(client=CLIENT, until=clock.now + 60, level=1, source="ratelimit")
+        BanRecord(client=CLIENT, until=clock.now + 60, level=1, source="ratelimit")
     ]
 
 
@@ -109,11 +115,12 @@ async def test_active_lists_only_bans_not_over_longest_first(
     ledger.record("ip:192.0.2.1", until=clock.now - 5, level=1)
     await ledger.flush()
     active = await ledger.active()
-    assert [(ban.client, ban.level) for ban in active] == [(OTHER, 3), (CLIENT, 1)]
-    assert isinstance(active[0], StoredBan)
+    # A strike block never sets a level.
+    assert [(ban.client, ban.level) for ban in active] == [(OTHER, 0), (CLIENT, 1)]
+    assert isinstance(active[0], BanRecord)
     assert active[0].source == "inspect"
     # An ended ban is still remembered for its level (the next ban escalates from it).
-    assert ledger.banned_until("ip:192.0.2.1") == (clock.now - 5, 1)
+    assert banned(ledger, "ip:192.0.2.1") == (clock.now - 5, 1)
 
 
 async def test_lift_removes_the_ban_and_its_level(databases: Callable[[], Database]) -> None:
@@ -123,7 +130,7 @@ async def test_lift_removes_the_ban_and_its_level(databases: Callable[[], Databa
     await ledger.flush()
 
     assert await ledger.lift(CLIENT) is True
-    assert ledger.banned_until(CLIENT) == (0.0, 0)
+    assert banned(ledger, CLIENT) == (0.0, 0)
     assert await ledger.active() == []
     assert await ledger.lift(CLIENT) is False
     assert await ledger.lift("ip:never.banned") is False
@@ -152,21 +159,50 @@ async def test_a_ban_after_a_lift_starts_afresh(databases: Callable[[], Database
     assert [(ban.until, ban.level) for ban in await ledger.active()] == [(clock.now + 60, 1)]
 
 
-async def test_the_longer_ban_is_kept(databases: Callable[[], Database]) -> None:
+async def test_the_longer_penalty_is_kept_and_only_bans_set_the_level(
+    databases: Callable[[], Database],
+) -> None:
     clock = FakeClock()
     a = SqlBanLedger(await started_database(databases), clock=clock)
     b = SqlBanLedger(await started_database(databases), clock=clock)
     a.record(CLIENT, until=clock.now + 300, level=2)
     a.record(CLIENT, until=clock.now + 60, level=1)  # same process: the mirror keeps 300
-    assert a.banned_until(CLIENT) == (clock.now + 300, 2)
+    assert banned(a, CLIENT) == (clock.now + 300, 1)  # the latest ban's level
+    a.record(CLIENT, until=clock.now + 300, level=2)
     await a.flush()
-    b.record(CLIENT, until=clock.now + 60, level=1, source="inspect")
+    b.record(CLIENT, until=clock.now + 60, level=0, source="inspect")
     await b.flush()  # another process, shorter: the stored ban stays
-    assert await a.active() == [StoredBan(CLIENT, clock.now + 300, 2, "ratelimit")]
+    assert await a.active() == [BanRecord(CLIENT, clock.now + 300, 2, "ratelimit")]
 
-    b.record(CLIENT, until=clock.now + 1800, level=3, source="inspect")
-    await b.flush()  # longer: it replaces the stored one, with its level and source
-    assert await a.active() == [StoredBan(CLIENT, clock.now + 1800, 3, "inspect")]
+    b.record(CLIENT, until=clock.now + 1800, level=0, source="inspect")
+    await b.flush()  # longer: its end and source replace the stored ones, the level stays
+    assert await a.active() == [BanRecord(CLIENT, clock.now + 1800, 2, "inspect")]
+    await a.refresh()
+    assert a.penalty(CLIENT) == Penalty(clock.now + 1800, 2, "inspect")
+
+    a.record(CLIENT, until=clock.now + 600, level=3)
+    await a.flush()  # a ban shorter than the block: its level, the block's end and source
+    assert await b.active() == [BanRecord(CLIENT, clock.now + 1800, 3, "inspect")]
+
+
+async def test_a_strike_block_on_a_lifted_record_starts_it_afresh(
+    databases: Callable[[], Database],
+) -> None:
+    clock = FakeClock()
+    database = await started_database(databases)
+    ledger = SqlBanLedger(database, clock=clock)
+    ledger.record(CLIENT, until=clock.now + 1800, level=3)
+    await ledger.flush()
+    assert await ledger.lift(CLIENT) is True
+    async with database.session() as session:
+        row = await session.get(BanRow, CLIENT)
+        assert row is not None
+        assert (row.source, row.level) == (LIFTED, 0)
+    ledger.record(CLIENT, until=clock.now + 60, level=0, source="inspect")
+    await ledger.flush()
+    assert await ledger.active() == [BanRecord(CLIENT, clock.now + 60, 0, "inspect")]
+    with pytest.raises(ValueError, match="unknown penalty source"):
+        ledger.record(CLIENT, until=clock.now + 60, level=1, source=LIFTED)
 
 
 async def test_two_processes_share_records_and_lifts_through_refresh(
@@ -182,22 +218,22 @@ async def test_two_processes_share_records_and_lifts_through_refresh(
     await a.flush()
     clock.now += 1
     await b.refresh()
-    assert b.banned_until(CLIENT) == (clock.now - 1 + 60, 1)
+    assert banned(b, CLIENT) == (clock.now - 1 + 60, 1)
 
     clock.now += 1
     assert await a.lift(CLIENT) is True
     clock.now += 1
     await b.refresh()
-    assert b.banned_until(CLIENT) == (0.0, 0)
+    assert banned(b, CLIENT) == (0.0, 0)
 
     # A lift by the other process also reaches the one that recorded the ban.
     b.record(OTHER, until=clock.now + 60, level=1)
     await b.flush()
     await a.refresh()
-    assert a.banned_until(OTHER)[1] == 1
+    assert banned(a, OTHER)[1] == 1
     assert await b.lift(OTHER) is True
     await a.refresh()
-    assert a.banned_until(OTHER) == (0.0, 0)
+    assert banned(a, OTHER) == (0.0, 0)
 
 
 async def test_started_ledgers_propagate_within_the_poll_interval(
@@ -210,10 +246,10 @@ async def test_started_ledgers_propagate_within_the_poll_interval(
     try:
         until = time.time() + 60
         a.record(CLIENT, until=until, level=1)  # written by a's task, read by b's
-        await eventually(lambda: b.banned_until(CLIENT)[1] == 1)
-        assert b.banned_until(CLIENT)[0] == pytest.approx(until, abs=1e-5)
+        await eventually(lambda: banned(b, CLIENT)[1] == 1)
+        assert banned(b, CLIENT)[0] == pytest.approx(until, abs=1e-5)
         assert await b.lift(CLIENT) is True
-        await eventually(lambda: a.banned_until(CLIENT) == (0.0, 0))
+        await eventually(lambda: banned(a, CLIENT) == (0.0, 0))
     finally:
         await a.close()
         await b.close()
@@ -228,7 +264,7 @@ async def test_start_loads_bans_recorded_before(databases: Callable[[], Database
     ledger = SqlBanLedger(await started_database(databases), clock=clock, poll_interval=60)
     await ledger.start()
     try:
-        assert ledger.banned_until(CLIENT) == (clock.now + 60, 2)
+        assert banned(ledger, CLIENT) == (clock.now + 60, 2)
     finally:
         await ledger.close()
 
@@ -246,7 +282,7 @@ async def test_bans_recorded_while_the_database_is_down_are_written_when_it_is_b
         with capture_logs() as logs:
             ledger.record(CLIENT, until=until, level=1)
             ledger.record(OTHER, until=until, level=2)
-            assert ledger.banned_until(CLIENT) == (until, 1)  # enforced here meanwhile
+            assert banned(ledger, CLIENT) == (until, 1)  # enforced here meanwhile
             await eventually(lambda: write_errors(metrics) >= 2)  # retried, not dropped
             assert ledger.pending == 2
             await database.start()  # and comes back
@@ -311,7 +347,7 @@ async def test_a_newer_local_ban_survives_a_refresh_until_written(
     await a.flush()
     b.record(CLIENT, until=clock.now + 300, level=2)  # queued, not written
     await b.refresh()
-    assert b.banned_until(CLIENT) == (clock.now + 300, 2)
+    assert banned(b, CLIENT) == (clock.now + 300, 2)
 
 
 async def test_bans_ended_longer_than_retention_ago_are_pruned(
@@ -330,8 +366,8 @@ async def test_bans_ended_longer_than_retention_ago_are_pruned(
     fresh = SqlBanLedger(database, clock=clock, retention=3600)
     await fresh.refresh()  # a first poll reads everything and prunes
     assert await row_count(database) == 1
-    assert fresh.banned_until(CLIENT) == (0.0, 0)
-    assert fresh.banned_until(OTHER)[1] == 3
+    assert banned(fresh, CLIENT) == (0.0, 0)
+    assert banned(fresh, OTHER)[1] == 3
 
 
 async def test_clients_longer_than_the_column_are_stored_by_digest(
@@ -342,7 +378,7 @@ async def test_clients_longer_than_the_column_are_stored_by_digest(
     client = "header:X-Api-Client:" + "x" * 300
     ledger.record(client, until=clock.now + 60, level=1)
     await ledger.flush()
-    assert ledger.banned_until(client) == (clock.now + 60, 1)
+    assert banned(ledger, client) == (clock.now + 60, 1)
     [ban] = await ledger.active()
     assert ban.client == stored_client(client)
     assert ban.client.startswith("sha256:")

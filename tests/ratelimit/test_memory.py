@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 import pytest
 
 from bastion.ratelimit.config import Algorithm
-from bastion.ratelimit.core import BanRule, Check, Decision, Rule, Verdict
+from bastion.ratelimit.core import (
+    RATELIMIT,
+    BanRule,
+    Check,
+    Decision,
+    Penalty,
+    Rule,
+    Verdict,
+    merge_penalty,
+)
 from bastion.ratelimit.memory import SWEEP, MemoryStore
 
 START = 1_700_000_000.0
@@ -27,14 +36,24 @@ class FakeLedger:
     """The in-process mirror a real ledger keeps: bans by client, and what was recorded."""
 
     bans: dict[str, tuple[float, int]] = field(default_factory=dict)
-    recorded: list[tuple[str, float, int]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    recorded: list[tuple[str, float, int] | tuple[str, float, int, str]] = field(
+        default_factory=list
+    )
 
-    def banned_until(self, client: str) -> tuple[float, int]:
-        return self.bans.get(client, (0.0, 0))
+    def penalty(self, client: str) -> Penalty:
+        until, level = self.bans.get(client, (0.0, 0))
+        return Penalty(until, level, self.sources.get(client, RATELIMIT))
 
-    def record(self, client: str, *, until: float, level: int) -> None:
-        self.recorded.append((client, until, level))
-        self.bans[client] = (until, level)
+    def record(self, client: str, *, until: float, level: int, source: str = RATELIMIT) -> None:
+        if source == RATELIMIT:
+            self.recorded.append((client, until, level))
+        else:
+            self.recorded.append((client, until, level, source))
+        current = self.penalty(client) if client in self.bans else None
+        merged = merge_penalty(current, until, level, source)
+        self.bans[client] = (merged.until, merged.level)
+        self.sources[client] = merged.source
 
 
 def limit(

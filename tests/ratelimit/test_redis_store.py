@@ -43,7 +43,7 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
 
 
 SCRIPT_CALLS = {"time", "get", "set", "del", "pexpire", "zadd", "zcard", "zrange"}
-SCRIPT_CALLS |= {"zremrangebyscore", "zpopmin", "zrem", "zrangebyscore", "pttl"}
+SCRIPT_CALLS |= {"zremrangebyscore", "zpopmin", "zrem", "zrangebyscore", "pttl", "zscore", "incr"}
 """What the script calls inside Redis: ``INFO commandstats`` counts those too."""
 
 

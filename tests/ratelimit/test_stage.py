@@ -18,6 +18,7 @@ from bastion.engine import Bastion
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.principal import Principal
 from bastion.http.state import state_of
+from bastion.inspect.config import InspectConfig, StrikesConfig
 from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.config import ClientIpConfig
 from bastion.ratelimit.config import BansConfig, PolicyConfig, RateLimitConfig, TarpitConfig
@@ -483,31 +484,55 @@ def chain(settings: Settings) -> list[str]:
     return names
 
 
+LATE_ONLY = [PolicyConfig(name="global", key="user", limit=5)]
+NO_STRIKES = InspectConfig(strikes=StrikesConfig(enabled=False))
+
+
 @pytest.mark.parametrize(
-    ("id_", "config", "present"),
+    ("id_", "config", "inspect", "present"),
     [
-        ("default", RateLimitConfig(), {"GateStage"}),
-        ("disabled", RateLimitConfig(enabled=False), set()),
+        ("default", RateLimitConfig(), InspectConfig(), {"GateStage"}),
+        ("disabled", RateLimitConfig(enabled=False), NO_STRIKES, set()),
+        (
+            "disabled-with-strikes",
+            RateLimitConfig(enabled=False),
+            InspectConfig(),
+            {"StrikeGate"},
+        ),
         (
             "late-only",
-            RateLimitConfig(
-                policies=[PolicyConfig(name="global", key="user", limit=5)], bans=NO_BANS
-            ),
+            RateLimitConfig(policies=LATE_ONLY, bans=NO_BANS),
+            NO_STRIKES,
             {"RateLimitStage"},
         ),
         (
-            "bans-only",
-            RateLimitConfig(policies=[PolicyConfig(name="global", key="user", limit=5)]),
+            "strikes-only",
+            RateLimitConfig(policies=LATE_ONLY, bans=NO_BANS),
+            InspectConfig(),
             {"GateStage", "RateLimitStage"},
+        ),
+        (
+            "bans-only",
+            RateLimitConfig(policies=LATE_ONLY),
+            NO_STRIKES,
+            {"GateStage", "RateLimitStage"},
+        ),
+        (
+            "inspection-off",
+            RateLimitConfig(policies=LATE_ONLY, bans=NO_BANS),
+            InspectConfig(mode="off"),
+            {"RateLimitStage"},
         ),
     ],
 )
 def test_stages_are_in_the_chain_only_when_needed(
-    id_: str, config: RateLimitConfig, present: set[str], tmp_path: Any
+    id_: str, config: RateLimitConfig, inspect: InspectConfig, present: set[str], tmp_path: Any
 ) -> None:
+    """The gate is there for policies, bans or strike blocks; the strike gate only in place of
+    an absent rate-limit gate."""
     store = StoreConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
-    names = chain(Settings(store=store, ratelimit=config))
-    assert {"GateStage", "RateLimitStage"} & set(names) == present
+    names = chain(Settings(store=store, ratelimit=config, inspect=inspect))
+    assert {"GateStage", "RateLimitStage", "StrikeGate"} & set(names) == present
 
 
 @pytest.mark.redis

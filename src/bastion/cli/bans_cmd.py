@@ -1,10 +1,11 @@
 """``bastion bans``: list and lift the bans of rate limiting and inspection strikes.
 
-Where the bans live follows ``ratelimit.store``: in Redis when the gateways count there (``auto``
-with ``store.redis_url`` set, or ``redis``), else in the ``bastion_bans`` table every process
-mirrors (:class:`~bastion.ratelimit.ledger.SqlBanLedger`).
-Either way a lift reaches every running gateway: Redis at once, the ledger on the gateways'
-next poll.
+Both kinds are one penalty record per client, whose source says which started it; a strike
+block is shown as ``strike:<client>``. Where the records live follows ``ratelimit.store``: in
+Redis when the gateways count there (``auto`` with ``store.redis_url`` set, or ``redis``), else
+in the ``bastion_bans`` table every process mirrors
+(:class:`~bastion.ratelimit.ledger.SqlBanLedger`). Either way a lift reaches every running
+gateway: Redis at once, the ledger on the gateways' next poll.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from rich.table import Table
 
 from bastion.audit.events import AuditEvent, LoggingAuditSink
 from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, ConfigOption, fail, load_settings
-from bastion.ratelimit.core import BanRecord, RateLimitStore, RateLimitStoreError
-from bastion.ratelimit.ledger import SqlBanLedger, StoredBan
+from bastion.inspect.strikes import STRIKE_PREFIX, strike_name
+from bastion.ratelimit.core import INSPECT, BanRecord, RateLimitStore, RateLimitStoreError
+from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.settings import Settings
 from bastion.store.database import Database
 from bastion.store.errors import StoreError
@@ -41,7 +43,10 @@ app = typer.Typer(help="Client bans: rate-limit bans and inspection strikes.", n
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 KeyArgument = Annotated[
-    str, typer.Argument(help="The banned client, as `bastion bans list` shows it.")
+    str,
+    typer.Argument(
+        help="The banned client, as `bastion bans list` shows it (`strike:<client>` too)."
+    ),
 ]
 
 
@@ -113,12 +118,11 @@ def _run(settings: Settings, operation: Callable[[_Bans], Awaitable[T]]) -> T:
 
 def _row(ban: BanRecord, now: float) -> dict[str, Any]:
     return {
-        "client": ban.client,
+        "client": strike_name(ban.client) if ban.source == INSPECT else ban.client,
         "until": datetime.fromtimestamp(ban.until, UTC).isoformat(timespec="seconds"),
         "remaining": max(math.ceil(ban.until - now), 0),
         "level": ban.level,
-        # Redis keeps one record per client too; what started it is the ledger's to say.
-        "source": ban.source if isinstance(ban, StoredBan) else "ratelimit",
+        "source": ban.source,
     }
 
 
@@ -151,7 +155,11 @@ def list_bans(json_output: JsonOption = False, config: ConfigOption = None) -> N
 
 
 async def _lift(source: _Bans, client: str) -> bool:
-    lifted = await source.lift(client)
+    # ``strike:<client>`` names the client's one record; a ledger row written under that name
+    # by an earlier version is found by the name itself.
+    lifted = await source.lift(client.removeprefix(STRIKE_PREFIX))
+    if not lifted and client.startswith(STRIKE_PREFIX):
+        lifted = await source.lift(client)
     if lifted:
         await LoggingAuditSink().emit(
             AuditEvent(kind="admin.ban.lifted", actor="cli", target=client)
@@ -161,7 +169,8 @@ async def _lift(source: _Bans, client: str) -> bool:
 
 @app.command("lift")
 def lift(key: KeyArgument, config: ConfigOption = None) -> None:
-    """End a client's ban (and forget its offences) in every process; exit 2 if not banned."""
+    """End a client's ban or strike block (and forget its offences) in every process; exit 2
+    if it has none."""
     if not _run(load_settings(config), lambda source: _lift(source, key)):
         fail(f"no active ban for {key!r}", EXIT_CONFIG)
     typer.echo(f"lifted the ban of {key}")

@@ -1,4 +1,5 @@
-"""The ``inspect`` stage (DESIGN.md §1, step 12) and the strike check right after the gate.
+"""The ``inspect`` stage (DESIGN.md §1, step 12) and the strike check of a pipeline without the
+rate limiter's gate.
 
 :class:`InspectStage` inspects each HTTP request and WebSocket handshake before any of it reaches
 the terminal. A body is read up to ``max_request_bytes`` (plus the one message that crosses it:
@@ -12,14 +13,15 @@ body carries the request id and nothing about the rules or the payload; ``monito
 Either way an audit event (:mod:`bastion.inspect.findings`) and a metric record it, and in
 ``block`` mode it is a strike against the client (:mod:`bastion.inspect.strikes`).
 
-:class:`StrikeGate` runs right after the rate-limit gate and refuses clients whose address is
-blocked (403 ``client_blocked``); a blocked principal is refused here, once auth has run.
+Struck addresses are refused (403 ``client_blocked``) by the rate limiter's gate, which checks
+their penalty record with its own (:mod:`bastion.inspect.strikes`); with rate limiting off,
+:class:`StrikeGate` does it in the gate's place. A blocked principal is refused here, once auth
+has run.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Callable, Sequence
 
 from bastion.audit.events import AuditSink
@@ -33,11 +35,11 @@ from bastion.inspect.findings import finding_event, strike_event
 from bastion.inspect.request import InspectionRequest
 from bastion.inspect.strikes import StrikeStore
 from bastion.observe.metrics import Metrics
+from bastion.ratelimit.limiter import client_blocked
 
 __all__ = ["AUTH_SENSITIVE_FIELDS", "INSPECT_KEY", "InspectStage", "StrikeGate"]
 
 register("request_blocked", 403, "Request blocked")
-register("client_blocked", 403, "Client blocked")
 
 INSPECT_KEY = "bastion.inspect"
 """Key under ``scope["state"]`` where the stage leaves the request's :class:`InspectionVerdict`
@@ -52,19 +54,9 @@ _NETWORK_CACHE = 4096
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def client_blocked(seconds: float) -> BastionError:
-    """The 403 of a client refused for its strikes, with the time left."""
-    left = max(math.ceil(seconds), 1)
-    return BastionError(
-        "client_blocked",
-        "Too many of this client's requests were blocked; try again later",
-        headers={"Retry-After": str(left)},
-        extensions={"retry_after": left},
-    )
-
-
 class StrikeGate:
-    """Refuses clients whose address (the rate limiter's bucket of it) is blocked by strikes."""
+    """Refuses clients whose address (the rate limiter's bucket of it) is blocked by strikes,
+    where rate limiting is off (otherwise its gate does, in the same store call)."""
 
     def __init__(
         self,

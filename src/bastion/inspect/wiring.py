@@ -1,10 +1,11 @@
-"""How inspection plugs into the engine: the inspector, the strike store and the two stages.
+"""How inspection plugs into the engine: the inspector, the strike store and the stages.
 
-The ``inspect`` stage is in the chain unless ``inspect.mode = "off"`` and no route turns it on;
-the strike check only when strikes are enabled too. Strikes go to Redis when rate limiting keeps
-its bans there (``store.redis_url`` set, ``ratelimit.store`` not ``memory``, the rule
-``bastion bans`` follows), else to the SQL ban ledger: the rate limiter's own when it has one,
-so one poll serves both, else one of this capability's, started and closed here.
+The ``inspect`` stage is in the chain unless ``inspect.mode = "off"`` and no route turns it on.
+Strike blocks are written to the rate limiter's penalty records (its store: Redis, or memory
+with the SQL ban ledger), so its gate refuses struck addresses in the store call it makes
+anyway, and no strike check of its own is in the chain. With rate limiting off, inspection
+keeps a store of the same kind for its strikes (same keys, same ledger table, so
+``bastion bans`` finds them) and :class:`StrikeGate` checks addresses right after the probes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from bastion.http.asgi import ASGIApp
 from bastion.inspect.config import InspectConfig
 from bastion.inspect.engine import Inspector
 from bastion.inspect.stage import InspectStage, StrikeGate
-from bastion.inspect.strikes import LedgerStrikes, StrikeStore
+from bastion.inspect.strikes import MemoryStrikes, StrikeStore
 from bastion.inspect.strikes_redis import RedisStrikes
+from bastion.ratelimit.core import RateLimitStore
 from bastion.ratelimit.ledger import SqlBanLedger
+from bastion.ratelimit.memory import MemoryStore
 from bastion.ratelimit.policies import PolicySet
+from bastion.ratelimit.redis_store import RedisStore
 
 if TYPE_CHECKING:
     from bastion.ratelimit.wiring import RateLimiting
@@ -48,6 +52,8 @@ class Inspection:
         )
         self.bucket: Callable[[str], str] = lambda ip: policies.client(ip)[0]
         self.strikes: StrikeStore | None = None
+        self._merged = False
+        self._own_store: RateLimitStore | None = None
         self._own_ledger: SqlBanLedger | None = None
         if config.strikes.enabled and self.enabled(config):
             self.strikes = self._strike_store(deps, ratelimit)
@@ -60,31 +66,45 @@ class Inspection:
         )
 
     def _strike_store(self, deps: Deps, ratelimit: RateLimiting | None) -> StrikeStore:
-        store = deps.settings.store
+        store: RateLimitStore
+        if ratelimit is not None:
+            ratelimit.check_strikes()
+            self._merged = True
+            store = ratelimit.store
+        else:
+            store = self._own_store = self._penalty_store(deps)
+        if isinstance(store, RedisStore):
+            return RedisStrikes(store, self.config.strikes, metrics=deps.metrics)
+        if isinstance(store, MemoryStore):
+            return MemoryStrikes(self.config.strikes, store)
+        raise TypeError(f"strikes cannot be recorded in a {type(store).__name__}")
+
+    def _penalty_store(self, deps: Deps) -> RateLimitStore:
+        """Rate limiting is off: a store of the kind it would use, for the penalty records
+        alone (Redis when ``store.redis_url`` is set and ``ratelimit.store`` is not
+        ``memory``, the rule ``bastion bans`` follows; else memory and the ban ledger)."""
+        from bastion.ratelimit.wiring import REDIS_KEY_PREFIX
+
+        settings = deps.settings
         redis = deps.stores.redis if deps.stores is not None else None
-        if redis is not None and deps.settings.ratelimit.store != "memory":
-            return RedisStrikes(
-                redis,
-                self.config.strikes,
-                timeout=min(store.timeout, _REDIS_TIMEOUT),
-                metrics=deps.metrics,
-            )
-        ledger = ratelimit.ledger if ratelimit is not None else None
-        if ledger is None and deps.stores is not None:
-            ledger = self._own_ledger = SqlBanLedger(
+        if redis is not None and settings.ratelimit.store != "memory":
+            timeout = min(settings.store.timeout, _REDIS_TIMEOUT)
+            return RedisStore(redis, prefix=REDIS_KEY_PREFIX, timeout=timeout)
+        if deps.stores is not None:
+            self._own_ledger = SqlBanLedger(
                 deps.stores.database,
                 retention=self.config.strikes.duration,
                 metrics=deps.metrics,
             )
-        return LedgerStrikes(self.config.strikes, ledger)
+        return MemoryStore(max_keys=settings.ratelimit.max_keys, ledger=self._own_ledger)
 
     @property
     def has_gate(self) -> bool:
-        """Whether the strike check runs (strikes enabled)."""
-        return self.strikes is not None
+        """Whether the strike gate runs: strikes enabled and no rate-limit gate checks them."""
+        return self.strikes is not None and not self._merged
 
     def gate(self, app: ASGIApp, deps: Deps) -> ASGIApp:
-        """The strike check in front of ``app`` (right after the rate-limit gate)."""
+        """The strike check in front of ``app`` (where the rate-limit gate would be)."""
         assert self.strikes is not None
         return StrikeGate(
             app, config=self.config, deps=deps, strikes=self.strikes, bucket=self.bucket
@@ -107,6 +127,10 @@ class Inspection:
             await self._own_ledger.start()
 
     async def close(self) -> None:
-        """Write the strikes still queued and stop polling."""
-        if self._own_ledger is not None:
-            await self._own_ledger.close()
+        """Close the strike store and flush the ledger when this capability owns them."""
+        try:
+            if self._own_store is not None:
+                await self._own_store.close()
+        finally:
+            if self._own_ledger is not None:
+                await self._own_ledger.close()

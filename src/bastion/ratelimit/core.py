@@ -4,13 +4,19 @@ A request's matching policies become :class:`Check` s; a store evaluates all of 
 client's ban state) in one atomic step and returns a :class:`Verdict`. The rules are the same
 for every backend, so one test suite runs over all of them:
 
-1. If ``bans`` is given and the client is banned, nothing is counted: ``banned_for > 0``.
+1. If ``bans`` is given and the client has an active penalty record (a rate-limit ban or an
+   inspection strike block: one record per client), nothing is counted: ``banned_for > 0``
+   and ``ban_source`` says which started it.
 2. Every check is decided against its bucket *before* anything is consumed.
 3. The request is allowed when every enforced check allows it (shadow checks never refuse).
 4. Allowed: every check that allowed it consumes ``cost`` (shadow ones too). Refused: nothing
    is consumed, and with ``bans`` the client's refusal count grows; reaching
    ``BanRule.threshold`` within ``BanRule.window`` bans it for the next duration
-   (``new_ban``).
+   (``new_ban``). A rule whose threshold is 0 (:data:`PENALTIES_ONLY`) checks the record and
+   never counts refusals.
+
+Penalty records merge by :func:`merge_penalty`: the longer penalty decides the end and the
+source; only a rate-limit ban sets the offence level, so inspection strikes never raise it.
 
 Times are seconds as floats. The store's clock decides (Redis ``TIME`` for Redis), so several
 instances with skewed clocks agree.
@@ -20,21 +26,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from bastion.ratelimit.config import Algorithm
 
 __all__ = [
+    "INSPECT",
+    "NO_PENALTY",
+    "PENALTIES_ONLY",
+    "RATELIMIT",
     "BanLedger",
     "BanRecord",
     "BanRule",
+    "BanSource",
     "Check",
     "Decision",
+    "Penalty",
     "RateLimitStore",
     "RateLimitStoreError",
     "Rule",
     "Verdict",
+    "merge_penalty",
 ]
+
+BanSource = Literal["ratelimit", "inspect"]
+"""What started a client's penalty: a rate-limit ban or an inspection strike block."""
+RATELIMIT: Final = "ratelimit"
+"""Source of a ban started by repeated rate-limit refusals (429 ``client_banned``)."""
+INSPECT: Final = "inspect"
+"""Source of a block started by inspection strikes (403 ``client_blocked``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +120,8 @@ class Verdict(NamedTuple):
     """> 0 when this refusal started a ban of that many seconds."""
     ban_level: int = 0
     """Which offence the ban is (1 = first duration)."""
+    ban_source: str = RATELIMIT
+    """With ``banned_for``: what started the penalty (:data:`RATELIMIT` or :data:`INSPECT`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,28 +135,62 @@ class BanRule:
     """A client not banned for this long starts again at the first duration."""
 
 
+PENALTIES_ONLY = BanRule(threshold=0, window=0.0, durations=(), reset_after=0.0)
+"""The gate's rule when rate-limit bans are off but inspection strikes are on: the client's
+penalty record is checked, refusals never start a ban."""
+
+
+class Penalty(NamedTuple):
+    """A client's penalty record: its current or latest ban or strike block."""
+
+    until: float
+    """When it ends (epoch seconds); 0.0: no record."""
+    level: int
+    """Rate-limit offence number of the latest ban (1 = first duration; 0: none yet)."""
+    source: str
+    """What set ``until``: :data:`RATELIMIT` or :data:`INSPECT`."""
+
+
+NO_PENALTY = Penalty(0.0, 0, RATELIMIT)
+"""The record of a client never banned nor blocked."""
+
+
+def merge_penalty(current: Penalty | None, until: float, level: int, source: str) -> Penalty:
+    """A client's record after a new ban or block: the longer of the two decides the end and
+    the source; the level is the new ban's, while a strike block (``source`` :data:`INSPECT`)
+    keeps the record's level, so strikes never raise the rate-limit escalation."""
+    if source == INSPECT:
+        level = current.level if current is not None else 0
+    if current is not None and current.until > until:
+        return Penalty(current.until, level, current.source)
+    return Penalty(until, level, source)
+
+
 @dataclass(frozen=True, slots=True)
 class BanRecord:
-    """An active ban, for ``bastion bans list``."""
+    """An active ban or strike block, for ``bastion bans list``."""
 
     client: str
     until: float
     """Epoch seconds."""
     level: int
+    source: str = RATELIMIT
+    """:data:`RATELIMIT` or :data:`INSPECT`."""
 
 
 class BanLedger(Protocol):
-    """Shares bans between processes whose counters are not shared (memory store, several
-    workers or instances, no Redis): the SQL store records them and every process mirrors them.
-    Both methods are synchronous and cheap: they read and write an in-process mirror; the
-    ledger writes to (and refreshes from) the database in the background."""
+    """Shares penalty records between processes whose counters are not shared (memory store,
+    several workers or instances, no Redis): the SQL store records them and every process
+    mirrors them. Both methods are synchronous and cheap: they read and write an in-process
+    mirror; the ledger writes to (and refreshes from) the database in the background."""
 
-    def banned_until(self, client: str) -> tuple[float, int]:
-        """``(until, level)`` of the client's current or latest ban (``(0.0, 0)``: none)."""
+    def penalty(self, client: str) -> Penalty:
+        """The client's current or latest record (``until`` 0.0: none)."""
         ...
 
-    def record(self, client: str, *, until: float, level: int) -> None:
-        """A process started a ban; durable and visible to the others shortly."""
+    def record(self, client: str, *, until: float, level: int, source: str = RATELIMIT) -> None:
+        """A process started a ban or a strike block; merged into the client's record by
+        :func:`merge_penalty`, durable and visible to the others shortly."""
         ...
 
 
@@ -163,11 +219,12 @@ class RateLimitStore(Protocol):
         ...
 
     async def active_bans(self) -> list[BanRecord]:
-        """Clients banned now."""
+        """Clients banned or blocked now, with the source of each record."""
         ...
 
     async def lift(self, client: str) -> bool:
-        """End a client's ban (and forget its refusals); False when it was not banned."""
+        """End a client's ban or strike block (and forget its refusals and offence level);
+        False when it had none."""
         ...
 
     async def close(self) -> None: ...

@@ -1,7 +1,10 @@
-"""Bans shared through the SQL store, for processes whose rate-limit counters are not shared.
+"""Penalty records shared through the SQL store, for processes whose rate-limit counters are not
+shared.
 
 Without Redis each worker counts on its own (:mod:`bastion.ratelimit.memory`), but a ban one
-worker starts must hold in every worker and instance (DESIGN.md §1). :class:`SqlBanLedger` keeps
+worker starts must hold in every worker and instance (DESIGN.md §1). So must an inspection
+strike block: a client has one record (its ``source`` says which started the current penalty),
+which the gate checks. :class:`SqlBanLedger` keeps
 an in-process mirror of the ``bastion_bans`` table, so the request path reads a dict and never
 waits on the database:
 
@@ -9,13 +12,16 @@ waits on the database:
   background task upserts the queue (one statement per batch, coalesced per client), retries
   with a doubling back-off while the database fails and flushes it on close. An acknowledged ban
   is dropped only when :meth:`~SqlBanLedger.close` gives up on an unreachable database (logged).
-  The upsert keeps the longer of the stored and the new ban, with that ban's level.
+  The upsert merges as :func:`~bastion.ratelimit.core.merge_penalty` does: the longer of the
+  stored and the new penalty sets the end and the source; a ban sets the level, a strike block
+  keeps the stored one.
 - **Reads.** Every ``poll_interval`` the task re-reads the rows whose ``updated_at`` is later
   than its previous poll minus :data:`OVERLAP` seconds, which absorbs clock skew between hosts
   and writes committed after they were stamped; re-reading a row is harmless. A row overrides
   the mirror, except where this process still has a longer ban waiting to be written.
-- **Lifts.** :meth:`~SqlBanLedger.lift` turns the row into a tombstone (``level`` 0, ``until``
-  the lift time, ``updated_at`` now) instead of deleting it, so the lift reaches the others
+- **Lifts.** :meth:`~SqlBanLedger.lift` turns the row into a tombstone (``source``
+  :data:`LIFTED`, ``level`` 0, ``until`` the lift time, ``updated_at`` now) instead of deleting
+  it, so the lift reaches the others
   through the same "updated since" read, and drops the client's escalation history with it.
 - **Housekeeping.** Every :data:`RESYNC_INTERVAL` the poll reads the whole table instead and
   rebuilds the mirror from it (nothing missed even after a long outage), and deletes rows ended
@@ -30,7 +36,6 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,39 +46,32 @@ from sqlalchemy.sql import Executable
 
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
-from bastion.ratelimit.core import BanRecord
+from bastion.ratelimit.core import (
+    INSPECT,
+    NO_PENALTY,
+    RATELIMIT,
+    BanRecord,
+    Penalty,
+    merge_penalty,
+)
 from bastion.ratelimit.models import CLIENT_MAX_LENGTH, BanRow
 from bastion.store.database import Database
 from bastion.store.errors import StoreError
 
-__all__ = ["OVERLAP", "RESYNC_INTERVAL", "SqlBanLedger", "StoredBan", "stored_client"]
+__all__ = ["LIFTED", "OVERLAP", "RESYNC_INTERVAL", "SqlBanLedger", "stored_client"]
 
 OVERLAP = 30.0
 """Seconds each poll reaches back before the previous one (clock skew, commit latency)."""
 RESYNC_INTERVAL = 300.0
 """Seconds between full reads of the table (and pruning of rows ended long ago)."""
+LIFTED = "lifted"
+"""The ``source`` of a tombstone: a lifted record, kept until every process has read it."""
 
-_NOT_BANNED = (0.0, 0)
 _BATCH = 500
 _FIRST_RETRY = 0.1
 _MAX_RETRY = 5.0
 
 _log: Any = get_logger("bastion.ratelimit")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredBan(BanRecord):
-    """An active ban as the ledger stores it: also what started it."""
-
-    source: str = "ratelimit"
-    """``ratelimit`` or ``inspect``."""
-
-
-@dataclass(slots=True)
-class _Write:
-    until: float
-    level: int
-    source: str
 
 
 def stored_client(client: str) -> str:
@@ -111,8 +109,8 @@ class SqlBanLedger:
         self._retention = retention
         self._clock = clock
         self._metrics = metrics
-        self._mirror: dict[str, tuple[float, int]] = {}
-        self._pending: dict[str, _Write] = {}
+        self._mirror: dict[str, Penalty] = {}
+        self._pending: dict[str, Penalty] = {}
         # Serialises this ledger's database work, so a lift can never be overtaken by an older
         # queued write of the same client, nor a poll apply rows read before a local lift.
         self._lock = asyncio.Lock()
@@ -162,22 +160,20 @@ class SqlBanLedger:
                 await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, _MAX_RETRY)
 
-    def banned_until(self, client: str) -> tuple[float, int]:
-        """``(until, level)`` of the client's current or latest ban (``(0.0, 0)``: none)."""
+    def penalty(self, client: str) -> Penalty:
+        """The client's current or latest ban or strike block (``until`` 0.0: none)."""
         if len(client) > CLIENT_MAX_LENGTH:
             client = stored_client(client)
-        return self._mirror.get(client, _NOT_BANNED)
+        return self._mirror.get(client, NO_PENALTY)
 
-    def record(self, client: str, *, until: float, level: int, source: str = "ratelimit") -> None:
-        """Ban ``client`` until ``until`` (epoch seconds): in this process now, durably and in the
-        others shortly. A longer ban already known is kept."""
+    def record(self, client: str, *, until: float, level: int, source: str = RATELIMIT) -> None:
+        """Ban or block ``client`` until ``until`` (epoch seconds): in this process now, durably
+        and in the others shortly, merged with what is known (:func:`merge_penalty`)."""
+        if source not in (RATELIMIT, INSPECT):
+            raise ValueError(f"unknown penalty source {source!r}")
         key = stored_client(client)
-        current = self._mirror.get(key)
-        if current is None or until >= current[0]:
-            self._mirror[key] = (until, level)
-        queued = self._pending.get(key)
-        if queued is None or until >= queued.until:
-            self._pending[key] = _Write(until, level, source)
+        self._mirror[key] = merge_penalty(self._mirror.get(key), until, level, source)
+        self._pending[key] = merge_penalty(self._pending.get(key), until, level, source)
         self._wake.set()
 
     async def flush(self) -> None:
@@ -198,7 +194,7 @@ class SqlBanLedger:
         async with self._lock:
             now = self._clock()
             full = self._watermark is None or now >= self._next_resync
-            query = select(BanRow.client, BanRow.until, BanRow.level)
+            query = select(BanRow.client, BanRow.until, BanRow.level, BanRow.source)
             if not full:
                 assert self._watermark is not None
                 query = query.where(BanRow.updated_at > _to_datetime(self._watermark - OVERLAP))
@@ -215,23 +211,23 @@ class SqlBanLedger:
             self._watermark = now
 
     async def active(self) -> list[BanRecord]:
-        """Clients banned now according to the database, longest remaining first."""
+        """Clients banned or blocked now according to the database, longest remaining first."""
         now = _to_datetime(self._clock())
         query = (
             select(BanRow.client, BanRow.until, BanRow.level, BanRow.source)
-            .where(BanRow.level > 0, BanRow.until > now)
+            .where(BanRow.source != LIFTED, BanRow.until > now)
             .order_by(BanRow.until.desc(), BanRow.client)
         )
         async with self._database.session() as session:
             rows = (await session.execute(query)).all()
         return [
-            StoredBan(client=client, until=until.timestamp(), level=level, source=source)
+            BanRecord(client=client, until=until.timestamp(), level=level, source=source)
             for client, until, level, source in rows
         ]
 
     async def lift(self, client: str) -> bool:
-        """End the client's ban and forget its level, here at once and in the other processes
-        on their next poll; False when it was not banned."""
+        """End the client's ban or strike block and forget its level, here at once and in the
+        other processes on their next poll; False when it had none."""
         key = stored_client(client)
         now = self._clock()
         async with self._lock:
@@ -239,16 +235,17 @@ class SqlBanLedger:
             was_banned = queued is not None and queued.until > now
             async with self._database.session() as session:
                 row = await session.get(BanRow, key, with_for_update=True)
-                if row is not None and row.level > 0:
+                if row is not None and row.source != LIFTED:
                     was_banned = was_banned or row.until.timestamp() > now
                     row.level = 0
+                    row.source = LIFTED
                     row.until = row.updated_at = _to_datetime(now)
                     await session.commit()
             self._pending.pop(key, None)
             self._mirror.pop(key, None)
         return was_banned
 
-    def _upsert(self, chunk: Sequence[tuple[str, _Write]], now: datetime) -> Executable:
+    def _upsert(self, chunk: Sequence[tuple[str, Penalty]], now: datetime) -> Executable:
         insert = postgresql_insert if self._database.dialect == "postgresql" else sqlite_insert
         statement = insert(BanRow).values(
             [
@@ -264,16 +261,20 @@ class SqlBanLedger:
             ]
         )
         new = statement.excluded
-        # In DO UPDATE, the table's columns are the stored row. A tombstone always gives way;
-        # otherwise the longer ban wins, with its own level and source.
-        replaced = or_(BanRow.level == 0, new.until >= BanRow.until)
+        # In DO UPDATE, the table's columns are the stored row (merge_penalty in SQL). A
+        # tombstone always gives way; otherwise the longer penalty sets the end and the source.
+        # A ban sets the level; a strike block keeps the stored one.
+        lifted = BanRow.source == LIFTED
+        replaced = or_(lifted, new.until >= BanRow.until)
         return statement.on_conflict_do_update(
             index_elements=[BanRow.client],
             set_={
                 "until": case((replaced, new.until), else_=BanRow.until),
-                "level": case((replaced, new.level), else_=BanRow.level),
+                "level": case(
+                    (lifted, new.level), (new.source == INSPECT, BanRow.level), else_=new.level
+                ),
                 "source": case((replaced, new.source), else_=BanRow.source),
-                "created_at": case((BanRow.level == 0, new.created_at), else_=BanRow.created_at),
+                "created_at": case((lifted, new.created_at), else_=BanRow.created_at),
                 "updated_at": new.updated_at,
             },
         )
@@ -284,24 +285,23 @@ class SqlBanLedger:
         # well after its last write.
         return delete(BanRow).where(and_(BanRow.updated_at < cutoff, BanRow.until < cutoff))
 
-    def _apply(self, rows: Iterable[tuple[str, datetime, int]], now: float) -> None:
+    def _apply(self, rows: Iterable[tuple[str, datetime, int, str]], now: float) -> None:
         forgotten = now - self._retention
-        for client, until_at, level in rows:
+        for client, until_at, level, source in rows:
             until = until_at.timestamp()
             queued = self._pending.get(client)
             if queued is not None and queued.until > until:
-                # Not written yet: this process's ban is the newer fact (the upsert keeps it).
-                self._mirror[client] = (queued.until, queued.level)
-            elif level == 0 or until < forgotten:
+                # Not written yet: this process's penalty is the newer fact (the upsert keeps
+                # it).
+                self._mirror[client] = queued
+            elif source == LIFTED or until < forgotten:
                 self._mirror.pop(client, None)
             else:
-                self._mirror[client] = (until, level)
+                self._mirror[client] = Penalty(until, level, source)
 
-    def _resync(self, rows: Iterable[tuple[str, datetime, int]], now: float) -> None:
+    def _resync(self, rows: Iterable[tuple[str, datetime, int, str]], now: float) -> None:
         """Rebuild the mirror from the whole table plus the writes still queued."""
-        self._mirror = {
-            client: (write.until, write.level) for client, write in self._pending.items()
-        }
+        self._mirror = dict(self._pending)
         self._apply(rows, now)
 
     async def _execute(self, statement: Executable) -> None:

@@ -2,6 +2,11 @@
 ``rate_limit`` dependency: one store call, the refusal responses, what happens when the shared
 store fails, the tarpit, bans in the audit log, and the metrics.
 
+A client whose penalty record is in force is refused without counting: 429 ``client_banned``
+when rate-limit refusals started it, 403 ``client_blocked`` when inspection strikes did
+(counted as ``bastion_inspect_refused_total{reason="strike"}``, as the inspect stage counts the
+strikes of a principal).
+
 When the store fails (:class:`RateLimitStoreError`), each policy's ``on_store_error`` decides:
 ``open`` lets the request through uncounted, ``closed`` refuses it with 503
 ``ratelimit_unavailable``, ``local`` counts it in this process's memory until the store is
@@ -12,6 +17,7 @@ timeout per second rather than one per request; then the next request tries it a
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -23,6 +29,7 @@ from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.ratelimit.config import RateLimitConfig
 from bastion.ratelimit.core import (
+    INSPECT,
     BanRule,
     Check,
     RateLimitStore,
@@ -33,10 +40,11 @@ from bastion.ratelimit.headers import HeaderRenderer, RateLimitReport, retry_aft
 from bastion.ratelimit.memory import MemoryStore
 from bastion.ratelimit.policies import PolicySet
 
-__all__ = ["LIMITER_KEY", "Limiter", "LocalStore"]
+__all__ = ["LIMITER_KEY", "Limiter", "LocalStore", "client_blocked"]
 
 register("rate_limited", 429, "Too many requests")
 register("client_banned", 429, "Client banned")
+register("client_blocked", 403, "Client blocked")
 register("ratelimit_unavailable", 503, "Rate limiting unavailable")
 
 LIMITER_KEY = "bastion.ratelimit"
@@ -49,6 +57,17 @@ _BANS_POLICY = "_bans"
 with ``_``)."""
 
 _log: Any = get_logger("bastion.ratelimit")
+
+
+def client_blocked(seconds: float) -> BastionError:
+    """The 403 of a client refused for its inspection strikes, with the time left."""
+    left = max(math.ceil(seconds), 1)
+    return BastionError(
+        "client_blocked",
+        "Too many of this client's requests were blocked; try again later",
+        headers={"Retry-After": str(left)},
+        extensions={"retry_after": left},
+    )
 
 
 class LocalStore(Protocol):
@@ -344,6 +363,9 @@ class Limiter:
         return await self._evaluate(checks, client, None)
 
     async def _banned(self, verdict: Verdict, client: str, state: RequestState) -> None:
+        if verdict.banned_for > 0 and verdict.ban_source == INSPECT:
+            self._metrics.inspect_refusal("strike")
+            raise client_blocked(verdict.banned_for)
         self._metrics.ratelimit_decision(_BANS_POLICY, "limited")
         if verdict.new_ban > 0 and self._audit is not None:
             await self._audit.emit(

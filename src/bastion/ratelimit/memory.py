@@ -39,6 +39,12 @@ with its decisions (``banned_for`` stays 0: that request was counted); later req
 ``banned_for`` until it ends. :meth:`MemoryStore.lift` forgets the client entirely. With a
 :class:`~bastion.ratelimit.core.BanLedger` the ban check also honours bans other processes
 started, their latest ban counts for the next offence, and every new ban is recorded there.
+
+The same record holds inspection strike blocks (:meth:`MemoryStore.block`), so the gate's one
+check refuses both; ``ban_source`` tells the limiter which answer to give. A block keeps the
+longer of itself and a ban, and never the offence number; the next ban is a repeat offence
+when it starts within ``reset_after`` of the end of the client's latest penalty, whichever
+started it.
 """
 
 from __future__ import annotations
@@ -61,13 +67,18 @@ from bastion.ratelimit.algorithms import (
 )
 from bastion.ratelimit.config import Algorithm
 from bastion.ratelimit.core import (
+    INSPECT,
+    NO_PENALTY,
+    RATELIMIT,
     BanLedger,
     BanRecord,
     BanRule,
     Check,
     Decision,
+    Penalty,
     Rule,
     Verdict,
+    merge_penalty,
 )
 
 __all__ = ["DEFAULT_MAX_KEYS", "SWEEP", "MemoryStore"]
@@ -82,6 +93,7 @@ DEFAULT_MAX_KEYS = 200_000
 # Decision and Verdict are named tuples: building them through tuple.__new__ skips the
 # generated __new__'s argument handling (about 0.1 us instead of 0.25 us each).
 _tuple_new = tuple.__new__
+_RATELIMIT = RATELIMIT
 _floor = math.floor
 
 # A GCRA bucket is its tat, a float: also when it is idle (back to full). Any other bucket is
@@ -119,16 +131,18 @@ class _Table:
 
 
 class _Client:
-    """A client's ban state."""
+    """A client's ban state: its refusals and its penalty record."""
 
-    __slots__ = ("expires", "level", "refusals", "until")
+    __slots__ = ("expires", "level", "refusals", "source", "until")
 
     def __init__(self) -> None:
         self.refusals: deque[float] = deque()
         self.until = 0.0
-        """End of the latest ban (0: none)."""
+        """End of the latest ban or strike block (0: none)."""
         self.level = 0
         """Offence number of the latest ban."""
+        self.source = RATELIMIT
+        """What set ``until``."""
         self.expires = 0.0
         """When nothing of this record matters any more (refusals aged out, ban forgiven)."""
 
@@ -185,11 +199,14 @@ class MemoryStore:
             if ledger is None:
                 record = self._clients.get(client)
                 if record is not None and record.until > now:
-                    return _tuple_new(Verdict, (False, (), record.until - now, 0.0, record.level))
+                    return _tuple_new(
+                        Verdict,
+                        (False, (), record.until - now, 0.0, record.level, record.source),
+                    )
             else:
-                until, level = ledger.banned_until(client)
+                until, level, source = ledger.penalty(client)
                 if until > now:
-                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level))
+                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
         tables = self._tables
         if len(checks) == 1:
             # One GCRA check (the built-in ``global`` alone) is most requests: decided and
@@ -215,13 +232,13 @@ class MemoryStore:
                         buckets[key] = new_tat
                     remaining = _floor((tau - backlog + EPSILON) / interval)
                     decision = _tuple_new(Decision, (True, rule.limit, remaining, backlog, 0.0))
-                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0))
+                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0, _RATELIMIT))
                 decision = _tuple_new(Decision, (False, rule.limit, 0, base - now, backlog - tau))
                 if not check.enforce:
-                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0))
+                    return _tuple_new(Verdict, (True, (decision,), 0.0, 0.0, 0, _RATELIMIT))
                 if bans is not None and client is not None:
                     return self._refused(client, bans, (decision,), now)
-                return _tuple_new(Verdict, (False, (decision,), 0.0, 0.0, 0))
+                return _tuple_new(Verdict, (False, (decision,), 0.0, 0.0, 0, _RATELIMIT))
         decisions: list[Decision] = []
         # What each allowing check stores if the whole request is allowed.
         counted: list[tuple[_Table, Check, Any]] = []
@@ -271,10 +288,10 @@ class MemoryStore:
                         buckets[key] = update
                 else:
                     self._hold(table, check, update, now)
-            return _tuple_new(Verdict, (True, tuple(decisions), 0.0, 0.0, 0))
+            return _tuple_new(Verdict, (True, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
         if bans is not None and client is not None:
             return self._refused(client, bans, tuple(decisions), now)
-        return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0))
+        return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
 
     def _decide(
         self, table: _Table, check: Check, now: float
@@ -386,20 +403,44 @@ class MemoryStore:
 
     # -- bans -------------------------------------------------------------------------------
 
-    def _ban_of(self, client: str) -> tuple[float, int]:
-        """``(until, level)`` of the client's latest ban: with a ledger, the ledger's alone (it
-        mirrors this process's bans at once and everyone else's within its poll), so a lift
-        made anywhere (``bastion bans lift``) ends the ban here too."""
+    def penalty(self, client: str) -> Penalty:
+        """The client's latest ban or strike block: with a ledger, the ledger's alone (it
+        mirrors this process's records at once and everyone else's within its poll), so a lift
+        made anywhere (``bastion bans lift``) ends it here too."""
         if self._ledger is not None:
-            return self._ledger.banned_until(client)
+            return self._ledger.penalty(client)
         record = self._clients.get(client)
-        return (record.until, record.level) if record is not None else (0.0, 0)
+        if record is None or not record.until:
+            return NO_PENALTY
+        return Penalty(record.until, record.level, record.source)
+
+    def block(self, client: str, until: float) -> None:
+        """Block ``client`` until ``until`` (epoch seconds) for its inspection strikes: its
+        penalty record (and the ledger's) keeps the longer of a ban and the block, and its
+        offence level (:func:`~bastion.ratelimit.core.merge_penalty`)."""
+        if self._ledger is not None:
+            self._ledger.record(client, until=until, level=0, source=INSPECT)
+            return
+        current = self.penalty(client)
+        merged = merge_penalty(current if current.until else None, until, 0, INSPECT)
+        record = self._clients.get(client)
+        if record is None:
+            record = self._clients[client] = _Client()
+            if len(self._clients) > self._max_keys:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(client)
+        record.until, record.level, record.source = merged
+        record.expires = max(record.expires, merged.until)
 
     def _refused(
         self, client: str, bans: BanRule, decisions: tuple[Decision, ...], now: float
     ) -> Verdict:
-        """Count a refusal; the ``threshold``-th within the window starts a ban."""
-        previous_until, previous_level = self._ban_of(client)
+        """Count a refusal; the ``threshold``-th within the window starts a ban (never with a
+        threshold of 0: :data:`~bastion.ratelimit.core.PENALTIES_ONLY`)."""
+        if not bans.threshold:
+            return _tuple_new(Verdict, (False, decisions, 0.0, 0.0, 0, _RATELIMIT))
+        previous_until, previous_level, _ = self.penalty(client)
         record = self._clients.get(client)
         if record is None:
             record = self._clients[client] = _Client()
@@ -415,17 +456,18 @@ class MemoryStore:
         record.expires = max(now + bans.window, record.until + bans.reset_after)
         self._sweep_clients(now)
         if len(refusals) < bans.threshold:
-            return _tuple_new(Verdict, (False, decisions, 0.0, 0.0, 0))
+            return _tuple_new(Verdict, (False, decisions, 0.0, 0.0, 0, _RATELIMIT))
         repeat = previous_until > 0.0 and now - previous_until <= bans.reset_after
         level = previous_level + 1 if repeat else 1
         duration = bans.durations[min(level, len(bans.durations)) - 1]
         record.until = now + duration
         record.level = level
+        record.source = RATELIMIT
         record.expires = record.until + bans.reset_after
         refusals.clear()
         if self._ledger is not None:
             self._ledger.record(client, until=record.until, level=level)
-        return _tuple_new(Verdict, (False, decisions, 0.0, duration, level))
+        return _tuple_new(Verdict, (False, decisions, 0.0, duration, level, _RATELIMIT))
 
     def _sweep_clients(self, now: float) -> None:
         """Drop up to :data:`SWEEP` client records nothing depends on any more."""
@@ -464,19 +506,20 @@ class MemoryStore:
             bucket[_EXPIRES] = leases.expires()
 
     async def active_bans(self) -> list[BanRecord]:
-        """Clients this process banned whose ban is not over (the ledger lists everyone's)."""
+        """Clients this process banned or blocked whose penalty is not over (the ledger lists
+        everyone's)."""
         now = self._clock()
         return [
-            BanRecord(client, record.until, record.level)
+            BanRecord(client, record.until, record.level, record.source)
             for client, record in self._clients.items()
             if record.until > now
         ]
 
     async def lift(self, client: str) -> bool:
-        """Forget the client: its ban, refusals and offence number (a later ban is offence 1
-        again, as after a lift in the ledger). A ban recorded in the ledger is lifted there
-        (``SqlBanLedger.lift``), which every process then follows. False when this process
-        held no ban for it."""
+        """Forget the client: its ban or strike block, refusals and offence number (a later
+        ban is offence 1 again, as after a lift in the ledger). A record in the ledger is
+        lifted there (``SqlBanLedger.lift``), which every process then follows. False when
+        this process held no ban for it."""
         record = self._clients.pop(client, None)
         return record is not None and record.until > self._clock()
 

@@ -1,9 +1,9 @@
 """The table of the ban ledger (migration ``0003``): one penalty record per client.
 
 Rate-limit bans and inspection strikes share it (``source`` tells which started the current
-one), so the gate checks a single record. A lifted ban stays as a tombstone (``level`` 0) until
-pruned: other processes learn of the lift by reading rows updated since their last poll (see
-:mod:`bastion.ratelimit.ledger`).
+one), so the gate checks a single record. A lifted record stays as a tombstone (``source``
+``lifted``) until pruned: other processes learn of the lift by reading rows updated since their
+last poll (see :mod:`bastion.ratelimit.ledger`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ class BanRow(Base):
     until: Mapped[datetime] = mapped_column(UtcDateTime)
     """When the ban ends; for a tombstone, when it was lifted."""
     level: Mapped[int] = mapped_column(Integer)
-    """Which offence the ban is (1 = first duration); 0 marks a lifted ban."""
+    """Rate-limit offence number of the latest ban (1 = first duration); 0 when the client was
+    only ever blocked by strikes, or the record was lifted."""
     source: Mapped[str] = mapped_column(String(32), default="ratelimit")
-    """What started the ban: ``ratelimit`` or ``inspect``."""
+    """What set ``until``: ``ratelimit`` (a ban) or ``inspect`` (a strike block); ``lifted``
+    marks a tombstone."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     """When the client's record began (reset when a ban follows a lift)."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -3,8 +3,9 @@
 :class:`RedisStore` implements :class:`~bastion.ratelimit.core.RateLimitStore` with the
 script ``lua/ratelimit.lua``, which mirrors :mod:`bastion.ratelimit.algorithms` and the ban
 rules of :mod:`bastion.ratelimit.memory`. Everything a request needs — all its checks and its
-client's ban — is one ``EVALSHA``, so the decision is atomic across every instance sharing the
-Redis, and an anonymous request costs exactly one Redis command.
+client's penalty record (a rate-limit ban or an inspection strike block) — is one
+``EVALSHA``, so the decision is atomic across every instance sharing the Redis, and an
+anonymous request costs exactly one Redis command.
 
 **Clock.** The script reads Redis ``TIME``, so instances whose clocks disagree still agree on
 every decision; all times it handles are integer microseconds.
@@ -23,19 +24,23 @@ every decision; all times it handles are integer microseconds.
   checks, whose window id or token change per request).
 
 **Reply format.** A flat array of integers, so hiredis parses it and nothing parses a float:
-``[now_us, allowed, banned_for_us, new_ban_us, ban_level]`` followed, unless the client is
-banned, by ``[allowed, remaining, reset_us, retry_after_us]`` per check in the order given.
-``allowed`` is 1 or 0; microseconds are rounded to the nearest integer.
+``[now_us, allowed, banned_for_us, new_ban_us, ban_level, source]`` (source 0 ``ratelimit``,
+1 ``inspect``) followed, unless the client is banned or blocked, by
+``[allowed, remaining, reset_us, retry_after_us]`` per check in the order given. ``allowed`` is
+1 or 0; microseconds are rounded to the nearest integer.
 
-**Keys.** ``<prefix><check.key>`` per bucket (``Check.key`` starts with the policy name),
-``<prefix>ban:{<client>}`` and ``<prefix>refusals:{<client>}`` per client, and the ban index
-``<prefix>bans`` (a sorted set of banned clients scored by their ban's end, which
-:meth:`RedisStore.active_bans` reads instead of scanning the keyspace). Every key carries an
-expiry just long enough for its state: GCRA until its ``tat``; fixed and sliding windows until
-the end of the window (sliding: the next one, while it still weighs); the log and the leases
-one period after their newest entry; a quota until its calendar window ends; refusals one ban
-window; a ban record until the ban ends plus ``reset_after`` (so the next offence is known);
-the index until its latest ban ends.
+**Keys.** ``<prefix><check.key>`` per bucket (``Check.key`` starts with the policy name);
+per client ``<prefix>ban:{<client>}``, its penalty record ``"until level source"``, which
+rate-limit bans and inspection strike blocks share (:meth:`RedisStore.strike` writes the
+blocks), ``<prefix>refusals:{<client>}`` and ``<prefix>strikes:{<client>}`` (its strike
+count); and the ban index ``<prefix>bans`` (a sorted set of banned or blocked clients scored by
+their penalty's end, which :meth:`RedisStore.active_bans` reads instead of scanning the
+keyspace). Every key carries an expiry just long enough for its state: GCRA until its
+``tat``; fixed and sliding windows until the end of the window (sliding: the next one, while it
+still weighs); the log and the leases one period after their newest entry; a quota until its
+calendar window ends; refusals one ban window; strike counts one strike window; a ban record
+until the ban ends plus ``reset_after`` (so the next offence is known), a block's until it
+ends; the index until its latest penalty ends.
 
 **Concurrency leases.** A granted slot is a member of the bucket's sorted set scored by its
 expiry and named by the request's token (``Check.lease``): ``token#1`` … ``token#cost``.
@@ -94,6 +99,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from bastion.ratelimit.core import (
+    INSPECT,
+    RATELIMIT,
     BanRecord,
     BanRule,
     Check,
@@ -136,6 +143,8 @@ _MAX_CACHED = 4096
 _US = 1_000_000
 _EMPTY = b"$0\r\n\r\n"
 _INFO_CLUSTER = b"*2\r\n$4\r\nINFO\r\n$7\r\ncluster\r\n"
+_SOURCES = (RATELIMIT, INSPECT)
+"""Penalty sources by the code the script replies with."""
 # Decision and Verdict are named tuples: tuple.__new__ skips their generated __new__.
 _tuple_new = tuple.__new__
 
@@ -285,19 +294,43 @@ class RedisStore:
         for client, value in zip(clients, values, strict=True):
             if value is None:
                 continue  # lifted since the index was read
-            until, level = value.split()
+            until, level, *source = value.split()
             if float(until) > now:
                 name = client.decode(errors="replace")
-                records.append(BanRecord(name, float(until) / _US, int(level)))
+                kind = INSPECT if source == [INSPECT.encode()] else RATELIMIT
+                records.append(BanRecord(name, float(until) / _US, int(level), kind))
         return records
 
     async def lift(self, client: str) -> bool:
-        """End ``client``'s ban and forget its refusals and offence number; False when it was
-        not banned."""
-        keys = [*self._ban_keys(client), self._prefix + b"bans"]
+        """End ``client``'s ban or strike block and forget its refusals, strikes and offence
+        number; False when it had none in force."""
+        keys = [*self._ban_keys(client), self._prefix + b"bans", self._strike_key(client)]
         command = self._script_command(keys, [b"l", client.encode()])
         reply = await self._call(command)
         return bool(reply)
+
+    async def strike(
+        self, clients: Sequence[str], *, threshold: int, window: float, duration: float
+    ) -> list[str]:
+        """Count one inspection strike against each client (one ``EVALSHA``); a client
+        reaching ``threshold`` strikes within ``window`` seconds is blocked for ``duration``
+        in its penalty record, which the gate's evaluation checks. The clients it blocked."""
+        keys: list[bytes] = []
+        for client in clients:
+            keys += (self._strike_key(client), self._ban_keys(client)[0])
+        keys.append(self._prefix + b"bans")
+        args = [b"s", b"%d" % threshold, _us(window), _us(duration)]
+        args += (client.encode() for client in clients)
+        command = self._script_command(keys, args)
+        reply = await (self._submit(command) if self._batch else self._call(command))
+        return [name.decode(errors="replace") for name in reply]
+
+    async def penalty(self, client: str) -> tuple[float, str]:
+        """Seconds left of ``client``'s ban or strike block (0.0: none) and what started it,
+        by the server's clock (one ``EVALSHA``)."""
+        command = self._script_command([self._ban_keys(client)[0]], [b"p"])
+        left, source = await (self._submit(command) if self._batch else self._call(command))
+        return left / _US, _SOURCES[source]
 
     async def check_server(self) -> None:
         """Fail with :class:`~bastion.ratelimit.core.RateLimitStoreError` when the server is a
@@ -346,6 +379,9 @@ class RedisStore:
             b"%sban:{%s}" % (self._prefix, name),
             b"%srefusals:{%s}" % (self._prefix, name),
         ]
+
+    def _strike_key(self, client: str) -> bytes:
+        return b"%sstrikes:{%s}" % (self._prefix, client.encode())
 
     def _check_args(self, check: Check) -> bytes:
         """The seven ARGV values of ``check``; the first six encoded once per rule, cost and
@@ -508,18 +544,20 @@ class RedisStore:
     @staticmethod
     def _verdict(checks: Sequence[Check], reply: list[int]) -> Verdict:
         if reply[2]:
-            return _tuple_new(Verdict, (False, (), reply[2] / _US, 0.0, reply[4]))
+            return _tuple_new(
+                Verdict, (False, (), reply[2] / _US, 0.0, reply[4], _SOURCES[reply[5]])
+            )
         if len(checks) == 1:
             # Most requests: no list, no loop.
             decisions: tuple[Decision, ...] = (
                 _tuple_new(
                     Decision,
-                    (reply[5] == 1, checks[0].rule.limit, reply[6], reply[7] / _US, reply[8] / _US),
+                    (reply[6] == 1, checks[0].rule.limit, reply[7], reply[8] / _US, reply[9] / _US),
                 ),
             )
         else:
             built = []
-            at = 5
+            at = 6
             for check in checks:
                 built.append(
                     _tuple_new(
@@ -535,7 +573,9 @@ class RedisStore:
                 )
                 at += 4
             decisions = tuple(built)
-        return _tuple_new(Verdict, (reply[1] == 1, decisions, 0.0, reply[3] / _US, reply[4]))
+        return _tuple_new(
+            Verdict, (reply[1] == 1, decisions, 0.0, reply[3] / _US, reply[4], RATELIMIT)
+        )
 
     # -- cancelled callers ------------------------------------------------------------------
 

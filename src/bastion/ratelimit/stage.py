@@ -1,7 +1,8 @@
 """The ``gate`` and ``ratelimit`` stages (DESIGN.md §1, steps 5 and 11).
 
-The gate runs right after the probes, before anything expensive: active bans and every policy
-keyed by address, route or header, in one store call. The ``ratelimit`` stage runs right after
+The gate runs right after the probes, before anything expensive: the client's penalty record
+(rate-limit bans and inspection strike blocks) and every policy keyed by address, route or
+header, in one store call. The ``ratelimit`` stage runs right after
 authentication with the policies that need the principal (user, API key, tenant, claims), again
 in one store call. Each is in the chain only when it has something to decide.
 
@@ -20,7 +21,7 @@ from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.state import RequestState
 from bastion.ratelimit.config import RateLimitConfig
-from bastion.ratelimit.core import BanRule
+from bastion.ratelimit.core import PENALTIES_ONLY, BanRule
 from bastion.ratelimit.headers import REPORT_KEY, RateLimitReport
 from bastion.ratelimit.limiter import LIMITER_KEY, Limiter
 
@@ -126,12 +127,21 @@ class _Exchange:
 
 
 class GateStage(_LimitStage):
-    """Step 5: bans and the policies decided before authentication."""
+    """Step 5: bans, strike blocks and the policies decided before authentication.
+
+    ``strikes``: inspection strikes are on, so the client's penalty record is checked even when
+    rate-limit bans are off (:data:`~bastion.ratelimit.core.PENALTIES_ONLY`)."""
 
     _stage = "gate"
 
     def __init__(
-        self, app: ASGIApp, *, config: RateLimitConfig, deps: Deps, limiter: Limiter
+        self,
+        app: ASGIApp,
+        *,
+        config: RateLimitConfig,
+        deps: Deps,
+        limiter: Limiter,
+        strikes: bool = False,
     ) -> None:
         super().__init__(app, config=config, deps=deps, limiter=limiter)
         bans = config.bans
@@ -142,6 +152,8 @@ class GateStage(_LimitStage):
                 durations=tuple(bans.durations),
                 reset_after=bans.reset_after,
             )
+        elif strikes:
+            self._bans = PENALTIES_ONLY
 
 
 class RateLimitStage(_LimitStage):

@@ -3,7 +3,8 @@
 ``store = "auto"`` counts in Redis when ``store.redis_url`` is set, else in this process's memory.
 With the memory store and bans on, bans go through the SQL ban ledger, so a ban started by one
 worker or instance holds in all of them; counters stay per process (start-up warns when
-``server.workers > 1``).
+``server.workers > 1``). Inspection strike blocks go to the same store and ledger
+(:meth:`RateLimiting.check_strikes`), so the gate refuses both kinds in its one store call.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class RateLimiting:
         self.config = config
         self.policies = PolicySet(config, prefix=deps.prefix)
         self.ledger: SqlBanLedger | None = None
+        self.strikes = False
+        """Whether the gate checks inspection strike blocks (:meth:`check_strikes`)."""
         self._workers = deps.settings.server.workers
         store_config = deps.settings.store
         redis = deps.stores.redis if deps.stores is not None else None
@@ -55,7 +58,8 @@ class RateLimiting:
             )
         else:
             self.store_name = "memory"
-            if config.bans.enabled and deps.stores is not None:
+            strikes = deps.settings.inspect.strikes.enabled
+            if (config.bans.enabled or strikes) and deps.stores is not None:
                 self.ledger = SqlBanLedger(
                     deps.stores.database, retention=config.bans.reset_after, metrics=deps.metrics
                 )
@@ -73,10 +77,15 @@ class RateLimiting:
     def _local_store(self) -> MemoryStore:
         return MemoryStore(max_keys=self.config.max_keys, ledger=self.ledger)
 
+    def check_strikes(self) -> None:
+        """Inspection counts strikes into this capability's store: the gate checks every
+        client's penalty record, also when rate-limit bans are off."""
+        self.strikes = True
+
     @property
     def has_gate(self) -> bool:
-        """Whether the gate has anything to decide: early policies or bans."""
-        return bool(self.policies.early) or self.config.bans.enabled
+        """Whether the gate has anything to decide: early policies, bans or strike blocks."""
+        return bool(self.policies.early) or self.config.bans.enabled or self.strikes
 
     @property
     def has_late(self) -> bool:
@@ -85,7 +94,9 @@ class RateLimiting:
 
     def gate(self, app: ASGIApp, deps: Deps) -> ASGIApp:
         """The gate stage in front of ``app``."""
-        return GateStage(app, config=self.config, deps=deps, limiter=self.limiter)
+        return GateStage(
+            app, config=self.config, deps=deps, limiter=self.limiter, strikes=self.strikes
+        )
 
     def stage(self, app: ASGIApp, deps: Deps) -> ASGIApp:
         """The ``ratelimit`` stage in front of ``app``."""

@@ -1,6 +1,7 @@
 --[[
-Bastion rate limiting on Redis: every check of one request, and the client's ban, decided and
-counted atomically by one call (bastion.ratelimit.redis_store loads it and calls it by SHA).
+Bastion rate limiting on Redis: every check of one request, and the client's penalty record (a
+rate-limit ban or an inspection strike block), decided and counted atomically by one call
+(bastion.ratelimit.redis_store loads it and calls it by SHA).
 
 The arithmetic mirrors bastion/ratelimit/algorithms.py; times are integer microseconds of the
 server's clock (TIME), so every instance agrees whatever its own clock says. EPSILON (1 us, the
@@ -15,20 +16,31 @@ ARGV[1] is the operation.
            enforce ("1" or "0"), extra: the quota window id, the concurrency lease token, or ""
            codes: 1 gcra, 2 sliding_window, 3 fixed_window, 4 sliding_log, 5 concurrency, 6 quota
   then, with bans: client, threshold, window (us), reset_after (us), duration 1 (us), ...
+  (threshold 0: the penalty record is checked, refusals are never counted)
   ARGV[#ARGV] a token unique to this call (names sorted-set members); last, so that everything
   before it is the same for every request of one client and shape (the caller caches it).
   KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the ban record, KEYS[n+2] the refusals,
   KEYS[n+3] the ban index.
-  Reply, all integers: now, allowed (1/0), banned_for (us), new_ban (us), ban level, then per
-  check: allowed (1/0), remaining, reset (us), retry_after (us). A banned client gets only the
-  first five.
+  Reply, all integers: now, allowed (1/0), banned_for (us), new_ban (us), ban level, source of
+  the penalty (0 ratelimit, 1 inspect), then per check: allowed (1/0), remaining, reset (us),
+  retry_after (us). A banned or blocked client gets only the first six.
 
 "r": release. KEYS the concurrency buckets; for KEYS[i], ARGV[2i] its cost and ARGV[2i+1] its
   lease token: the members token#1..token#cost are removed (none if they lapsed already); an
   empty token removes the cost oldest leases instead. Reply: 0.
 
-"l": lift. KEYS[1] the ban record, KEYS[2] the refusals, KEYS[3] the ban index; ARGV[2] the
-  client. Reply: 1 when a ban was active.
+"s": strike (inspection). For client i, KEYS[2i-1] its strike count and KEYS[2i] its penalty
+  record; last KEYS the ban index. ARGV[2] threshold, ARGV[3] window (us), ARGV[4] duration
+  (us), then the clients. Each client's count grows (expiring one window after its first
+  strike); reaching the threshold blocks it: its record keeps the longer of the block and a ban
+  in force, and its level (a strike never raises the rate-limit escalation), and the index
+  lists it. Reply: the clients blocked.
+
+"p": penalty. KEYS[1] a penalty record. Reply: microseconds left of it (0: none) and its
+  source (0 ratelimit, 1 inspect).
+
+"l": lift. KEYS[1] the penalty record, KEYS[2] the refusals, KEYS[3] the ban index, KEYS[4]
+  the strike count; ARGV[2] the client. Reply: 1 when a ban or block was active.
 
 "b": bans. KEYS[1] the ban index. Drops the ended bans; reply: now, then client and ban end
   (us) of each active ban.
@@ -40,9 +52,13 @@ Bucket values:
   quota           string: "window count end"
   sliding_log     sorted set, one member per cost unit, scored by its time
   concurrency     sorted set, one member per held slot (token#unit), scored by its expiry
-  ban record      string: "until level" (kept until the ban ends plus reset_after)
+  penalty record  string: "until level source" (source "ratelimit" or "inspect"; a record
+                  written before sources existed has two fields and is a ban). A ban keeps it
+                  until it ends plus reset_after, a strike block until the block ends (or
+                  longer, when the record already lived longer)
   refusals        sorted set of refusal times within the ban window
-  ban index       sorted set: client scored by its ban's end (expires with the last ban)
+  strike count    integer, expiring one strike window after its first strike
+  ban index       sorted set: client scored by its penalty's end (expires with the last one)
 ]]
 
 local clock = redis.call('TIME')
@@ -70,6 +86,25 @@ local function score_at(key, rank)
     return tonumber(found[2])
 end
 
+-- A penalty record: until (us), level, and 1 when inspection strikes set it (else 0).
+local function parse_record(record)
+    local until_, level, source = string.match(record, '^(%S+) (%S+) ?(%S*)$')
+    return tonumber(until_), tonumber(level), source == 'inspect' and 1 or 0
+end
+
+-- The index bastion bans list reads (no SCAN of the keyspace): pruned of ended penalties,
+-- scored by each client's latest end, kept as long as the latest one.
+local function index_penalty(index, client, until_)
+    call('ZREMRANGEBYSCORE', index, '-inf', now)
+    local score = call('ZSCORE', index, client)
+    if not score or tonumber(score) < until_ then
+        call('ZADD', index, until_, client)
+    end
+    if call('PTTL', index) < ttl_ms(until_ - now) then
+        call('PEXPIRE', index, ttl_ms(until_ - now))
+    end
+end
+
 if op == 'r' then
     for i = 1, #KEYS do
         local cost = tonumber(ARGV[2 * i])
@@ -92,15 +127,66 @@ end
 
 if op == 'l' then
     local record = call('GET', KEYS[1])
-    call('DEL', KEYS[1], KEYS[2])
+    call('DEL', KEYS[1], KEYS[2], KEYS[4])
     call('ZREM', KEYS[3], ARGV[2])
     if record then
-        local until_ = tonumber(string.match(record, '^(%S+)'))
+        local until_ = parse_record(record)
         if until_ > now then
             return 1
         end
     end
     return 0
+end
+
+if op == 'p' then
+    local record = call('GET', KEYS[1])
+    if record then
+        local until_, _, source = parse_record(record)
+        if until_ > now then
+            return {us(until_ - now), source}
+        end
+    end
+    return {0, 0}
+end
+
+if op == 's' then
+    local threshold = tonumber(ARGV[2])
+    local window = tonumber(ARGV[3])
+    local duration = tonumber(ARGV[4])
+    local index = KEYS[#KEYS]
+    local blocked = {}
+    for i = 1, #ARGV - 4 do
+        local count_key, record_key = KEYS[2 * i - 1], KEYS[2 * i]
+        local count = call('INCR', count_key)
+        if count == 1 then
+            call('PEXPIRE', count_key, ttl_ms(window))
+        end
+        if count >= threshold then
+            call('DEL', count_key)
+            local client = ARGV[4 + i]
+            local until_, level, source = now + duration, 0, 'inspect'
+            local lifetime = ttl_ms(duration)
+            local record = call('GET', record_key)
+            if record then
+                local stored, stored_level, stored_source = parse_record(record)
+                level = stored_level
+                if stored > until_ then
+                    until_ = stored
+                    source = stored_source == 1 and 'inspect' or 'ratelimit'
+                end
+                -- A ban's record outlives the ban by reset_after, for its level.
+                local left = call('PTTL', record_key)
+                if left > lifetime then
+                    lifetime = left
+                end
+            end
+            call('SET', record_key, string.format('%.17g %d %s', until_, level, source), 'PX',
+                lifetime)
+            index_penalty(index, client, until_)
+            blocked[#blocked + 1] = client
+        end
+    end
+    return blocked
 end
 
 if op == 'b' then
@@ -122,15 +208,14 @@ local ban_at = 3 + 7 * n
 if banning then
     local record = call('GET', KEYS[n + 1])
     if record then
-        local until_, level = string.match(record, '^(%S+) (%S+)$')
-        until_ = tonumber(until_)
+        local until_, level, source = parse_record(record)
         if until_ > now then
-            return {now, 0, us(until_ - now), 0, tonumber(level)}
+            return {now, 0, us(until_ - now), 0, level, source}
         end
     end
 end
 
-local reply = {now, 1, 0, 0, 0}
+local reply = {now, 1, 0, 0, 0, 0}
 local allowed_all = true
 -- What each allowed check writes if the whole request is allowed: a string value and its
 -- expiry, or the members to add to a sorted set.
@@ -326,7 +411,7 @@ if allowed_all then
 end
 
 reply[2] = 0
-if banning then
+if banning and tonumber(ARGV[ban_at + 1]) > 0 then
     -- Refusal times within the ban window, as in the memory store: the threshold-th one starts a
     -- ban, the next offence when within reset_after of the previous ban's end, else offence 1.
     local client = ARGV[ban_at]
@@ -340,26 +425,21 @@ if banning then
     end
     local reset_after = tonumber(ARGV[ban_at + 3])
     local level = 1
+    -- The record is not in force (the request would have been refused above): the latest
+    -- penalty's end, whichever source set it, and the latest ban's level.
     local record = call('GET', KEYS[n + 1])
     if record then
-        local until_, previous = string.match(record, '^(%S+) (%S+)$')
-        if now - tonumber(until_) <= reset_after then
-            level = tonumber(previous) + 1
+        local until_, previous = parse_record(record)
+        if now - until_ <= reset_after then
+            level = previous + 1
         end
     end
     local durations = #ARGV - 1 - (ban_at + 3)
     local duration = tonumber(ARGV[ban_at + 3 + math.min(level, durations)])
-    call('SET', KEYS[n + 1], string.format('%.17g %d', now + duration, level), 'PX',
+    call('SET', KEYS[n + 1], string.format('%.17g %d ratelimit', now + duration, level), 'PX',
         ttl_ms(duration + reset_after))
     call('DEL', refusals)
-    -- The index bastion bans list reads (no SCAN of the keyspace): kept as long as its latest
-    -- ban, pruned of ended ones as bans start.
-    local index = KEYS[n + 3]
-    call('ZREMRANGEBYSCORE', index, '-inf', now)
-    call('ZADD', index, now + duration, client)
-    if call('PTTL', index) < ttl_ms(duration) then
-        call('PEXPIRE', index, ttl_ms(duration))
-    end
+    index_penalty(KEYS[n + 3], client, now + duration)
     reply[4] = duration
     reply[5] = level
 end
