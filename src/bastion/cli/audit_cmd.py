@@ -213,7 +213,7 @@ def export(
     ] = Format.jsonl,
     config: ConfigOption = None,
 ) -> None:
-    """Write events to standard output, oldest first, streaming (memory stays bounded)."""
+    """Write events to standard output, oldest first (streamed: memory stays bounded)."""
     query = _filter(kind, actor, since, until)
     settings = load_settings(config)
     out = _Output()
@@ -254,8 +254,7 @@ def tail(
     actor: ActorOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Print the most recent events as JSON lines, oldest of them first; with --follow, then
-    every new event until interrupted."""
+    """Print the latest events as JSON lines; with --follow, keep printing new ones."""
     query = _filter(kind, actor)
     settings = load_settings(config)
     out = _Output()
@@ -275,8 +274,7 @@ def verify(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Recompute the hash chain from its start (or its pruning checkpoint) to its head; exit 3
-    printing the first bad seq and why when it is broken."""
+    """Recompute the hash chain; exit 3 naming the first bad seq when it is broken."""
     settings = load_settings(config)
     _log_to_stderr()
     try:
