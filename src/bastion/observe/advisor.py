@@ -538,8 +538,8 @@ async def _seq_scan_tables(
                 size_bytes=int(row["size_bytes"]),
                 seq_scans=seq,
                 index_scans=idx,
-                index_pct=round(100.0 * idx / (seq + idx), 1),
-                avg_rows_per_seq_scan=int(row["seq_tup_read"]) // seq,
+                index_pct=round(100.0 * idx / max(seq + idx, 1), 1),
+                avg_rows_per_seq_scan=int(row["seq_tup_read"]) // max(seq, 1),
                 has_indexes=bool(own_indexes),
                 candidates=candidates[:3],
             )
