@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from bastion.audit.events import AuditSink
     from bastion.cache.tiered import Cache
     from bastion.http.principal import PrincipalResolver
+    from bastion.observe.tracing import Tracing
     from bastion.settings import Settings
     from bastion.store.stores import Stores
 
@@ -35,6 +36,8 @@ class Deps:
     verified principal, such as CSRF exemption for bearer-authenticated requests)."""
     audit: AuditSink | None = None
     """Where security-relevant events go (DESIGN.md §9)."""
+    tracing: Tracing | None = None
+    """The engine's tracer when ``[tracing]`` is enabled; ``None`` (no tracing work) otherwise."""
     cache: Cache | None = None
     """The engine's tiered cache (``[cache]``), set once the engine has built it."""
     client_ips: ClientIpResolver = field(init=False)

@@ -136,15 +136,21 @@ def build_pipeline(
             lambda a: ratelimit.stage(a, deps) if ratelimit else a,
         ),
         (inspection is not None, lambda a: inspection.stage(a, deps) if inspection else a),
-        (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
-        # Inside compression: entries hold the terminal's own bytes, compressed per request.
         (http_cache_enabled(s.cache.http), lambda a: http_cache_stage(a, deps)),
+        (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
         (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
-    app = terminal
+    tracing = deps.tracing
+    app = terminal if tracing is None else tracing.stage_span(terminal, "terminal")
     for enabled, stage in reversed(stages):
         if enabled:
             app = stage(app)
+            if tracing is not None:
+                app = tracing.stage_span(app)
+    if tracing is not None:
+        # Outside the request-id stage: the span covers the whole exchange, and the access-log
+        # line written when it ends carries the trace ids.
+        app = tracing.server_stage(app, deps)
     return app
 
 
@@ -189,6 +195,11 @@ class Bastion:
             principal_resolver=principal_resolver,
             audit=audit,
         )
+        if self.settings.tracing.enabled:
+            # Imported only when enabled: with tracing off, the OpenTelemetry SDK never loads.
+            from bastion.observe.tracing import Tracing
+
+            self.deps.tracing = Tracing(self.settings.tracing)
         self.identity: Identity | None = None
         if self.settings.auth.enabled:
             self.identity = Identity(self.settings.auth, self.deps)
@@ -207,6 +218,7 @@ class Bastion:
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
         self._observer = RequestObserver(self.metrics, access_log=self.settings.logging.access_log)
+        self._observer.configure(self.settings.logging, traced=self.deps.tracing is not None)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._closers: list[Callable[[], Any]] = []
@@ -278,6 +290,8 @@ class Bastion:
             # After everything that may still emit, before the database closes.
             await self.audit_log.close()
         await self.stores.close()
+        if self.deps.tracing is not None:
+            self.deps.tracing.flush()
         output = access_output()
         if output is not None:
             output.flush()

@@ -7,6 +7,7 @@ import typer
 from bastion.cli import (
     audit_cmd,
     bans_cmd,
+    cache_cmd,
     config_cmd,
     db_cmd,
     demo_cmd,
@@ -32,6 +33,7 @@ app.add_typer(users_cmd.app, name="users")
 app.add_typer(roles_cmd.app, name="roles")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(bans_cmd.app, name="bans")
+app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(waf_cmd.app, name="waf")
 app.add_typer(audit_cmd.app, name="audit")
 

@@ -1,7 +1,8 @@
 """Structured logs: structlog rendering JSON lines with orjson (or a console format).
 
 The request id is bound in a context variable for the duration of each request, so every line
-logged while serving it — Bastion's own and the wrapped app's structlog calls — carries it.
+logged while serving it — Bastion's own and the wrapped app's structlog calls — carries it; with
+tracing on, so are the trace and span ids of the request's server span.
 
 The access log writes one line per request, so in JSON mode it skips structlog's processor chain
 (a third of the whole pipeline's budget, measured) and renders the same line shape directly:
@@ -27,10 +28,25 @@ from structlog.typing import EventDict, WrappedLogger
 
 from bastion.observe.config import LoggingConfig
 
-__all__ = ["REQUEST_ID", "JsonLines", "access_output", "configure_logging", "get_logger"]
+__all__ = [
+    "REQUEST_ID",
+    "TRACE_IDS",
+    "JsonLines",
+    "TraceIds",
+    "access_output",
+    "configure_logging",
+    "get_logger",
+]
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("bastion_request_id", default=None)
 """The id of the request being served; added to every structlog line logged meanwhile."""
+
+TraceIds = tuple[str, str, bool]
+"""Trace id (32 hex digits), span id (16 hex digits) and whether the trace is sampled."""
+
+TRACE_IDS: ContextVar[TraceIds | None] = ContextVar("bastion_trace_ids", default=None)
+"""The server span of the request being served (set only when tracing is on); its ids are
+added to every structlog line logged meanwhile."""
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -48,6 +64,10 @@ def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     request_id = REQUEST_ID.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
+    trace = TRACE_IDS.get()
+    if trace is not None:
+        event.setdefault("trace_id", trace[0])
+        event.setdefault("span_id", trace[1])
     return event
 
 

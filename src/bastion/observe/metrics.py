@@ -23,6 +23,8 @@ from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from bastion.observe.config import DEFAULT_LATENCY_BUCKETS
+
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("latin-1")
@@ -84,7 +86,7 @@ class Metrics:
     def __init__(self, latency_buckets: Sequence[float] | None = None) -> None:
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry(auto_describe=True)
-        buckets = tuple(latency_buckets) if latency_buckets else Histogram.DEFAULT_BUCKETS
+        buckets = tuple(latency_buckets) if latency_buckets else DEFAULT_LATENCY_BUCKETS
         reg = self.registry
         self.requests = Counter(
             "bastion_http_requests_total",

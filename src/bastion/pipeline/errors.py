@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.problems import BastionError, send_problem
 from bastion.http.state import state_of
 from bastion.observe.logging import get_logger
+from bastion.store.errors import StoreError
 
-__all__ = ["ErrorStage"]
+__all__ = ["PROBLEM_KEY", "ErrorStage"]
+
+PROBLEM_KEY = "bastion.problem"
+"""``scope["state"]`` key: the code of the problem Bastion answered the request with (set only
+on refusals, so it costs nothing otherwise); tracing reads it as the request's decision."""
 
 # RFC 6455 close codes used when a WebSocket handshake fails before acceptance.
 _WS_POLICY_VIOLATION = 1008
@@ -29,6 +36,7 @@ class ErrorStage:
     def __init__(self, app: ASGIApp, *, deps: Deps) -> None:
         self.app = app
         self._log: Any = get_logger("bastion.errors")
+        self._metrics = deps.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -52,11 +60,21 @@ class ErrorStage:
             if started:
                 self._log.info("error after response started", code=error.code)
                 return
+            scope["state"][PROBLEM_KEY] = error.code
             await send_problem(send, error, state_of(scope).request_id)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, StoreError):
+                self._count_store_error(exc)
             self._log.exception("unhandled error", path=scope.get("path"))
             if not started:
                 await send_problem(send, BastionError("internal_error"), state_of(scope).request_id)
+
+    def _count_store_error(self, exc: StoreError) -> None:
+        """A store failure no capability handled reached the request (a credential or audit
+        write against an unavailable database): ``bastion_store_errors_total{op="request"}``.
+        Capabilities with a fallback count their own failures under their own ``op``."""
+        store = "redis" if isinstance(exc.__cause__, RedisError) else "database"
+        self._metrics.store_error(store, "request")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepted = False
@@ -71,8 +89,11 @@ class ErrorStage:
             await self.app(scope, receive, tracking_send)
         except BastionError as error:
             if not accepted:
+                scope["state"][PROBLEM_KEY] = error.code
                 await self._refuse(scope, send, error)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, StoreError):
+                self._count_store_error(exc)
             self._log.exception("unhandled websocket error", path=scope.get("path"))
             if not accepted:
                 await send({"type": "websocket.close", "code": _WS_INTERNAL_ERROR})

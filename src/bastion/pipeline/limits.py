@@ -14,6 +14,7 @@ from bastion.http.paths import compile_glob
 from bastion.http.problems import BastionError, send_problem
 from bastion.http.state import state_of
 from bastion.pipeline.config import LimitsConfig
+from bastion.pipeline.errors import PROBLEM_KEY
 
 __all__ = ["LimitsStage"]
 
@@ -148,6 +149,7 @@ class LimitsStage:
             # when its response had already begun, dropped so the connection is aborted).
             if not answered and not started:
                 answered = True
+                scope["state"][PROBLEM_KEY] = exceeded.code
                 await send_problem(send, exceeded, state_of(scope).request_id)
 
         try:

@@ -22,6 +22,7 @@ from bastion.proxy.websocket import WebSocketRelay
 if TYPE_CHECKING:
     from bastion.deps import Deps
     from bastion.http.routes import Route
+    from bastion.observe.tracing import TracedForwarder
 
 __all__ = ["Proxy"]
 
@@ -46,6 +47,7 @@ class Proxy:
         "_request_id_header",
         "_resolver",
         "_targets",
+        "_traced",
         "_websocket",
     )
 
@@ -54,6 +56,7 @@ class Proxy:
         settings = deps.settings
         self._resolver = deps.client_ips if deps.client_ips.enabled else None
         self._request_id_header = settings.request_id.header
+        self._traced = deps.tracing is not None
         read_timeouts = [config.read_timeout]
         read_timeouts.extend(
             r.config.read_timeout for r in deps.routes if r.config.read_timeout is not None
@@ -67,7 +70,10 @@ class Proxy:
         self._targets: dict[str, UpstreamTarget] = {}
         for route in deps.routes:
             self.target(route)
-        self._http = HttpForwarder(deps.metrics)
+        forwarder = HttpForwarder(deps.metrics)
+        self._http: HttpForwarder | TracedForwarder = (
+            forwarder if deps.tracing is None else deps.tracing.forwarder(forwarder)
+        )
         self._websocket = WebSocketRelay(config=config, metrics=deps.metrics, client=self._client)
 
     def target(self, route: Route) -> UpstreamTarget:
@@ -82,6 +88,7 @@ class Proxy:
                 read_timeout=self._config.read_timeout,
                 request_id_header=self._request_id_header,
                 resolver=self._resolver,
+                trace_context=self._traced,
             )
         return target
 

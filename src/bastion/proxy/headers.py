@@ -90,6 +90,8 @@ _WEBSOCKET_HANDSHAKE = frozenset(
         b"sec-websocket-accept",
     }
 )
+_TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
+"""W3C trace context: replaced by the gateway's own when tracing is on."""
 _CACHE_LIMIT = 4096
 """Clients whose forwarding headers are kept ready (the cache is emptied when full)."""
 _CONNECTION_OPTIONS_IGNORED = frozenset({b"close", b"keep-alive", b"upgrade", b""})
@@ -203,7 +205,10 @@ class RequestHeaderRewriter:
         request_id_header: str,
         resolver: ClientIpResolver | None,
         websocket: bool = False,
+        trace_context: bool = False,
     ) -> None:
+        """``trace_context``: tracing is on, so the client's ``traceparent``/``tracestate`` are
+        dropped (the proxy sends its own client span's context instead)."""
         self._upstream_host = upstream_host
         self._preserve_host = preserve_host
         self._request_id = request_id_header.lower().encode("latin-1")
@@ -214,6 +219,8 @@ class RequestHeaderRewriter:
         drop.add(self._request_id)
         if websocket:
             drop |= _WEBSOCKET_HANDSHAKE
+        if trace_context:
+            drop |= _TRACE_CONTEXT
         self._drop = frozenset(drop)
         self._cache: dict[tuple[str, str, str | None, bytes | None, str | None], _Forwarding] = {}
 

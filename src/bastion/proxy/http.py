@@ -70,12 +70,17 @@ class HttpForwarder:
         send: Send,
         state: RequestState,
         target: UpstreamTarget,
+        trace_header: bytes | None = None,
     ) -> None:
+        """Forward one request; ``trace_header`` (``traceparent: …`` lines of the client span,
+        when tracing is on) is added to the upstream request head."""
         method: str = scope["method"]
         method_prefix = _METHODS.get(method) or method.encode("ascii") + b" "
         lines, content_length, transfer_encoding = target.http_headers.http_head(
             scope, state, method_prefix + target.target(scope) + b" HTTP/1.1"
         )
+        if trace_header is not None:
+            lines.append(trace_header)
 
         body = b""
         streaming = False

@@ -91,7 +91,9 @@ class UpstreamTarget:
         read_timeout: float,
         request_id_header: str,
         resolver: ClientIpResolver | None,
+        trace_context: bool = False,
     ) -> None:
+        """``trace_context``: tracing is on; the HTTP requests' trace context is the proxy's."""
         config = route.config
         if not config.upstream:
             raise ValueError(f"route {route.name!r} has no upstream URL")
@@ -118,6 +120,7 @@ class UpstreamTarget:
             preserve_host=config.preserve_host,
             request_id_header=request_id_header,
             resolver=resolver,
+            trace_context=trace_context,
         )
         self.websocket_headers = RequestHeaderRewriter(
             upstream_host=host_header.encode("latin-1"),

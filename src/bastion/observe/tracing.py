@@ -1,0 +1,428 @@
+"""OpenTelemetry tracing: a server span per request, optional child spans per stage, a client
+span around each upstream exchange, and W3C trace context in and out.
+
+This module (and with it the OpenTelemetry SDK) is imported only when ``[tracing]`` is enabled;
+otherwise the engine builds no tracing stage, the proxy forwards without a client span, and no
+request pays for any of it.
+
+- :class:`TracingStage` sits outside the request-id stage, so the server span covers the whole
+  exchange and the access-log line written at its end carries the trace ids. Its name is
+  ``{method} {http.route}`` (the matched route's path pattern, never the raw path).
+- The incoming ``traceparent``/``tracestate`` becomes the parent only when the peer is trusted
+  (``tracing.trust_incoming``); otherwise it is recorded as a span link, so a client can neither
+  choose trace ids nor force sampling.
+- A request Bastion refuses gets ``bastion.decision`` (the problem code) on the server span, plus
+  the policy or the inspection categories and rules that decided it; with ``stage_spans``, the
+  refusing stage's span carries it too (``bastion.decision.stage``).
+- :class:`TracedForwarder` wraps the gateway's HTTP forwarder in a client span and sends that
+  span's context upstream as ``traceparent`` (and ``tracestate``), replacing whatever the client
+  sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from bastion import __version__
+from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from bastion.http.problems import BastionError
+from bastion.http.state import RequestState
+from bastion.observe.config import TracingConfig
+from bastion.observe.logging import TRACE_IDS
+from bastion.pipeline.errors import PROBLEM_KEY
+
+if TYPE_CHECKING:
+    from bastion.deps import Deps
+    from bastion.proxy.http import HttpForwarder
+    from bastion.proxy.upstream import UpstreamTarget
+
+__all__ = [
+    "DECISION_STAGE_KEY",
+    "StageSpan",
+    "TracedForwarder",
+    "Tracing",
+    "TracingStage",
+    "stage_name",
+    "traceparent",
+]
+
+DECISION_STAGE_KEY = "bastion.decision.stage"
+"""``scope["state"]`` key: the stage a refusal passed first (set by :class:`StageSpan`)."""
+
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+_RATELIMIT_REPORT = "bastion.ratelimit.report"
+_INSPECT_VERDICT = "bastion.inspect"
+_BANS_POLICY = "_bans"
+_MAX_NAMES = 4096
+"""Span names kept ready (method x route: bounded by configuration, but capped anyway)."""
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def stage_name(app: object) -> str:
+    """A stage's span name part from its class: ``SecurityHeadersStage`` → ``security_headers``."""
+    name = type(app).__name__.lstrip("_")
+    if name.endswith("Stage") and name != "Stage":
+        name = name[: -len("Stage")]
+    return _CAMEL.sub("_", name).lower()
+
+
+def traceparent(span_context: SpanContext) -> bytes:
+    """The W3C ``traceparent`` value of ``span_context``."""
+    return b"00-%032x-%016x-%02x" % (
+        span_context.trace_id,
+        span_context.span_id,
+        span_context.trace_flags,
+    )
+
+
+def _route_pattern(prefix: str) -> str:
+    """A route's ``http.route``: its prefix as the path pattern it matches."""
+    return "/**" if prefix == "/" else prefix + "/**"
+
+
+class Tracing:
+    """The tracer of one engine: provider, sampler, exporter and propagator, built from
+    ``[tracing]``. ``exporter`` replaces the configured one (tests pass an in-memory exporter;
+    spans are then exported synchronously as each ends)."""
+
+    def __init__(self, config: TracingConfig, *, exporter: SpanExporter | None = None) -> None:
+        self.config = config
+        self.provider = TracerProvider(
+            resource=Resource.create(
+                {"service.name": config.service_name, "service.version": __version__}
+            ),
+            sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+        )
+        processor = self._processor(config, exporter)
+        if processor is not None:
+            self.provider.add_span_processor(processor)
+        self.tracer = self.provider.get_tracer("bastion", __version__)
+        self.propagator = TraceContextTextMapPropagator()
+
+    @staticmethod
+    def _processor(config: TracingConfig, exporter: SpanExporter | None) -> SpanProcessor | None:
+        if exporter is not None:
+            return SimpleSpanProcessor(exporter)
+        if config.exporter == "none":
+            return None
+        if config.exporter == "console":
+            chosen: SpanExporter = ConsoleSpanExporter(service_name=config.service_name)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            chosen = OTLPSpanExporter(
+                endpoint=config.endpoint,
+                headers={k: v.get_secret_value() for k, v in config.headers.items()},
+                timeout=config.timeout,
+            )
+        return BatchSpanProcessor(
+            chosen,
+            max_queue_size=config.max_queue,
+            max_export_batch_size=min(512, config.max_queue),
+        )
+
+    def server_stage(self, app: ASGIApp, deps: Deps) -> TracingStage:
+        """The outermost stage: one server span per request."""
+        return TracingStage(app, tracing=self, deps=deps)
+
+    def stage_span(self, app: ASGIApp, name: str | None = None) -> ASGIApp:
+        """``app`` in a child span per request when ``stage_spans`` is on; else ``app``."""
+        if not self.config.stage_spans:
+            return app
+        return StageSpan(app, name=name or stage_name(app), tracing=self)
+
+    def forwarder(self, inner: HttpForwarder) -> TracedForwarder:
+        """The gateway's HTTP forwarder with a client span and ``traceparent`` injection."""
+        return TracedForwarder(inner, tracing=self)
+
+    def flush(self) -> None:
+        """Export what is still queued (the provider itself shuts down at process exit)."""
+        self.provider.force_flush(int(self.config.timeout * 1000))
+
+
+class TracingStage:
+    """Opens the server span of each request, binds its ids for the logs, and completes it with
+    the route, status, client and decision when the request is over."""
+
+    def __init__(self, app: ASGIApp, *, tracing: Tracing, deps: Deps) -> None:
+        self.app = app
+        self._tracer = tracing.tracer
+        self._propagator = tracing.propagator
+        self._trust = tracing.config.trust_incoming
+        self._peers = deps.client_ips
+        self._names: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+
+    def _incoming(self, scope: Scope) -> tuple[otel_context.Context | None, list[Link] | None]:
+        """The parent context (trusted incoming one) or links (an untrusted one)."""
+        carrier: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent" or name == b"tracestate":
+                key = name.decode("latin-1")
+                if carrier is None:
+                    carrier = {}
+                elif key == "traceparent" and key in carrier:
+                    return None, None  # two parents: neither is believed
+                carrier[key] = value.decode("latin-1")
+        if carrier is None or "traceparent" not in carrier:
+            return None, None
+        extracted = self._propagator.extract(carrier)
+        incoming = trace.get_current_span(extracted).get_span_context()
+        if not incoming.is_valid:
+            return None, None
+        if self._trust == "all":
+            return extracted, None
+        if self._trust == "proxies":
+            client = scope.get("client")
+            if self._peers.peer(client[0] if client else None)[1]:
+                return extracted, None
+        return None, [Link(incoming, {"bastion.link": "untrusted_parent"})]
+
+    def _name(self, method: str, state: RequestState | None) -> tuple[str, str | None]:
+        """Span name and ``http.route`` of a request (cached per method and route)."""
+        route = state.route if state is not None else None
+        key = (method, route.name if route is not None else None)
+        cached = self._names.get(key)
+        if cached is None:
+            label = method if method in _KNOWN_METHODS else "HTTP"
+            pattern = _route_pattern(route.prefix) if route is not None else None
+            cached = (f"{label} {pattern}" if pattern else label, pattern)
+            if len(self._names) < _MAX_NAMES:
+                self._names[key] = cached
+        return cached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope.get("method", "GET")
+        parent, links = self._incoming(scope)
+        span = self._tracer.start_span(
+            method if method in _KNOWN_METHODS else "HTTP",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+                "url.path": scope["path"],
+                "url.scheme": scope.get("scheme", "http"),
+                "network.protocol.version": scope.get("http_version", "1.1"),
+            },
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        span_context = span.get_span_context()
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        ids = TRACE_IDS.set(
+            (
+                f"{span_context.trace_id:032x}",
+                f"{span_context.span_id:016x}",
+                span_context.trace_flags.sampled,
+            )
+        )
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            TRACE_IDS.reset(ids)
+            otel_context.detach(token)
+            if span.is_recording():
+                self._complete(span, scope, method)
+            span.end()
+
+    def _complete(self, span: Span, scope: Scope, method: str) -> None:
+        shared: dict[str, Any] = scope.get("state") or {}
+        state: RequestState | None = shared.get("bastion")
+        name, pattern = self._name(method, state)
+        span.update_name(name)
+        if state is None:
+            return
+        attributes: dict[str, Any] = {
+            "http.response.status_code": state.status,
+            "client.address": state.client_ip,
+            "bastion.request_id": state.request_id,
+        }
+        if pattern is not None and state.route is not None:
+            attributes["http.route"] = pattern
+            attributes["bastion.route"] = state.route.name
+        code = shared.get(PROBLEM_KEY)
+        if code is not None:
+            attributes.update(decision_attributes(shared, code))
+        span.set_attributes(attributes)
+        if state.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+            span.set_attribute("error.type", str(state.status))
+
+
+def decision_attributes(shared: Mapping[str, Any], code: str) -> dict[str, Any]:
+    """Span attributes of a refusal: the problem code, and the policy, inspection rules or
+    stage that decided it when the request's state tells."""
+    attributes: dict[str, Any] = {"bastion.decision": code}
+    stage = shared.get(DECISION_STAGE_KEY)
+    if stage is not None:
+        attributes["bastion.decision.stage"] = stage
+    if code == "rate_limited":
+        report = shared.get(_RATELIMIT_REPORT)
+        if report is not None:
+            policies = sorted(
+                {
+                    check.rule.policy
+                    for checks, decisions in report.batches
+                    for check, decision in zip(checks, decisions, strict=False)
+                    if check.enforce and not decision.allowed
+                }
+            )
+            if policies:
+                attributes["bastion.decision.policy"] = policies
+    elif code == "client_banned":
+        attributes["bastion.decision.policy"] = [_BANS_POLICY]
+    elif code == "request_blocked":
+        verdict = shared.get(_INSPECT_VERDICT)
+        if verdict is not None and verdict.matches:
+            attributes["bastion.decision.categories"] = sorted(
+                {match.category for match in verdict.matches}
+            )
+            attributes["bastion.decision.rules"] = sorted({match.rule for match in verdict.matches})
+            attributes["bastion.decision.score"] = verdict.score
+    return attributes
+
+
+class StageSpan:
+    """One pipeline stage in a child span (``stage_spans``); the first span a refusal passes
+    through names the stage that raised it."""
+
+    def __init__(self, app: ASGIApp, *, name: str, tracing: Tracing) -> None:
+        self.app = app
+        self.name = name
+        self._span_name = "bastion." + name
+        self._tracer = tracing.tracer
+        self._attributes = {"bastion.stage": name}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        span = self._tracer.start_span(
+            self._span_name,
+            attributes=self._attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            await self.app(scope, receive, send)
+        except BastionError as error:
+            shared = scope.get("state")
+            if shared is not None and DECISION_STAGE_KEY not in shared:
+                shared[DECISION_STAGE_KEY] = self.name
+                span.set_attributes(
+                    {"bastion.decision": error.code, "bastion.decision.stage": self.name}
+                )
+            raise
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+
+class TracedForwarder:
+    """The gateway's HTTP forwarder inside a client span whose context goes upstream."""
+
+    __slots__ = ("_inner", "_targets", "_tracer")
+
+    def __init__(self, inner: HttpForwarder, *, tracing: Tracing) -> None:
+        self._inner = inner
+        self._tracer = tracing.tracer
+        self._targets: dict[UpstreamTarget, dict[str, Any]] = {}
+
+    def _target_attributes(self, target: UpstreamTarget) -> dict[str, Any]:
+        """``server.address``, ``server.port`` and ``bastion.route`` of an upstream."""
+        attributes = self._targets.get(target)
+        if attributes is None:
+            parts = urlsplit(target.route.config.upstream)
+            default_port = 443 if parts.scheme == "https" else 80
+            attributes = {
+                "server.address": parts.hostname or "",
+                "server.port": parts.port or default_port,
+                "bastion.route": target.name,
+            }
+            if len(self._targets) < _MAX_NAMES:
+                self._targets[target] = attributes
+        return attributes
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: RequestState,
+        target: UpstreamTarget,
+    ) -> None:
+        method: str = scope["method"]
+        known = method in _KNOWN_METHODS
+        span = self._tracer.start_span(
+            method if known else "HTTP",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method if known else "_OTHER",
+                **self._target_attributes(target),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        span_context = span.get_span_context()
+        header = b"traceparent: " + traceparent(span_context)
+        trace_state = span_context.trace_state
+        if trace_state:
+            header += b"\r\ntracestate: " + trace_state.to_header().encode("latin-1")
+        status = 0
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._inner(scope, receive, observed_send, state, target, trace_header=header)
+        except BastionError as error:
+            span.set_attribute("error.type", error.code)
+            span.set_status(Status(StatusCode.ERROR, error.code))
+            raise
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            if status:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                    span.set_attribute("error.type", str(status))
+            span.end()

@@ -1,0 +1,443 @@
+"""Tracing: the span tree of a request, its attributes, refusal decisions, trace context in and
+out, and nothing at all when tracing is off."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from bench.micro import pipeline_chain
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from bastion import Bastion, BastionError, Settings
+from bastion.engine import BastionApp
+from bastion.observe.tracing import StageSpan, TracingStage, stage_name
+from problem_assertions import assert_problem
+from proxy.harness import serve_asgi, upstream_app
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+async def hello(request: Request) -> Response:
+    return PlainTextResponse("hello")
+
+
+async def unavailable(request: Request) -> Response:
+    raise BastionError("upstream_timeout", "took too long")
+
+
+APP = Starlette(
+    routes=[
+        Route("/hello", hello),
+        Route("/api/items/{item}", hello),
+        Route("/api/fail", unavailable),
+    ]
+)
+
+
+def settings(tmp_path: Path, **overrides: Any) -> Settings:
+    tracing = {"enabled": True, "exporter": "none", **overrides.pop("tracing", {})}
+    base: dict[str, Any] = {
+        "store": {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"},
+        "tracing": tracing,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+class Traced:
+    """An engine with an in-memory span exporter and an HTTP client for its app."""
+
+    def __init__(self, engine: Bastion, app: BastionApp, client_ip: str) -> None:
+        self.engine = engine
+        self.app = app
+        self.exporter = InMemorySpanExporter()
+        assert engine.deps.tracing is not None
+        engine.deps.tracing.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=(client_ip, 40000)),
+            base_url="http://testserver",
+        )
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def server_span(self) -> ReadableSpan:
+        servers = [s for s in self.spans() if s.kind == SpanKind.SERVER]
+        assert len(servers) == 1, [s.name for s in self.spans()]
+        return servers[0]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.engine.shutdown()
+
+
+MakeTraced = Callable[..., Traced]
+
+
+@pytest.fixture
+async def traced(tmp_path: Path) -> AsyncIterator[MakeTraced]:
+    made: list[Traced] = []
+
+    def make(peer: str = "203.0.113.9", gateway: bool = False, **overrides: Any) -> Traced:
+        engine = Bastion(settings(tmp_path, **overrides))
+        app = engine.gateway() if gateway else engine.wrap(APP)
+        result = Traced(engine, app, peer)
+        made.append(result)
+        return result
+
+    yield make
+    for item in made:
+        await item.close()
+
+
+async def test_server_span_per_request_with_its_attributes(traced: MakeTraced) -> None:
+    t = traced(routes=[{"name": "api", "prefix": "/api", "upstream": "http://127.0.0.1:9"}])
+    response = await t.client.get("/api/items/12345?token=secret", headers={"X-Request-ID": "r-1"})
+    assert response.status_code == 200
+    span = t.server_span()
+    assert span.name == "GET /api/**"  # the route's pattern, never the raw path with its id
+    assert span.parent is None
+    attributes = dict(span.attributes or {})
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["http.route"] == "/api/**"
+    assert attributes["bastion.route"] == "api"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["client.address"] == "203.0.113.9"
+    assert attributes["bastion.request_id"] == "r-1"
+    assert attributes["url.path"] == "/api/items/12345"
+    assert not any("secret" in str(value) for value in attributes.values())
+    assert "bastion.decision" not in attributes
+    assert span.status.status_code == StatusCode.UNSET
+
+
+async def test_unrouted_request_is_named_by_its_method_only(traced: MakeTraced) -> None:
+    t = traced()
+    await t.client.request("PURGE", "/hello")
+    span = t.server_span()
+    assert span.name == "HTTP"
+    assert dict(span.attributes or {})["http.request.method"] == "_OTHER"
+    assert "http.route" not in (span.attributes or {})
+
+
+async def test_upstream_failure_marks_server_and_client_spans(traced: MakeTraced) -> None:
+    # Nothing listens on port 9 of loopback: the connection is refused.
+    t = traced(
+        gateway=True, routes=[{"name": "api", "prefix": "/", "upstream": "http://127.0.0.1:9"}]
+    )
+    assert_problem(await t.client.get("/things/1"), 502, "upstream_unavailable")
+    server = t.server_span()
+    assert server.status.status_code == StatusCode.ERROR
+    assert dict(server.attributes or {})["bastion.decision"] == "upstream_unavailable"
+    [client] = [s for s in t.spans() if s.kind == SpanKind.CLIENT]
+    assert client.parent is not None
+    assert client.parent.span_id == server.context.span_id
+    assert client.status.status_code == StatusCode.ERROR
+    attributes = dict(client.attributes or {})
+    assert attributes["error.type"] == "upstream_unavailable"
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["server.port"] == 9
+    assert attributes["bastion.route"] == "api"
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "request_args", "status", "code", "expected"),
+    [
+        (
+            "rate limit policy",
+            {
+                "ratelimit": {
+                    "policies": [
+                        {
+                            "name": "tight",
+                            "key": "ip",
+                            "algorithm": "fixed_window",
+                            "limit": 1,
+                            "period": "1m",
+                        }
+                    ]
+                }
+            },
+            {"url": "/hello"},
+            429,
+            "rate_limited",
+            {"bastion.decision.policy": ("tight",), "bastion.decision.stage": "gate"},
+        ),
+        (
+            "inspection rule",
+            {},
+            {"url": "/hello", "params": {"q": "1' OR '1'='1' UNION SELECT password FROM users--"}},
+            403,
+            "request_blocked",
+            {"bastion.decision.stage": "inspect"},
+        ),
+        (
+            "size limit",
+            {},
+            {"url": "/hello?" + "a" * 9000},
+            414,
+            "uri_too_long",
+            {"bastion.decision.stage": "limits"},
+        ),
+        (
+            "CIDR deny list",
+            {"inspect": {"deny_cidrs": ["203.0.113.0/24"]}},
+            {"url": "/hello"},
+            403,
+            "request_blocked",
+            {"bastion.decision.stage": "inspect"},
+        ),
+    ],
+)
+async def test_refusal_records_the_decision(
+    traced: MakeTraced,
+    case: str,
+    overrides: dict[str, Any],
+    request_args: dict[str, Any],
+    status: int,
+    code: str,
+    expected: dict[str, Any],
+) -> None:
+    t = traced(tracing={"stage_spans": True}, **overrides)
+    if code == "rate_limited":
+        assert (await t.client.get("/hello")).status_code == 200
+        t.exporter.clear()
+    assert_problem(await t.client.get(**request_args), status, code)
+    server = dict(t.server_span().attributes or {})
+    assert server["bastion.decision"] == code, case
+    assert server["http.response.status_code"] == status
+    for key, value in expected.items():
+        assert server[key] == value, (case, key)
+    deciding = [s for s in t.spans() if dict(s.attributes or {}).get("bastion.decision") == code]
+    stage_spans = [s for s in deciding if s.kind == SpanKind.INTERNAL]
+    assert [s.name for s in stage_spans] == ["bastion." + expected["bastion.decision.stage"]]
+
+
+async def test_decision_without_stage_spans(traced: MakeTraced) -> None:
+    t = traced()
+    assert_problem(await t.client.get("/hello?" + "a" * 9000), 414, "uri_too_long")
+    assert [s.kind for s in t.spans()] == [SpanKind.SERVER]
+    attributes = dict(t.server_span().attributes or {})
+    assert attributes["bastion.decision"] == "uri_too_long"
+    assert "bastion.decision.stage" not in attributes
+
+
+async def test_stage_spans_form_one_tree_under_the_server_span(traced: MakeTraced) -> None:
+    t = traced(tracing={"stage_spans": True})
+    assert (await t.client.get("/hello")).status_code == 200
+    spans = t.spans()
+    server = t.server_span()
+    by_id = {s.context.span_id: s for s in spans}
+    assert {s.context.trace_id for s in spans} == {server.context.trace_id}
+    # Each stage span's parent is the stage outside it; the outermost one's is the server span.
+    chain = []
+    current = next(s for s in spans if s.name == "bastion.terminal")
+    while current.parent is not None:
+        chain.append(current.name)
+        current = by_id[current.parent.span_id]
+    assert current is server
+    chain.reverse()
+    assert chain[0] == "bastion.request_id"
+    assert chain[-1] == "bastion.terminal"
+    assert {"bastion.security_headers", "bastion.error", "bastion.limits"} <= set(chain)
+    assert len(chain) == len(spans) - 1
+
+
+@pytest.mark.parametrize(
+    ("trust", "client_ip", "trusted_proxies", "continued"),
+    [
+        ("all", "203.0.113.9", [], True),
+        ("proxies", "10.0.0.2", ["10.0.0.0/8"], True),
+        ("proxies", "203.0.113.9", ["10.0.0.0/8"], False),
+        ("none", "10.0.0.2", ["10.0.0.0/8"], False),
+    ],
+)
+async def test_incoming_trace_context_is_continued_only_when_trusted(
+    traced: MakeTraced, trust: str, client_ip: str, trusted_proxies: list[str], continued: bool
+) -> None:
+    t = traced(
+        peer=client_ip,
+        tracing={"trust_incoming": trust},
+        client_ip={"trusted_proxies": trusted_proxies},
+    )
+    response = await t.client.get(
+        "/hello", headers={"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+    )
+    assert response.status_code == 200
+    span = t.server_span()
+    if continued:
+        assert f"{span.context.trace_id:032x}" == TRACE_ID
+        assert span.parent is not None
+        assert f"{span.parent.span_id:016x}" == PARENT_ID
+        assert span.context.trace_state.get("vendor") == "abc"
+        assert not span.links
+    else:
+        assert f"{span.context.trace_id:032x}" != TRACE_ID
+        assert span.parent is None
+        # The client's context stays visible as a link, never as the parent.
+        [link] = span.links
+        assert f"{link.context.trace_id:032x}" == TRACE_ID
+
+
+@pytest.mark.parametrize(
+    ("case", "headers"),
+    [
+        ("version ff", [("traceparent", f"ff-{TRACE_ID}-{PARENT_ID}-01")]),
+        ("zero trace id", [("traceparent", f"00-{'0' * 32}-{PARENT_ID}-01")]),
+        ("zero span id", [("traceparent", f"00-{TRACE_ID}-{'0' * 16}-01")]),
+        ("upper case", [("traceparent", f"00-{TRACE_ID.upper()}-{PARENT_ID}-01")]),
+        ("short trace id", [("traceparent", f"00-{TRACE_ID[:30]}-{PARENT_ID}-01")]),
+        ("extra field in version 00", [("traceparent", TRACEPARENT + "-extra")]),
+        ("garbage", [("traceparent", "'; DROP TABLE spans; --")]),
+        ("non-ascii", [("traceparent", "00-" + "é" * 32 + f"-{PARENT_ID}-01")]),
+        ("huge", [("traceparent", TRACEPARENT + " " * 8000)]),
+        ("two parents", [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)]),
+        ("tracestate only", [("tracestate", "vendor=abc")]),
+        ("huge tracestate", [("traceparent", TRACEPARENT), ("tracestate", "k=v," * 2000)]),
+    ],
+)
+async def test_malformed_trace_context_starts_a_new_trace(
+    traced: MakeTraced, case: str, headers: list[tuple[str, str]]
+) -> None:
+    t = traced(tracing={"trust_incoming": "all"})
+    encoded = [(k.encode(), v.encode("utf-8")) for k, v in headers]
+    response = await t.client.get("/hello", headers=encoded)
+    assert response.status_code == 200, case
+    span = t.server_span()
+    if case == "huge tracestate":
+        # A valid parent with an unusable tracestate: continued, without the state.
+        assert f"{span.context.trace_id:032x}" == TRACE_ID
+        assert not span.context.trace_state
+        return
+    assert span.parent is None, case
+    assert f"{span.context.trace_id:032x}" != TRACE_ID, case
+
+
+async def test_sample_ratio_zero_exports_nothing(traced: MakeTraced) -> None:
+    t = traced(tracing={"sample_ratio": 0.0})
+    assert (await t.client.get("/hello")).status_code == 200
+    assert t.spans() == []
+
+
+async def test_sampled_parent_is_followed_even_at_ratio_zero(traced: MakeTraced) -> None:
+    t = traced(tracing={"sample_ratio": 0.0, "trust_incoming": "all"})
+    await t.client.get("/hello", headers={"traceparent": TRACEPARENT})
+    assert f"{t.server_span().context.trace_id:032x}" == TRACE_ID
+
+
+async def test_disabled_tracing_adds_no_stage(tmp_path: Path) -> None:
+    engine = Bastion(
+        Settings(store={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"})
+    )
+    assert engine.deps.tracing is None
+    chain = pipeline_chain(engine.wrap(APP))
+    assert chain[0] == "RequestIdStage"
+    assert not {"TracingStage", "StageSpan"} & set(chain)
+
+
+async def test_enabled_tracing_chain(traced: MakeTraced) -> None:
+    plain = traced()
+    assert isinstance(plain.app.pipeline, TracingStage)
+    assert "StageSpan" not in pipeline_chain(plain.app)
+    staged = traced(tracing={"stage_spans": True})
+    chain = pipeline_chain(staged.app)
+    assert chain[:3] == ["TracingStage", "StageSpan", "RequestIdStage"]
+    assert isinstance(staged.app.pipeline.app, StageSpan)
+
+
+def test_disabled_tracing_never_imports_the_sdk(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from bastion import Bastion, Settings\n"
+        "from starlette.applications import Starlette\n"
+        f"s = Settings(store={{'database_url': 'sqlite+aiosqlite:///{tmp_path}/b.db'}})\n"
+        "Bastion(s).wrap(Starlette())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk.trace')))\n"
+        "print('bastion.observe.tracing' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "False"], result.stdout
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "expected"),
+    [
+        ("SecurityHeadersStage", "security_headers"),
+        ("RequestIdStage", "request_id"),
+        ("StrikeGate", "strike_gate"),
+        ("_LimitStage", "limit"),
+        ("OwnRoutes", "own_routes"),
+    ],
+)
+def test_stage_names(cls_name: str, expected: str) -> None:
+    assert stage_name(type(cls_name, (), {})()) == expected
+
+
+@pytest.mark.parametrize("trust", ["all", "none"])
+async def test_upstream_receives_the_client_span_context(traced: MakeTraced, trust: str) -> None:
+    async with serve_asgi(upstream_app) as url:
+        t = traced(
+            gateway=True,
+            routes=[{"name": "api", "prefix": "/", "upstream": url}],
+            tracing={"trust_incoming": trust},
+        )
+        response = await t.client.get(
+            "/view/1", headers={"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+        )
+    assert response.status_code == 200
+    seen = [(n, v) for n, v in response.json()["headers"]]
+    parents = [v for n, v in seen if n == "traceparent"]
+    states = [v for n, v in seen if n == "tracestate"]
+    server = t.server_span()
+    [client] = [s for s in t.spans() if s.kind == SpanKind.CLIENT]
+    assert client.parent is not None
+    assert client.parent.span_id == server.context.span_id
+    assert client.context.trace_id == server.context.trace_id
+    # Exactly one traceparent upstream: the client span's, whatever the client sent.
+    flags = int(client.context.trace_flags)
+    assert flags & 1  # sampled
+    assert parents == [
+        f"00-{client.context.trace_id:032x}-{client.context.span_id:016x}-{flags:02x}"
+    ]
+    if trust == "all":
+        assert f"{client.context.trace_id:032x}" == TRACE_ID
+        assert states == ["vendor=abc"]
+    else:
+        assert f"{client.context.trace_id:032x}" != TRACE_ID
+        assert states == []
+    attributes = dict(client.attributes or {})
+    assert attributes["http.response.status_code"] == 200
+    assert client.name == "GET"
+    assert dict(server.attributes or {})["http.route"] == "/**"
+
+
+async def test_untraced_gateway_passes_trace_context_through(tmp_path: Path) -> None:
+    async with serve_asgi(upstream_app) as url:
+        engine = Bastion(
+            Settings(
+                store={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}"},
+                routes=[{"name": "api", "prefix": "/", "upstream": url}],
+            )
+        )
+        transport = httpx.ASGITransport(app=engine.gateway(), client=("203.0.113.9", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            response = await client.get("/view", headers={"traceparent": TRACEPARENT})
+        await engine.shutdown()
+    seen = [(n, v) for n, v in response.json()["headers"]]
+    assert [v for n, v in seen if n == "traceparent"] == [TRACEPARENT]
