@@ -53,6 +53,7 @@ def advise_command(
         typer.Argument(
             help="PostgreSQL URL (postgresql://, postgres:// or postgresql+asyncpg://); "
             "default: store.database_url.",
+            metavar="DATABASE_URL",
             show_default=False,
         ),
     ] = None,
