@@ -14,6 +14,8 @@ Scenarios (all in one run unless ``--only`` picks some):
   (:mod:`bench.ratelimit`), then wrk against bare Starlette and Bastion with rate limiting off,
   on with Redis and on with memory, beside ``limits.aio`` and slowapi on the same app; a
   redis-server of its own (pinned beside the load generator) counts the commands of each run.
+- ``audit`` — the audited gateway (:mod:`bench.audit`): ``bastion serve`` with inspection in
+  monitor mode, every request detected and audited, with ``[audit]`` on and off; wrk.
 
 Servers (and, for the proxies, the upstream too, as a sidecar sharing its core) are pinned to
 CPU 0, the load generator to CPU 1. Every target gets a warm-up, then the measured runs are
@@ -53,6 +55,13 @@ from types import FrameType
 from typing import Any
 
 from bench.apps import PATH, bastion_toml, bearer_token, configured_sections
+from bench.audit import (
+    audited_gateway_rows,
+    audited_gateway_scenario,
+    audited_toml,
+    audited_url,
+    recorded_events,
+)
 from bench.auth import AuthResult
 from bench.micro import MicroResult
 from bench.ratelimit import RateLimitResult, policy_toml
@@ -73,7 +82,7 @@ __all__ = ["SCENARIOS", "main", "parse_wrk"]
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
 DOC = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth", "ratelimit")
+SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth", "ratelimit", "audit")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 WRK_CONNECTIONS = 64
@@ -1204,6 +1213,45 @@ def ratelimit_scenario(opts: Options, tmp: Path, report: Report) -> None:
         )
 
 
+def audit_scenario(opts: Options, tmp: Path) -> ThroughputScenario:
+    """The audited gateway with ``[audit]`` on and off in front of one demo upstream; then a
+    check that the audited one recorded an event for every request wrk sent it."""
+    commands: list[str] = []
+    rows = audited_gateway_rows()
+    bastion = str(Path(sys.executable).with_name("bastion"))
+    databases = {row.key: tmp / f"{row.key}.db" for row in rows}
+    targets: list[_Target] = []
+    with Servers(WORK / "logs", commands) as servers:
+        up = free_port()
+        log(f"starting the demo upstream on port {up}")
+        servers.start(
+            "audit-upstream", [sys.executable, "-m", "bastion.demo", "--port", str(up)], port=up
+        )
+        for row in rows:
+            config = tmp / f"bastion-{row.key}.toml"
+            config.write_text(audited_toml(databases[row.key], audit=row.key == "audit_on"))
+            port = free_port()
+            log(f"starting {row.label} on port {port}")
+            argv = [
+                bastion,
+                "serve",
+                "--config",
+                str(config),
+                "--upstream",
+                f"http://127.0.0.1:{up}",
+            ]
+            url = servers.start(row.key, [*argv, "--port", str(port)], port=port)
+            targets.append(_Target(row.key, row.label, audited_url(url)))
+        results = _throughput(opts, targets, commands)
+    for row in rows:
+        row.runs = results[row.key]
+    sent = sum(run.requests for run in results["audit_on"])
+    recorded = recorded_events(databases["audit_on"])
+    if recorded < sent:
+        raise RuntimeError(f"the audited gateway recorded {recorded} events for {sent} requests")
+    return audited_gateway_scenario(rows, commands, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1307,6 +1355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_tools(setup)
     if "ratelimit" in opts.only:
         ensure_tools(setup, ("wrk", "redis-server"))
+    if "audit" in opts.only:
+        ensure_tools(setup, ("wrk",))
     report = new_report(opts)
     report.setup_commands = setup
     started = time.monotonic()
@@ -1336,6 +1386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _attempt(report, "auth", auth)
         if "ratelimit" in opts.only:
             _attempt(report, "ratelimit", lambda: ratelimit_scenario(opts, tmp, report))
+        if "audit" in opts.only:
+            log("audited gateway")
+            _attempt(report, "audit", lambda: report.throughput.append(audit_scenario(opts, tmp)))
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
     if opts.gate.budget > 0:
