@@ -12,6 +12,7 @@ import asyncio
 import csv
 import dataclasses
 import io
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -149,6 +150,10 @@ class _Output:
             self._stream.flush()
         except BrokenPipeError:
             self.closed = True
+            # What is still buffered would fail again at exit: standard output goes nowhere now.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
 
 
 def _jsonl(record: dict[str, Any]) -> str:
