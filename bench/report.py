@@ -27,6 +27,7 @@ from bench.auth import (
     STALL_ALLOWANCE_MS,
     AuthResult,
 )
+from bench.cache import CacheResult, cache_goals, cache_section
 from bench.micro import MicroResult
 from bench.ratelimit import (
     GCRA_1,
@@ -250,6 +251,8 @@ class Report:
     auth: AuthResult | None = None
     auth_commands: list[str] = field(default_factory=list)
     ratelimit: RateLimitSection | None = None
+    cache: CacheResult | None = None
+    cache_commands: list[str] = field(default_factory=list)
     setup_commands: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)
     """Generated configuration files by name (``bastion.toml``, ``nginx.conf``)."""
@@ -262,6 +265,7 @@ class Report:
         data["micro"] = self.micro.to_json() if self.micro is not None else None
         data["auth"] = self.auth.to_json() if self.auth is not None else None
         data["ratelimit"] = self.ratelimit.to_json() if self.ratelimit is not None else None
+        data["cache"] = self.cache.to_json() if self.cache is not None else None
         return data
 
     @classmethod
@@ -281,6 +285,7 @@ class Report:
                 ),
                 "micro": MicroResult.from_json(data["micro"]) if data.get("micro") else None,
                 "auth": AuthResult.from_json(data["auth"]) if data.get("auth") else None,
+                "cache": CacheResult.from_json(data["cache"]) if data.get("cache") else None,
                 "ratelimit": (
                     RateLimitSection.from_json(data["ratelimit"]) if data.get("ratelimit") else None
                 ),
@@ -1083,6 +1088,8 @@ def _summary(report: Report) -> list[str]:
         rows += _auth_goals(report.auth)
     if report.ratelimit is not None:
         rows += _ratelimit_goals(report.ratelimit)
+    if report.cache is not None:
+        rows += cache_goals(report.cache)
     if not rows:
         return []
     return ["## Targets at a glance", "", *_table(["goal", "measured", "target", "met"], rows), ""]
@@ -1142,6 +1149,9 @@ def render(report: Report) -> str:
     ):
         number += 1
         lines += _ratelimit_section(report.ratelimit, number)
+    if report.cache is not None:
+        number += 1
+        lines += cache_section(report.cache, report.cache_commands, number)
     if report.configs:
         lines += ["## Generated configuration", ""]
         for name, text in report.configs.items():

@@ -14,6 +14,10 @@ Scenarios (all in one run unless ``--only`` picks some):
   (:mod:`bench.ratelimit`), then wrk against bare Starlette and Bastion with rate limiting off,
   on with Redis and on with memory, beside ``limits.aio`` and slowapi on the same app; a
   redis-server of its own (pinned beside the load generator) counts the commands of each run.
+- ``cache`` — the tiered cache in process (:mod:`bench.cache`): hits per tier beside cashews,
+  cross-instance invalidation latency, and the L1's hit rate on a Zipf stream beside LRU.
+- ``cache_http`` — the HTTP response cache (:mod:`bench.cache_http`): ``bastion serve`` answering
+  a cacheable demo endpoint from its cache, and without it, beside bare Starlette; wrk.
 - ``audit`` — the audited gateway (:mod:`bench.audit`): ``bastion serve`` with inspection in
   monitor mode, every request detected and audited, with ``[audit]`` on and off; wrk.
 
@@ -47,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +68,13 @@ from bench.audit import (
     recorded_events,
 )
 from bench.auth import AuthResult
+from bench.cache import CacheResult
+from bench.cache_http import (
+    CACHED_PATH,
+    cache_http_rows,
+    cache_http_scenario,
+    cached_gateway_toml,
+)
 from bench.micro import MicroResult
 from bench.ratelimit import RateLimitResult, policy_toml
 from bench.report import (
@@ -82,7 +94,17 @@ __all__ = ["SCENARIOS", "main", "parse_wrk"]
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / ".bench"
 DOC = REPO / "docs" / "benchmarks.md"
-SCENARIOS = ("middleware", "gateway", "latency", "micro", "auth", "ratelimit", "audit")
+SCENARIOS = (
+    "middleware",
+    "gateway",
+    "latency",
+    "micro",
+    "auth",
+    "ratelimit",
+    "cache",
+    "cache_http",
+    "audit",
+)
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 WRK_CONNECTIONS = 64
@@ -1213,6 +1235,85 @@ def ratelimit_scenario(opts: Options, tmp: Path, report: Report) -> None:
         )
 
 
+def cache_scenario(opts: Options, tmp: Path, report: Report) -> None:
+    """:mod:`bench.cache` in its own process on the server CPU, against a Redis of its own."""
+    with redis_server(tmp, report.cache_commands) as redis:
+        log("tiered cache")
+        argv = [
+            "taskset",
+            "-c",
+            SERVER_CPU,
+            sys.executable,
+            "-m",
+            "bench.cache",
+            "--redis-url",
+            redis.url,
+        ]
+        if opts.quick:
+            argv.append("--quick")
+        report.cache_commands.append(shlex.join(argv))
+        opts.gate.wait()
+        done = subprocess.run(
+            argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=1800, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"bench.cache failed with exit code {done.returncode}")
+        report.cache = CacheResult.from_json(json.loads(done.stdout))
+
+
+def cache_http_throughput(opts: Options, tmp: Path) -> ThroughputScenario:
+    """Bare Starlette, and the gateway with and without the response cache in front of one demo
+    upstream (:mod:`bench.cache_http`); then a check that the cached gateway answered hits."""
+    commands: list[str] = []
+    rows = cache_http_rows()
+    bastion = str(Path(sys.executable).with_name("bastion"))
+    targets: list[_Target] = []
+    with Servers(WORK / "logs", commands) as servers:
+        port = free_port()
+        log(f"starting bare Starlette on port {port}")
+        url = servers.start("starlette", _uvicorn("bench.apps:starlette_app", port), port=port)
+        targets.append(_Target("starlette", rows[0].label, url))
+        up = free_port()
+        log(f"starting the demo upstream on port {up}")
+        servers.start(
+            "cache-upstream", [sys.executable, "-m", "bastion.demo", "--port", str(up)], port=up
+        )
+        for row in rows[1:]:
+            config = tmp / f"bastion-{row.key}.toml"
+            config.write_text(
+                cached_gateway_toml(tmp / f"{row.key}.db", cache=row.key == "cache_hit")
+            )
+            port = free_port()
+            log(f"starting {row.label} on port {port}")
+            argv = [bastion, "serve", "--config", str(config), "--upstream"]
+            argv += [f"http://127.0.0.1:{up}", "--port", str(port)]
+            url = servers.start(row.key, argv, port=port)
+            targets.append(_Target(row.key, row.label, url.replace(PATH, CACHED_PATH)))
+        if not _served_from_cache(targets[1].url):
+            raise RuntimeError("the cached gateway asked the upstream for a cached response")
+        results = _throughput(opts, targets, commands)
+    for row in rows:
+        row.runs = results[row.key]
+    return cache_http_scenario(rows, commands, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU)
+
+
+def _served_from_cache(url: str) -> bool:
+    """Whether a second request to the demo's ``/cache/{n}`` through ``url`` was answered from
+    the cache: the demo's own count (``X-Demo-Hits``) did not move."""
+    parsed = urllib.parse.urlsplit(url)
+    counts = []
+    for _ in range(2):
+        connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=10)
+        try:
+            connection.request("GET", parsed.path)
+            response = connection.getresponse()
+            response.read()
+            counts.append(response.getheader("x-demo-hits"))
+        finally:
+            connection.close()
+    return counts[0] is not None and counts[0] == counts[1]
+
+
 def audit_scenario(opts: Options, tmp: Path) -> ThroughputScenario:
     """The audited gateway with ``[audit]`` on and off in front of one demo upstream; then a
     check that the audited one recorded an event for every request wrk sent it."""
@@ -1355,7 +1456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_tools(setup)
     if "ratelimit" in opts.only:
         ensure_tools(setup, ("wrk", "redis-server"))
-    if "audit" in opts.only:
+    if "cache" in opts.only:
+        ensure_tools(setup, ("redis-server",))
+    if "audit" in opts.only or "cache_http" in opts.only:
         ensure_tools(setup, ("wrk",))
     report = new_report(opts)
     report.setup_commands = setup
@@ -1386,6 +1489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _attempt(report, "auth", auth)
         if "ratelimit" in opts.only:
             _attempt(report, "ratelimit", lambda: ratelimit_scenario(opts, tmp, report))
+        if "cache" in opts.only:
+            _attempt(report, "cache", lambda: cache_scenario(opts, tmp, report))
+        if "cache_http" in opts.only:
+            log("HTTP response cache")
+            _attempt(
+                report,
+                "cache_http",
+                lambda: report.throughput.append(cache_http_throughput(opts, tmp)),
+            )
         if "audit" in opts.only:
             log("audited gateway")
             _attempt(report, "audit", lambda: report.throughput.append(audit_scenario(opts, tmp)))
