@@ -17,6 +17,7 @@ from bastion.audit.chain import PreparedEvent, SigningKey
 from bastion.audit.config import AuditConfig
 from bastion.audit.log import AuditLog
 from bastion.audit.query import query_events
+from bastion.audit.verify import verify_chain
 from bastion.http.problems import BastionError
 from bastion.observe.metrics import Metrics
 from bastion.store.errors import StoreError
@@ -355,3 +356,30 @@ async def test_pruning_in_chunks_and_from_the_store(sqlite_stores: Stores) -> No
     report = await store.verify()
     assert (report.ok, report.checked, report.head_seq) == (True, 0, 25)
     assert await audit_store(sqlite_stores, AuditConfig()).prune() == 0
+
+
+async def test_verify_follows_a_prune_made_while_it_walks(sqlite_stores: Stores) -> None:
+    config = AuditConfig(retention=60.0)
+    log = await started(sqlite_stores, config)
+    try:
+        for number in range(1, 11):
+            await log.emit(sample_event(number))
+        store = audit_store(sqlite_stores, config)
+        pruned: list[int] = []
+
+        async def lookup_then_prune(key_id: str) -> bytes | None:
+            # Called for the first row: another process prunes events 1-6 meanwhile.
+            key = await store.keyring.lookup(key_id)
+            events, _ = await query_events(sqlite_stores.database, limit=7)
+            cutoff = events[6].ts
+            pruned.append(await log.chain.prune(cutoff, log.keyring.signing))
+            return key
+
+        report = await verify_chain(
+            sqlite_stores.database, lookup_then_prune, require_hmac=True, page_size=2
+        )
+    finally:
+        await log.close()
+    assert pruned == [6]
+    # Rows 1 and 2 were read before the prune, 7 to 10 after it.
+    assert (report.ok, report.checked, report.anchor_seq, report.head_seq) == (True, 6, 6, 10)

@@ -18,7 +18,7 @@ reports the first ``seq`` where the chain breaks and why:
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select
@@ -118,6 +118,22 @@ class _Walk:
             return self.fail(seq, "anchor_invalid", "the pruning checkpoint's HMAC is wrong")
         return None
 
+    def moved_on(self, latest: ChainHead) -> bool:
+        """Whether pruning (by another process, during the walk) moved the checkpoint past
+        the row the walk expects next; if so the walk continues after the new checkpoint."""
+        if latest.anchor_seq < self.expected_seq:
+            return False
+        self.head = replace(
+            self.head,
+            anchor_seq=latest.anchor_seq,
+            anchor_hash=latest.anchor_hash,
+            anchor_key_id=latest.anchor_key_id,
+            anchor_mac=latest.anchor_mac,
+        )
+        self.expected_seq = latest.anchor_seq + 1
+        self.prev = latest.anchor_hash
+        return True
+
     async def check(self, row: Any) -> VerifyReport | None:
         seq = int(row.seq)
         if seq != self.expected_seq:
@@ -195,11 +211,21 @@ async def verify_chain(
                 ).all()
                 await connection.rollback()
                 if not page:
+                    if walk.moved_on(await chain.head()):
+                        broken = await walk.check_anchor()
+                        if broken is not None:
+                            return broken
+                        continue
                     break
                 for row in page:
                     broken = await walk.check(row)
-                    if broken is not None:
-                        return broken
+                    if broken is None:
+                        continue
+                    if broken.reason == "gap" and walk.moved_on(await chain.head()):
+                        broken = await walk.check_anchor()
+                        if broken is None:
+                            break  # read on from the new checkpoint
+                    return broken
             beyond = await connection.scalar(
                 select(func.min(_EVENTS.c.seq)).where(
                     _EVENTS.c.seq
@@ -214,10 +240,10 @@ async def verify_chain(
             "head_mismatch",
             f"events {walk.expected_seq} to {head.seq} are missing (tail truncated)",
         )
-    if head.seq > head.anchor_seq and walk.prev != head.hash:
+    if walk.expected_seq == head.seq + 1 and walk.prev != head.hash:
         return walk.fail(head.seq, "head_mismatch", "the last event is not the head's")
     if beyond is not None:
         return walk.fail(int(beyond), "head_mismatch", f"event {beyond} lies past the head")
     return VerifyReport(
-        ok=True, checked=walk.checked, anchor_seq=head.anchor_seq, head_seq=head.seq
+        ok=True, checked=walk.checked, anchor_seq=walk.head.anchor_seq, head_seq=head.seq
     )
