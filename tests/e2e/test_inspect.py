@@ -1,22 +1,41 @@
 """Inspection across real processes: two ``bastion serve`` instances sharing one Redis in front
 of the demo upstream. An attack blocked on one never reaches the upstream; once a client's
-blocked requests reach the strike threshold on one instance, the other refuses it too."""
+blocked requests reach the strike threshold on one instance, the other's gate refuses it too
+(the block is the client's penalty record in Redis), and ``bastion bans`` lists and lifts it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 import bastion.inspect.stage  # noqa: F401  (registers the problem codes the assertions look up)
-from e2e.processes import Processes, ServerProcess
+from e2e.processes import Processes, ServerProcess, clean_env
 from problem_assertions import assert_problem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 ATTACK = {"q": "1' union select password from users--"}
 THRESHOLD = 5
+_BIN = Path(sys.executable).parent
+
+
+def _bans(*args: str, redis_url: str, workdir: Path) -> subprocess.CompletedProcess[str]:
+    env = clean_env({"BASTION_STORE__REDIS_URL": redis_url})
+    return subprocess.run(
+        [str(_BIN / "bastion"), "bans", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -42,7 +61,7 @@ def _stopped_cleanly(*gateways: ServerProcess) -> None:
 
 
 async def test_blocked_attacks_never_reach_the_upstream_and_strikes_are_shared(
-    gateways: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    gateways: tuple[httpx.AsyncClient, httpx.AsyncClient], clean_redis_url: str, tmp_path: Path
 ) -> None:
     a, b = gateways
     blocked = await a.get("/cache/7", params=ATTACK)
@@ -64,3 +83,13 @@ async def test_blocked_attacks_never_reach_the_upstream_and_strikes_are_shared(
     assert data["retry_after"] == int(refused.headers["retry-after"])
     assert_problem(await a.get("/cache/7"), 403, "client_blocked")
     assert (await b.get("/_bastion/health")).status_code == 200
+
+    listed = _bans("list", "--json", redis_url=clean_redis_url, workdir=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [row] = orjson.loads(listed.stdout)
+    assert (row["client"], row["source"], row["level"]) == ("strike:127.0.0.1", "inspect", 0)
+    lifted = _bans("lift", "strike:127.0.0.1", redis_url=clean_redis_url, workdir=tmp_path)
+    assert lifted.returncode == 0, lifted.stderr
+    # Lifted in Redis: both gateways serve the client again at once.
+    assert (await a.get("/cache/7")).status_code == 200
+    assert (await b.get("/cache/8")).status_code == 200

@@ -253,9 +253,16 @@ async def test_ipv6_clients_are_aggregated_like_the_gate(tmp_path: Path) -> None
         assert p.events("inspect.strike.blocked")[0].target == "strike:2001:db8:1::/56"
 
 
-async def test_a_struck_principal_is_refused_from_any_address(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["ledger", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_struck_principal_is_refused_from_any_address(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
     strikes = InspectConfig(strikes=StrikesConfig(threshold=2))
-    async with protected(tmp_path, inspect=strikes) as p:
+    store = StoreConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}",
+        redis_url=request.getfixturevalue("clean_redis_url") if where == "redis" else "",
+    )
+    async with protected(tmp_path, inspect=strikes, store=store) as p:
         assert p.engine.identity is not None
         service = p.engine.identity.service
         user = await IdentityAdmin(service).create_user("carol", "correct horse battery staple")
@@ -266,10 +273,13 @@ async def test_a_struck_principal_is_refused_from_any_address(tmp_path: Path) ->
             )
             bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
             await _attack(first, 2, headers=bearer)
+            # The inspect stage refuses the principal (the gate only knows the address).
             assert_problem(await second.get("/clean", headers=bearer), 403, "client_blocked")
             assert (await second.get("/clean")).status_code == 200
+            assert_problem(await first.get("/clean"), 403, "client_blocked")  # at the gate
         targets = sorted(event.target or "" for event in p.events("inspect.strike.blocked"))
         assert targets == ["strike:192.0.2.10", f"strike:user:{user}"]
+        assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 2.0
 
 
 async def test_without_strikes_nobody_is_refused_for_past_attacks(tmp_path: Path) -> None:
@@ -306,3 +316,49 @@ async def test_engines_sharing_redis_share_blocks(tmp_path: Path, clean_redis_ur
     assert record.split()[1:] == [b"0", b"inspect"]
     assert index == [CLIENT_IP.encode()]
     assert leftovers == []
+
+
+@pytest.mark.redis
+def test_bans_cli_lists_and_lifts_redis_strikes_beside_bans(
+    tmp_path: Path, clean_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BASTION_CONFIG", raising=False)
+    monkeypatch.delenv("BASTION_STORE__REDIS_URL", raising=False)
+    banned = "198.51.100.7"
+
+    async def penalize() -> None:
+        connector = RedisConnector.from_url(clean_redis_url)
+        store = RedisStore(connector, prefix=REDIS_KEY_PREFIX)
+        try:
+            await RedisStrikes(store, StrikesConfig(threshold=1)).strike([CLIENT_IP])
+            check = Check(Rule("t", "fixed_window", 1, 60.0, 1), f"t|{banned}")
+            bans = BanRule(threshold=1, window=60.0, durations=(120.0,), reset_after=3600.0)
+            await store.evaluate([check], client=banned, bans=bans)
+            assert (await store.evaluate([check], client=banned, bans=bans)).new_ban == 120.0
+        finally:
+            await store.close()
+            await connector.close()
+
+    asyncio.run(penalize())
+    config = tmp_path / "bastion.toml"
+    # The database is never opened: the records are in Redis.
+    config.write_text(
+        f"[store]\ndatabase_url = 'sqlite+aiosqlite:///{tmp_path}'\n"
+        f"redis_url = '{clean_redis_url}'\n"
+    )
+    runner = CliRunner()
+    listed = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    rows = orjson.loads(listed.stdout)
+    assert [(row["client"], row["source"], row["level"]) for row in rows] == [
+        (f"strike:{CLIENT_IP}", "inspect", 0),
+        (banned, "ratelimit", 1),
+    ]
+    for key in (f"strike:{CLIENT_IP}", banned):
+        lifted = runner.invoke(bans_cmd.app, ["lift", key, "--config", str(config)])
+        assert lifted.exit_code == 0, lifted.output
+        again = runner.invoke(bans_cmd.app, ["lift", key, "--config", str(config)])
+        assert again.exit_code == 2
+    after = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])
+    assert orjson.loads(after.stdout) == []

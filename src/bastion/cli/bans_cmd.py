@@ -131,7 +131,8 @@ def list_bans(json_output: JsonOption = False, config: ConfigOption = None) -> N
     """List the clients banned now: client, end (UTC), seconds left, offence level, source."""
     bans = _run(load_settings(config), lambda source: source.active())
     now = time.time()
-    rows = [_row(ban, now) for ban in bans]
+    # Longest remaining first, whichever store answered.
+    rows = [_row(ban, now) for ban in sorted(bans, key=lambda ban: (-ban.until, ban.client))]
     if json_output:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
