@@ -41,7 +41,8 @@ from bastion.engine import OwnRoutes
 from bastion.http.asgi import ASGIApp, Message, Scope
 from bastion.http.state import RequestState
 from bastion.observe.access import RequestObserver
-from bastion.observe.config import LoggingConfig
+from bastion.observe.alerts import AlertEngine
+from bastion.observe.config import AlertsConfig, LoggingConfig
 from bastion.observe.logging import configure_logging
 from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.compression import CompressionStage
@@ -224,10 +225,21 @@ def _stage_cases(
         observer = RequestObserver(metrics, access_log=access_log)
         return RequestIdStage(terminal, config=s.request_id, deps=deps, observer=observer)
 
+    def request_id_alerts() -> ASGIApp:
+        alerts = AlertEngine(AlertsConfig(enabled=True), metrics, routes=deps.routes)
+        observer = alerts.observer(metrics, access_log=False)
+        return RequestIdStage(terminal, config=s.request_id, deps=deps, observer=observer)
+
     keyring = CsrfKeyRing([b"bench-csrf-secret-0123456789abcdef"])
     return [
         ("request_id (access log on)", "", request_id(True), TERMINAL),
         ("request_id (access log off)", "logging.access_log = false", request_id(False), TERMINAL),
+        (
+            "request_id (alerts on, access log off)",
+            "alerts.enabled = true (built-in rules), logging.access_log = false",
+            request_id_alerts(),
+            TERMINAL,
+        ),
         (
             "headers",
             "",

@@ -43,5 +43,8 @@ def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ign
             assert [route.paranoia for route in example.inspect.routes] == [2]
             plain = example.inspect.model_copy(update={"exclusions": [], "routes": []})
             assert plain == defaults.inspect
+        elif name == "alerts":
+            assert [rule.name for rule in example.alerts.rules] == ["auth-failures-ip"]
+            assert example.alerts.model_copy(update={"rules": []}) == defaults.alerts
         else:
             assert getattr(example, name) == getattr(defaults, name), name

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from bastion.auth.config import AccessRule
 from bastion.cache.http.config import HttpCacheRouteConfig
 from bastion.inspect.config import ExclusionConfig, InspectRouteConfig
+from bastion.observe.config import AlertRuleConfig
 from bastion.pipeline.config import BodyLimitRule
 from bastion.proxy.config import RouteConfig
 from bastion.ratelimit.config import MatchConfig, PolicyConfig
@@ -45,6 +46,11 @@ _EXAMPLES: dict[str, list[BaseModel]] = {
     "cache.http.routes": [
         HttpCacheRouteConfig(paths=["/api/catalog/**"], enabled=True, ttl=300.0),
         HttpCacheRouteConfig(paths=["/api/me", "/api/me/**"], key="user", default_ttl=30.0),
+    ],
+    "alerts.rules": [
+        AlertRuleConfig(
+            name="auth-failures-ip", kind="auth_failures", threshold=20, window=60.0, per="ip"
+        )
     ],
     "ratelimit.policies": [
         PolicyConfig(

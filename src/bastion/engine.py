@@ -28,6 +28,7 @@ from bastion.http.problems import BastionError
 from bastion.http.routes import RouteTable
 from bastion.inspect.wiring import Inspection
 from bastion.observe.access import RequestObserver
+from bastion.observe.alerts import AlertEngine
 from bastion.observe.logging import access_output, get_logger
 from bastion.observe.metrics import Metrics
 from bastion.pipeline.client_ip import ClientIpStage
@@ -200,6 +201,14 @@ class Bastion:
             from bastion.observe.tracing import Tracing
 
             self.deps.tracing = Tracing(self.settings.tracing)
+        self.alerts: AlertEngine | None = None
+        if self.settings.alerts.enabled:
+            # Before the capabilities take ``deps.audit``: they keep the sink they were given.
+            self.alerts = AlertEngine(self.settings.alerts, self.metrics, routes=self.deps.routes)
+            if self.deps.audit is not None:
+                self.deps.audit = self.alerts.audit_sink(self.deps.audit)
+            if self.alerts.watches_store_errors:
+                self.metrics.store_error_listener = self.alerts.store_error
         self.identity: Identity | None = None
         if self.settings.auth.enabled:
             self.identity = Identity(self.settings.auth, self.deps)
@@ -217,7 +226,12 @@ class Bastion:
         self.csrf_keys = CsrfKeyRing(
             [secret.get_secret_value().encode("utf-8") for secret in self.settings.csrf.secrets]
         )
-        self._observer = RequestObserver(self.metrics, access_log=self.settings.logging.access_log)
+        access_log = self.settings.logging.access_log
+        self._observer = (
+            self.alerts.observer(self.metrics, access_log=access_log)
+            if self.alerts is not None
+            else RequestObserver(self.metrics, access_log=access_log)
+        )
         self._observer.configure(self.settings.logging, traced=self.deps.tracing is not None)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -270,6 +284,8 @@ class Bastion:
                 await self.ratelimit.start()
             if self.inspection is not None:
                 await self.inspection.start()
+            if self.alerts is not None:
+                await self.alerts.start()
             await self.cache.start()
             self._started = True
 
@@ -277,6 +293,8 @@ class Bastion:
         """Close what :meth:`startup` and the terminal opened."""
         for close in reversed(self._closers):
             await close()
+        if self.alerts is not None:
+            await self.alerts.close()
         if self.identity is not None:
             await self.identity.service.close()
         if self.inspection is not None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import re
 from itertools import pairwise
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from bastion.config_types import Cidr, ConfigModel, Duration, SecretValue
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
+    "AlertRuleConfig",
+    "AlertWebhookConfig",
     "AlertsConfig",
     "LoggingConfig",
     "MetricsConfig",
     "TracingConfig",
+    "webhook_key",
 ]
 
 
@@ -128,8 +134,168 @@ class TracingConfig(ConfigModel):
         return value
 
 
+AlertKind = Literal[
+    "error_rate", "latency_p95", "auth_failures", "bans", "waf_blocks", "store_errors"
+]
+"""What an alert rule measures (see ``docs/alerts.md``)."""
+
+REQUEST_KINDS = frozenset({"error_rate", "latency_p95"})
+"""Rule kinds measured over answered requests; the others count events."""
+PER_IP_KINDS = frozenset({"auth_failures", "bans", "waf_blocks"})
+"""Rule kinds whose events carry a client address, so ``per = "ip"`` is possible."""
+
+_RULE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_MIN_SECRET_BYTES = 24
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: base64 after an optional ``whsec_`` prefix."""
+    text = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the webhook secret is 'whsec_' followed by base64") from None
+    if len(key) < _MIN_SECRET_BYTES:
+        raise ValueError(f"the webhook secret must decode to at least {_MIN_SECRET_BYTES} bytes")
+    return key
+
+
+class AlertRuleConfig(ConfigModel):
+    """``[[alerts.rules]]``: one condition over a sliding window. It fires once when the
+    measured value goes above ``threshold`` and resolves once it has stayed at or below it for
+    ``resolve_after``."""
+
+    name: str
+    """Rule name: in the payload, the log line and the ``rule`` label of the alert metrics."""
+    kind: AlertKind
+    """``error_rate`` (percent of answered requests with a 5xx status), ``latency_p95``
+    (milliseconds), ``auth_failures`` (failed or throttled logins), ``bans`` (rate-limit bans
+    and inspection strike blocks), ``waf_blocks`` (requests refused by inspection),
+    ``store_errors`` (failed store operations)."""
+    threshold: float = Field(ge=0)
+    """Fires when the value is above this: a percentage for ``error_rate``, milliseconds for
+    ``latency_p95``, a number of events in the window for the other kinds."""
+    window: Duration = 60.0
+    """Length of the sliding window (1s to 1d), kept as 60 slots (12 per client address)."""
+    per: Literal["overall", "ip"] = "overall"
+    """``overall`` or ``ip`` (one episode per client address: ``auth_failures``, ``bans`` and
+    ``waf_blocks`` only)."""
+    min_requests: int = Field(default=20, ge=1)
+    """``error_rate`` and ``latency_p95``: fewer answered requests in the window never fire."""
+    routes: list[str] = Field(default_factory=list)
+    """``error_rate`` and ``latency_p95``: only requests of these ``[[routes]]`` names (the
+    metrics' ``route`` label; ``_none`` for unrouted requests); empty: all requests."""
+    fire_after: Duration = 0.0
+    """The condition must hold this long before the alert fires (``0s``: at the first
+    evaluation that sees it)."""
+    resolve_after: Duration = 60.0
+    """The condition must have stopped holding this long before the alert resolves, so a value
+    hovering around the threshold does not flap."""
+    severity: Literal["info", "warning", "critical"] = "warning"
+    """Passed along in the payload and the log line."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _RULE_NAME.fullmatch(value):
+            raise ValueError("a rule name is 1-64 of a-z, 0-9, '_', '.', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> AlertRuleConfig:
+        if not 1.0 <= self.window <= 86400.0:
+            raise ValueError("window must be between 1s and 1d")
+        if self.per == "ip" and self.kind not in PER_IP_KINDS:
+            raise ValueError(f'per = "ip" is not available for {self.kind} rules')
+        if self.routes and self.kind not in REQUEST_KINDS:
+            raise ValueError("routes only filter error_rate and latency_p95 rules")
+        if self.kind == "error_rate" and self.threshold >= 100:
+            raise ValueError("an error_rate threshold is a percentage below 100")
+        return self
+
+
+class AlertWebhookConfig(ConfigModel):
+    """``[alerts.webhook]``: a JSON POST per firing and resolution, signed per the Standard
+    Webhooks scheme (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)."""
+
+    url: str = ""
+    """Receiver URL (``http``/``https``); empty: alerts go to the log only."""
+    secret: SecretValue | None = None
+    """Signing secret: ``whsec_`` and the base64 of at least 24 random bytes (required with
+    ``url``); ``env:NAME`` or ``file:/path`` keep it out of the file."""
+    previous_secrets: list[SecretValue] = Field(default_factory=list)
+    """Older secrets still signed with during a rotation (one more signature each)."""
+    timeout: Duration = 10.0
+    """Time allowed for one delivery attempt."""
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    """Attempts per alert, the first included."""
+    backoff: Duration = 1.0
+    """Delay before the first retry; doubled for each later one, with jitter."""
+    max_backoff: Duration = 60.0
+    """Longest delay between attempts, also the most a ``Retry-After`` is honoured for."""
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    """Alerts waiting for delivery; when full the oldest is dropped (counted and logged)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and (
+            not value.startswith(("http://", "https://")) or len(value.split("//", 1)[1]) == 0
+        ):
+            raise ValueError("the webhook url is an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            webhook_key(value.get_secret_value())
+        return value
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _previous(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for value in values:
+            webhook_key(value.get_secret_value())
+        return values
+
+    @model_validator(mode="after")
+    def _complete(self) -> AlertWebhookConfig:
+        if self.url and self.secret is None:
+            raise ValueError("a webhook url needs a secret")
+        if self.max_backoff < self.backoff:
+            raise ValueError("max_backoff must be at least backoff")
+        return self
+
+
 class AlertsConfig(ConfigModel):
     """``[alerts]``: rules over sliding windows, delivered to a webhook and the log."""
 
     enabled: bool = False
-    """Evaluate the alert rules."""
+    """Evaluate the alert rules; off: nothing is observed and no task runs."""
+    interval: Duration = 5.0
+    """How often the rules are evaluated (at least 100ms)."""
+    max_tracked_ips: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Client addresses counted separately by ``per = "ip"`` rules (each rule); when full,
+    addresses idle for a whole window make room, else new ones count together as ``other``."""
+    rules: list[AlertRuleConfig] = Field(default_factory=list)
+    """The rules; empty: the built-in set (``docs/alerts.md``)."""
+    webhook: AlertWebhookConfig = Field(default_factory=AlertWebhookConfig)
+    """Where firing and resolved alerts are posted, besides the log."""
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 0.1:
+            raise ValueError("interval must be at least 100ms")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[AlertRuleConfig]) -> list[AlertRuleConfig]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"two alert rules are named {rule.name!r}")
+            seen.add(rule.name)
+        return rules

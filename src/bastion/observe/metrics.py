@@ -9,7 +9,7 @@ because ``labels()`` costs more than the increment itself on the request path.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -222,6 +222,20 @@ class Metrics:
             registry=reg,
         )
         self._audit_children: dict[str, Counter] = {}
+        self.alerts = Counter(
+            "bastion_alerts_total",
+            "Alert transitions, by rule and state (firing, resolved).",
+            ("rule", "state"),
+            registry=reg,
+        )
+        self.alert_deliveries = Counter(
+            "bastion_alerts_webhook_deliveries_total",
+            "Alert webhook deliveries, by result (delivered, retried, failed, dropped).",
+            ("result",),
+            registry=reg,
+        )
+        self.store_error_listener: Callable[[str, str], None] | None = None
+        """Also told of every store error (the alert rules over store errors), when set."""
         self._ratelimit_children: dict[tuple[str, str], Counter] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # In one process the gauge reads a plain counter when scraped (no lock per request);
@@ -308,6 +322,17 @@ class Metrics:
 
     def store_error(self, store: str, op: str) -> None:
         self.store_errors.labels(store, op).inc()
+        listener = self.store_error_listener
+        if listener is not None:
+            listener(store, op)
+
+    def alert_transition(self, rule: str, state: str) -> None:
+        """Count an alert that started firing or resolved (rule names come from configuration)."""
+        self.alerts.labels(rule, state).inc()
+
+    def alert_delivery(self, result: str) -> None:
+        """Count one outcome of an alert webhook delivery."""
+        self.alert_deliveries.labels(result).inc()
 
     def store_slow_query(self, op: str) -> None:
         """Count one slow SQL statement (``op`` is one of a fixed set of statement kinds)."""
