@@ -255,6 +255,31 @@ async def test_other_methods_and_paths(
     assert_problem(response, status, code)
 
 
+async def test_a_kind_family_is_a_prefix_not_a_pattern(api: Admin) -> None:
+    odd = _rows(2, start_seq=21)
+    odd[0].kind, odd[1].kind = "admin_x.changed", "adminyx.changed"
+    await api.store(odd)
+    response = await api.get("?kind=admin_x.*")
+    assert [e["seq"] for e in response.json()["events"]] == [21]
+
+
+async def test_no_endpoint_without_auth(tmp_path: Path) -> None:
+    from bastion import Bastion, Settings
+    from bastion.auth.config import AuthConfig
+    from bastion.store.config import StoreConfig
+
+    store = StoreConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}")
+    engine = Bastion(Settings(store=store, auth=AuthConfig(enabled=False)))
+    app = engine.wrap(Starlette(routes=[Route("/hello", _hello)]))
+    await engine.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            assert_problem(await client.get(URL), 404, "not_found")
+    finally:
+        await engine.shutdown()
+
+
 def test_parse_time_durations_count_back_from_now() -> None:
     now = 1_800_000_000.0
     assert parse_time("1h", now=now) == datetime.fromtimestamp(now - 3600, UTC)

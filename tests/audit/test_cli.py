@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +284,39 @@ async def test_tail_follow_on_an_empty_log_prints_every_new_event(tmp_path: Path
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
     assert [r["seq"] for r in out.lines] == [1, 2, 3]
+
+
+def test_export_into_a_reader_that_goes_away_ends_quietly(tmp_path: Path) -> None:
+    async def build() -> None:
+        async with started_stores(_url(tmp_path)) as stores:
+            log = AuditLog(AuditConfig(), stores.database, stores.keys)
+            await log.start()
+            try:
+                # Concurrent emits share commits: quick to fill, and far more than a pipe holds.
+                await asyncio.gather(*(log.emit(sample_event(n)) for n in range(1, 2001)))
+            finally:
+                await log.close()
+
+    asyncio.run(build())
+    export = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bastion"),
+            "audit",
+            "export",
+            "--config",
+            _config(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BASTION_")},
+    )
+    assert export.stdout is not None
+    assert export.stderr is not None
+    first = export.stdout.readline()
+    export.stdout.close()
+    errors = export.stderr.read().decode()
+    export.stderr.close()
+    assert export.wait(60) == 0, errors
+    assert orjson.loads(first)["seq"] == 1
+    assert "Traceback" not in errors, errors
+    assert "BrokenPipe" not in errors, errors

@@ -92,8 +92,8 @@ def _filtered(query: AuditFilter) -> Select[AuditEventRow]:
     statement = select(AuditEventRow)
     prefix = query.kind_prefix
     if prefix is not None:
-        # ``kind`` holds dotted lowercase names ([a-z0-9_.]): no LIKE wildcard to escape.
-        statement = statement.where(AuditEventRow.kind.startswith(prefix))
+        # Escaped: ``_`` is a LIKE wildcard, and kinds may contain it.
+        statement = statement.where(AuditEventRow.kind.startswith(prefix, autoescape=True))
     elif query.kind is not None:
         statement = statement.where(AuditEventRow.kind == query.kind)
     if query.actor is not None:
