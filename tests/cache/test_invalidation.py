@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from bastion.cache import Cache
+from bastion.cache import Cache, Uncacheable
 from bastion.cache.invalidation import decode, encode_all, encode_keys, encode_prefix, encode_tag
 from bastion.cache.wiring import purge
 from bastion.settings import Settings
@@ -126,6 +126,44 @@ async def test_single_flight_across_instances(make_tiered: MakeTiered) -> None:
     gate.set()
     assert await asyncio.gather(*callers) == ["shared"] * 100
     assert calls == 1
+
+
+@pytest.mark.parametrize("outcome", ["raises", "uncacheable"])
+async def test_when_the_lock_holder_stores_nothing_the_next_instance_loads_at_once(
+    make_tiered: MakeTiered, outcome: str
+) -> None:
+    """A waiting instance notices the lock go away instead of waiting out ``lock_ttl``."""
+    a = await make_tiered(lock_ttl=60)
+    b = await make_tiered(lock_ttl=60)
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> Any:
+        order.append("a started")
+        await gate.wait()
+        order.append("a done")
+        if outcome == "raises":
+            raise RuntimeError("upstream failed")
+        return Uncacheable("private")
+
+    async def second() -> str:
+        order.append("b started")
+        return "b's value"
+
+    holder = asyncio.create_task(a.get_or_set("k", first))
+    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(b.get_or_set("k", second))
+    await asyncio.sleep(0.1)
+    assert order == ["a started"]
+    gate.set()
+    async with asyncio.timeout(10):  # far below lock_ttl: the wait ended with the lock
+        assert await waiter == "b's value"
+        results = await asyncio.gather(holder, return_exceptions=True)
+    assert order == ["a started", "a done", "b started"]
+    if outcome == "raises":
+        assert isinstance(results[0], RuntimeError)
+    else:
+        assert results == ["private"]
 
 
 async def test_a_purge_from_a_short_lived_process_reaches_running_instances(

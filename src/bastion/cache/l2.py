@@ -247,6 +247,11 @@ class RedisTier:
         )
         return token if taken else None
 
+    async def locked(self, key: str) -> bool:
+        """Whether an instance holds the loading lock of ``key``."""
+        name = self._locks + key
+        return bool(await self._call("lock", lambda: self.client.exists(name)))
+
     async def unlock(self, key: str, token: str) -> None:
         """Release a lock taken with :meth:`lock` (only if it is still ours)."""
         name = self._locks + key

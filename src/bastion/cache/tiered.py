@@ -679,16 +679,28 @@ class Cache:
                 core.stats.l2_stale += 1
                 self._refresh(full, call, in_flight=True)
             return found.value
-        token: str | None = None
-        if l2.usable:
+        token = ""
+        deadline = time.monotonic() + core.config.lock_ttl
+        waited = False
+        while l2.usable and time.monotonic() < deadline:
             try:
-                token = await l2.lock(full, core.config.lock_ttl)
+                taken = await l2.lock(full, core.config.lock_ttl)
             except CacheStoreError:
-                token = ""
-            if token is None:
-                found = await self._await_peer(full)
-                if found is not None:
-                    return found.value
+                break
+            if taken is not None:
+                token = taken
+                if waited:
+                    # The previous holder may have stored the value just before letting go.
+                    found = await self._l2_read(full)
+                    if found is not None:
+                        with contextlib.suppress(CacheStoreError):
+                            await l2.unlock(full, token)
+                        return found.value
+                break
+            waited = True
+            found = await self._await_peer(full, deadline)
+            if found is not None:
+                return found.value
         try:
             return await self._load(full, call)
         finally:
@@ -696,13 +708,14 @@ class Cache:
                 with contextlib.suppress(CacheStoreError):
                     await l2.unlock(full, token)
 
-    async def _await_peer(self, full: str) -> L1Entry | None:
+    async def _await_peer(self, full: str, deadline: float) -> L1Entry | None:
         """Another instance holds the lock of ``full``: wait for its value (woken by its
-        invalidation message, polling as a fallback) until the lock would have expired."""
+        invalidation message, polling as a fallback). ``None`` once the lock is gone without a
+        value (the holder's loader failed or its value was not cacheable: the caller may take
+        the lock in turn) or at ``deadline``."""
         core = self._core
         l2 = core.l2
         assert l2 is not None
-        deadline = time.monotonic() + core.config.lock_ttl
         pause = _WAIT_MIN
         waiter = core.waiters.get(full)
         if waiter is None:
@@ -716,6 +729,11 @@ class Cache:
                 found = await self._l2_read(full)
                 if found is not None:
                     return found
+                try:
+                    if not await l2.locked(full):
+                        return None
+                except CacheStoreError:
+                    return None
                 pause = min(pause * 2, _WAIT_MAX)
         finally:
             if core.waiters.get(full) is waiter:
