@@ -383,3 +383,22 @@ async def test_verify_follows_a_prune_made_while_it_walks(sqlite_stores: Stores)
     assert pruned == [6]
     # Rows 1 and 2 were read before the prune, 7 to 10 after it.
     assert (report.ok, report.checked, report.anchor_seq, report.head_seq) == (True, 6, 6, 10)
+
+
+async def test_a_cancelled_request_leaves_its_batch_mates_waiting(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig())
+    append = ControlledAppend(log)
+    append.gate.clear()
+    try:
+        first = asyncio.create_task(log.emit(sample_event(1)))
+        second = asyncio.create_task(log.emit(sample_event(2)))
+        while append.attempts == 0:
+            await asyncio.sleep(0.001)
+        first.cancel()  # e.g. its client went away
+        append.gate.set()
+        await second
+        assert first.cancelled()
+    finally:
+        await log.close()
+    # The cancelled request's event was already queued: it is still recorded.
+    assert await count(sqlite_stores) == 2

@@ -57,13 +57,32 @@ _RETRY_AFTER = "1"
 
 
 class _Batch:
-    """Events committed together, and the future their ``emit()`` calls wait on."""
+    """Events committed together, and what their ``emit()`` calls wait on.
 
-    __slots__ = ("done", "events")
+    One event and one timer per batch rather than per event: waiting is the hot path. ``settled``
+    is set when the batch commits, when its ``commit_timeout`` passes first (``outcome`` says
+    which), or when shut-down gives up on it; ``finished`` only once it committed or was given
+    up, for :meth:`AuditLog.flush`.
+    """
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
+    __slots__ = ("events", "finished", "outcome", "settled", "timer")
+
+    def __init__(self) -> None:
         self.events: list[PreparedEvent] = []
-        self.done = done
+        self.settled = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.outcome: str | None = None
+        """``committed``, ``timed_out`` or ``lost``; ``None`` while pending."""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def settle(self, outcome: str) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.settled.set()
+        if outcome != "timed_out":
+            if self.timer is not None:
+                self.timer.cancel()
+            self.finished.set()
 
 
 class AuditLog:
@@ -161,22 +180,22 @@ class AuditLog:
         self._wakeup.set()
         if self.config.loss_window > 0:
             return
-        try:
-            async with asyncio.timeout(self.config.commit_timeout):
-                await asyncio.shield(batch.done)
-        except TimeoutError:
+        await batch.settled.wait()
+        if batch.outcome != "committed":
             raise BastionError(
                 "overloaded",
-                "The audit log could not record the event in time",
+                "The audit log could not record the event in time"
+                if batch.outcome == "timed_out"
+                else "The audit log could not record the event",
                 headers={"Retry-After": _RETRY_AFTER},
-            ) from None
+            )
 
     async def flush(self) -> None:
         """Wait until every event queued so far is committed."""
         last = self._pending[-1] if self._pending else self._committing
         if last is not None:
             self._hurry.set()
-            await asyncio.shield(last.done)
+            await last.finished.wait()
 
     def _prepare(self, event: AuditEvent) -> PreparedEvent:
         redactor = self._redactor
@@ -198,7 +217,11 @@ class AuditLog:
             return pending[-1]
         if pending:
             self._hurry.set()  # the open batch is full: no reason to wait for more
-        batch = _Batch(asyncio.get_running_loop().create_future())
+        batch = _Batch()
+        if self.config.loss_window <= 0:
+            batch.timer = asyncio.get_running_loop().call_later(
+                self.config.commit_timeout, batch.settle, "timed_out"
+            )
         pending.append(batch)
         return batch
 
@@ -274,8 +297,7 @@ class AuditLog:
         self._queued -= len(batch.events)
         if self._queued < self.config.queue_size:
             self._room.set()
-        if not batch.done.done():
-            batch.done.set_result(None)
+        batch.settle("committed")
         self._count(event.kind for event in batch.events)
         if self.config.log_events:
             self._log_committed(batch.events, hashes)
@@ -289,12 +311,7 @@ class AuditLog:
             events=len(batch.events),
             kinds=sorted({event.kind for event in batch.events}),
         )
-        if not batch.done.done():
-            batch.done.set_exception(
-                BastionError("overloaded", "The audit log could not record the event")
-            )
-            # Retrieved here so an emit() that already timed out leaves no unretrieved error.
-            batch.done.exception()
+        batch.settle("lost")
 
     async def _signing_key(self) -> SigningKey | None:
         if self._key is None:
