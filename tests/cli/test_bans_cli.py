@@ -127,6 +127,27 @@ def test_lift_existing_ban(tmp_path: Path, database_url: str) -> None:
     assert (code, orjson.loads(out)) == (0, [])
 
 
+@pytest.mark.parametrize(
+    ("stored", "key"),
+    [
+        ("203.0.113.9", "strike:203.0.113.9"),  # a block is the client's record
+        ("203.0.113.9", "203.0.113.9"),  # either name lifts it
+        ("strike:203.0.113.9", "strike:203.0.113.9"),  # a row named so by an earlier version
+    ],
+)
+def test_lift_a_strike_block_by_either_name(
+    tmp_path: Path, database_url: str, stored: str, key: str
+) -> None:
+    seed(database_url, (stored, 300, 0, "inspect"))
+    config = config_file(tmp_path, database_url)
+    code, out, _ = invoke("list", "--json", "--config", str(config))
+    assert [row["client"] for row in orjson.loads(out)] == ["strike:203.0.113.9"]
+    code, out, err = invoke("lift", key, "--config", str(config))
+    assert (code, out.strip()) == (0, f"lifted the ban of {key}"), err
+    code, out, _ = invoke("list", "--json", "--config", str(config))
+    assert (code, orjson.loads(out)) == (0, [])
+
+
 def test_lift_missing_ban_is_a_usage_error(tmp_path: Path, database_url: str) -> None:
     seed(database_url, ("ip:192.0.2.1", -10, 1, "ratelimit"))  # ended: nothing to lift
     config = config_file(tmp_path, database_url)
