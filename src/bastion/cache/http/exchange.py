@@ -260,5 +260,11 @@ class Exchange:
     async def _answer(self, send: Send, entry: Entry, request: RequestFacts, label: str) -> None:
         age = entry["age"] + max(time.time() - entry["received"], 0.0)
         await send_entry(
-            send, entry, request.headers, head=False, age=age, label=self._label(label)
+            send,
+            entry,
+            request.headers,
+            head=False,
+            age=age,
+            label=self._label(label),
+            conditional=request.has_conditions,
         )

@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, urlencode
 __all__ = ["KeyBuilder", "key_text", "path_tag", "upstream_tag", "variant_key"]
 
 _QUERY_MEMO = 1024
+_KEY_MEMO = 4096
+"""Distinct requests whose primary key is remembered (hot paths cost one dict look-up)."""
 
 
 def key_text(part: str) -> str:
@@ -63,6 +65,7 @@ class KeyBuilder:
         self._sort = sort_query
         self._rewrite = bool(self._ignored) or sort_query
         self._queries: dict[bytes, str] = {}
+        self._primaries: dict[tuple[str, bytes, bytes | None, str], str] = {}
 
     def query(self, raw: bytes) -> str:
         """The query string as it goes into the key."""
@@ -89,5 +92,12 @@ class KeyBuilder:
 
     def primary(self, path: str, raw_query: bytes, host: bytes | None, scope: str) -> str:
         """Primary key of a request (``scope``: ``""``, ``u:<subject>`` or ``t:<tenant>``)."""
-        host_part = key_text(host.decode("latin-1").lower()) if self._host and host else ""
-        return f"{key_text(path)}?{self.query(raw_query)}|{host_part}|{key_text(scope)}"
+        memo = (path, raw_query, host, scope)
+        key = self._primaries.get(memo)
+        if key is None:
+            host_part = key_text(host.decode("latin-1").lower()) if self._host and host else ""
+            key = f"{key_text(path)}?{self.query(raw_query)}|{host_part}|{key_text(scope)}"
+            if len(self._primaries) >= _KEY_MEMO:
+                self._primaries.clear()
+            self._primaries[memo] = key
+        return key

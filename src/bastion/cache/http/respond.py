@@ -46,15 +46,21 @@ async def send_entry(
     age: float,
     label: bytes | None,
     range_header: bytes | None = None,
+    conditional: bool = True,
 ) -> None:
-    """Send ``entry`` as the answer to a request with ``request_headers``."""
+    """Send ``entry`` as the answer to a request with ``request_headers`` (``conditional``:
+    they may carry ``If-None-Match``/``If-Modified-Since``)."""
     extra: list[Header] = [(b"age", str(int(age)).encode("ascii"))]
     if label is not None:
         extra.append((b"x-cache", label))
-    condition = evaluate_conditional(
-        request_headers, etag=entry["etag"], last_modified=entry["modified"]
-    )
-    if condition == Conditional.NOT_MODIFIED and entry["status"] == 200:
+    if (
+        conditional
+        and entry["status"] == 200
+        and evaluate_conditional(
+            request_headers, etag=entry["etag"], last_modified=entry["modified"]
+        )
+        == Conditional.NOT_MODIFIED
+    ):
         await send(
             {
                 "type": "http.response.start",

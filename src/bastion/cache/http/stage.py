@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
@@ -45,6 +44,7 @@ _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _BYPASS = frozenset({b"if-match", b"if-unmodified-since"})
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _STRICTNESS = {"shared": 0, "tenant": 1, "user": 2}
+_RESULTS = ("hit", "miss", "stale")
 
 
 class ResponseStore(Protocol):
@@ -102,9 +102,8 @@ class HttpCacheStage:
         self._reserved = deps.prefix + "/"
         self._flights: dict[str, asyncio.Future[Entry | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._count: Callable[[str], None] = lambda result: deps.metrics.cache_request(
-            "http", result
-        )
+        counter = deps.metrics.cache_requests
+        self._counters = {result: counter.labels("http", result) for result in _RESULTS}
 
     @staticmethod
     def _route_policy(route: HttpCacheRouteConfig, config: HttpCacheConfig) -> _Policy:
@@ -191,7 +190,7 @@ class HttpCacheStage:
             age = entry["age"] + max(time.time() - entry["received"], 0.0)
             staleness = age - _lifetime(entry, directives)
             if staleness < 0:
-                self._count("hit")
+                self._counters["hit"].inc()
                 await send_entry(
                     send,
                     entry,
@@ -200,10 +199,11 @@ class HttpCacheStage:
                     age=age,
                     label=self._label("HIT"),
                     range_header=range_header,
+                    conditional=has_conditions,
                 )
                 return
             if _serve_stale(entry, staleness, directives):
-                self._count("stale")
+                self._counters["stale"].inc()
                 await send_entry(
                     send,
                     entry,
@@ -212,12 +212,13 @@ class HttpCacheStage:
                     age=age,
                     label=self._label("STALE"),
                     range_header=range_header,
+                    conditional=has_conditions,
                 )
                 self._revalidate_later(scope, primary, entry, policy, request_cc, per_user)
                 return
         elif directives.only_if_cached:
             raise BastionError("not_in_cache", "The response is not in the cache")
-        self._count("miss")
+        self._counters["miss"].inc()
         if head or range_header is not None:
             await self._forward(scope, receive, send)
             return
@@ -282,7 +283,7 @@ class HttpCacheStage:
         """Store what the exchange produced; the stored entry, if any."""
         entry = outcome.entry
         if outcome.from_cache == "stale":
-            self._count("stale")
+            self._counters["stale"].inc()
         if entry is None:
             return None
         remaining = entry["lifetime"] - entry["age"]
