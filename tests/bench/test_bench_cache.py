@@ -27,6 +27,7 @@ async def test_cache_scenario_measures_renders_and_round_trips(clean_redis_url: 
     assert {"cashews mem:// get", "cashews redis:// get"} <= names
     assert all(case.us > 0 for case in result.hits)
     assert result.redis_rtt_us is not None
+    assert result.l2_commands_per_hit is not None
     assert result.invalidation_ms["samples"] > 0
     rates = result.hit_rates
     assert set(rates) == {"W-TinyLFU (bastion L1)", "LRU", "oracle (top 10%)"}
@@ -48,6 +49,7 @@ async def test_cache_scenario_without_redis_skips_the_redis_cases() -> None:
     assert "get, L1 hit" in names
     assert not any("L2" in name or "redis" in name for name in names)
     assert result.redis_rtt_us is None
+    assert result.l2_commands_per_hit is None
     assert result.invalidation_ms == {}
     goals = cache.cache_goals(result)
     assert [row[0].split(":")[0] for row in goals] == ["cache"] * len(goals)
