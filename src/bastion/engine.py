@@ -276,6 +276,8 @@ class Bastion:
             await self.stores.start(migrate=self.settings.store.auto_migrate)
             if self.audit_log is not None:
                 await self.audit_log.start()
+            if self.audit_copies is not None:
+                await self.audit_copies.start()
             if self.settings.csrf.enabled and not self.csrf_keys.keys:
                 self.csrf_keys.set(await self.stores.csrf_keys())
             if self.identity is not None:

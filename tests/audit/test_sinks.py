@@ -360,3 +360,51 @@ async def test_the_engine_copies_the_events_of_requests(tmp_path: Path) -> None:
     assert records[-1]["kind"] == "auth.login.failed"
     assert records[-1]["request_id"] == response.headers["x-request-id"]
     assert "wrong" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        (FileSinkConfig(path="/nonexistent-dir/audit.jsonl"), "[audit.file] cannot open"),
+        (SyslogSinkConfig(address="udp://no-such-host.invalid:514"), "[audit.syslog] cannot"),
+        (SyslogSinkConfig(address="tcp://no-such-host.invalid:601"), "[audit.syslog] cannot"),
+    ],
+)
+async def test_a_copy_that_cannot_work_stops_the_start(
+    config: FileSinkConfig | SyslogSinkConfig, named: str
+) -> None:
+    copy = JsonLinesFileSink(config) if isinstance(config, FileSinkConfig) else SyslogSink(config)
+    with pytest.raises(OSError, match=re.escape(named)):
+        await AuditCopies(MemoryAuditSink(), [copy]).start()
+    await copy.close()
+
+
+async def test_a_collector_that_is_down_does_not_stop_the_start(tmp_path: Path) -> None:
+    copies = AuditCopies(
+        MemoryAuditSink(),
+        [
+            SyslogSink(SyslogSinkConfig(address="tcp://127.0.0.1:1")),
+            SyslogSink(SyslogSinkConfig(address=f"unix://{tmp_path}/no.sock")),
+            JsonLinesFileSink(FileSinkConfig(path=str(tmp_path / "audit.jsonl"))),
+        ],
+    )
+    await copies.start()
+    assert (tmp_path / "audit.jsonl").exists()
+    await copies.close()
+
+
+async def test_the_engine_refuses_to_start_with_an_unwritable_file(tmp_path: Path) -> None:
+    from bastion import Bastion, Settings
+    from bastion.store.config import StoreConfig
+
+    engine = Bastion(
+        Settings(
+            store=StoreConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"),
+            audit=AuditConfig(file=FileSinkConfig(path=str(tmp_path / "missing" / "a.jsonl"))),
+        )
+    )
+    try:
+        with pytest.raises(OSError, match=re.escape("[audit.file] cannot open")):
+            await engine.startup()
+    finally:
+        await engine.shutdown()

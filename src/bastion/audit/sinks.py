@@ -96,6 +96,11 @@ class QueuedSink(ABC):
         except asyncio.QueueFull:
             self._failed("dropped", "queue full", 1)
 
+    @abstractmethod
+    async def start(self) -> None:
+        """Check at start-up that the copy can be written at all (a configuration error is
+        better found then than as a counter later); ``OSError`` saying why otherwise."""
+
     async def close(self) -> None:
         """Write what is queued (for a few seconds at most), then release the resources."""
         self._closed = True
@@ -170,6 +175,14 @@ class JsonLinesFileSink(QueuedSink):
         self._fsync = config.fsync
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
+
+    async def start(self) -> None:
+        """Open (or create) the file now: a path in a missing directory or without write
+        permission stops the start."""
+        try:
+            await asyncio.to_thread(self._current)
+        except OSError as exc:
+            raise OSError(f"[audit.file] cannot open {self.path}: {exc.strerror or exc}") from exc
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -247,6 +260,16 @@ class SyslogSink(QueuedSink):
         self._procid = str(os.getpid())
         self._sock: socket.socket | None = None
 
+    async def start(self) -> None:
+        """Resolve the collector's host name now (a misspelt name stops the start); whether
+        the collector is up is not checked: it may come and go, and the copy follows."""
+        if self._transport == "unix":
+            return
+        try:
+            await asyncio.get_running_loop().getaddrinfo(self._host, self._port)
+        except OSError as exc:
+            raise OSError(f"[audit.syslog] cannot resolve {self._host}: {exc}") from exc
+
     def _connect(self) -> socket.socket:
         if self._sock is not None:
             return self._sock
@@ -315,6 +338,11 @@ class AuditCopies:
             # Copied even when the record failed: the copy is then the only trace of it.
             for copy in self.copies:
                 await copy.emit(event)
+
+    async def start(self) -> None:
+        """Check every copy can be written (:meth:`QueuedSink.start`)."""
+        for copy in self.copies:
+            await copy.start()
 
     async def close(self) -> None:
         """Flush and close the copies (the record sink is its owner's to close)."""
