@@ -101,7 +101,7 @@ def test_field_list_merges_lines_lowercases_and_deduplicates() -> None:
 
 # --- storability (RFC 9111 §3) ---------------------------------------------------------------
 
-SHARED = {"authenticated": False, "per_user": False}
+SHARED: dict[str, object] = {"authenticated": False, "keyed": ""}
 
 STORE_TABLE = [
     # id, status, headers, request directives, request kind, expected refusal
@@ -114,7 +114,7 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"private, max-age=60")],
         "",
-        {"authenticated": True, "per_user": True},
+        {"authenticated": True, "keyed": "user"},
         None,
     ),
     ("qualified-private", 200, [(b"cache-control", b'private="x-a", max-age=9')], "", SHARED, None),
@@ -158,7 +158,7 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"max-age=60")],
         "",
-        {"authenticated": True, "per_user": False},
+        {"authenticated": True, "keyed": ""},
         "authenticated",
     ),
     (
@@ -166,7 +166,7 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"public, max-age=60")],
         "",
-        {"authenticated": True, "per_user": False},
+        {"authenticated": True, "keyed": ""},
         None,
     ),
     (
@@ -174,7 +174,7 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"s-maxage=60")],
         "",
-        {"authenticated": True, "per_user": False},
+        {"authenticated": True, "keyed": ""},
         None,
     ),
     (
@@ -182,7 +182,7 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"must-revalidate, max-age=60")],
         "",
-        {"authenticated": True, "per_user": False},
+        {"authenticated": True, "keyed": ""},
         None,
     ),
     (
@@ -190,10 +190,34 @@ STORE_TABLE = [
         200,
         [(b"cache-control", b"public, private, max-age=60")],
         "",
-        {"authenticated": True, "per_user": False},
+        {"authenticated": True, "keyed": ""},
         "private",
     ),
     ("404-heuristic", 404, [], "", SHARED, None),
+    (
+        "private-per-tenant",
+        200,
+        [(b"cache-control", b"private, max-age=60")],
+        "",
+        {"authenticated": True, "keyed": "tenant"},
+        "private",
+    ),
+    (
+        "auth-per-tenant",
+        200,
+        [(b"cache-control", b"max-age=60")],
+        "",
+        {"authenticated": True, "keyed": "tenant"},
+        None,
+    ),
+    (
+        "set-cookie-per-user",
+        200,
+        [(b"cache-control", b"private, max-age=60"), (b"set-cookie", b"a=1")],
+        "",
+        {"authenticated": True, "keyed": "user"},
+        "set-cookie",
+    ),
 ]
 
 
@@ -206,7 +230,7 @@ def test_storability(
     status: int,
     headers: list[tuple[bytes, bytes]],
     request_cc: str,
-    kind: dict[str, bool],
+    kind: dict[str, object],
     expected: str | None,
 ) -> None:
     facts = read_response(status, headers)

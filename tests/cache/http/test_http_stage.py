@@ -756,3 +756,58 @@ async def test_metrics_count_hits_misses_and_stale(client: Client, clock: Clock)
     assert 'bastion_cache_requests_total{cache="http",result="hit"} 1.0' in exposition
     assert 'bastion_cache_requests_total{cache="http",result="miss"} 1.0' in exposition
     assert 'bastion_cache_requests_total{cache="http",result="stale"} 1.0' in exposition
+
+
+# --- later additions: tenant privacy, forgetting, request directives ----------------------------
+
+
+async def test_a_private_response_is_not_shared_within_a_tenant(make_client: ClientFactory) -> None:
+    client = make_client(routes=[{"paths": ["/org/**"], "key": "tenant"}])
+
+    def script(scope: Scope) -> object:
+        user = dict(scope["headers"]).get(b"x-test-user", b"-")
+        return client.origin.reply(headers=[(b"cache-control", b"private, max-age=60")], body=user)
+
+    client.origin.script = script  # type: ignore[assignment]
+    u1 = [(b"x-test-user", b"u1"), (b"x-test-tenant", b"acme")]
+    u2 = [(b"x-test-user", b"u2"), (b"x-test-tenant", b"acme")]
+    assert (await client.get("/org/me", headers=u1)).body == b"u1"
+    assert (await client.get("/org/me", headers=u2)).body == b"u2"
+
+
+async def test_a_resource_turned_uncacheable_forgets_its_stale_entry(
+    client: Client, clock: Clock
+) -> None:
+    client.origin.answer(headers=ETAGGED)
+    await client.get()
+    clock.advance(61)
+    client.origin.answer(headers=[(b"cache-control", b"no-store")], body=b"secret now")
+    assert (await client.get()).body == b"secret now"
+    await client.get()
+    assert b"if-none-match" not in client.origin.request_headers()
+    assert client.origin.calls == 3
+
+
+async def test_only_if_cached_with_a_stale_entry_is_a_504(client: Client, clock: Clock) -> None:
+    client.origin.answer(headers=ETAGGED)
+    await client.get()
+    clock.advance(61)
+    response = await client.get(headers=[(b"cache-control", b"only-if-cached")])
+    assert_problem_body(response.body, 504, "not_in_cache")
+    assert client.origin.calls == 1
+
+
+async def test_a_client_no_store_is_kept_when_directives_are_ignored(
+    make_client: ClientFactory,
+) -> None:
+    client = make_client(honour_request_directives=False)
+    client.origin.answer(headers=MAX_AGE)
+    await client.get(headers=[(b"cache-control", b"no-store")])
+    await client.get()
+    assert client.origin.calls == 2
+
+
+async def test_bastion_endpoints_are_never_cached(client: Client) -> None:
+    client.origin.answer(headers=[(b"cache-control", b"public, max-age=60")])
+    await twice(client, "/_bastion/auth/me")
+    assert client.origin.calls == 2

@@ -54,7 +54,8 @@ class RequestFacts:
     headers: list[Header]
     cache_control: CacheControl
     authenticated: bool
-    per_user: bool
+    keyed: str
+    """``"user"``/``"tenant"``: the key includes the principal's subject/tenant."""
     ttl: float | None
     default_ttl: float
     has_conditions: bool
@@ -165,7 +166,7 @@ class Exchange:
                     statuses=self._statuses,
                     request_cc=request.cache_control,
                     authenticated=request.authenticated,
-                    per_user=request.per_user,
+                    keyed=request.keyed,
                 )
                 length = next(
                     (v for n, v in response_headers if n.lower() == b"content-length"), None

@@ -121,14 +121,15 @@ def refusal(
     statuses: frozenset[int],
     request_cc: CacheControl,
     authenticated: bool,
-    per_user: bool,
+    keyed: str = "",
 ) -> str | None:
     """Why a shared cache must not store this response to a ``GET`` (RFC 9111 §3), or ``None``
     when it may.
 
     ``authenticated``: the request carried ``Authorization``, a cookie or a verified principal;
-    ``per_user``: the key includes the principal, so the stored response is the user's own and
-    ``private`` responses may be kept under it.
+    ``keyed``: ``"user"`` or ``"tenant"`` when the key includes the principal's subject or
+    tenant, so the stored response is theirs alone: credentials no longer prevent storing, and
+    under a user's own key a ``private`` response may be kept too.
     """
     cc = facts.cache_control
     if facts.partial:
@@ -137,14 +138,14 @@ def refusal(
         return "status"
     if cc.no_store or request_cc.no_store:
         return "no-store"
-    if cc.private and not per_user:
+    if cc.private and keyed != "user":
         return "private"
     if facts.sets_cookie:
         return "set-cookie"
     if b"*" in facts.vary:
         return "vary-star"
     allowed = cc.public or cc.must_revalidate or cc.s_maxage is not None
-    if authenticated and not per_user and not allowed:
+    if authenticated and not keyed and not allowed:
         return "authenticated"
     return None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ _BYPASS = frozenset({b"if-match", b"if-unmodified-since"})
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _STRICTNESS = {"shared": 0, "tenant": 1, "user": 2}
 _RESULTS = ("hit", "miss", "stale")
+_NO_STORE = CacheControl(no_store=True)
 
 
 class ResponseStore(Protocol):
@@ -55,6 +57,8 @@ class ResponseStore(Protocol):
     async def set(
         self, key: str, value: Any, *, ttl: float | None = None, tags: Any = ()
     ) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
 
     async def invalidate_tag(self, tag: str) -> int: ...
 
@@ -171,20 +175,20 @@ class HttpCacheStage:
                 await self._forward(scope, receive, send)
                 return
         principal = state_of(scope).principal
-        key_scope = ""
-        per_user = False
+        key_scope = keyed = ""
         if principal is not None:
             authenticated = True
             if policy.key == "user":
-                key_scope, per_user = "u:" + principal.subject, True
+                key_scope, keyed = "u:" + principal.subject, "user"
             elif policy.key == "tenant":
                 tenant = principal.extra.get("tenant")
                 if tenant is not None:
-                    key_scope, per_user = "t:" + str(tenant), True
+                    key_scope, keyed = "t:" + str(tenant), "tenant"
         request_cc = parse_cache_control(cc_values) if cc_values else EMPTY
+        # Without honour_request_directives, a client's no-store is still kept (its privacy).
+        directives = request_cc if self._honour else _NO_STORE if request_cc.no_store else EMPTY
         primary = self._keys.primary(path, scope["query_string"], host, key_scope)
         entry = await self._lookup(primary, headers)
-        directives = request_cc if self._honour else EMPTY
         head = method == "HEAD"
         if entry is not None:
             age = entry["age"] + max(time.time() - entry["received"], 0.0)
@@ -202,36 +206,36 @@ class HttpCacheStage:
                     conditional=has_conditions,
                 )
                 return
-            if _serve_stale(entry, staleness, directives):
-                self._counters["stale"].inc()
-                await send_entry(
-                    send,
-                    entry,
-                    headers,
-                    head=head,
-                    age=age,
-                    label=self._label("STALE"),
-                    range_header=range_header,
-                    conditional=has_conditions,
-                )
-                self._revalidate_later(scope, primary, entry, policy, request_cc, per_user)
-                return
-        elif directives.only_if_cached:
+        request = RequestFacts(
+            path=path,
+            headers=headers,
+            cache_control=directives,
+            authenticated=authenticated,
+            keyed=keyed,
+            ttl=policy.ttl,
+            default_ttl=policy.default_ttl,
+            has_conditions=has_conditions,
+        )
+        if entry is not None and _serve_stale(entry, staleness, directives):
+            self._counters["stale"].inc()
+            await send_entry(
+                send,
+                entry,
+                headers,
+                head=head,
+                age=age,
+                label=self._label("STALE"),
+                range_header=range_header,
+                conditional=has_conditions,
+            )
+            self._revalidate_later(scope, primary, entry, request)
+            return
+        if directives.only_if_cached:
             raise BastionError("not_in_cache", "The response is not in the cache")
         self._counters["miss"].inc()
         if head or range_header is not None:
             await self._forward(scope, receive, send)
             return
-        request = RequestFacts(
-            path=path,
-            headers=headers,
-            cache_control=request_cc,
-            authenticated=authenticated,
-            per_user=per_user,
-            ttl=policy.ttl,
-            default_ttl=policy.default_ttl,
-            has_conditions=has_conditions,
-        )
         flight = self._flights.get(primary)
         if flight is not None:
             shared = await asyncio.shield(flight)
@@ -274,6 +278,9 @@ class HttpCacheStage:
         try:
             outcome = await self._exchange.run(scope, receive, send, request, stale)
             stored = await self._keep(primary, outcome)
+            if stored is None and stale is not None and outcome.from_cache is None:
+                # The resource no longer gives a storable response: forget the old one.
+                await self._forget(primary, stale)
         finally:
             if flight is not None:
                 del self._flights[primary]
@@ -301,16 +308,17 @@ class HttpCacheStage:
             await self._store.set(primary, entry, ttl=ttl, tags=tags)
         return entry
 
+    async def _forget(self, primary: str, entry: Entry) -> None:
+        if entry["vary"]:
+            await self._store.delete(variant_key(primary, entry["varies"]))
+        else:
+            await self._store.delete(primary)
+
     def _revalidate_later(
-        self,
-        scope: Scope,
-        primary: str,
-        entry: Entry,
-        policy: _Policy,
-        request_cc: CacheControl,
-        per_user: bool,
+        self, scope: Scope, primary: str, entry: Entry, request: RequestFacts
     ) -> None:
-        """Revalidate ``entry`` in the background (``stale-while-revalidate``), once per key."""
+        """Revalidate ``entry`` in the background (``stale-while-revalidate``), once per key,
+        as a ``GET`` of the request that found it stale, on a copy of its state."""
         if primary in self._flights:
             return
         background = dict(scope)
@@ -318,19 +326,7 @@ class HttpCacheStage:
         background["headers"] = [(n, v) for n, v in scope["headers"] if n != b"range"]
         background["state"] = dict(scope.get("state") or {})
         background["state"]["bastion"] = copy.copy(state_of(scope))
-        request = RequestFacts(
-            path=scope["path"],
-            headers=background["headers"],
-            cache_control=EMPTY,
-            authenticated=False,
-            per_user=per_user,
-            ttl=policy.ttl,
-            default_ttl=policy.default_ttl,
-            has_conditions=False,
-        )
-        request.authenticated = any(
-            n == b"authorization" or n == b"cookie" for n, _ in background["headers"]
-        ) or (state_of(scope).principal is not None)
+        request = dataclasses.replace(request, headers=background["headers"], has_conditions=False)
         task = asyncio.create_task(self._revalidate(background, primary, request, entry))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
