@@ -164,21 +164,23 @@ def hammer(
 
 def skewed_requests(
     url: str, prefix: str, rule: Rule, key: str, skew: float, requests: int
-) -> list[tuple[bool, int, float, float]]:
+) -> list[tuple[bool, int, float, float, float]]:
     """In a process of its own whose ``time.time`` is off by ``skew`` seconds: ``requests``
-    evaluations of one bucket, as ``(allowed, remaining, reset, retry_after)``."""
+    evaluations of one bucket, as ``(allowed, remaining, reset, retry_after, sent)``, ``sent``
+    being when the call was made by the host's real clock (to compare the processes' calls)."""
     real_time = time.time
     time.time = lambda: real_time() + skew
 
-    async def run() -> list[tuple[bool, int, float, float]]:
+    async def run() -> list[tuple[bool, int, float, float, float]]:
         connector = RedisConnector.from_url(url)
         store = RedisStore(connector, prefix=prefix)
         outcomes = []
         for _ in range(requests):
+            sent = real_time()
             verdict = await store.evaluate([Check(rule, key)])
             (decision,) = verdict.decisions
             outcomes.append(
-                (decision.allowed, decision.remaining, decision.reset, decision.retry_after)
+                (decision.allowed, decision.remaining, decision.reset, decision.retry_after, sent)
             )
         await store.close()
         await connector.close()
