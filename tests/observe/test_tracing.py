@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 import pytest
 from bench.micro import pipeline_chain
 from opentelemetry.sdk.trace import ReadableSpan
@@ -441,3 +443,30 @@ async def test_untraced_gateway_passes_trace_context_through(tmp_path: Path) -> 
         await engine.shutdown()
     seen = [(n, v) for n, v in response.json()["headers"]]
     assert [v for n, v in seen if n == "traceparent"] == [TRACEPARENT]
+
+
+async def test_websocket_handshake_carries_the_client_span_context(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    async with serve_asgi(upstream_app) as upstream:
+        engine = Bastion(
+            settings(tmp_path, routes=[{"name": "ws", "prefix": "/", "upstream": upstream}])
+        )
+        assert engine.deps.tracing is not None
+        engine.deps.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+        async with serve_asgi(engine.gateway()) as gateway, aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(
+                gateway.replace("http", "ws") + "/ws/hello", headers={"traceparent": TRACEPARENT}
+            )
+            seen = orjson.loads((await ws.receive()).data)
+            await ws.close()
+        await engine.shutdown()
+    [client] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    [server] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert client.parent is not None
+    assert client.parent.span_id == server.context.span_id
+    flags = int(client.context.trace_flags)
+    # The untrusted client's traceparent is replaced by the gateway's own.
+    assert seen["traceparent"] == (
+        f"00-{client.context.trace_id:032x}-{client.context.span_id:016x}-{flags:02x}"
+    )
+    assert dict(client.attributes or {})["http.response.status_code"] == 101

@@ -14,9 +14,9 @@ request pays for any of it.
 - A request Bastion refuses gets ``bastion.decision`` (the problem code) on the server span, plus
   the policy or the inspection categories and rules that decided it; with ``stage_spans``, the
   refusing stage's span carries it too (``bastion.decision.stage``).
-- :class:`TracedForwarder` wraps the gateway's HTTP forwarder in a client span and sends that
-  span's context upstream as ``traceparent`` (and ``tracestate``), replacing whatever the client
-  sent.
+- :class:`TracedForwarder` and :class:`TracedRelay` wrap the gateway's HTTP forwarder and
+  WebSocket relay in a client span and send that span's context upstream as ``traceparent``
+  (and ``tracestate``), replacing whatever the client sent.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ if TYPE_CHECKING:
     from bastion.deps import Deps
     from bastion.proxy.http import HttpForwarder
     from bastion.proxy.upstream import UpstreamTarget
+    from bastion.proxy.websocket import WebSocketRelay
 
 __all__ = [
     "DECISION_STAGE_KEY",
     "StageSpan",
     "TracedForwarder",
+    "TracedRelay",
     "Tracing",
     "TracingStage",
     "stage_name",
@@ -153,6 +155,10 @@ class Tracing:
     def forwarder(self, inner: HttpForwarder) -> TracedForwarder:
         """The gateway's HTTP forwarder with a client span and ``traceparent`` injection."""
         return TracedForwarder(inner, tracing=self)
+
+    def relay(self, inner: WebSocketRelay) -> TracedRelay:
+        """The gateway's WebSocket relay with a client span and ``traceparent`` injection."""
+        return TracedRelay(inner, tracing=self)
 
     def flush(self) -> None:
         """Export what is still queued (the provider itself shuts down at process exit)."""
@@ -351,13 +357,12 @@ class StageSpan:
             span.end()
 
 
-class TracedForwarder:
-    """The gateway's HTTP forwarder inside a client span whose context goes upstream."""
+class _UpstreamSpans:
+    """Client spans around upstream exchanges, with the attributes of each upstream."""
 
-    __slots__ = ("_inner", "_targets", "_tracer")
+    __slots__ = ("_targets", "_tracer")
 
-    def __init__(self, inner: HttpForwarder, *, tracing: Tracing) -> None:
-        self._inner = inner
+    def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
         self._targets: dict[UpstreamTarget, dict[str, Any]] = {}
 
@@ -366,7 +371,7 @@ class TracedForwarder:
         attributes = self._targets.get(target)
         if attributes is None:
             parts = urlsplit(target.route.config.upstream)
-            default_port = 443 if parts.scheme == "https" else 80
+            default_port = 443 if parts.scheme in ("https", "wss") else 80
             attributes = {
                 "server.address": parts.hostname or "",
                 "server.port": parts.port or default_port,
@@ -376,15 +381,8 @@ class TracedForwarder:
                 self._targets[target] = attributes
         return attributes
 
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        state: RequestState,
-        target: UpstreamTarget,
-    ) -> None:
-        method: str = scope["method"]
+    def _start(self, method: str, target: UpstreamTarget) -> tuple[Span, bytes, bytes | None]:
+        """A client span, and the ``traceparent`` and ``tracestate`` values of its context."""
         known = method in _KNOWN_METHODS
         span = self._tracer.start_span(
             method if known else "HTTP",
@@ -397,10 +395,49 @@ class TracedForwarder:
             set_status_on_exception=False,
         )
         span_context = span.get_span_context()
-        header = b"traceparent: " + traceparent(span_context)
         trace_state = span_context.trace_state
-        if trace_state:
-            header += b"\r\ntracestate: " + trace_state.to_header().encode("latin-1")
+        state = trace_state.to_header().encode("latin-1") if trace_state else None
+        return span, traceparent(span_context), state
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    if isinstance(exc, BastionError):
+        span.set_attribute("error.type", exc.code)
+        span.set_status(Status(StatusCode.ERROR, exc.code))
+    else:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def _answered(span: Span, status: int) -> None:
+    if status:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+            span.set_attribute("error.type", str(status))
+
+
+class TracedForwarder(_UpstreamSpans):
+    """The gateway's HTTP forwarder inside a client span whose context goes upstream."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: HttpForwarder, *, tracing: Tracing) -> None:
+        super().__init__(tracing)
+        self._inner = inner
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: RequestState,
+        target: UpstreamTarget,
+    ) -> None:
+        span, parent, trace_state = self._start(scope["method"], target)
+        header = b"traceparent: " + parent
+        if trace_state is not None:
+            header += b"\r\ntracestate: " + trace_state
         status = 0
 
         async def observed_send(message: Message) -> None:
@@ -411,18 +448,52 @@ class TracedForwarder:
 
         try:
             await self._inner(scope, receive, observed_send, state, target, trace_header=header)
-        except BastionError as error:
-            span.set_attribute("error.type", error.code)
-            span.set_status(Status(StatusCode.ERROR, error.code))
-            raise
         except Exception as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            _failed(span, exc)
             raise
         finally:
-            if status:
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                    span.set_attribute("error.type", str(status))
+            _answered(span, status)
+            span.end()
+
+
+class TracedRelay(_UpstreamSpans):
+    """The gateway's WebSocket relay inside a client span (the whole session) whose context goes
+    upstream with the handshake."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: WebSocketRelay, *, tracing: Tracing) -> None:
+        super().__init__(tracing)
+        self._inner = inner
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        state: RequestState,
+        target: UpstreamTarget,
+    ) -> None:
+        span, parent, trace_state = self._start("GET", target)
+        headers = [("traceparent", parent.decode("latin-1"))]
+        if trace_state is not None:
+            headers.append(("tracestate", trace_state.decode("latin-1")))
+        status = 0
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "websocket.accept":
+                status = 101
+            elif kind == "websocket.http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._inner(scope, receive, observed_send, state, target, trace_headers=headers)
+        except Exception as exc:
+            _failed(span, exc)
+            raise
+        finally:
+            _answered(span, status)
             span.end()

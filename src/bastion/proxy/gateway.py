@@ -22,7 +22,7 @@ from bastion.proxy.websocket import WebSocketRelay
 if TYPE_CHECKING:
     from bastion.deps import Deps
     from bastion.http.routes import Route
-    from bastion.observe.tracing import TracedForwarder
+    from bastion.observe.tracing import TracedForwarder, TracedRelay
 
 __all__ = ["Proxy"]
 
@@ -44,6 +44,7 @@ class Proxy:
         "_client",
         "_config",
         "_http",
+        "_relay",
         "_request_id_header",
         "_resolver",
         "_targets",
@@ -74,7 +75,11 @@ class Proxy:
         self._http: HttpForwarder | TracedForwarder = (
             forwarder if deps.tracing is None else deps.tracing.forwarder(forwarder)
         )
-        self._websocket = WebSocketRelay(config=config, metrics=deps.metrics, client=self._client)
+        relay = WebSocketRelay(config=config, metrics=deps.metrics, client=self._client)
+        self._relay = relay
+        self._websocket: WebSocketRelay | TracedRelay = (
+            relay if deps.tracing is None else deps.tracing.relay(relay)
+        )
 
     def target(self, route: Route) -> UpstreamTarget:
         """The prepared upstream of ``route`` (built on first use for a route not configured at
@@ -100,12 +105,12 @@ class Proxy:
     async def start(self) -> None:
         """Bind the pools to the running loop and open the WebSocket client session."""
         self._client.start()
-        await self._websocket.start()
+        await self._relay.start()
 
     async def close(self) -> None:
         """Close every upstream connection."""
         self._client.close()
-        await self._websocket.close()
+        await self._relay.close()
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function handing back the forwarder's coroutine: callers await it exactly as

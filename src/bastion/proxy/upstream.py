@@ -93,7 +93,8 @@ class UpstreamTarget:
         resolver: ClientIpResolver | None,
         trace_context: bool = False,
     ) -> None:
-        """``trace_context``: tracing is on; the HTTP requests' trace context is the proxy's."""
+        """``trace_context``: tracing is on; the upstream requests' trace context is the
+        proxy's."""
         config = route.config
         if not config.upstream:
             raise ValueError(f"route {route.name!r} has no upstream URL")
@@ -128,6 +129,7 @@ class UpstreamTarget:
             request_id_header=request_id_header,
             resolver=resolver,
             websocket=True,
+            trace_context=trace_context,
         )
         ws_scheme = "wss" if scheme == "https" else "ws"
         self.websocket_base = f"{ws_scheme}://{host_header}"

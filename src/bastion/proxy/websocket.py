@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,10 @@ class WebSocketRelay:
         send: Send,
         state: RequestState,
         target: UpstreamTarget,
+        trace_headers: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """Relay one WebSocket; ``trace_headers`` (the client span's ``traceparent``, when
+        tracing is on) are added to the upstream handshake."""
         session = self._session
         if session is None:
             raise RuntimeError("the WebSocket relay is not started")
@@ -115,6 +119,7 @@ class WebSocketRelay:
             return
         rewritten = target.websocket_headers.rewrite(scope, state)
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in rewritten.headers]
+        headers.extend(trace_headers)
         url = URL(target.websocket_url(scope), encoded=True)
         tls = self._client.tls_context if url.scheme == "wss" else None
         try:
