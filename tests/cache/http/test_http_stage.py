@@ -811,3 +811,70 @@ async def test_bastion_endpoints_are_never_cached(client: Client) -> None:
     client.origin.answer(headers=[(b"cache-control", b"public, max-age=60")])
     await twice(client, "/_bastion/auth/me")
     assert client.origin.calls == 2
+
+
+# --- adversarial: a response meant for one client never reaches another --------------------------
+
+ALICE = [(b"authorization", b"Bearer alice"), (b"x-test-user", b"alice")]
+BOB = [(b"authorization", b"Bearer bob"), (b"x-test-user", b"bob")]
+PER_USER = [{"paths": ["/me", "/me/**"], "key": "user"}]
+PER_TENANT = [{"paths": ["/org/**"], "key": "tenant"}]
+
+ADVERSARIAL = [
+    # id, routes, victim path+headers, response headers, attacker path+headers
+    ("authorization", [], ("/r", [(b"authorization", b"Bearer a")]), b"max-age=60", ("/r", [])),
+    ("cookie", [], ("/r", [(b"cookie", b"sid=a")]), b"max-age=60", ("/r", [])),
+    ("principal-only", [], ("/r", [(b"x-test-user", b"alice")]), b"max-age=60", ("/r", [])),
+    ("private", [], ("/r", []), b"private, max-age=60", ("/r", [])),
+    ("no-store", [], ("/r", ALICE), b"public, no-store", ("/r", BOB)),
+    ("per-user-to-other-user", PER_USER, ("/me", ALICE), b"private, max-age=60", ("/me", BOB)),
+    ("per-user-to-anonymous", PER_USER, ("/me", ALICE), b"private, max-age=60", ("/me", [])),
+    ("per-user-other-spelling", PER_USER, ("/me", ALICE), b"private, max-age=60", ("/ME", BOB)),
+    ("per-user-trailing-slash", PER_USER, ("/me", ALICE), b"private, max-age=60", ("/me/", [])),
+    (
+        "per-tenant-other-tenant",
+        PER_TENANT,
+        ("/org/x", [(b"x-test-user", b"a"), (b"x-test-tenant", b"t1")]),
+        b"max-age=60",
+        ("/org/x", [(b"x-test-user", b"b"), (b"x-test-tenant", b"t2")]),
+    ),
+    (
+        "per-tenant-without-tenant",
+        PER_TENANT,
+        ("/org/x", [(b"x-test-user", b"a"), (b"x-test-tenant", b"t1")]),
+        b"max-age=60",
+        ("/org/x", [(b"x-test-user", b"b")]),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("routes", "victim", "cache_control", "attacker"),
+    [row[1:] for row in ADVERSARIAL],
+    ids=[row[0] for row in ADVERSARIAL],
+)
+async def test_never_one_clients_response_to_another(
+    make_client: ClientFactory,
+    routes: list[dict[str, object]],
+    victim: tuple[str, list[Header]],
+    cache_control: bytes,
+    attacker: tuple[str, list[Header]],
+) -> None:
+    client = make_client(routes=routes)
+
+    def script(scope: Scope) -> object:
+        found = dict(scope["headers"])
+        who = b"|".join(
+            found.get(name, b"") for name in (b"authorization", b"cookie", b"x-test-user")
+        )
+        serial = str(client.origin.calls).encode()
+        return client.origin.reply(
+            headers=[(b"cache-control", cache_control)], body=b"#" + serial + b" for:" + who
+        )
+
+    client.origin.script = script  # type: ignore[assignment]
+    meant = await client.get(victim[0], headers=victim[1])
+    got = await client.get(attacker[0], headers=attacker[1])
+    assert got.body != meant.body
+    assert client.origin.calls == 2
+    assert got.x_cache == "MISS"
