@@ -22,6 +22,7 @@ from bastion.inspect.config import InspectConfig, StrikesConfig
 from bastion.inspect.strikes import MemoryStrikes, strike_name
 from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.observe.metrics import Metrics
+from bastion.ratelimit.config import RateLimitConfig
 from bastion.ratelimit.core import BanRecord, BanRule, Check, Penalty, Rule
 from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.ratelimit.memory import MemoryStore
@@ -280,6 +281,45 @@ async def test_a_struck_principal_is_refused_from_any_address(
         targets = sorted(event.target or "" for event in p.events("inspect.strike.blocked"))
         assert targets == ["strike:192.0.2.10", f"strike:user:{user}"]
         assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 2.0
+
+
+@pytest.mark.parametrize("where", ["ledger", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_without_rate_limiting_the_strike_gate_refuses_alone(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    store = StoreConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}",
+        redis_url=request.getfixturevalue("clean_redis_url") if where == "redis" else "",
+    )
+    off = RateLimitConfig(enabled=False)
+    async with protected(tmp_path, store=store, ratelimit=off) as p:
+        assert p.engine.ratelimit is None
+        async with p.client() as client:
+            await _attack(client, 5)
+            refused = await client.get("/clean")
+            data = assert_problem(refused, 403, "client_blocked")
+            assert 890 <= data["retry_after"] <= 900
+        async with p.client("198.51.100.1") as other:
+            assert (await other.get("/clean")).status_code == 200
+        assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 1.0
+        assert p.recorder.calls[0].scope["path"] == "/clean"
+    # Where `bastion bans` looks: the same record a rate-limited gateway would write.
+    if where == "redis":
+        connector = RedisConnector.from_url(request.getfixturevalue("clean_redis_url"))
+        listing = RedisStore(connector, prefix=REDIS_KEY_PREFIX)
+        try:
+            (record,) = await listing.active_bans()
+        finally:
+            await listing.close()
+            await connector.close()
+    else:
+        database, ledger = await _ledger(store.database_url)
+        try:
+            (record,) = await ledger.active()
+        finally:
+            await ledger.close()
+            await database.close()
+    assert (record.client, record.source) == (CLIENT_IP, "inspect")
 
 
 async def test_without_strikes_nobody_is_refused_for_past_attacks(tmp_path: Path) -> None:
