@@ -8,6 +8,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastion.cache.serial import SerializationError, Serializer
 
@@ -103,6 +105,11 @@ def test_large_values_are_compressed() -> None:
     assert serializer.loads(large) == "a" * 100_000
 
 
+def _tree(json_text: str, blob: bytes = b"") -> bytes:
+    body = json_text.encode()
+    return b"\x03" + len(body).to_bytes(4, "big") + body + blob
+
+
 CORRUPT: list[tuple[str, bytes]] = [
     ("empty", b""),
     ("unknown_tag", b"\x09{}"),
@@ -112,6 +119,11 @@ CORRUPT: list[tuple[str, bytes]] = [
     ("tree_length_past_end", b"\x03\x00\x00\x00\xff[]"),
     ("tree_bytes_out_of_range", b'\x03\x00\x00\x00\x0e{"\\u0000b":[0,9]}ab'),
     ("tree_bytes_bad_shape", b'\x03\x00\x00\x00\x0c{"\\u0000b":7}'),
+    ("tree_bytes_float_offsets", _tree('{"\\u0000b":[0.5,1]}', b"ab")),
+    ("tree_bytes_bool_offsets", _tree('{"\\u0000b":[true,true]}', b"ab")),
+    ("tree_tuple_not_list", _tree('{"\\u0000t":5}')),
+    ("tree_dict_int_key", _tree('{"\\u0000d":[[1,2]]}')),
+    ("tree_dict_bad_pair", _tree('{"\\u0000d":[[1]]}')),
 ]
 
 
@@ -119,3 +131,44 @@ CORRUPT: list[tuple[str, bytes]] = [
 def test_corrupt_input_raises_serialization_error(name: str, data: bytes) -> None:
     with pytest.raises(SerializationError):
         Serializer().loads(data)
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.binary()
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.lists(inner, max_size=5).map(tuple)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES, threshold=st.sampled_from([0, 64, 1024]))
+def test_every_supported_value_round_trips_with_its_types(value: Any, threshold: int) -> None:
+    serializer = Serializer(compress_threshold=threshold)
+    back = serializer.loads(serializer.dumps(value))
+    assert back == value
+    _same_types(back, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_decode_to_a_cacheable_value_or_raise_serialization_error(
+    data: bytes,
+) -> None:
+    serializer = Serializer()
+    try:
+        value = serializer.loads(data)
+    except SerializationError:
+        return
+    assert serializer.loads(serializer.dumps(value)) == value

@@ -111,12 +111,20 @@ def _decode_tree(node: Any, blob: memoryview) -> Any:
         ((key, inner),) = node.items()
         if key == _BYTES_MARK:
             start, length = inner
+            if type(start) is not int or type(length) is not int:
+                raise SerializationError("corrupt cached value: bytes reference")
             if start < 0 or length < 0 or start + length > len(blob):
                 raise SerializationError("corrupt cached value: bytes out of range")
             return bytes(blob[start : start + length])
         if key == _TUPLE_MARK:
+            if type(inner) is not list:
+                raise SerializationError("corrupt cached value: tuple")
             return tuple(_decode_tree(item, blob) for item in inner)
         if key == _DICT_MARK:
+            if type(inner) is not list or not all(
+                type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in inner
+            ):
+                raise SerializationError("corrupt cached value: escaped dict")
             return {pair[0]: _decode_tree(pair[1], blob) for pair in inner}
     return {key: _decode_tree(item, blob) for key, item in node.items()}
 
