@@ -4,6 +4,8 @@ conditional requests, Vary and byte ranges."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bastion.cache.http.directives import (
     DELTA_MAX,
@@ -432,3 +434,36 @@ def test_vary_values_join_lines_and_normalise_accept_encoding() -> None:
 )
 def test_byte_range(header: bytes, size: int, expected: tuple[int, int] | None) -> None:
     assert byte_range(header, size) == expected
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+FIELD_BYTES = st.binary(max_size=200)
+
+
+@given(st.lists(FIELD_BYTES, max_size=3))
+def test_cache_control_parsing_never_fails_and_bounds_deltas(values: list[bytes]) -> None:
+    parsed = parse_cache_control(values)
+    for delta in (parsed.max_age, parsed.s_maxage, parsed.stale_if_error, parsed.min_fresh):
+        assert delta is None or 0 <= delta <= DELTA_MAX
+
+
+@given(FIELD_BYTES)
+def test_http_date_never_fails(value: bytes) -> None:
+    moment = http_date(value)
+    assert moment is None or isinstance(moment, float)
+
+
+@given(FIELD_BYTES, st.integers(min_value=0, max_value=10_000))
+def test_a_byte_range_lies_within_the_body(header: bytes, size: int) -> None:
+    span = byte_range(header, size)
+    if span is not None and span != (-1, -1):
+        first, last = span
+        assert 0 <= first <= last < size
+
+
+@given(st.lists(st.sampled_from(["gzip", "br", "zstd", "deflate", "x-gzip", "br;q=0"]), max_size=5))
+def test_accept_encoding_normalisation_ignores_order(codings: list[str]) -> None:
+    forward = normalise_accept_encoding([", ".join(codings).encode()])
+    backward = normalise_accept_encoding([", ".join(reversed(codings)).encode()])
+    assert forward == backward
