@@ -9,11 +9,13 @@ import pytest
 from bastion import Bastion
 from bastion.cache import Cache
 from bastion.cache.config import CacheConfig
-from bastion.cache.wiring import build_cache
+from bastion.cache.wiring import build_cache, purge
 from bastion.observe.metrics import Metrics
 from bastion.settings import ConfigError, Settings
 from bastion.store.config import StoreConfig
+from bastion.store.errors import StoreError
 from bastion.store.stores import Stores
+from ratelimit.redis_helpers import free_port
 
 
 def store(tmp_path: Path, redis_url: str = "") -> StoreConfig:
@@ -90,3 +92,9 @@ def test_invalid_settings_name_the_key(tmp_path: Path, key: str, value: object) 
     with pytest.raises(ConfigError) as info:
         Settings.from_file(path)
     assert f"cache.{key}" in [name for name, _ in info.value.errors]
+
+
+async def test_purge_reports_a_redis_that_does_not_answer() -> None:
+    settings = Settings(store={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with pytest.raises(StoreError, match="did not answer"):
+        await purge(settings, tag="anything")
