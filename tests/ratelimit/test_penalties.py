@@ -28,7 +28,7 @@ from bastion.inspect.config import InspectConfig, StrikesConfig
 from bastion.inspect.stage import StrikeGate
 from bastion.inspect.strikes import MemoryStrikes, StrikeStore
 from bastion.inspect.strikes_redis import RedisStrikes
-from bastion.ratelimit.config import BansConfig, RateLimitConfig
+from bastion.ratelimit.config import BansConfig, PolicyConfig, RateLimitConfig
 from bastion.ratelimit.core import BanRecord, BanRule, Check, Rule
 from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.ratelimit.limiter import Limiter
@@ -298,3 +298,49 @@ async def test_with_redis_each_request_is_one_script_call_and_strikes_refuse_the
     finally:
         admin.close()
         await engine.shutdown()
+
+
+@pytest.mark.parametrize(("on_error", "status"), [("local", 200), ("open", 200), ("closed", 503)])
+async def test_with_redis_down_the_gate_follows_on_store_error_for_struck_clients_too(
+    private_redis: RedisServer, on_error: str, status: int
+) -> None:
+    connector = RedisConnector.from_url(private_redis.url, timeout=0.3)
+    store = RedisStore(connector, prefix=REDIS_KEY_PREFIX, timeout=0.3)
+    try:
+        assert await RedisStrikes(store, STRIKES).strike([CLIENT]) == [CLIENT]
+        config = RateLimitConfig(
+            policies=[PolicyConfig(name="global", key="ip", limit=100, on_store_error=on_error)]
+        )
+        deps = make_deps(Settings(ratelimit=config))
+        limiter = Limiter(
+            store,
+            config=config,
+            policies=PolicySet(config, prefix=deps.prefix),
+            metrics=deps.metrics,
+            audit=None,
+            store_name="redis",
+            local=MemoryStore,
+        )
+        pipeline = around(
+            lambda inner, deps: GateStage(
+                inner, config=config, deps=deps, limiter=limiter, strikes=True
+            ),
+            RecordingApp(),
+            deps,
+        )
+        transport = httpx.ASGITransport(app=pipeline, client=(CLIENT, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert_problem(await client.get("/items"), 403, "client_blocked")
+            private_redis.kill()
+            response = await client.get("/items")
+        # Strikes add to inspection and fail open; the policy decides the rest.
+        if status == 503:
+            assert_problem(response, 503, "ratelimit_unavailable")
+        assert response.status_code == status
+        errors = deps.metrics.registry.get_sample_value(
+            "bastion_store_errors_total", {"store": "redis", "op": "ratelimit"}
+        )
+        assert errors == 1.0
+    finally:
+        await store.close()
+        await connector.close()
