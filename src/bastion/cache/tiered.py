@@ -55,6 +55,7 @@ _log: Any = get_logger("bastion.cache")
 _RECORD = struct.Struct(">BdddH")
 """Redis record header: version, fresh_until, stale_until, loader seconds, tags JSON length."""
 _RECORD_VERSION = 1
+_MAX_TAGS_JSON = 0xFFFF
 _EARLY_HORIZON = 10.0
 """XFetch refreshes with probability ``exp(-remaining / (delta * beta))``; below
 ``exp(-10)`` (remaining > 10 * delta * beta) the check is skipped altogether."""
@@ -310,6 +311,8 @@ class _Core:
         tags: tuple[str, ...],
     ) -> bytes:
         tag_json = orjson.dumps(tags) if tags else b""
+        if len(tag_json) > _MAX_TAGS_JSON:
+            raise SerializationError("the tags of one entry exceed 64 KiB")
         return (
             _RECORD.pack(_RECORD_VERSION, fresh_until, stale_until, delta, len(tag_json))
             + tag_json
@@ -327,9 +330,12 @@ class _Core:
         tags: tuple[str, ...] = ()
         if tag_len:
             try:
-                tags = tuple(orjson.loads(record[start : start + tag_len]))
+                listed = orjson.loads(record[start : start + tag_len])
             except orjson.JSONDecodeError:
-                raise SerializationError("corrupt cache record: tags") from None
+                listed = None
+            if type(listed) is not list or not all(type(tag) is str for tag in listed):
+                raise SerializationError("corrupt cache record: tags")
+            tags = tuple(listed)
         data = record[start + tag_len :]
         return L1Entry(
             key,
@@ -842,6 +848,8 @@ class Cache:
         now = _time()
         fresh_until = now + ttl
         stale_until = now + lifetime
+        # Encoded first, so a refused entry (tags too large) is stored in no tier.
+        record = core.encode_record(data, fresh_until, stale_until, delta, tags)
         if core.l1 is not None:
             core.l1.put(
                 L1Entry(
@@ -858,7 +866,6 @@ class Cache:
         l2 = core.l2
         if l2 is None:
             return
-        record = core.encode_record(data, fresh_until, stale_until, delta, tags)
         try:
             await l2.set(
                 full,
