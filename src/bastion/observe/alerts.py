@@ -205,6 +205,8 @@ class _Reading:
 class _Rule:
     """A rule's configuration and its episode (``per = "ip"`` rules keep one per client)."""
 
+    __slots__ = ("config", "episode")
+
     def __init__(self, config: AlertRuleConfig) -> None:
         self.config = config
         self.episode = Episode()
@@ -212,6 +214,8 @@ class _Rule:
 
 class _CountRule(_Rule):
     """Events over the window, all clients together."""
+
+    __slots__ = ("counts",)
 
     def __init__(self, config: AlertRuleConfig) -> None:
         super().__init__(config)
@@ -222,34 +226,62 @@ class _CountRule(_Rule):
         return _Reading(total, total > self.config.threshold)
 
 
-class _ErrorRateRule(_Rule):
-    """Percent of answered requests with a 5xx status: per slot ``[answered, errors]``."""
+class _RequestRule(_Rule):
+    """A ring of per-slot rows of counters over answered requests. The row of the current
+    slot is kept at hand, so a request in the same slot as the previous one costs a comparison
+    and an increment."""
 
-    def __init__(self, config: AlertRuleConfig) -> None:
+    __slots__ = ("buckets", "row", "rows", "size", "slot_end", "stamps", "width")
+
+    def __init__(self, config: AlertRuleConfig, buckets: int) -> None:
         super().__init__(config)
+        self.buckets = buckets
         self.size = _slot_count(config.window, _SLOTS)
         self.width = config.window / self.size
-        self.rows = [[0, 0] for _ in range(self.size)]
+        self.rows = [[0] * buckets for _ in range(self.size)]
         self.stamps = [-1] * self.size
+        self.row = self.rows[0]
+        self.slot_end = -math.inf
+        """When the current slot ends: the next request after it moves to a fresh row."""
 
-    def observe(self, now: float, status: int, seconds: float) -> None:
+    def roll(self, now: float) -> None:
         slot = int(now / self.width)
         index = slot % self.size
-        row = self.rows[index]
         if self.stamps[index] != slot:
             self.stamps[index] = slot
-            row[0] = row[1] = 0
+            self.rows[index] = [0] * self.buckets
+        self.row = self.rows[index]
+        self.slot_end = (slot + 1) * self.width
+
+    def merged(self, now: float) -> list[int]:
+        """The rows of the last window, added up."""
+        oldest = int(now / self.width) - self.size
+        total = [0] * self.buckets
+        for row, stamp in zip(self.rows, self.stamps, strict=True):
+            if stamp > oldest:
+                for bucket, count in enumerate(row):
+                    total[bucket] += count
+        return total
+
+
+class _ErrorRateRule(_RequestRule):
+    """Percent of answered requests with a 5xx status: per slot ``[answered, errors]``."""
+
+    __slots__ = ()
+
+    def __init__(self, config: AlertRuleConfig) -> None:
+        super().__init__(config, 2)
+
+    def observe(self, now: float, status: int, seconds: float) -> None:
+        if now >= self.slot_end:
+            self.roll(now)
+        row = self.row
         row[0] += 1
         if status >= 500:
             row[1] += 1
 
     def read(self, now: float) -> _Reading:
-        oldest = int(now / self.width) - self.size
-        answered = errors = 0
-        for row, stamp in zip(self.rows, self.stamps, strict=True):
-            if stamp > oldest:
-                answered += row[0]
-                errors += row[1]
+        answered, errors = self.merged(now)
         if answered == 0:
             return _Reading(0.0, False, 0)
         rate = 100.0 * errors / answered
@@ -257,38 +289,27 @@ class _ErrorRateRule(_Rule):
         return _Reading(rate, holds, answered)
 
 
-class _LatencyRule(_Rule):
-    """95th percentile of request durations: a fixed-bucket histogram per slot."""
+class _LatencyRule(_RequestRule):
+    """95th percentile of request durations: a fixed-bucket histogram per slot, with the
+    threshold as one of the bucket edges."""
+
+    __slots__ = ("edges", "edges_ms", "limit")
 
     def __init__(self, config: AlertRuleConfig) -> None:
-        super().__init__(config)
         edges_ms = sorted({*_LATENCY_EDGES_MS, config.threshold})
+        super().__init__(config, len(edges_ms) + 1)
         self.edges_ms = edges_ms
         self.edges = [edge / 1000.0 for edge in edges_ms]
         self.limit = edges_ms.index(config.threshold)
         """Buckets up to this index hold durations at or below the threshold."""
-        self.buckets = len(self.edges) + 1
-        self.size = _slot_count(config.window, _SLOTS)
-        self.width = config.window / self.size
-        self.rows = [[0] * self.buckets for _ in range(self.size)]
-        self.stamps = [-1] * self.size
 
     def observe(self, now: float, status: int, seconds: float) -> None:
-        slot = int(now / self.width)
-        index = slot % self.size
-        row = self.rows[index]
-        if self.stamps[index] != slot:
-            self.stamps[index] = slot
-            row = self.rows[index] = [0] * self.buckets
-        row[bisect_left(self.edges, seconds)] += 1
+        if now >= self.slot_end:
+            self.roll(now)
+        self.row[bisect_left(self.edges, seconds)] += 1
 
     def read(self, now: float) -> _Reading:
-        oldest = int(now / self.width) - self.size
-        merged = [0] * self.buckets
-        for row, stamp in zip(self.rows, self.stamps, strict=True):
-            if stamp > oldest:
-                for bucket, count in enumerate(row):
-                    merged[bucket] += count
+        merged = self.merged(now)
         answered = sum(merged)
         if answered == 0:
             return _Reading(0.0, False, 0)
@@ -315,6 +336,8 @@ class _Client:
 
 class _PerIpRule(_Rule):
     """Events over the window per client address, in a bounded table."""
+
+    __slots__ = ("active", "capacity", "clients", "dirty", "other")
 
     def __init__(self, config: AlertRuleConfig, capacity: int) -> None:
         super().__init__(config)
