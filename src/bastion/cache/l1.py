@@ -351,12 +351,15 @@ class L1:
         """Evict until within ``max_bytes``: coldest probation first, then the window's oldest,
         then protected; the entry just written goes last."""
         for region in (self._probation, self._window, self._protected):
-            for key in list(region):
-                if self.bytes <= self.max_bytes:
-                    return
-                if key != keep:
-                    self._unlink(self._data[key])
-                    self.evictions += 1
+            while self.bytes > self.max_bytes and region:
+                key = next(iter(region))
+                if key == keep:
+                    if len(region) == 1:
+                        break
+                    region.move_to_end(key)  # it was just written: the most recent anyway
+                    continue
+                self._unlink(self._data[key])
+                self.evictions += 1
         if self.bytes > self.max_bytes:
             self.remove(keep)
             self.evictions += 1
