@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 from bench.micro import pipeline_chain
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -470,3 +470,26 @@ async def test_websocket_handshake_carries_the_client_span_context(tmp_path: Pat
         f"00-{client.context.trace_id:032x}-{client.context.span_id:016x}-{flags:02x}"
     )
     assert dict(client.attributes or {})["http.response.status_code"] == 101
+
+
+async def test_wrapped_app_spans_nest_under_the_server_span(tmp_path: Path) -> None:
+    app_exporter = InMemorySpanExporter()
+    app_provider = TracerProvider()
+    app_provider.add_span_processor(SimpleSpanProcessor(app_exporter))
+    app_tracer = app_provider.get_tracer("the-app")
+
+    async def handler(request: Request) -> Response:
+        with app_tracer.start_as_current_span("load item"):
+            return PlainTextResponse("item")
+
+    engine = Bastion(settings(tmp_path))
+    t = Traced(engine, engine.wrap(Starlette(routes=[Route("/item", handler)])), "203.0.113.9")
+    try:
+        assert (await t.client.get("/item")).status_code == 200
+    finally:
+        await t.close()
+    [inner] = app_exporter.get_finished_spans()
+    server = t.server_span()
+    assert inner.parent is not None
+    assert inner.parent.span_id == server.context.span_id
+    assert inner.context.trace_id == server.context.trace_id
