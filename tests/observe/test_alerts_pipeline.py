@@ -4,9 +4,14 @@ blocked attacks fire once and resolve, and the webhook receives signed payloads.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,7 +21,8 @@ from starlette.testclient import TestClient
 
 from bastion import Bastion, Settings
 from bastion.observe.alerts import Alert
-from bastion.observe.config import AlertRuleConfig, AlertsConfig
+from bastion.observe.config import AlertRuleConfig, AlertsConfig, AlertWebhookConfig
+from bastion.observe.webhook import verify
 from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
 from bastion.store.config import StoreConfig
 
@@ -169,3 +175,58 @@ def test_bans_fire(store: StoreConfig) -> None:
         clock.now += 601
         engine.alerts.evaluate()
     assert summary(seen) == [("firing", "bans"), ("resolved", "bans")]
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    received: list[tuple[dict[str, str], bytes]] = []
+    handler = type("RecordingHook", (Hook,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_running_engine_evaluates_and_posts_on_its_own(
+    store: StoreConfig, hook: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = hook
+    alerts = AlertsConfig(
+        enabled=True,
+        interval="100ms",
+        rules=[AlertRuleConfig(name="waf", kind="waf_blocks", threshold=0)],
+        webhook=AlertWebhookConfig(url=url, secret=SECRET),
+    )
+    engine = Bastion(Settings(store=store, alerts=alerts))
+    with TestClient(engine.wrap(APP)) as client:
+        response = client.get("/ok", params={"q": "<script>alert(document.cookie)</script>"})
+        assert response.status_code == 403
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(received) == 1
+    headers, body = received[0]
+    verify(SECRET, headers, body)
+    payload = orjson.loads(body)
+    assert payload["type"] == "alert.firing"
+    assert payload["data"]["rule"] == "waf"
+    assert payload["data"]["value"] == 1
