@@ -62,6 +62,19 @@ def test_expired_entries_are_dropped_on_access() -> None:
     assert l1.expirations == 1
 
 
+def test_sweep_drops_expired_entries_without_an_access() -> None:
+    l1 = L1(100)
+    for index in range(10):
+        l1.put(entry(f"short{index}", ttl=1.0, tags=("t",)))
+    l1.put(entry("long", ttl=60.0, size=5))
+    assert l1.sweep(NOW + 0.5) == 0
+    assert l1.sweep(NOW + 2.0) == 10
+    assert len(l1) == 1
+    assert l1.bytes == 5
+    assert l1.expirations == 10
+    assert l1.remove_tag("t") == []
+
+
 def test_tags_and_prefixes_remove_exactly_their_entries() -> None:
     l1 = L1(100)
     l1.put(entry("user:1:profile", tags=("user:1",)))

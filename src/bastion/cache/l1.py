@@ -18,6 +18,7 @@ The hit path (:meth:`L1.get`) is one dict look-up, an expiry check, the sketch u
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -271,6 +272,22 @@ class L1:
     def remove_many(self, keys: Iterable[str]) -> int:
         """Drop each of ``keys`` that is held; how many were."""
         return sum(1 for key in keys if self.remove(key))
+
+    def sweep(self, now: float, budget: int = 1000) -> int:
+        """Drop expired entries among the ``budget`` least recently used of each region (where
+        expired entries gather); how many were dropped. Run periodically, it returns the memory
+        of entries nobody asks for any more without walking the whole cache."""
+        expired: list[L1Entry] = []
+        for region in (self._window, self._probation, self._protected):
+            expired.extend(
+                entry
+                for entry in itertools.islice(region.values(), budget)
+                if now >= entry.stale_until
+            )
+        for entry in expired:
+            self._unlink(entry)
+        self.expirations += len(expired)
+        return len(expired)
 
     def clear(self) -> None:
         """Drop everything (the frequency sketch stays: popularity outlives invalidation)."""

@@ -388,8 +388,11 @@ class _Core:
             metrics.cache_l2_up.set(0 if self.l2.failing else 1)
 
     async def report_loop(self) -> None:
+        """Every second: drop some expired L1 entries, then report."""
         while True:
             await asyncio.sleep(_REPORT_INTERVAL)
+            if self.l1 is not None:
+                self.l1.sweep(_time())
             self.report()
 
 
