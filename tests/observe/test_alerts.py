@@ -15,15 +15,8 @@ from bastion.audit.events import AuditEvent, MemoryAuditSink
 from bastion.http.routes import RouteTable
 from bastion.http.state import RequestState
 from bastion.observe.access import RequestObserver
-from bastion.observe.alerts import (
-    BUILTIN_RULES,
-    OTHER,
-    Alert,
-    AlertEngine,
-    AlertingAuditSink,
-    AlertingObserver,
-    SlidingCount,
-)
+from bastion.observe.alert_rules import BUILTIN_RULES, OTHER, Alert, SlidingCount
+from bastion.observe.alerts import AlertEngine, AlertingAuditSink, AlertingObserver
 from bastion.observe.config import AlertRuleConfig, AlertsConfig
 from bastion.observe.metrics import Metrics
 from bastion.proxy.config import RouteConfig

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bastion import Bastion, Settings
-from bastion.observe.alerts import Alert
+from bastion.observe.alert_rules import Alert
 from bastion.observe.config import AlertRuleConfig, AlertsConfig, AlertWebhookConfig
 from bastion.observe.webhook import verify
 from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
