@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.apps import PATH
+from bench.audit_log import AuditLogResult, audit_log_goals, audit_log_section
 from bench.auth import (
     AUTH_IDLE,
     CACHED_BEARER,
@@ -253,6 +254,8 @@ class Report:
     ratelimit: RateLimitSection | None = None
     cache: CacheResult | None = None
     cache_commands: list[str] = field(default_factory=list)
+    audit_log: AuditLogResult | None = None
+    audit_log_commands: list[str] = field(default_factory=list)
     setup_commands: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(default_factory=dict)
     """Generated configuration files by name (``bastion.toml``, ``nginx.conf``)."""
@@ -266,6 +269,7 @@ class Report:
         data["auth"] = self.auth.to_json() if self.auth is not None else None
         data["ratelimit"] = self.ratelimit.to_json() if self.ratelimit is not None else None
         data["cache"] = self.cache.to_json() if self.cache is not None else None
+        data["audit_log"] = self.audit_log.to_json() if self.audit_log is not None else None
         return data
 
     @classmethod
@@ -286,6 +290,9 @@ class Report:
                 "micro": MicroResult.from_json(data["micro"]) if data.get("micro") else None,
                 "auth": AuthResult.from_json(data["auth"]) if data.get("auth") else None,
                 "cache": CacheResult.from_json(data["cache"]) if data.get("cache") else None,
+                "audit_log": (
+                    AuditLogResult.from_json(data["audit_log"]) if data.get("audit_log") else None
+                ),
                 "ratelimit": (
                     RateLimitSection.from_json(data["ratelimit"]) if data.get("ratelimit") else None
                 ),
@@ -1090,6 +1097,8 @@ def _summary(report: Report) -> list[str]:
         rows += _ratelimit_goals(report.ratelimit)
     if report.cache is not None:
         rows += cache_goals(report.cache)
+    if report.audit_log is not None:
+        rows += audit_log_goals(report.audit_log)
     if not rows:
         return []
     return ["## Targets at a glance", "", *_table(["goal", "measured", "target", "met"], rows), ""]
@@ -1152,6 +1161,9 @@ def render(report: Report) -> str:
     if report.cache is not None:
         number += 1
         lines += cache_section(report.cache, report.cache_commands, number)
+    if report.audit_log is not None:
+        number += 1
+        lines += audit_log_section(report.audit_log, report.audit_log_commands, number)
     if report.configs:
         lines += ["## Generated configuration", ""]
         for name, text in report.configs.items():

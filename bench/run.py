@@ -20,6 +20,8 @@ Scenarios (all in one run unless ``--only`` picks some):
   a cacheable demo endpoint from its cache, and without it, beside bare Starlette; wrk.
 - ``audit`` — the audited gateway (:mod:`bench.audit`): ``bastion serve`` with inspection in
   monitor mode, every request detected and audited, with ``[audit]`` on and off; wrk.
+- ``audit_log`` — the audit log alone (:mod:`bench.audit_log`): events per second committed to
+  SQLite and to a throwaway PostgreSQL (pinned beside the load generator) with group commit.
 
 Servers (and, for the proxies, the upstream too, as a sidecar sharing its core) are pinned to
 CPU 0, the load generator to CPU 1. Every target gets a warm-up, then the measured runs are
@@ -67,6 +69,7 @@ from bench.audit import (
     audited_url,
     recorded_events,
 )
+from bench.audit_log import AuditLogResult
 from bench.auth import AuthResult
 from bench.cache import CacheResult
 from bench.cache_http import (
@@ -104,6 +107,7 @@ SCENARIOS = (
     "cache",
     "cache_http",
     "audit",
+    "audit_log",
 )
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -1314,6 +1318,23 @@ def _served_from_cache(url: str) -> bool:
     return counts[0] is not None and counts[0] == counts[1]
 
 
+def audit_log_scenario(opts: Options, report: Report) -> None:
+    """:mod:`bench.audit_log` in its own process on the server CPU; its throwaway PostgreSQL
+    on the load generator's CPU, as a database server would be another machine."""
+    argv = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.audit_log"]
+    argv += ["--postgres-cpu", LOAD_CPU]
+    if opts.quick:
+        argv.append("--quick")
+    report.audit_log_commands.append(shlex.join(argv))
+    opts.gate.wait()
+    done = subprocess.run(
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=1800, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.audit_log failed with exit code {done.returncode}")
+    report.audit_log = AuditLogResult.from_json(json.loads(done.stdout))
+
+
 def audit_scenario(opts: Options, tmp: Path) -> ThroughputScenario:
     """The audited gateway with ``[audit]`` on and off in front of one demo upstream; then a
     check that the audited one recorded an event for every request wrk sent it."""
@@ -1501,6 +1522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "audit" in opts.only:
             log("audited gateway")
             _attempt(report, "audit", lambda: report.throughput.append(audit_scenario(opts, tmp)))
+        if "audit_log" in opts.only:
+            log("audit log throughput")
+            _attempt(report, "audit_log", lambda: audit_log_scenario(opts, report))
     elapsed = time.monotonic() - started
     report.parameters["total time"] = f"{elapsed / 60:.1f} min"
     if opts.gate.budget > 0:

@@ -72,8 +72,7 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)
 
 def _sqlite_timestamp(micros: int) -> str:
     """``ts`` as SQLAlchemy stores a :class:`~bastion.store.models.UtcDateTime` in SQLite."""
-    moment = _NAIVE_EPOCH + timedelta(microseconds=micros)
-    return f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond:06d}"
+    return (_NAIVE_EPOCH + timedelta(microseconds=micros)).isoformat(" ", "microseconds")
 
 
 def to_micros(ts: datetime) -> int:
