@@ -878,3 +878,42 @@ async def test_never_one_clients_response_to_another(
     assert got.body != meant.body
     assert client.origin.calls == 2
     assert got.x_cache == "MISS"
+
+
+@pytest.mark.parametrize(
+    ("vary", "victim", "attacker", "shared"),
+    [
+        # The identity comes from the verified principal, never from what the client sent.
+        (b"X-Bastion-User", [(b"x-test-user", b"alice")], [(b"x-test-user", b"bob")], False),
+        (b"X_Bastion_User", [(b"x-test-user", b"alice")], [(b"x-test-user", b"bob")], False),
+        (b"X-Bastion-User", [(b"x-test-user", b"alice")], [], False),
+        (
+            b"X-Bastion-User",
+            [(b"x-test-user", b"alice")],
+            [(b"x-bastion-user", b"alice")],
+            False,
+        ),
+        (b"X-Bastion-User", [(b"x-test-user", b"alice")], [(b"x-test-user", b"alice")], True),
+        (b"X-Bastion-Roles", [(b"x-test-user", b"alice")], [(b"x-test-user", b"bob")], True),
+        # The forwarding fields are the gateway's statement of the client address.
+        (b"X-Forwarded-For", [], [(b"x-forwarded-for", b"203.0.113.9")], True),
+    ],
+    ids=["user", "user-underscore", "user-anonymous", "user-forged", "same-user", "roles", "xff"],
+)
+async def test_vary_on_fields_the_gateway_states(
+    client: Client,
+    vary: bytes,
+    victim: list[Header],
+    attacker: list[Header],
+    shared: bool,
+) -> None:
+    def script(scope: Scope) -> object:
+        serial = str(client.origin.calls).encode()
+        return client.origin.reply(
+            headers=[(b"cache-control", b"public, max-age=60"), (b"vary", vary)], body=serial
+        )
+
+    client.origin.script = script  # type: ignore[assignment]
+    meant = await client.get(headers=victim)
+    got = await client.get(headers=attacker)
+    assert (got.body == meant.body) is shared

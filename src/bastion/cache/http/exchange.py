@@ -23,7 +23,7 @@ from bastion.cache.http.entry import (
     not_modified_headers,
     refreshed_entry,
 )
-from bastion.cache.http.keys import path_tag, upstream_tag
+from bastion.cache.http.keys import path_tag, upstream_tag, vary_source
 from bastion.cache.http.policy import (
     Conditional,
     Freshness,
@@ -253,7 +253,7 @@ class Exchange:
             fresh=fresh,
             received=response_time,
             age=initial_age(facts, request_time=request_time, response_time=response_time),
-            vary_values=vary_values(request.headers, facts.vary),
+            vary_values=vary_values(vary_source(scope), facts.vary) if facts.vary else [],
             tags=self._tags(request.path, response_headers),
         )
         return Outcome(entry)

@@ -18,7 +18,15 @@ import hashlib
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode
 
-__all__ = ["KeyBuilder", "key_text", "path_tag", "upstream_tag", "variant_key"]
+from bastion.http.asgi import Scope
+from bastion.http.state import state_of
+from bastion.proxy.headers import identity_headers
+
+__all__ = ["KeyBuilder", "key_text", "path_tag", "upstream_tag", "variant_key", "vary_source"]
+
+_FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
 
 _QUERY_MEMO = 1024
 _KEY_MEMO = 4096
@@ -45,6 +53,26 @@ def path_tag(path: str) -> str:
 def upstream_tag(tag: str) -> str:
     """Tag of the entries whose response named ``tag`` in a tag header."""
     return "t:" + tag
+
+
+def vary_source(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request fields a ``Vary`` is evaluated against: the client's, except those the
+    gateway states itself — the ``X-Bastion-*`` identity (from the verified principal, never
+    the client's) and the forwarding fields (from the resolved client address and scheme). So
+    ``Vary: X-Bastion-User`` keeps one variant per user, and a client cannot pick another's."""
+    state = state_of(scope)
+    kept = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name not in _FORWARDING and not name.replace(b"_", b"-").startswith(b"x-bastion-")
+    ]
+    if state.principal is not None:
+        kept.extend(identity_headers(state.principal))
+    client = state.client_ip.encode("latin-1")
+    kept.append((b"x-forwarded-for", client))
+    kept.append((b"forwarded", client))
+    kept.append((b"x-forwarded-proto", state.scheme.encode("latin-1")))
+    return kept
 
 
 def variant_key(primary: str, values: Sequence[bytes]) -> str:

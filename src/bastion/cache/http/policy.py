@@ -309,10 +309,12 @@ def normalise_accept_encoding(values: Sequence[bytes]) -> bytes:
 
 def vary_values(request_headers: Sequence[Header], vary: Sequence[bytes]) -> list[bytes]:
     """The request's values of the fields a response varies on (RFC 9111 §4.1), one per field:
-    field lines joined, whitespace around commas removed, ``Accept-Encoding`` normalised."""
+    field lines joined, whitespace around commas removed, ``Accept-Encoding`` normalised.
+    ``_`` and ``-`` in names are the same field (CGI-style upstreams fold them)."""
     values: list[bytes] = []
-    for name in vary:
-        lines = [value for key, value in request_headers if key == name]
+    for raw_name in vary:
+        name = raw_name.replace(b"_", b"-")
+        lines = [value for key, value in request_headers if key.replace(b"_", b"-") == name]
         if name == b"accept-encoding":
             values.append(normalise_accept_encoding(lines))
         else:

@@ -26,7 +26,7 @@ from bastion.cache.http.config import HttpCacheConfig, HttpCacheRouteConfig, Key
 from bastion.cache.http.directives import EMPTY, CacheControl, parse_cache_control
 from bastion.cache.http.entry import Entry
 from bastion.cache.http.exchange import Exchange, Outcome, RequestFacts
-from bastion.cache.http.keys import KeyBuilder, path_tag, variant_key
+from bastion.cache.http.keys import KeyBuilder, path_tag, variant_key, vary_source
 from bastion.cache.http.policy import Header, vary_values
 from bastion.cache.http.respond import send_entry
 from bastion.deps import Deps
@@ -188,7 +188,7 @@ class HttpCacheStage:
         # Without honour_request_directives, a client's no-store is still kept (its privacy).
         directives = request_cc if self._honour else _NO_STORE if request_cc.no_store else EMPTY
         primary = self._keys.primary(path, scope["query_string"], host, key_scope)
-        entry = await self._lookup(primary, headers)
+        entry = await self._lookup(primary, scope)
         head = method == "HEAD"
         if entry is not None:
             age = entry["age"] + max(time.time() - entry["received"], 0.0)
@@ -239,23 +239,23 @@ class HttpCacheStage:
         flight = self._flights.get(primary)
         if flight is not None:
             shared = await asyncio.shield(flight)
-            if shared is not None and _matches(shared, headers):
+            if shared is not None and _matches(shared, scope):
                 age = shared["age"] + max(time.time() - shared["received"], 0.0)
                 label = self._label("HIT")
                 await send_entry(send, shared, headers, head=False, age=age, label=label)
                 return
         await self._fetch(scope, receive, send, primary, request, entry)
 
-    async def _lookup(self, primary: str, headers: list[Header]) -> Entry | None:
+    async def _lookup(self, primary: str, scope: Scope) -> Entry | None:
         value = await self._store.get(primary)
         if value is None:
             return None
         if "index" in value:
-            variant = variant_key(primary, vary_values(headers, value["index"]))
+            variant = variant_key(primary, vary_values(vary_source(scope), value["index"]))
             value = await self._store.get(variant)
             if value is None:
                 return None
-        if value["vary"] and not _matches(value, headers):
+        if value["vary"] and not _matches(value, scope):
             return None
         entry: Entry = value
         return entry
@@ -424,7 +424,7 @@ def _serve_stale(entry: Entry, staleness: float, directives: CacheControl) -> bo
     return window > 0 and staleness <= window
 
 
-def _matches(entry: Entry, headers: list[Header]) -> bool:
+def _matches(entry: Entry, scope: Scope) -> bool:
     """Whether a request selects ``entry`` (its values of the varied fields are the same)."""
     varied: list[bytes] = entry["vary"]
-    return not varied or vary_values(headers, varied) == entry["varies"]
+    return not varied or vary_values(vary_source(scope), varied) == entry["varies"]
