@@ -917,3 +917,18 @@ async def test_vary_on_fields_the_gateway_states(
     meant = await client.get(headers=victim)
     got = await client.get(headers=attacker)
     assert (got.body == meant.body) is shared
+
+
+async def test_paths_spelt_differently_are_different_entries(client: Client) -> None:
+    def script(scope: Scope) -> object:
+        return client.origin.reply(headers=MAX_AGE, body=scope["raw_path"])
+
+    client.origin.script = script  # type: ignore[assignment]
+    poisoned = await client.get("/a/b", raw_path=b"/a%2Fb")
+    plain = await client.get("/a/b")
+    assert poisoned.body == b"/a%2Fb"
+    assert plain.body == b"/a/b"
+    assert plain.x_cache == "MISS"
+    assert (await client.get("/a/b")).x_cache == "HIT"
+    await client.request("POST", "/a/b")
+    assert (await client.get("/a/b", raw_path=b"/a%2Fb")).x_cache == "MISS"

@@ -69,7 +69,9 @@ class HttpCacheConfig(ConfigModel):
     ``min-fresh``, ``only-if-cached``); ``false``: clients cannot force a fetch from the
     upstream."""
     key_host: bool = True
-    """Include the ``Host`` in the key (an upstream serving several sites by name)."""
+    """Include the ``Host`` in the key: sites served by name stay apart, and a client sending
+    another ``Host`` fills only its own entry. Off only for an upstream that never builds a
+    response from the ``Host``."""
     ignore_query_params: list[str] = Field(default_factory=list)
     """Query parameters left out of the key (``utm_source``, ``fbclid``); they still reach the
     upstream."""

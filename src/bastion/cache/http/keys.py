@@ -1,6 +1,7 @@
 """Cache keys of HTTP responses, and the tags that find them again.
 
-A primary key is ``<path>?<query>|<host>|<scope>``, each part escaped by :func:`key_text`
+A primary key is ``<path>?<query>|<host>|<scope>`` (the path as the client spelt it, percent
+escapes and all, since that is what the terminal receives), each part escaped by :func:`key_text`
 (so no request can spell another's key); it starts with the decoded path so that
 ``bastion cache purge --prefix /api/`` reaches every entry below a path (whatever its query,
 host, user or variant). ``<scope>`` is empty for shared entries, ``u:<subject>`` or

@@ -187,7 +187,11 @@ class HttpCacheStage:
         request_cc = parse_cache_control(cc_values) if cc_values else EMPTY
         # Without honour_request_directives, a client's no-store is still kept (its privacy).
         directives = request_cc if self._honour else _NO_STORE if request_cc.no_store else EMPTY
-        primary = self._keys.primary(path, scope["query_string"], host, key_scope)
+        # The path as the client spelt it, which is what the terminal receives: /a%2Fb and /a/b
+        # decode alike but an upstream may answer them differently.
+        raw: bytes | None = scope.get("raw_path")
+        spelt = raw.split(b"?", 1)[0].decode("latin-1") if raw else path
+        primary = self._keys.primary(spelt, scope["query_string"], host, key_scope)
         entry = await self._lookup(primary, scope)
         head = method == "HEAD"
         if entry is not None:
