@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
@@ -376,6 +378,30 @@ def test_sliding_count_forgets_slots_older_than_the_window() -> None:
     assert counts.total(1180.0) == 0
     assert counts.idle(1180.0)
     assert not counts.idle(1170.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    window=st.sampled_from([1.0, 7.0, 60.0, 90.0, 300.0]),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=40.0), min_size=1, max_size=80),
+    later=st.floats(min_value=0.0, max_value=400.0),
+)
+def test_sliding_count_is_the_exact_count_to_within_one_slot(
+    window: float, gaps: list[float], later: float
+) -> None:
+    counts = SlidingCount(window, 60)
+    width = window / min(60, int(window))
+    times: list[float] = []
+    now = 500.0
+    for gap in gaps:
+        now += gap
+        times.append(now)
+        counts.add(now)
+    now += later
+    total = counts.total(now)
+    assert total == sum(1 for t in times if int(t / width) > int(now / width) - window / width)
+    assert sum(1 for t in times if t > now - window + width) <= total
+    assert total <= sum(1 for t in times if t > now - window - width)
 
 
 def test_a_long_window_keeps_sixty_slots() -> None:
