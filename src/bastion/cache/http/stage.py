@@ -18,25 +18,25 @@ import asyncio
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from bastion.cache.http.config import HttpCacheConfig, HttpCacheRouteConfig, KeyScope
+from bastion.cache.http.config import HttpCacheConfig
 from bastion.cache.http.directives import EMPTY, CacheControl, parse_cache_control
 from bastion.cache.http.entry import Entry
-from bastion.cache.http.exchange import Exchange, Outcome, RequestFacts
-from bastion.cache.http.keys import KeyBuilder, path_tag, variant_key, vary_source
-from bastion.cache.http.policy import Header, vary_values
+from bastion.cache.http.exchange import Exchange, RequestFacts
+from bastion.cache.http.keys import KeyBuilder
+from bastion.cache.http.policy import Header
 from bastion.cache.http.respond import send_entry
+from bastion.cache.http.routes import CacheRoutes
+from bastion.cache.http.storage import ResponseEntries, ResponseStore, selects
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from bastion.http.paths import GlobMatcher, compile_alternatives, glob_regex, path_spellings
 from bastion.http.problems import BastionError, register
 from bastion.http.state import state_of
 from bastion.observe.logging import get_logger
 
-__all__ = ["HttpCacheStage", "ResponseStore"]
+__all__ = ["HttpCacheStage"]
 
 register("not_in_cache", 504, "Not in cache")
 
@@ -44,31 +44,8 @@ _log: Any = get_logger("bastion.cache.http")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
 _BYPASS = frozenset({b"if-match", b"if-unmodified-since"})
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
-_STRICTNESS = {"shared": 0, "tenant": 1, "user": 2}
 _RESULTS = ("hit", "miss", "stale")
 _NO_STORE = CacheControl(no_store=True)
-
-
-class ResponseStore(Protocol):
-    """The part of :class:`bastion.cache.Cache` the stage uses (its ``http`` namespace)."""
-
-    async def get(self, key: str, default: Any = None) -> Any: ...
-
-    async def set(
-        self, key: str, value: Any, *, ttl: float | None = None, tags: Any = ()
-    ) -> None: ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def invalidate_tag(self, tag: str) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Policy:
-    enabled: bool
-    ttl: float | None
-    default_ttl: float
-    key: KeyScope
 
 
 class HttpCacheStage:
@@ -78,21 +55,14 @@ class HttpCacheStage:
         self, app: ASGIApp, *, config: HttpCacheConfig, deps: Deps, store: ResponseStore
     ) -> None:
         self.app = app
-        self._store = store
+        self._entries = ResponseEntries(store, revalidate_window=config.revalidate_window)
+        self._routes = CacheRoutes(config)
         self._keys = KeyBuilder(
             include_host=config.key_host,
             ignore_params=config.ignore_query_params,
             sort_query=config.sort_query,
         )
-        self._section = _Policy(config.enabled, None, config.default_ttl, "shared")
-        self._policies = [self._route_policy(route, config) for route in config.routes]
-        self._matcher: GlobMatcher | None = None
-        if config.routes:
-            self._matcher = compile_alternatives(
-                "|".join(f"(?:{glob_regex(p)})" for p in route.paths) for route in config.routes
-            )
         self._honour = config.honour_request_directives
-        self._window = config.revalidate_window
         self._x_cache = config.x_cache_header
         self._labels = {label: label.encode("ascii") for label in ("HIT", "MISS", "STALE")}
         self._tag_headers = frozenset(name.encode("latin-1") for name in config.tag_headers)
@@ -109,36 +79,8 @@ class HttpCacheStage:
         counter = deps.metrics.cache_requests
         self._counters = {result: counter.labels("http", result) for result in _RESULTS}
 
-    @staticmethod
-    def _route_policy(route: HttpCacheRouteConfig, config: HttpCacheConfig) -> _Policy:
-        return _Policy(
-            enabled=config.enabled if route.enabled is None else route.enabled,
-            ttl=route.ttl,
-            default_ttl=config.default_ttl if route.default_ttl is None else route.default_ttl,
-            key=route.key or "shared",
-        )
-
     def _label(self, label: str) -> bytes | None:
         return self._labels[label] if self._x_cache else None
-
-    def _match(self, path: str) -> _Policy:
-        assert self._matcher is not None
-        found = self._matcher.match(path)
-        return self._section if found is None else self._policies[found.lastindex - 1]
-
-    def _policy(self, scope: Scope, path: str) -> _Policy:
-        """The route policy of ``path``; any other spelling of it an upstream might route alike
-        can only make it stricter (off, or keyed per tenant or user)."""
-        if self._matcher is None:
-            return self._section
-        policy = self._match(path)
-        for spelling in path_spellings(scope, path):
-            other = self._match(spelling)
-            if not other.enabled:
-                return other
-            if _STRICTNESS[other.key] > _STRICTNESS[policy.key]:
-                policy = _Policy(policy.enabled, policy.ttl, policy.default_ttl, other.key)
-        return policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,7 +94,7 @@ class HttpCacheStage:
                 await self._unsafe(scope, receive, send)
             return
         path: str = scope["path"]
-        policy = self._policy(scope, path)
+        policy = self._routes.policy(scope, path)
         if not policy.enabled or path.startswith(self._reserved):
             await self.app(scope, receive, send)
             return
@@ -192,7 +134,7 @@ class HttpCacheStage:
         raw: bytes | None = scope.get("raw_path")
         spelt = raw.split(b"?", 1)[0].decode("latin-1") if raw else path
         primary = self._keys.primary(spelt, scope["query_string"], host, key_scope)
-        entry = await self._lookup(primary, scope)
+        entry = await self._entries.lookup(primary, scope)
         head = method == "HEAD"
         if entry is not None:
             age = entry["age"] + max(time.time() - entry["received"], 0.0)
@@ -243,26 +185,12 @@ class HttpCacheStage:
         flight = self._flights.get(primary)
         if flight is not None:
             shared = await asyncio.shield(flight)
-            if shared is not None and _matches(shared, scope):
+            if shared is not None and selects(shared, scope):
                 age = shared["age"] + max(time.time() - shared["received"], 0.0)
                 label = self._label("HIT")
                 await send_entry(send, shared, headers, head=False, age=age, label=label)
                 return
         await self._fetch(scope, receive, send, primary, request, entry)
-
-    async def _lookup(self, primary: str, scope: Scope) -> Entry | None:
-        value = await self._store.get(primary)
-        if value is None:
-            return None
-        if "index" in value:
-            variant = variant_key(primary, vary_values(vary_source(scope), value["index"]))
-            value = await self._store.get(variant)
-            if value is None:
-                return None
-        if value["vary"] and not _matches(value, scope):
-            return None
-        entry: Entry = value
-        return entry
 
     async def _fetch(
         self,
@@ -281,42 +209,17 @@ class HttpCacheStage:
         stored: Entry | None = None
         try:
             outcome = await self._exchange.run(scope, receive, send, request, stale)
-            stored = await self._keep(primary, outcome)
-            if stored is None and stale is not None and outcome.from_cache is None:
+            if outcome.from_cache == "stale":
+                self._counters["stale"].inc()
+            if outcome.entry is not None and await self._entries.keep(primary, outcome.entry):
+                stored = outcome.entry
+            elif stale is not None and outcome.from_cache is None:
                 # The resource no longer gives a storable response: forget the old one.
-                await self._forget(primary, stale)
+                await self._entries.forget(primary, stale)
         finally:
             if flight is not None:
                 del self._flights[primary]
                 flight.set_result(stored)
-
-    async def _keep(self, primary: str, outcome: Outcome) -> Entry | None:
-        """Store what the exchange produced; the stored entry, if any."""
-        entry = outcome.entry
-        if outcome.from_cache == "stale":
-            self._counters["stale"].inc()
-        if entry is None:
-            return None
-        remaining = entry["lifetime"] - entry["age"]
-        keep = max(entry["swr"], 0 if entry["strict"] else entry["sie"])
-        if entry["etag"] or entry["modified_raw"]:
-            keep = max(keep, self._window)
-        ttl = max(remaining, 0.0) + keep if remaining > 0 else keep
-        if ttl <= 0:
-            return None
-        tags = entry["tags"]
-        if entry["vary"]:
-            await self._store.set(primary, {"index": entry["vary"]}, ttl=ttl, tags=tags[:1])
-            await self._store.set(variant_key(primary, entry["varies"]), entry, ttl=ttl, tags=tags)
-        else:
-            await self._store.set(primary, entry, ttl=ttl, tags=tags)
-        return entry
-
-    async def _forget(self, primary: str, entry: Entry) -> None:
-        if entry["vary"]:
-            await self._store.delete(variant_key(primary, entry["varies"]))
-        else:
-            await self._store.delete(primary)
 
     def _revalidate_later(
         self, scope: Scope, primary: str, entry: Entry, request: RequestFacts
@@ -400,8 +303,7 @@ class HttpCacheStage:
                 target = urlsplit(urljoin(path, value.decode("latin-1")))
                 if not target.netloc or target.netloc.lower() == host.lower():
                     paths.add(unquote(target.path) or "/")
-        for each in paths:
-            await self._store.invalidate_tag(path_tag(each))
+        await self._entries.invalidate_paths(paths)
 
 
 def _lifetime(entry: Entry, directives: CacheControl) -> float:
@@ -426,9 +328,3 @@ def _serve_stale(entry: Entry, staleness: float, directives: CacheControl) -> bo
         return True
     window: float = entry["swr"]
     return window > 0 and staleness <= window
-
-
-def _matches(entry: Entry, scope: Scope) -> bool:
-    """Whether a request selects ``entry`` (its values of the varied fields are the same)."""
-    varied: list[bytes] = entry["vary"]
-    return not varied or vary_values(vary_source(scope), varied) == entry["varies"]

@@ -8,7 +8,8 @@ are shared by every instance over Redis (``store.redis_url``) and invalidated ev
 from __future__ import annotations
 
 from bastion.cache.http.config import HttpCacheConfig
-from bastion.cache.http.stage import HttpCacheStage, ResponseStore
+from bastion.cache.http.stage import HttpCacheStage
+from bastion.cache.http.storage import ResponseStore
 from bastion.deps import Deps
 from bastion.http.asgi import ASGIApp
 
