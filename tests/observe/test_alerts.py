@@ -76,6 +76,9 @@ def request(alerts: AlertEngine, status: int, seconds: float = 0.001, route: Any
 EVENT_RULES = [
     ("auth_failures", "auth.login.failed"),
     ("auth_failures", "auth.login.lockout"),
+    ("auth_failures", "auth.mfa.verify_failed"),
+    ("auth_failures", "auth.mfa.reauthentication_failed"),
+    ("auth_failures", "auth.token.reused"),
     ("bans", "ratelimit.banned"),
     ("bans", "inspect.strike.blocked"),
     ("waf_blocks", "inspect.blocked"),

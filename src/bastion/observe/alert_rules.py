@@ -46,7 +46,14 @@ _IP_SLOTS = 12
 UNROUTED = "_none"
 
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
-    "auth_failures": ("auth.login.failed", "auth.login.lockout"),
+    "auth_failures": (
+        "auth.login.failed",
+        "auth.login.lockout",
+        "auth.mfa.verify_failed",
+        "auth.mfa.disable_failed",
+        "auth.mfa.reauthentication_failed",
+        "auth.token.reused",
+    ),
     "bans": ("ratelimit.banned", "inspect.strike.blocked"),
     "waf_blocks": ("inspect.blocked",),
 }

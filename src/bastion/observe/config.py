@@ -169,7 +169,8 @@ class AlertRuleConfig(ConfigModel):
     """Rule name: in the payload, the log line and the ``rule`` label of the alert metrics."""
     kind: AlertKind
     """``error_rate`` (percent of answered requests with a 5xx status), ``latency_p95``
-    (milliseconds), ``auth_failures`` (failed or throttled logins), ``bans`` (rate-limit bans
+    (milliseconds), ``auth_failures`` (failed logins, second-factor codes and password
+    re-authentications, throttled logins, reused refresh tokens), ``bans`` (rate-limit bans
     and inspection strike blocks), ``waf_blocks`` (requests refused by inspection),
     ``store_errors`` (failed store operations)."""
     threshold: float = Field(ge=0)
