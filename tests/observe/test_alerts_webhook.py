@@ -20,7 +20,13 @@ from bastion.audit.events import AuditEvent
 from bastion.observe.alerts import AlertEngine
 from bastion.observe.config import AlertRuleConfig, AlertsConfig, AlertWebhookConfig, webhook_key
 from bastion.observe.metrics import Metrics
-from bastion.observe.webhook import WebhookSender, WebhookVerificationError, sign, verify
+from bastion.observe.webhook import (
+    WebhookSender,
+    WebhookVerificationError,
+    _retry_after,
+    sign,
+    verify,
+)
 
 # The Standard Webhooks reference libraries' own test vector.
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -405,3 +411,46 @@ async def test_alert_fires_and_resolves_to_the_receiver(receiver: Receiver) -> N
 class _NullSink:
     async def emit(self, event: AuditEvent) -> None:
         return None
+
+
+RETRY_AFTER = [
+    ("seconds", "7", 7.0),
+    ("padded", " 12 ", 12.0),
+    ("zero", "0", 0.0),
+    ("date-ahead", "Tue, 01 Dec 2026 23:00:30 GMT", 30.0),
+    ("date-past", "Tue, 01 Dec 2026 22:00:00 GMT", 0.0),
+    ("negative", "-5", None),
+    ("fraction", "1.5", None),
+    ("garbage", "soon", None),
+    ("empty", "", None),
+    ("absent", None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "header", "seconds"), RETRY_AFTER, ids=[r[0] for r in RETRY_AFTER]
+)
+def test_retry_after_parsing(case: str, header: str | None, seconds: float | None) -> None:
+    now = 1796166000.0  # Tue, 01 Dec 2026 23:00:00 GMT
+    assert _retry_after(header, now) == seconds
+
+
+async def test_close_lets_queued_alerts_go_out(receiver: Receiver) -> None:
+    metrics, sleeps = Metrics(), Sleeps()
+    target = sender(receiver.url, metrics, sleeps)
+    await target.start()
+    for index in range(3):
+        target.submit({"type": "alert.firing", "n": index})
+    await target.close()
+    assert [body["n"] for body in receiver.verified()] == [0, 1, 2]
+    assert deliveries(metrics, "delivered") == 3
+
+
+async def test_alerts_still_queued_at_close_are_counted_as_dropped() -> None:
+    metrics, sleeps = Metrics(), Sleeps()
+    target = sender("http://127.0.0.1:9/hook", metrics, sleeps)
+    target.submit({"type": "alert.firing"})
+    target.submit({"type": "alert.resolved"})
+    await target.close()
+    assert target.pending == 0
+    assert deliveries(metrics, "dropped") == 2
