@@ -65,6 +65,7 @@ _REPORT_INTERVAL = 1.0
 _WAIT_MIN = 0.005
 _WAIT_MAX = 0.1
 _LOADER_LABELS_MAX = 100
+_HEALTH_CHECK_INTERVAL = 15
 
 _time = time.time
 
@@ -443,7 +444,14 @@ class Cache:
     ) -> Cache:
         """A cache over the Redis at ``redis_url`` (empty: L1 only), owning its client."""
         client = (
-            Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            Redis.from_url(
+                redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # Idle connections (the subscription above all) are checked before reuse, so a
+                # frozen Redis is noticed.
+                health_check_interval=_HEALTH_CHECK_INTERVAL,
+            )
             if redis_url
             else None
         )
