@@ -4,6 +4,7 @@ sampling that never drops a refusal, a failure, a slow request or a sampled trac
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,36 @@ def test_trace_ids_in_console_format(
     out = capsys.readouterr().out
     assert "trace_id=" + "a" * 32 in out
     assert "span_id=" + "b" * 16 in out
+
+
+def test_library_lines_are_json_with_the_request_and_trace_ids(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async def library_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            logging.getLogger("some.library").warning("pool exhausted: %d waiting", 3)
+        await app(scope, receive, send)
+
+    bastion = engine(tmp_path, tracing={"enabled": True, "exporter": "none"})
+    configure_logging(LoggingConfig())
+    try:
+        with TestClient(bastion.wrap(library_app)) as client:
+            client.get("/hello", headers={"X-Request-ID": "lib-1"})
+        logging.getLogger("some.library").error("outside any request")
+    finally:
+        structlog.reset_defaults()
+        bastion_logging._access_output = None
+        logging.basicConfig(force=True)
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    inside = next(line for line in lines if line["event"] == "pool exhausted: 3 waiting")
+    assert inside["logger_name"] == "some.library"
+    assert inside["level"] == "warning"
+    assert inside["request_id"] == "lib-1"
+    assert len(inside["trace_id"]) == 32
+    assert len(inside["span_id"]) == 16
+    outside = next(line for line in lines if line["event"] == "outside any request")
+    assert "request_id" not in outside
+    assert "trace_id" not in outside
 
 
 # -- sampling -----------------------------------------------------------------------------

@@ -60,6 +60,17 @@ def _render_json(_: WrappedLogger, __: str, event: EventDict) -> bytes:
     return orjson.dumps(event, default=str)
 
 
+def _render_json_text(_: WrappedLogger, __: str, event: EventDict) -> str:
+    return orjson.dumps(event, default=str).decode("utf-8")
+
+
+def _add_stdlib_logger_name(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    record = event.get("_record")
+    if record is not None:
+        event.setdefault("logger_name", record.name)
+    return event
+
+
 def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     request_id = REQUEST_ID.get()
     if request_id is not None:
@@ -154,6 +165,7 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
     ]
     if fmt == "json":
         processors = [*shared, structlog.processors.format_exc_info, _render_json]
+        foreign: list[Any] = [structlog.processors.format_exc_info, _render_json_text]
         stream = _buffered_stdout()
         # Other lines flush themselves (and any access lines buffered before them, in order).
         factory: Any = structlog.BytesLoggerFactory(stream)
@@ -162,19 +174,23 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
         _access_output = None
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
         factory = structlog.PrintLoggerFactory(sys.stdout)
+        foreign = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    # Libraries log through the standard library; send their warnings to the same stream.
-    logging.basicConfig(
-        level=max(level, logging.WARNING),
-        stream=sys.stderr,
-        force=True,
-        format="%(levelname)s %(name)s: %(message)s",
+    # Libraries log through the standard library: their warnings go to standard error in the
+    # same format, with the request and trace ids of the request they were logged in.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_add_stdlib_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign],
+        )
     )
+    logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler], force=True)
 
 
 def get_logger(name: str) -> Any:
