@@ -193,6 +193,20 @@ async def test_negative_ttl_from_configuration(make_cache: MakeCache) -> None:
     assert loader.calls == 1
 
 
+async def test_an_entry_with_its_own_ttl_caches_none_for_that_long(make_cache: MakeCache) -> None:
+    cache = await make_cache()
+    calls = 0
+
+    async def loader() -> Entry:
+        nonlocal calls
+        calls += 1
+        return Entry(None, ttl=60)
+
+    assert await cache.get_or_set("absent", loader) is None
+    assert await cache.get_or_set("absent", loader) is None
+    assert calls == 1
+
+
 async def test_loader_chooses_ttl_and_tags_with_entry(make_cache: MakeCache) -> None:
     cache = await make_cache()
 

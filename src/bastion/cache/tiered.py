@@ -777,7 +777,7 @@ class Cache:
                 tags = tuple(call.namespace + tag for tag in result.tags)
         else:
             value = result
-        if value is None:
+        if value is None and not (isinstance(result, Entry) and result.ttl is not None):
             ttl, stale_ttl = call.negative_ttl, 0.0
         await self._store(full, value, ttl, stale_ttl, tags, delta)
         return value
