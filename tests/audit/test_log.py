@@ -268,8 +268,11 @@ async def test_a_rotation_elsewhere_is_picked_up_by_the_writer(sqlite_stores: St
         await log.emit(sample_event(2))
     finally:
         await log.close()
-    key_ids = [row[0] for row in await rows(sqlite_stores, "SELECT key_id FROM audit_events")]
-    assert key_ids[1] == rotated != key_ids[0]
+    key_ids = [
+        row[0] for row in await rows(sqlite_stores, "SELECT key_id FROM audit_events ORDER BY seq")
+    ]
+    # 1: before; 2: the rotation's own event; 3: this writer's next event, with the new key.
+    assert key_ids[2] == key_ids[1] == rotated != key_ids[0]
     assert (await audit_store(sqlite_stores).verify()).ok
 
 

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 from bastion.audit.chain import AuditChain, ChainHead
 from bastion.audit.config import AuditConfig
+from bastion.audit.events import AuditEvent
 from bastion.audit.keys import AuditKeyring
+from bastion.audit.log import AuditLog
 from bastion.audit.query import StoredEvent, query_events
 from bastion.audit.verify import VerifyReport, verify_chain
 from bastion.settings import Settings
@@ -31,6 +33,7 @@ class AuditStore:
         self.database = database
         self.keyring = AuditKeyring(keys)
         self.chain = AuditChain(database)
+        self._keys = keys
 
     @classmethod
     def from_stores(cls, config: AuditConfig, stores: Stores) -> AuditStore:
@@ -72,10 +75,24 @@ class AuditStore:
         """The chain's head row: last ``seq`` and ``hash``, and the pruning checkpoint."""
         return await self.chain.head()
 
-    async def rotate_key(self) -> str:
-        """Make a new audit HMAC key and return its id. Running writers switch to it within
+    async def rotate_key(self, *, actor: str = "cli") -> str:
+        """Make a new audit HMAC key, record ``admin.key.audit_rotated`` (hashed with the new
+        key) and return the key's id. Running writers switch to it within
         ``[audit] key_refresh``; rows hashed with older keys keep verifying."""
-        return (await self.keyring.rotate()).id
+        key_id = (await self.keyring.rotate()).id
+        await self.record(AuditEvent(kind="admin.key.audit_rotated", actor=actor, target=key_id))
+        return key_id
+
+    async def record(self, *events: AuditEvent) -> None:
+        """Append ``events`` durably (redacted, chained) through a short-lived
+        :class:`AuditLog`: for commands that act outside a running gateway."""
+        log = AuditLog(self.config, self.database, self._keys)
+        await log.start()
+        try:
+            for event in events:
+                await log.emit(event)
+        finally:
+            await log.close()
 
     async def prune(self, now: datetime | None = None) -> int:
         """Delete events older than ``[audit] retention`` (nothing when it is 0), leaving a

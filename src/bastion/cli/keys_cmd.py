@@ -13,6 +13,7 @@ from bastion.auth.admin import IdentityAdmin
 from bastion.auth.config import check_permission
 from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, ConfigOption, fail, load_settings
 from bastion.cli.identity import JsonOption, echo_json, run_admin, table_console
+from bastion.cli.identity import _log_to_stderr as log_to_stderr
 from bastion.config_types import parse_duration
 from bastion.http.problems import BastionError
 from bastion.settings import Settings
@@ -168,6 +169,8 @@ def rotate_audit(config: ConfigOption = None) -> None:
     """Make a new audit HMAC key and print its id. Running gateways hash new events with it
     within [audit] key_refresh; events hashed with earlier keys keep verifying."""
     settings = load_settings(config)
+    # Standard output carries only the key id, as for the other commands of this group.
+    log_to_stderr(settings.logging)
     try:
         key_id = asyncio.run(_rotate_audit(settings))
     except StoreError as exc:
