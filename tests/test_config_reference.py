@@ -43,6 +43,11 @@ def test_example_is_valid_and_equals_defaults(monkeypatch) -> None:  # type: ign
             assert [route.paranoia for route in example.inspect.routes] == [2]
             plain = example.inspect.model_copy(update={"exclusions": [], "routes": []})
             assert plain == defaults.inspect
+        elif name == "cache":
+            routes = example.cache.http.routes
+            assert [route.paths[0] for route in routes] == ["/api/catalog/**", "/api/me"]
+            http = example.cache.http.model_copy(update={"routes": []})
+            assert example.cache.model_copy(update={"http": http}) == defaults.cache
         elif name == "alerts":
             assert [rule.name for rule in example.alerts.rules] == ["auth-failures-ip"]
             assert example.alerts.model_copy(update={"rules": []}) == defaults.alerts
