@@ -408,3 +408,23 @@ async def test_the_engine_refuses_to_start_with_an_unwritable_file(tmp_path: Pat
             await engine.startup()
     finally:
         await engine.shutdown()
+
+
+async def test_an_event_too_large_for_a_datagram_keeps_all_but_its_detail() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        port = server.getsockname()[1]
+        sink = SyslogSink(SyslogSinkConfig(address=f"udp://127.0.0.1:{port}"))
+        huge = {f"field{n}": "x" * 4000 for n in range(40)}
+        await sink.emit(_event(1, detail=huge))
+        await sink.emit(_event(2))
+        await sink.close()
+        first = server.recv(65536)
+        second = server.recv(65536)
+    _check_message(first, request_id="req-1", pri=13 * 8 + 4)
+    detail = orjson.loads(RFC5424.match(first)["msg"])["detail"]  # type: ignore[index]
+    assert detail == {"truncated": len(orjson.dumps(huge))}
+    _check_message(second, request_id="req-2", pri=13 * 8 + 4)
+    assert sink.written == 2

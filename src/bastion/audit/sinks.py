@@ -52,6 +52,8 @@ _SEVERITY = {"success": 5, "failure": 4, "denied": 4}
 """Syslog severity by outcome: notice for what succeeded, warning for what failed or was
 refused."""
 _MSGID_MAX = 32
+_DATAGRAM_MAX = 65_000
+"""Largest message sent as one datagram: under UDP's 65,507-byte limit over IPv4."""
 
 _REDACTOR = Redactor()
 
@@ -229,13 +231,21 @@ def syslog_message(
     app_name: str,
     hostname: str,
     procid: str,
+    max_size: int | None = None,
 ) -> bytes:
-    """One RFC 5424 message: the event's kind as MSGID and its JSON object as MSG."""
+    """One RFC 5424 message: the event's kind as MSGID and its JSON object as MSG. A message
+    longer than ``max_size`` bytes carries ``detail`` as ``{"truncated": <its size>}`` instead,
+    so the rest of the event still fits one datagram."""
     severity = _SEVERITY.get(event.outcome, 5)
     stamp = ts.isoformat(timespec="microseconds").replace("+00:00", "Z")
     msgid = "".join(c if "!" <= c <= "~" else "_" for c in event.kind)[:_MSGID_MAX] or "-"
     header = f"<{facility * 8 + severity}>1 {stamp} {hostname} {app_name} {procid} {msgid} - "
-    return header.encode("ascii") + orjson.dumps(copy_record(event, ts))
+    record = copy_record(event, ts)
+    message = header.encode("ascii") + orjson.dumps(record)
+    if max_size is not None and len(message) > max_size:
+        record["detail"] = {"truncated": len(orjson.dumps(record["detail"]))}
+        message = header.encode("ascii") + orjson.dumps(record)
+    return message
 
 
 def _header_token(value: str, limit: int) -> str:
@@ -302,6 +312,7 @@ class SyslogSink(QueuedSink):
                 app_name=self._app_name,
                 hostname=self._hostname,
                 procid=self._procid,
+                max_size=None if self._transport == "tcp" else _DATAGRAM_MAX,
             )
             for event, ts in batch
         ]
