@@ -497,7 +497,11 @@ def cache_goals(result: CacheResult) -> list[list[str]]:
                 f"oracle {result.hit_rates.get('oracle (top 10%)', 0):.1%})",
                 f"{rate:.1%}",
                 f"≥ {HIT_RATE_TARGET:.0%}",
-                _met(rate >= HIT_RATE_TARGET),
+                # The target is set for a million keys; a quick run's smaller stream has a
+                # lower ceiling (its oracle is below the target).
+                _met(rate >= HIT_RATE_TARGET)
+                if result.zipf.get("keys") == FULL.zipf_keys
+                else "n/a (quick run)",
             ]
         )
     return rows
