@@ -97,3 +97,28 @@ class socket_closed:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_operator_commands_are_recorded_in_the_chain(tmp_path: Path) -> None:
+    database = tmp_path / "b.db"
+    config = write_config(tmp_path, f"sqlite+aiosqlite:///{database}")
+    with config.open("a") as toml:
+        toml.write("[auth.passwords]\ntime_cost = 1\nmemory_cost_kib = 8192\n")
+    created = runner.invoke(
+        app,
+        ["users", "create", "ann@example.com", "--password-stdin", "--config", str(config)],
+        input="correct horse battery staple\n",
+    )
+    assert created.exit_code == 0, created.output
+    disabled = runner.invoke(app, ["users", "disable", "ann@example.com", "--config", str(config)])
+    assert disabled.exit_code == 0, disabled.output
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT kind, actor, detail FROM audit_events ORDER BY seq"
+        ).fetchall()
+    assert [(kind, actor) for kind, actor, _ in rows] == [
+        ("admin.user.created", "cli"),
+        ("admin.user.disabled", "cli"),
+    ]
+    assert "correct horse" not in str(rows)
+    assert verify(config).ok

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from bastion.audit.events import LoggingAuditSink
+from bastion.audit.log import AuditLog
 from bastion.auth.admin import IdentityAdmin
 from bastion.auth.service import IdentityService
 from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, fail
@@ -61,14 +62,29 @@ async def open_identity(settings: Settings) -> AsyncIterator[IdentityService]:
     stores = Stores(settings.store)
     try:
         await stores.start()
-        service = IdentityService(
-            settings.auth, stores=stores, metrics=Metrics(), audit=LoggingAuditSink()
+        # Operator changes are audit events like any other: in the chain when it is enabled.
+        audit_log = (
+            AuditLog(settings.audit, stores.database, stores.keys)
+            if settings.audit.enabled
+            else None
         )
+        if audit_log is not None:
+            await audit_log.start()
         try:
-            await service.start()
-            yield service
+            service = IdentityService(
+                settings.auth,
+                stores=stores,
+                metrics=Metrics(),
+                audit=audit_log if audit_log is not None else LoggingAuditSink(),
+            )
+            try:
+                await service.start()
+                yield service
+            finally:
+                await service.close()
         finally:
-            await service.close()
+            if audit_log is not None:
+                await audit_log.close()
     finally:
         await stores.close()
 
