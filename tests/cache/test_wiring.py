@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bastion import Bastion
 from bastion.cache import Cache
@@ -98,3 +99,20 @@ async def test_purge_reports_a_redis_that_does_not_answer() -> None:
     settings = Settings(store={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with pytest.raises(StoreError, match="did not answer"):
         await purge(settings, tag="anything")
+
+
+@pytest.mark.parametrize(("workers", "warned"), [(4, True), (1, False)])
+def test_workers_without_redis_are_warned_of(tmp_path: Path, workers: int, warned: bool) -> None:
+    settings = Settings(store=store(tmp_path), server={"workers": workers})
+    with capture_logs() as logs:
+        build_cache(settings, Stores(settings.store), Metrics())
+    events = [entry["event"] for entry in logs if entry.get("log_level") == "warning"]
+    assert any("per worker" in event for event in events) == warned
+
+
+def test_workers_with_redis_are_not_warned_of(tmp_path: Path) -> None:
+    settings = Settings(store=store(tmp_path, "redis://127.0.0.1:1/0"), server={"workers": 4})
+    with capture_logs() as logs:
+        cache = build_cache(settings, Stores(settings.store), Metrics())
+    assert cache.tiers == ("l1", "l2")
+    assert not [entry for entry in logs if "per worker" in entry["event"]]
