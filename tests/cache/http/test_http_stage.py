@@ -932,3 +932,25 @@ async def test_paths_spelt_differently_are_different_entries(client: Client) -> 
     assert (await client.get("/a/b")).x_cache == "HIT"
     await client.request("POST", "/a/b")
     assert (await client.get("/a/b", raw_path=b"/a%2Fb")).x_cache == "MISS"
+
+
+async def test_a_stale_head_revalidates_with_a_get(client: Client, clock: Clock) -> None:
+    client.origin.answer(headers=[(b"cache-control", b"max-age=10, stale-while-revalidate=60")])
+    await client.get()
+    clock.advance(20)
+    head = await client.request("HEAD", "/r", headers=[(b"range", b"bytes=0-1")])
+    assert (head.status, head.x_cache, head.body) == (206, "STALE", b"")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert client.origin.seen[-1]["method"] == "GET"
+    assert b"range" not in client.origin.request_headers()
+
+
+async def test_a_coalesced_waiter_gets_its_own_304(client: Client) -> None:
+    client.origin.answer(headers=ETAGGED, body=b"full", delay=0.05)
+    plain, conditional = await asyncio.gather(
+        client.get(), client.get(headers=[(b"if-none-match", b'"v1"')])
+    )
+    assert (plain.status, plain.body) == (200, b"full")
+    assert (conditional.status, conditional.body) == (304, b"")
+    assert client.origin.calls == 1
