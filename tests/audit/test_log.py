@@ -405,3 +405,36 @@ async def test_a_cancelled_request_leaves_its_batch_mates_waiting(sqlite_stores:
         await log.close()
     # The cancelled request's event was already queued: it is still recorded.
     assert await count(sqlite_stores) == 2
+
+
+async def test_close_gives_up_on_every_batch_once_the_patience_is_spent(
+    sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bastion.audit.log._CLOSE_PATIENCE", 0.0)
+    log = await started(sqlite_stores, AuditConfig(loss_window=30.0, batch_size=1))
+    append = ControlledAppend(log)
+    append.failures = 1_000_000
+    for number in range(3):
+        await log.emit(sample_event(number))
+    with capture_logs() as logs:
+        await log.close()
+    lost = [entry["events"] for entry in logs if entry["log_level"] == "error"]
+    # One attempt per batch: the first failure at shut-down spends the patience for all.
+    assert (lost, append.attempts, log.queued) == ([1, 1, 1], 3, 0)
+
+
+async def test_a_request_waiting_for_room_fails_when_the_log_closes(sqlite_stores: Stores) -> None:
+    log = await started(sqlite_stores, AuditConfig(queue_size=1, loss_window=30.0))
+    append = ControlledAppend(log)
+    append.gate.clear()
+    await log.emit(sample_event(1))
+    waiting = asyncio.create_task(log.emit(sample_event(2)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    closing = asyncio.create_task(log.close())
+    append.gate.set()
+    await closing
+    with pytest.raises(BastionError) as refused:
+        await waiting
+    assert refused.value.code == "overloaded"
+    assert await count(sqlite_stores) == 1

@@ -120,7 +120,8 @@ class AuditLog:
         self._key: SigningKey | None = None
         self._keys_loaded_at = 0.0
         self._batch_wait = config.loss_window or config.max_wait
-        self._kind_counters: dict[str, Any] = {}
+        self._give_up_at: float | None = None
+        """Once shut-down meets a failing database: when to stop retrying (for every batch)."""
 
     @property
     def queued(self) -> int:
@@ -136,6 +137,7 @@ class AuditLog:
             self._key = await self.keyring.load()
             self._keys_loaded_at = time.monotonic()
         self._closing = False
+        self._give_up_at = None
         self._running = True
         self._writer = asyncio.create_task(self._write_loop(), name="bastion-audit-writer")
         if self.config.retention > 0:
@@ -172,6 +174,12 @@ class AuditLog:
             )
         if self._queued >= self.config.queue_size:
             await self._wait_for_room()
+            if not self._running:  # shut down while this request waited
+                raise BastionError(
+                    "overloaded",
+                    "The audit log is not running",
+                    headers={"Retry-After": _RETRY_AFTER},
+                )
         batch = self._open_batch()
         batch.events.append(prepared)
         self._queued += 1
@@ -271,7 +279,6 @@ class AuditLog:
 
     async def _commit(self, batch: _Batch) -> None:
         delay = _RETRY_FIRST
-        give_up_at: float | None = None
         while True:
             key = await self._signing_key()
             try:
@@ -288,8 +295,9 @@ class AuditLog:
                 )
                 if self._closing:
                     now = time.monotonic()
-                    give_up_at = give_up_at or now + _CLOSE_PATIENCE
-                    if now >= give_up_at:
+                    if self._give_up_at is None:
+                        self._give_up_at = now + _CLOSE_PATIENCE
+                    if now >= self._give_up_at:
                         self._abandon(batch, exc)
                         return
                 await asyncio.sleep(delay)
@@ -305,6 +313,7 @@ class AuditLog:
     def _abandon(self, batch: _Batch, error: StoreError) -> None:
         """Shut-down with the database unreachable: say loudly what could not be recorded."""
         self._queued -= len(batch.events)
+        self._room.set()
         _log.error(
             "audit events could not be committed before shut-down",
             error=str(error),
