@@ -954,3 +954,30 @@ async def test_a_coalesced_waiter_gets_its_own_304(client: Client) -> None:
     assert (plain.status, plain.body) == (200, b"full")
     assert (conditional.status, conditional.body) == (304, b"")
     assert client.origin.calls == 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"set-cookie", b"sid=for-this-client")],
+        [(b"cache-control", b"no-store")],
+        [(b"cache-control", b"private, max-age=60")],
+    ],
+    ids=["set-cookie", "no-store", "private"],
+)
+async def test_a_304_that_makes_the_response_unstorable(
+    client: Client, clock: Clock, extra: list[Header]
+) -> None:
+    client.origin.answer(headers=ETAGGED, body=b"v1")
+    await client.get()
+    clock.advance(61)
+    client.origin.answer(304, headers=[(b"etag", b'"v1"'), *extra], body=b"")
+    mine = await client.get()
+    assert mine.body == b"v1"
+    for name, value in extra:
+        assert (name, value) in mine.headers
+    client.origin.answer(headers=MAX_AGE, body=b"fresh")
+    other = await client.get()
+    assert other.body == b"fresh"
+    assert other.header("set-cookie") is None
+    assert b"if-none-match" not in client.origin.request_headers()

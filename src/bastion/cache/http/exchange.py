@@ -235,6 +235,17 @@ class Exchange:
                 ttl_override=request.ttl,
             )
             await self._answer(send, entry, request, "HIT")
+            refused = refusal(
+                read_response(entry["status"], merged),
+                statuses=self._statuses,
+                request_cc=request.cache_control,
+                authenticated=request.authenticated,
+                keyed=request.keyed,
+            )
+            if refused is not None:
+                # The 304 made the response unstorable (a Set-Cookie meant for this client, a
+                # no-store): this client has its answer, the stored one is forgotten.
+                return Outcome(None)
             return Outcome(entry, "revalidated")
         if mode != _STORE or not complete:
             return Outcome(None)
