@@ -981,3 +981,10 @@ async def test_a_304_that_makes_the_response_unstorable(
     assert other.body == b"fresh"
     assert other.header("set-cookie") is None
     assert b"if-none-match" not in client.origin.request_headers()
+
+
+async def test_a_304_made_on_a_miss_keeps_the_clients_cookie(client: Client) -> None:
+    client.origin.answer(headers=[*ETAGGED, (b"set-cookie", b"sid=1")], body=b"full")
+    response = await client.get(headers=[(b"if-none-match", b'"v1"')])
+    assert response.status == 304
+    assert response.header("set-cookie") == "sid=1"

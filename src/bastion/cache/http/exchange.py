@@ -182,7 +182,8 @@ class Exchange:
                     if condition == Conditional.NOT_MODIFIED:
                         client_body = False
                         kept = [(n.lower(), v) for n, v in out]
-                        out = not_modified_headers({"headers": kept})
+                        cookies = [(n, v) for n, v in kept if n == b"set-cookie"]
+                        out = [*not_modified_headers({"headers": kept}), *cookies]
                         mark = self._label("MISS")
                         if mark is not None:
                             out.append((b"x-cache", mark))
