@@ -83,3 +83,42 @@ def test_any_request_headers_get_an_answer(
 ) -> None:
     statuses = asyncio.run(_exchange(requests))
     assert all(status in (200, 206, 304, 416, 504) for status in statuses), statuses
+
+
+RESPONSE_HEADERS = [
+    b"cache-control",
+    b"expires",
+    b"date",
+    b"age",
+    b"vary",
+    b"etag",
+    b"last-modified",
+    b"cache-tag",
+    b"content-range",
+]
+
+
+async def _twice(headers: list[tuple[bytes, bytes]], status: int) -> list[int]:
+    settings = Settings(cache=CacheConfig(http=HttpCacheConfig(enabled=True)))
+    deps = make_deps(settings)
+    cache = Cache(CacheConfig())
+    origin = Origin()
+    origin.answer(status, headers=headers, body=b"body")
+    store = cache.namespace(NAMESPACE)
+    app = around(lambda a, d: http_cache_stage(a, d, store), origin, deps)
+    client = Client(app, origin, cache, deps)
+    conditional = [(b"if-none-match", b'"x"'), (b"range", b"bytes=1-2")]
+    return [(await client.get()).status, (await client.get(headers=conditional)).status]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.sampled_from(RESPONSE_HEADERS), VALUES), max_size=5),
+    st.sampled_from([200, 203, 204, 301, 404, 500]),
+)
+def test_any_response_headers_are_stored_or_passed_on(
+    headers: list[tuple[bytes, bytes]], status: int
+) -> None:
+    first, second = asyncio.run(_twice(headers, status))
+    assert first == status
+    assert second in (status, 206, 304, 416)
