@@ -175,8 +175,8 @@ class Bastion:
         self.stores = Stores(self.settings.store, on_slow_query=self.metrics.store_slow_query)
         self.audit_log: AuditLog | None = None
         if audit is None and self.settings.audit.enabled:
-            self.audit_log = AuditLog(
-                self.settings.audit, self.stores.database, self.stores.keys, metrics=self.metrics
+            self.audit_log = AuditLog.from_stores(
+                self.settings.audit, self.stores, metrics=self.metrics
             )
             audit = self.audit_log
         copies = AuditCopies.wrap(

@@ -17,9 +17,14 @@ from bastion.store.stores import Stores
 
 
 @asynccontextmanager
-async def started_stores(database_url: str) -> AsyncIterator[Stores]:
+async def started_stores(
+    database_url: str, *, key_encryption_key: str | None = None
+) -> AsyncIterator[Stores]:
     """Migrated stores over ``database_url``, closed on exit."""
-    stores = Stores(StoreConfig(database_url=database_url, timeout=10.0))
+    config = StoreConfig(
+        database_url=database_url, timeout=10.0, key_encryption_key=key_encryption_key
+    )
+    stores = Stores(config)
     await stores.start()
     try:
         yield stores
@@ -46,7 +51,7 @@ async def fill(
     stores: Stores, count: int, config: AuditConfig | None = None, *, start: int = 1
 ) -> AuditLog:
     """Append ``count`` sample events through a started, then closed, :class:`AuditLog`."""
-    log = AuditLog(config or AuditConfig(), stores.database, stores.keys)
+    log = AuditLog.from_stores(config or AuditConfig(), stores)
     await log.start()
     try:
         for number in range(start, start + count):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -361,3 +362,64 @@ async def test_rows_of_rotated_keys_keep_verifying(database_url: str) -> None:
     # Event 4 is the rotation itself (admin.key.audit_rotated), hashed with the new key.
     assert key_ids == [first] * 3 + [rotated] * 4
     assert (report.ok, report.checked) == (True, 7)
+
+
+KEY_ENCRYPTION_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.mark.parametrize("key_encryption_key", [KEY_ENCRYPTION_KEY, None], ids=["kek", "no-kek"])
+async def test_a_key_inserted_into_bastion_keys_cannot_forge_the_chain(
+    database_url: str, key_encryption_key: str | None
+) -> None:
+    """Someone who can write the database inserts an unwrapped audit key of their own as the
+    newest generation and recomputes the chain with it. Bound to the key-encryption key (never
+    in the database) it verifies nothing; without one, the database holds everything needed
+    (docs/audit.md says so)."""
+    async with started_stores(database_url, key_encryption_key=key_encryption_key) as stores:
+        await fill(stores, EVENTS)
+        store = audit_store(stores)
+        assert (await store.verify()).ok
+        forged_key = b"m" * 32
+        await execute(
+            stores,
+            [
+                "INSERT INTO bastion_keys (id, purpose, generation, algorithm, material, wrapped, "
+                "created_at) VALUES ('mallory', 'audit_hmac', 99, 'HMAC-SHA256', :material, "
+                "false, (SELECT created_at FROM bastion_keys LIMIT 1))"
+            ],
+            material=forged_key,
+        )
+        events, _ = await query_events(stores.database, limit=100)
+        prev = GENESIS_HASH
+        for event in events:
+            row = {
+                "seq": event.seq,
+                "ts": event.ts,
+                "kind": event.kind,
+                "outcome": event.outcome,
+                "actor": "mallory",
+                "target": event.target,
+                "client_ip": event.client_ip,
+                "request_id": event.request_id,
+                "key_id": "mallory",
+                "detail_json": event.detail_json,
+                "prev_hash": prev,
+            }
+            digest = third_party_hash(row, forged_key)
+            await execute(
+                stores,
+                [
+                    "UPDATE audit_events SET actor = 'mallory', key_id = 'mallory', "
+                    "prev_hash = :prev, hash = :hash WHERE seq = :seq"
+                ],
+                prev=prev,
+                hash=digest,
+                seq=event.seq,
+            )
+            prev = digest
+        await execute(stores, ["UPDATE bastion_audit_chain SET hash = :hash"], hash=prev)
+        report = await audit_store(stores).verify()
+    if key_encryption_key is None:
+        assert (report.ok, report.checked) == (True, EVENTS)
+    else:
+        assert (report.ok, report.first_bad_seq, report.reason) == (False, 1, "hash_mismatch")

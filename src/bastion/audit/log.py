@@ -28,7 +28,7 @@ import orjson
 from bastion.audit.chain import AuditChain, PreparedEvent, SigningKey
 from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent
-from bastion.audit.keys import AuditKeyring
+from bastion.audit.keys import AuditKeyring, binding_secret
 from bastion.audit.models import (
     ACTOR_MAX,
     CLIENT_IP_MAX,
@@ -44,6 +44,7 @@ from bastion.observe.metrics import Metrics
 from bastion.store.database import Database
 from bastion.store.errors import StoreError
 from bastion.store.keys import KeyStore
+from bastion.store.stores import Stores
 
 __all__ = ["AuditLog"]
 
@@ -99,10 +100,13 @@ class AuditLog:
         keys: KeyStore,
         *,
         metrics: Metrics | None = None,
+        binding: bytes | None = None,
     ) -> None:
+        """``binding``: the secret HMAC keys are bound to (:func:`binding_secret`); use
+        :meth:`from_stores` to get it from ``[store]``."""
         self.config = config
         self.chain = AuditChain(database)
-        self.keyring = AuditKeyring(keys)
+        self.keyring = AuditKeyring(keys, binding=binding)
         self._metrics = metrics
         self._redactor = Redactor()
         self._pending: deque[_Batch] = deque()
@@ -122,6 +126,19 @@ class AuditLog:
         self._batch_wait = config.loss_window or config.max_wait
         self._give_up_at: float | None = None
         """Once shut-down meets a failing database: when to stop retrying (for every batch)."""
+
+    @classmethod
+    def from_stores(
+        cls, config: AuditConfig, stores: Stores, *, metrics: Metrics | None = None
+    ) -> AuditLog:
+        """The audit log over the database and keys of ``stores``."""
+        return cls(
+            config,
+            stores.database,
+            stores.keys,
+            metrics=metrics,
+            binding=binding_secret(stores.config),
+        )
 
     @property
     def queued(self) -> int:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from bastion.audit.chain import AuditChain, ChainHead
 from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent
-from bastion.audit.keys import AuditKeyring
+from bastion.audit.keys import AuditKeyring, binding_secret
 from bastion.audit.log import AuditLog
 from bastion.audit.query import StoredEvent, query_events
 from bastion.audit.verify import VerifyReport, verify_chain
@@ -28,17 +28,25 @@ __all__ = ["AuditStore", "open_audit"]
 class AuditStore:
     """Read and maintenance operations on the audit log of one database."""
 
-    def __init__(self, config: AuditConfig, database: Database, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        database: Database,
+        keys: KeyStore,
+        *,
+        binding: bytes | None = None,
+    ) -> None:
         self.config = config
         self.database = database
-        self.keyring = AuditKeyring(keys)
+        self.keyring = AuditKeyring(keys, binding=binding)
         self.chain = AuditChain(database)
         self._keys = keys
+        self._binding = binding
 
     @classmethod
     def from_stores(cls, config: AuditConfig, stores: Stores) -> AuditStore:
         """The audit store over started :class:`Stores`."""
-        return cls(config, stores.database, stores.keys)
+        return cls(config, stores.database, stores.keys, binding=binding_secret(stores.config))
 
     async def verify(self, *, page_size: int = 1000) -> VerifyReport:
         """:func:`verify_chain` with this database's keys; HMAC is required when
@@ -86,7 +94,7 @@ class AuditStore:
     async def record(self, *events: AuditEvent) -> None:
         """Append ``events`` durably (redacted, chained) through a short-lived
         :class:`AuditLog`: for commands that act outside a running gateway."""
-        log = AuditLog(self.config, self.database, self._keys)
+        log = AuditLog(self.config, self.database, self._keys, binding=self._binding)
         await log.start()
         try:
             for event in events:

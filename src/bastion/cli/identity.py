@@ -63,11 +63,7 @@ async def open_identity(settings: Settings) -> AsyncIterator[IdentityService]:
     try:
         await stores.start()
         # Operator changes are audit events like any other: in the chain when it is enabled.
-        audit_log = (
-            AuditLog(settings.audit, stores.database, stores.keys)
-            if settings.audit.enabled
-            else None
-        )
+        audit_log = AuditLog.from_stores(settings.audit, stores) if settings.audit.enabled else None
         if audit_log is not None:
             await audit_log.start()
         try:
