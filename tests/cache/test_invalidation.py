@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -315,3 +316,42 @@ def test_two_processes_load_a_key_once(peers: list[Peer], clean_redis_url: str) 
         assert client.get("loads:k") == b"1"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("seed", [5, 17, 2026])
+async def test_instances_agree_with_redis_after_racing_writes(
+    make_tiered: MakeTiered, clean_redis_url: str, seed: int
+) -> None:
+    """Three instances write, delete, invalidate and read the same few keys at once; once the
+    messages have landed every instance answers what Redis holds (no L1 keeps a value that was
+    overwritten or invalidated meanwhile)."""
+    caches = [await make_tiered() for _ in range(3)]
+    keys = [f"k{index}" for index in range(4)]
+    rng = random.Random(seed)
+
+    async def worker(cache: Cache, seed: int) -> None:
+        local = random.Random(seed)
+        for step in range(150):
+            key = local.choice(keys)
+            action = local.random()
+            if action < 0.35:
+                await cache.set(key, f"{seed}:{step}", tags=[f"tag-{key}"])
+            elif action < 0.45:
+                await cache.delete(key)
+            elif action < 0.5:
+                await cache.invalidate_tag(f"tag-{key}")
+            else:
+                await cache.get(key)
+            if local.random() < 0.3:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker(cache, rng.randrange(1000)) for cache in caches))
+    await asyncio.sleep(PROPAGATION)
+    redis_only = caches[0].config.model_copy(update={"l1_max_entries": 0})
+    truth = Cache.from_url(clean_redis_url, redis_only)
+    try:
+        for key in keys:
+            expected = await truth.get(key)
+            assert [await cache.get(key) for cache in caches] == [expected] * 3, key
+    finally:
+        await truth.close()
