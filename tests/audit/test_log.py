@@ -438,3 +438,21 @@ async def test_a_request_waiting_for_room_fails_when_the_log_closes(sqlite_store
         await waiting
     assert refused.value.code == "overloaded"
     assert await count(sqlite_stores) == 1
+
+
+async def test_the_pruner_runs_every_prune_interval(sqlite_stores: Stores) -> None:
+    config = AuditConfig(retention=0.001, prune_interval=0.01)
+    log = await started(sqlite_stores, config)
+    try:
+        for number in range(1, 4):
+            await log.emit(sample_event(number))
+        store = audit_store(sqlite_stores, config)
+        for _ in range(1000):  # bounded: a pruner that never runs fails the test
+            if (await store.head()).anchor_seq == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await log.close()
+    assert await count(sqlite_stores) == 0
+    report = await audit_store(sqlite_stores, config).verify()
+    assert (report.ok, report.anchor_seq, report.head_seq) == (True, 3, 3)
