@@ -183,3 +183,25 @@ def _constant(value: str) -> Any:
         return value
 
     return loader
+
+
+async def test_a_cache_starts_while_redis_is_down_and_joins_it_later(
+    server: RedisServer, caches: list[Cache]
+) -> None:
+    server.kill()
+    cache = await tiered(server, caches)
+    await exercise(cache, 0)
+    assert cache.degraded
+    server.start()
+    await eventually(cache, degraded=False)
+    other = await tiered(server, caches)
+    await other.set("shared", "from the other instance")
+    assert await cache.get("shared") == "from the other instance"
+    bus = cache._core.bus
+    assert bus is not None
+    async with asyncio.timeout(10):
+        while not bus.connected:
+            await asyncio.sleep(0.02)
+    await other.set("shared", "changed")
+    await asyncio.sleep(0.1)
+    assert await cache.get("shared") == "changed"
