@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
 import orjson
 import pytest
 from bench.micro import pipeline_chain
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -493,3 +496,62 @@ async def test_wrapped_app_spans_nest_under_the_server_span(tmp_path: Path) -> N
     assert inner.parent is not None
     assert inner.parent.span_id == server.context.span_id
     assert inner.context.trace_id == server.context.trace_id
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP traces endpoint that keeps what it receives."""
+
+    received: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+async def test_otlp_exporter_sends_spans_to_the_configured_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLLECTOR_KEY", "k-123")
+    _Collector.received.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        engine = Bastion(
+            settings(
+                tmp_path,
+                tracing={
+                    "exporter": "otlp",
+                    "endpoint": f"http://127.0.0.1:{server.server_port}/v1/traces",
+                    "headers": {"x-api-key": "env:COLLECTOR_KEY"},
+                    "service_name": "edge-test",
+                },
+            )
+        )
+        transport = httpx.ASGITransport(app=engine.wrap(APP), client=("203.0.113.9", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/hello")).status_code == 200
+        await engine.shutdown()  # flushes the batch
+        assert engine.deps.tracing is not None
+        engine.deps.tracing.provider.shutdown()  # as at process exit: closes the exporter
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    [(path, headers, body)] = _Collector.received
+    assert path == "/v1/traces"
+    assert headers["x-api-key"] == "k-123"
+    export = ExportTraceServiceRequest.FromString(body)
+    [resource_spans] = export.resource_spans
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "edge-test"
+    [span] = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    assert span.name == "GET"
+    assert {a.key for a in span.attributes} >= {"http.response.status_code", "bastion.request_id"}
