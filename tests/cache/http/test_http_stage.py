@@ -988,3 +988,9 @@ async def test_a_304_made_on_a_miss_keeps_the_clients_cookie(client: Client) -> 
     response = await client.get(headers=[(b"if-none-match", b'"v1"')])
     assert response.status == 304
     assert response.header("set-cookie") == "sid=1"
+
+
+async def test_must_understand_overrides_no_store_for_a_known_status(client: Client) -> None:
+    client.origin.answer(headers=[(b"cache-control", b"must-understand, no-store, max-age=60")])
+    await twice(client)
+    assert client.origin.calls == 1

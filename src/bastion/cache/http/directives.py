@@ -55,6 +55,9 @@ class CacheControl:
     """Request: accept a response stale by up to this (``max-stale`` without a value: any)."""
     min_fresh: int | None = None
     only_if_cached: bool = False
+    must_understand: bool = False
+    """Store only if the cache implements the status's caching rules; ``no-store`` is then
+    ignored (RFC 9111 §5.2.2.3)."""
 
 
 EMPTY = CacheControl()
@@ -161,6 +164,7 @@ def parse_cache_control(values: list[bytes]) -> CacheControl:
         max_stale=max_stale,
         min_fresh=deltas.get("min-fresh"),
         only_if_cached="only-if-cached" in found,
+        must_understand="must-understand" in found,
     )
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()

@@ -136,7 +136,9 @@ def refusal(
         return "partial"
     if facts.status not in statuses:
         return "status"
-    if cc.no_store or request_cc.no_store:
+    # must-understand: the status is one this cache implements (checked above), so the no-store
+    # sent alongside it for older caches is ignored (RFC 9111 §5.2.2.3).
+    if (cc.no_store and not cc.must_understand) or request_cc.no_store:
         return "no-store"
     if cc.private and keyed != "user":
         return "private"
