@@ -313,9 +313,13 @@ async def test_incoming_trace_context_is_continued_only_when_trusted(
         ("two parents", [("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)]),
         ("tracestate only", [("tracestate", "vendor=abc")]),
         ("huge tracestate", [("traceparent", TRACEPARENT), ("tracestate", "k=v," * 2000)]),
+        (
+            "split tracestate",
+            [("traceparent", TRACEPARENT), ("tracestate", "a=1"), ("tracestate", "b=2")],
+        ),
     ],
 )
-async def test_malformed_trace_context_starts_a_new_trace(
+async def test_incoming_trace_context_edge_cases(
     traced: MakeTraced, case: str, headers: list[tuple[str, str]]
 ) -> None:
     t = traced(tracing={"trust_incoming": "all"})
@@ -327,6 +331,11 @@ async def test_malformed_trace_context_starts_a_new_trace(
         # A valid parent with an unusable tracestate: continued, without the state.
         assert f"{span.context.trace_id:032x}" == TRACE_ID
         assert not span.context.trace_state
+        return
+    if case == "split tracestate":
+        # A list split over two fields is one list (RFC 9110 §5.3).
+        assert f"{span.context.trace_id:032x}" == TRACE_ID
+        assert dict(span.context.trace_state) == {"a": "1", "b": "2"}
         return
     assert span.parent is None, case
     assert f"{span.context.trace_id:032x}" != TRACE_ID, case

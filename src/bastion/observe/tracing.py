@@ -183,11 +183,14 @@ class TracingStage:
         for name, value in scope["headers"]:
             if name == b"traceparent" or name == b"tracestate":
                 key = name.decode("latin-1")
+                text = value.decode("latin-1")
                 if carrier is None:
                     carrier = {}
-                elif key == "traceparent" and key in carrier:
-                    return None, None  # two parents: neither is believed
-                carrier[key] = value.decode("latin-1")
+                elif key in carrier:
+                    if key == "traceparent":
+                        return None, None  # two parents: neither is believed
+                    text = carrier[key] + "," + text  # split tracestate fields are one list
+                carrier[key] = text
         if carrier is None or "traceparent" not in carrier:
             return None, None
         extracted = self._propagator.extract(carrier)
@@ -205,10 +208,10 @@ class TracingStage:
     def _name(self, method: str, state: RequestState | None) -> tuple[str, str | None]:
         """Span name and ``http.route`` of a request (cached per method and route)."""
         route = state.route if state is not None else None
-        key = (method, route.name if route is not None else None)
+        label = method if method in _KNOWN_METHODS else "HTTP"
+        key = (label, route.name if route is not None else None)
         cached = self._names.get(key)
         if cached is None:
-            label = method if method in _KNOWN_METHODS else "HTTP"
             pattern = _route_pattern(route.prefix) if route is not None else None
             cached = (f"{label} {pattern}" if pattern else label, pattern)
             if len(self._names) < _MAX_NAMES:
