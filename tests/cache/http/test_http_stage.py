@@ -4,12 +4,15 @@ revalidation and 304s, unsafe-method invalidation, HEAD, ranges, sizes, coalesci
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from bastion.cache.http.keys import path_tag, upstream_tag
+from bastion.cache.http.wiring import http_cache_stage
 from bastion.http.asgi import Scope
 from problem_assertions import assert_problem_body
+from stage_harness import around
 
 from .conftest import Client, ClientFactory, Clock, Header
 
@@ -994,3 +997,32 @@ async def test_must_understand_overrides_no_store_for_a_known_status(client: Cli
     client.origin.answer(headers=[(b"cache-control", b"must-understand, no-store, max-age=60")])
     await twice(client)
     assert client.origin.calls == 1
+
+
+async def test_waiters_are_released_once_nothing_will_be_stored(client: Client) -> None:
+    """The first response is private and its body waits until a second request reaches the
+    terminal: that can only happen if the waiting request was released at the response start."""
+    second_arrived = asyncio.Event()
+
+    async def origin(scope: Scope, receive: object, send: Callable[..., object]) -> None:
+        client.origin.seen.append(scope)
+        first = len(client.origin.seen) == 1
+        if not first:
+            second_arrived.set()
+        await send(  # type: ignore[misc]
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"cache-control", b"private, max-age=60")],
+            }
+        )
+        if first:
+            await second_arrived.wait()
+        await send({"type": "http.response.body", "body": b"mine"})  # type: ignore[misc]
+
+    client.app = around(
+        lambda a, d: http_cache_stage(a, d, client.cache.namespace("http")), origin, client.deps
+    )
+    first, second = await asyncio.wait_for(asyncio.gather(client.get(), client.get()), 10)
+    assert (first.body, second.body) == (b"mine", b"mine")
+    assert client.origin.calls == 2

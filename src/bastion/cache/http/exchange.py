@@ -123,8 +123,12 @@ class Exchange:
         send: Send,
         request: RequestFacts,
         stale: Entry | None,
+        *,
+        unstorable: Callable[[], None] = lambda: None,
     ) -> Outcome:
-        """Ask the terminal, answer the client, and say what to store."""
+        """Ask the terminal, answer the client, and say what to store; ``unstorable`` is
+        called as soon as it is known that nothing will be (a private response, a body over
+        the size limit), so requests waiting for this one can go on."""
         headers = [(n, v) for n, v in request.headers if n not in _CLIENT_CONDITIONS]
         validating = stale is not None and (stale["etag"] or stale["modified_raw"])
         if validating:
@@ -174,6 +178,8 @@ class Exchange:
                 if length is not None and (not length.isdigit() or int(length) > self._max):
                     reason = "size"
                 mode = _STORE if reason is None else _PASS
+                if reason is not None:
+                    unstorable()
                 out = self.client_headers(response_headers, "MISS")
                 if request.has_conditions and status == 200:
                     condition = evaluate_conditional(
@@ -201,6 +207,7 @@ class Exchange:
                 size += len(body)
                 if size > self._max:
                     mode, chunks = _PASS, []
+                    unstorable()
                 elif body:
                     chunks.append(body)
                 if not more:

@@ -201,14 +201,24 @@ class HttpCacheStage:
         request: RequestFacts,
         stale: Entry | None,
     ) -> None:
-        """Ask the terminal as the one request of ``primary`` in flight (others wait for it)."""
+        """Ask the terminal as the one request of ``primary`` in flight: the others wait for
+        what it stores, or are released as soon as it is known nothing will be."""
         flight: asyncio.Future[Entry | None] | None = None
         if primary not in self._flights:
             flight = asyncio.get_running_loop().create_future()
             self._flights[primary] = flight
+
+        def release(entry: Entry | None = None) -> None:
+            if flight is not None and not flight.done():
+                if self._flights.get(primary) is flight:
+                    del self._flights[primary]
+                flight.set_result(entry)
+
         stored: Entry | None = None
         try:
-            outcome = await self._exchange.run(scope, receive, send, request, stale)
+            outcome = await self._exchange.run(
+                scope, receive, send, request, stale, unstorable=release
+            )
             if outcome.from_cache == "stale":
                 self._counters["stale"].inc()
             if outcome.entry is not None and await self._entries.keep(primary, outcome.entry):
@@ -217,9 +227,7 @@ class HttpCacheStage:
                 # The resource no longer gives a storable response: forget the old one.
                 await self._entries.forget(primary, stale)
         finally:
-            if flight is not None:
-                del self._flights[primary]
-                flight.set_result(stored)
+            release(stored)
 
     def _revalidate_later(
         self, scope: Scope, primary: str, entry: Entry, request: RequestFacts
