@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from e2e.processes import Processes, free_port
@@ -106,3 +107,46 @@ enabled = true
     # Labels never carry raw paths.
     assert "/gone/items/7" not in text
     assert "/hello" not in text
+
+
+def test_traced_gateway_logs_and_exports_the_same_trace(processes: Processes) -> None:
+    demo = processes.demo()
+    gateway = processes.bastion(
+        "--workers",
+        "2",
+        config=f"""
+[tracing]
+enabled = true
+exporter = "console"
+
+[[routes]]
+name = "demo"
+prefix = "/"
+upstream = "{demo.url}"
+""",
+    )
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        for index in range(4):
+            response = client.get("/hello", headers={"X-Request-ID": f"traced-{index}"})
+            assert response.status_code == 200
+    output = gateway.stop()  # a graceful stop flushes the spans still queued
+    records = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = {r["request_id"]: r for r in records if r.get("event") == "request"}
+    spans = [r for r in records if "context" in r and "kind" in r]
+    servers = {
+        dict(s["attributes"]).get("bastion.request_id"): s
+        for s in spans
+        if s["kind"] == "SpanKind.SERVER"
+    }
+    for index in range(4):
+        line = access[f"traced-{index}"]
+        span = servers[f"traced-{index}"]
+        assert span["name"] == "GET /**"
+        assert span["context"]["trace_id"] == "0x" + line["trace_id"]
+        assert span["context"]["span_id"] == "0x" + line["span_id"]
+        clients = [
+            s
+            for s in spans
+            if s["kind"] == "SpanKind.CLIENT" and s["parent_id"] == "0x" + line["span_id"]
+        ]
+        assert len(clients) == 1

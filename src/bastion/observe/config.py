@@ -106,8 +106,9 @@ class TracingConfig(ConfigModel):
     service_name: str = Field(default="bastion", min_length=1)
     """``service.name`` of the exported spans."""
     exporter: Literal["otlp", "console", "none"] = "otlp"
-    """``otlp`` (OTLP over HTTP/protobuf to ``endpoint``), ``console`` (JSON on standard
-    output) or ``none`` (spans are created and propagated, not exported)."""
+    """``otlp`` (OTLP over HTTP/protobuf to ``endpoint``), ``console`` (one JSON line per span
+    on standard error, apart from the logs) or ``none`` (spans are created and propagated, not
+    exported)."""
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
     """OTLP/HTTP traces endpoint (a collector's ``/v1/traces``)."""
     headers: dict[str, SecretValue] = Field(default_factory=dict)

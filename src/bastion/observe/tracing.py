@@ -22,6 +22,7 @@ request pays for any of it.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -96,6 +97,11 @@ def traceparent(span_context: SpanContext) -> bytes:
     )
 
 
+def _span_line(span: ReadableSpan) -> str:
+    line: str = span.to_json(indent=None)
+    return line + "\n"
+
+
 def _route_pattern(prefix: str) -> str:
     """A route's ``http.route``: its prefix as the path pattern it matches."""
     return "/**" if prefix == "/" else prefix + "/**"
@@ -127,7 +133,11 @@ class Tracing:
         if config.exporter == "none":
             return None
         if config.exporter == "console":
-            chosen: SpanExporter = ConsoleSpanExporter(service_name=config.service_name)
+            # One line per span, on standard error: standard output carries the JSON log lines
+            # through its own buffer, and a span written there could split one of them.
+            chosen: SpanExporter = ConsoleSpanExporter(
+                service_name=config.service_name, out=sys.stderr, formatter=_span_line
+            )
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
