@@ -11,6 +11,7 @@ of a restarted gateway see the same events.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -201,3 +202,33 @@ async def test_sigkill_mid_traffic_loses_no_answered_event(
     assert "Traceback" not in output, output
     again = _cli("verify", database_url=database_url, workdir=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+async def test_a_served_gateway_copies_events_to_a_file_and_syslog(
+    processes: Processes, tmp_path: Path
+) -> None:
+    path = tmp_path / "copies" / "audit.jsonl"
+    path.parent.mkdir()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.settimeout(10)
+        port = collector.getsockname()[1]
+        config = (
+            CONFIG
+            + f'\n[audit.file]\npath = "{path}"\n'
+            + f'\n[audit.syslog]\naddress = "udp://127.0.0.1:{port}"\n'
+        )
+        demo = processes.demo()
+        gateway = processes.bastion("--upstream", demo.url, config=config)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            response = await client.get(
+                "/items", params=ATTACK, headers={"X-Request-ID": "copied-1"}
+            )
+        assert response.status_code == 403
+        message = collector.recv(65536)
+        output = gateway.stop()
+    assert "Traceback" not in output, output
+    assert b" bastion " in message
+    assert b'"request_id":"copied-1"' in message
+    copied = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(e["kind"], e["request_id"]) for e in copied] == [("inspect.blocked", "copied-1")]
