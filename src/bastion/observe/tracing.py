@@ -34,7 +34,6 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
-    SimpleSpanProcessor,
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -109,10 +108,9 @@ def _route_pattern(prefix: str) -> str:
 
 class Tracing:
     """The tracer of one engine: provider, sampler, exporter and propagator, built from
-    ``[tracing]``. ``exporter`` replaces the configured one (tests pass an in-memory exporter;
-    spans are then exported synchronously as each ends)."""
+    ``[tracing]``. More span processors can be added to :attr:`provider`."""
 
-    def __init__(self, config: TracingConfig, *, exporter: SpanExporter | None = None) -> None:
+    def __init__(self, config: TracingConfig) -> None:
         self.config = config
         self.provider = TracerProvider(
             resource=Resource.create(
@@ -120,16 +118,14 @@ class Tracing:
             ),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
         )
-        processor = self._processor(config, exporter)
+        processor = self._processor(config)
         if processor is not None:
             self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("bastion", __version__)
         self.propagator = TraceContextTextMapPropagator()
 
     @staticmethod
-    def _processor(config: TracingConfig, exporter: SpanExporter | None) -> SpanProcessor | None:
-        if exporter is not None:
-            return SimpleSpanProcessor(exporter)
+    def _processor(config: TracingConfig) -> SpanProcessor | None:
         if config.exporter == "none":
             return None
         if config.exporter == "console":
