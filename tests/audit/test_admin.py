@@ -162,6 +162,8 @@ async def test_head_answers_without_a_body(api: Admin) -> None:
     ("query", "fields"),
     [
         ("?colour=red", {"colour"}),
+        ("?two%20words=1", {"query"}),
+        ("?" + "p" * 33 + "=1", {"query"}),
         ("?kind=a&kind=b", {"kind"}),
         ("?kind=Auth.Login", {"kind"}),
         ("?kind=auth.*.failed", {"kind"}),

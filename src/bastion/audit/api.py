@@ -58,6 +58,7 @@ _KIND_MAX = 64
 _ACTOR_MAX = 128
 _TIME_MAX = 64
 _CURSOR = re.compile(r"^[1-9][0-9]{0,18}$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _NO_STORE = [(b"cache-control", b"no-store"), (b"content-type", b"application/json")]
 
 
@@ -131,7 +132,9 @@ def parse_filter(query_string: bytes, *, now: float | None = None) -> AuditFilte
     values: dict[str, str] = {}
     for name, value in pairs:
         if name not in _PARAMETERS:
-            errors.append({"field": name[:64], "message": "is not a parameter of this query"})
+            # Named back only when it is a plain name: the problem body never echoes payloads.
+            shown = name if _PLAIN_NAME.match(name) else "query"
+            errors.append({"field": shown, "message": "is not a parameter of this query"})
         elif name in values:
             errors.append({"field": name, "message": "is given more than once"})
         else:
