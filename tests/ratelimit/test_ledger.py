@@ -384,3 +384,120 @@ async def test_clients_longer_than_the_column_are_stored_by_digest(
     assert ban.client.startswith("sha256:")
     assert await ledger.lift(client) is True
     assert stored_client(CLIENT) == CLIENT
+
+
+# -- the level through queued writes: a block never lowers it -----------------------------
+
+
+async def test_a_ban_and_a_longer_block_queued_together_keep_the_bans_level(
+    databases: Callable[[], Database],
+) -> None:
+    clock = FakeClock()
+    a = SqlBanLedger(await started_database(databases), clock=clock)
+    b = SqlBanLedger(await started_database(databases), clock=clock)
+    a.record(CLIENT, until=clock.now - 10, level=1)
+    await a.flush()
+    # A repeat offence and, before the writer runs, a longer strike block: one queued write
+    # with the block's end and source and the ban's level.
+    a.record(CLIENT, until=clock.now + 120, level=2)
+    a.record(CLIENT, until=clock.now + 900, level=0, source="inspect")
+    assert a.penalty(CLIENT) == Penalty(clock.now + 900, 2, "inspect")
+    await a.flush()
+    assert await b.active() == [BanRecord(CLIENT, clock.now + 900, 2, "inspect")]
+    await b.refresh()
+    await a.refresh()  # a full read, as every poll is at first
+    assert a.penalty(CLIENT) == b.penalty(CLIENT) == Penalty(clock.now + 900, 2, "inspect")
+
+
+@pytest.mark.parametrize("first", ["ban", "block"])
+async def test_a_poll_while_a_block_is_queued_keeps_the_stored_level(
+    databases: Callable[[], Database], first: str
+) -> None:
+    clock = FakeClock()
+    a = SqlBanLedger(await started_database(databases), clock=clock)
+    b = SqlBanLedger(await started_database(databases), clock=clock)
+    b.record(CLIENT, until=clock.now - 10, level=2)  # a level-2 ban, just over
+    await b.flush()
+    await a.refresh()
+    assert a.penalty(CLIENT).level == 2
+    if first == "block":
+        # Blocks queued back to back, each merged with the level the mirror knows.
+        a.record(CLIENT, until=clock.now + 5, level=0, source="inspect")
+    a.record(CLIENT, until=clock.now + 10, level=0, source="inspect")
+    clock.now += 1
+    await a.refresh()  # a poll runs before the writer: the row is older than the block
+    assert a.penalty(CLIENT) == Penalty(clock.now + 9, 2, "inspect")
+    clock.now += 1
+    a._watermark = None  # and a full resync
+    await a.refresh()
+    assert a.penalty(CLIENT).level == 2
+    clock.now += 20  # the block is over: the next ban is the third offence
+    assert a.penalty(CLIENT).level == 2
+    await a.flush()
+    await b.refresh()
+    assert b.penalty(CLIENT) == Penalty(clock.now - 12, 2, "inspect")
+
+
+async def test_a_block_queued_on_a_level_another_process_raised_keeps_the_new_level(
+    databases: Callable[[], Database],
+) -> None:
+    clock = FakeClock()
+    a = SqlBanLedger(await started_database(databases), clock=clock)
+    b = SqlBanLedger(await started_database(databases), clock=clock)
+    a.record(CLIENT, until=clock.now + 600, level=0, source="inspect")  # queued here
+    b.record(CLIENT, until=clock.now + 60, level=3)  # written there first
+    await b.flush()
+    await a.refresh()
+    assert a.penalty(CLIENT) == Penalty(clock.now + 600, 3, "inspect")
+    await a.flush()
+    assert await b.active() == [BanRecord(CLIENT, clock.now + 600, 3, "inspect")]
+
+
+async def test_writes_failing_then_recovering_keep_the_level(
+    databases: Callable[[], Database],
+) -> None:
+    database = await started_database(databases)
+    metrics = Metrics()
+    ledger = SqlBanLedger(database, poll_interval=0.05, metrics=metrics)
+    await ledger.start()
+    now = float(int(time.time()))  # whole seconds: PostgreSQL keeps microseconds
+    try:
+        ledger.record(CLIENT, until=now - 10, level=2)
+        ledger.record(OTHER, until=now - 10, level=3)
+        await ledger.flush()
+        await database.close()  # the database goes away
+        ledger.record(CLIENT, until=now + 60, level=3)  # a repeat offence, then a block
+        ledger.record(CLIENT, until=now + 600, level=0, source="inspect")
+        ledger.record(OTHER, until=now + 600, level=0, source="inspect")  # a block alone
+        await eventually(lambda: write_errors(metrics) >= 2)  # retried, not dropped
+        assert ledger.penalty(CLIENT) == Penalty(now + 600, 3, "inspect")
+        assert ledger.penalty(OTHER) == Penalty(now + 600, 3, "inspect")
+        await database.start()  # and comes back
+        await eventually(lambda: ledger.pending == 0)
+        await ledger.refresh()
+        assert ledger.penalty(CLIENT) == Penalty(now + 600, 3, "inspect")
+        assert ledger.penalty(OTHER) == Penalty(now + 600, 3, "inspect")
+    finally:
+        await ledger.close()
+    reader = SqlBanLedger(await started_database(databases))
+    listed = {(ban.client, ban.level, ban.source) for ban in await reader.active()}
+    assert listed == {(CLIENT, 3, "inspect"), (OTHER, 3, "inspect")}
+
+
+async def test_a_block_after_the_retention_forgets_the_old_level(
+    databases: Callable[[], Database],
+) -> None:
+    clock = FakeClock()
+    a = SqlBanLedger(await started_database(databases), clock=clock, retention=3600.0)
+    b = SqlBanLedger(await started_database(databases), clock=clock, retention=3600.0)
+    a.record(CLIENT, until=clock.now, level=2)
+    await a.flush()
+    await b.refresh()
+    clock.now += 7200  # the ban is forgotten, though its row is not pruned yet
+    a.record(CLIENT, until=clock.now + 60, level=0, source="inspect")
+    b.record(CLIENT, until=clock.now + 30, level=0, source="inspect")
+    assert a.penalty(CLIENT) == b.penalty(CLIENT)._replace(until=clock.now + 60)
+    assert a.penalty(CLIENT).level == 0
+    await a.flush()
+    await b.flush()
+    assert await a.active() == [BanRecord(CLIENT, clock.now + 60, 0, "inspect")]

@@ -13,12 +13,16 @@ waits on the database:
   with a doubling back-off while the database fails and flushes it on close. An acknowledged ban
   is dropped only when :meth:`~SqlBanLedger.close` gives up on an unreachable database (logged).
   The upsert merges as :func:`~bastion.ratelimit.core.merge_penalty` does: the longer of the
-  stored and the new penalty sets the end and the source; a ban sets the level, a strike block
-  keeps the stored one.
+  stored and the new penalty sets the end and the source. A queued write says whether it sets
+  the level (it holds a ban) or keeps the stored one (strike blocks alone); that is carried as
+  a flag, never inferred from the source, because a ban coalesced with a longer block is
+  queued with the block's source and the ban's level.
 - **Reads.** Every ``poll_interval`` the task re-reads the rows whose ``updated_at`` is later
   than its previous poll minus :data:`OVERLAP` seconds, which absorbs clock skew between hosts
   and writes committed after they were stamped; re-reading a row is harmless. A row overrides
-  the mirror, except where this process still has a longer ban waiting to be written.
+  the mirror, except where this process still has a write queued for the client: then the
+  mirror shows what the upsert will make of the row (the longer end and its source; the queued
+  level when the write sets it, else the row's), so a poll never lowers a level in between.
 - **Lifts.** :meth:`~SqlBanLedger.lift` turns the row into a tombstone (``source``
   :data:`LIFTED`, ``level`` 0, ``until`` the lift time, ``updated_at`` now) instead of deleting
   it, so the lift reaches the others
@@ -37,7 +41,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, case, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -86,6 +90,18 @@ def _to_datetime(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+class _Write(NamedTuple):
+    """A client's queued write: its merged penalty and whether it sets the stored level."""
+
+    until: float
+    level: int
+    """The record's level as this process knows it: a queued ban's, else the mirror's."""
+    source: str
+    sets_level: bool
+    """True when a ban is among the merged writes: ``level`` replaces the stored one. False
+    for strike blocks alone, which keep the stored level."""
+
+
 class SqlBanLedger:
     """The :class:`~bastion.ratelimit.core.BanLedger` of ``bastion_bans`` (module docstring).
 
@@ -110,7 +126,7 @@ class SqlBanLedger:
         self._clock = clock
         self._metrics = metrics
         self._mirror: dict[str, Penalty] = {}
-        self._pending: dict[str, Penalty] = {}
+        self._pending: dict[str, _Write] = {}
         # Serialises this ledger's database work, so a lift can never be overtaken by an older
         # queued write of the same client, nor a poll apply rows read before a local lift.
         self._lock = asyncio.Lock()
@@ -172,21 +188,33 @@ class SqlBanLedger:
         if source not in (RATELIMIT, INSPECT):
             raise ValueError(f"unknown penalty source {source!r}")
         key = stored_client(client)
-        self._mirror[key] = merge_penalty(self._mirror.get(key), until, level, source)
-        self._pending[key] = merge_penalty(self._pending.get(key), until, level, source)
+        current = self._mirror.get(key)
+        if current is not None and current.until < self._clock() - self._retention:
+            current = None  # ended too long ago: its level is forgotten, as a poll would
+        merged = self._mirror[key] = merge_penalty(current, until, level, source)
+        queued = self._pending.get(key)
+        sets_level = source == RATELIMIT or (queued is not None and queued.sets_level)
+        if queued is not None and queued.until > until:
+            until, source = queued.until, queued.source
+        # A block's level is the mirror's (a ban still queued included), never 0: the entry
+        # is what the mirror shows until the write lands (_apply, _resync).
+        self._pending[key] = _Write(until, merged.level, source, sets_level)
         self._wake.set()
 
     async def flush(self) -> None:
         """Write the queued bans now; :class:`StoreError` leaves the unwritten ones queued."""
         async with self._lock:
-            batch = list(self._pending.items())
-            for start in range(0, len(batch), _BATCH):
-                chunk = batch[start : start + _BATCH]
-                await self._execute(self._upsert(chunk, _to_datetime(self._clock())))
-                for client, write in chunk:
-                    # A ban recorded while the statement ran is newer: it stays queued.
-                    if self._pending.get(client) is write:
-                        del self._pending[client]
+            # Writes that set the level and writes that keep it are two statements.
+            for sets_level in (True, False):
+                batch = [item for item in self._pending.items() if item[1].sets_level is sets_level]
+                for start in range(0, len(batch), _BATCH):
+                    chunk = batch[start : start + _BATCH]
+                    now = self._clock()
+                    await self._execute(self._upsert(chunk, now, sets_level=sets_level))
+                    for client, write in chunk:
+                        # A ban recorded while the statement ran is newer: it stays queued.
+                        if self._pending.get(client) is write:
+                            del self._pending[client]
 
     async def refresh(self) -> None:
         """One poll: apply the rows updated since the previous one (all rows on the first poll
@@ -245,8 +273,11 @@ class SqlBanLedger:
             self._mirror.pop(key, None)
         return was_banned
 
-    def _upsert(self, chunk: Sequence[tuple[str, Penalty]], now: datetime) -> Executable:
+    def _upsert(
+        self, chunk: Sequence[tuple[str, _Write]], now: float, *, sets_level: bool
+    ) -> Executable:
         insert = postgresql_insert if self._database.dialect == "postgresql" else sqlite_insert
+        stamp = _to_datetime(now)
         statement = insert(BanRow).values(
             [
                 {
@@ -254,8 +285,8 @@ class SqlBanLedger:
                     "until": _to_datetime(write.until),
                     "level": write.level,
                     "source": write.source,
-                    "created_at": now,
-                    "updated_at": now,
+                    "created_at": stamp,
+                    "updated_at": stamp,
                 }
                 for client, write in chunk
             ]
@@ -263,16 +294,20 @@ class SqlBanLedger:
         new = statement.excluded
         # In DO UPDATE, the table's columns are the stored row (merge_penalty in SQL). A
         # tombstone always gives way; otherwise the longer penalty sets the end and the source.
-        # A ban sets the level; a strike block keeps the stored one.
+        # Writes holding a ban set the level; strike blocks alone keep the stored one, unless
+        # it is lifted or forgotten (ended more than retention ago, not pruned yet).
         lifted = BanRow.source == LIFTED
         replaced = or_(lifted, new.until >= BanRow.until)
+        if sets_level:
+            level: Any = new.level
+        else:
+            forgotten = BanRow.until < _to_datetime(now - self._retention)
+            level = case((or_(lifted, forgotten), 0), else_=BanRow.level)
         return statement.on_conflict_do_update(
             index_elements=[BanRow.client],
             set_={
                 "until": case((replaced, new.until), else_=BanRow.until),
-                "level": case(
-                    (lifted, new.level), (new.source == INSPECT, BanRow.level), else_=new.level
-                ),
+                "level": level,
                 "source": case((replaced, new.source), else_=BanRow.source),
                 "created_at": case((lifted, new.created_at), else_=BanRow.created_at),
                 "updated_at": new.updated_at,
@@ -289,19 +324,28 @@ class SqlBanLedger:
         forgotten = now - self._retention
         for client, until_at, level, source in rows:
             until = until_at.timestamp()
+            gone = source == LIFTED or until < forgotten
             queued = self._pending.get(client)
-            if queued is not None and queued.until > until:
-                # Not written yet: this process's penalty is the newer fact (the upsert keeps
-                # it).
-                self._mirror[client] = queued
-            elif source == LIFTED or until < forgotten:
+            if queued is not None:
+                # Not written yet: show what the upsert will make of this row.
+                if queued.sets_level:
+                    level = queued.level
+                elif gone:
+                    level = 0
+                if gone or queued.until > until:
+                    until, source = queued.until, queued.source
+                self._mirror[client] = Penalty(until, level, source)
+            elif gone:
                 self._mirror.pop(client, None)
             else:
                 self._mirror[client] = Penalty(until, level, source)
 
     def _resync(self, rows: Iterable[tuple[str, datetime, int, str]], now: float) -> None:
         """Rebuild the mirror from the whole table plus the writes still queued."""
-        self._mirror = dict(self._pending)
+        self._mirror = {
+            client: Penalty(write.until, write.level, write.source)
+            for client, write in self._pending.items()
+        }
         self._apply(rows, now)
 
     async def _execute(self, statement: Executable) -> None:
