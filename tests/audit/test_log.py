@@ -456,3 +456,39 @@ async def test_the_pruner_runs_every_prune_interval(sqlite_stores: Stores) -> No
     assert await count(sqlite_stores) == 0
     report = await audit_store(sqlite_stores, config).verify()
     assert (report.ok, report.anchor_seq, report.head_seq) == (True, 3, 3)
+
+
+async def test_two_writers_taking_turns_keep_one_chain(database_url: str) -> None:
+    """Each writer's next append expects the head it wrote last; the other one moved it, so the
+    append falls back to locking the head and chaining after what is really there."""
+    async with started_stores(database_url) as stores:
+        first = await started(stores, AuditConfig())
+        second = await started(stores, AuditConfig())
+        outcomes: list[bool] = []
+        for log in (first, second):
+            one_statement = log.chain._append_at
+
+            async def spy(*args: Any, _call: Any = one_statement) -> bool:
+                outcomes.append(await _call(*args))
+                return bool(outcomes[-1])
+
+            log.chain._append_at = spy  # type: ignore[method-assign]
+        try:
+            for number in range(1, 11):
+                await (first if number % 2 else second).emit(sample_event(number))
+            await asyncio.gather(*(first.emit(sample_event(n)) for n in range(11, 21)))
+            await first.emit(sample_event(21))
+        finally:
+            await first.close()
+            await second.close()
+        numbers = await rows(stores, "SELECT seq, request_id FROM audit_events ORDER BY seq")
+        report = await audit_store(stores).verify()
+    assert [seq for seq, _ in numbers] == list(range(1, 22))
+    assert [request_id for _, request_id in numbers][:10] == [f"req-{n}" for n in range(1, 11)]
+    assert (report.ok, report.checked) == (True, 21)
+    if stores.database.dialect == "postgresql":
+        # Taking turns (events 3-10, then the batch of 11-20 after the second writer's event
+        # 10), every optimistic append found the head moved; alone (event 21), it held.
+        assert outcomes == [False] * 9 + [True]
+    else:
+        assert outcomes == []

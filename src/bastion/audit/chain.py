@@ -67,6 +67,24 @@ _INSERT_POSTGRESQL = (
     "INSERT INTO audit_events (seq, ts, kind, outcome, actor, target, client_ip, request_id, "
     "detail, key_id, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
+_APPEND_IF_HEAD = """
+WITH head AS (
+    UPDATE bastion_audit_chain SET seq = $3, hash = $4, updated_at = now()
+    WHERE id = 'main' AND seq = $1 AND hash = $2
+    RETURNING 1
+), inserted AS (
+    INSERT INTO audit_events (seq, ts, kind, outcome, actor, target, client_ip, request_id,
+                              detail, key_id, prev_hash, hash)
+    SELECT * FROM unnest($5::bigint[], $6::timestamptz[], $7::text[], $8::text[], $9::text[],
+                         $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::text[], $16::text[])
+    WHERE EXISTS (SELECT 1 FROM head)
+    RETURNING 1
+)
+SELECT count(*) FROM inserted
+"""
+"""PostgreSQL: append a batch computed after head ``($1, $2)`` in one statement, only if the
+head is still that one (the UPDATE row-locks it and re-checks it after any concurrent commit)."""
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
@@ -186,6 +204,9 @@ class AuditChain:
         )
         sqlite = database.dialect == "sqlite"
         self._insert_sql = _INSERT_SQLITE if sqlite else _INSERT_POSTGRESQL
+        self._append_if_head = None if sqlite else _APPEND_IF_HEAD
+        self._expected: tuple[int, str] | None = None
+        """The head this process last wrote: the optimistic append's expectation."""
         self._stored_ts = _sqlite_timestamp if sqlite else from_micros
 
     async def ensure_head(self) -> None:
@@ -237,70 +258,110 @@ class AuditChain:
     ) -> list[tuple[int, str]]:
         """Append ``events`` in one transaction after the current head; returns the ``seq`` and
         ``hash`` each got. :class:`StoreError` when the transaction failed (nothing was
-        appended)."""
-        key_id = key.id if key is not None else None
-        material = key.material if key is not None else None
-        stored_ts = self._stored_ts
+        appended).
+
+        On PostgreSQL, when this process wrote the head it last saw, the batch is first tried as
+        one statement that moves the head only if it is still that one and inserts the rows only
+        if it moved (one round trip instead of six); if another writer appended meanwhile, nothing
+        is written and the batch takes the locked path.
+        """
         try:
+            expected = self._expected
+            self._expected = None
+            if expected is not None and self._append_if_head is not None:
+                rows, appended = self._rows(events, key, *expected)
+                if await self._append_at(expected, rows, appended):
+                    self._expected = appended[-1]
+                    return appended
             async with self._database.engine.begin() as connection:
                 seq, prev = await self._lock_head(connection)
-                rows: list[tuple[Any, ...]] = []
-                appended: list[tuple[int, str]] = []
-                for event in events:
-                    seq += 1
-                    ts_us, kind, outcome, actor, target, client_ip, request_id, detail = event
-                    canonical = orjson.dumps(
-                        [
-                            CANONICAL_VERSION,
-                            seq,
-                            ts_us,
-                            kind,
-                            outcome,
-                            actor,
-                            target,
-                            client_ip,
-                            request_id,
-                            key_id,
-                            detail,
-                        ]
-                    )
-                    message = bytes.fromhex(prev) + canonical
-                    digest = (
-                        hashlib.sha256(message).hexdigest()
-                        if material is None
-                        else hmac.digest(material, message, "sha256").hex()
-                    )
-                    rows.append(
-                        (
-                            seq,
-                            stored_ts(ts_us),
-                            kind,
-                            outcome,
-                            actor,
-                            target,
-                            client_ip,
-                            request_id,
-                            detail,
-                            key_id,
-                            prev,
-                            digest,
-                        )
-                    )
-                    appended.append((seq, digest))
-                    prev = digest
+                rows, appended = self._rows(events, key, seq, prev)
                 # The driver's own executemany: per-row SQLAlchemy parameter processing cost
                 # more than hashing and inserting together (the rows are already typed).
                 await connection.exec_driver_sql(self._insert_sql, rows)
+                last_seq, last_hash = appended[-1]
                 await connection.execute(
                     update(_CHAIN)
                     .where(_CHAIN.c.id == CHAIN_ID)
-                    .values(seq=seq, hash=prev, updated_at=utc_now())
+                    .values(seq=last_seq, hash=last_hash, updated_at=utc_now())
                 )
         except IntegrityError as exc:
             raise StoreConflictError(f"audit append: {describe(exc.orig or exc)}") from exc
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"audit append: {describe(exc)}") from exc
+        self._expected = appended[-1]
         return appended
+
+    async def _append_at(
+        self,
+        expected: tuple[int, str],
+        rows: list[tuple[Any, ...]],
+        appended: list[tuple[int, str]],
+    ) -> bool:
+        """The one-statement append after ``expected`` (PostgreSQL); whether it happened."""
+        assert self._append_if_head is not None
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        last_seq, last_hash = appended[-1]
+        params = (expected[0], expected[1], last_seq, last_hash, *columns)
+        async with self._database.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            result = await autocommit.exec_driver_sql(self._append_if_head, params)
+            inserted = result.scalar()
+        return inserted == len(rows)
+
+    def _rows(
+        self, events: Sequence[PreparedEvent], key: SigningKey | None, seq: int, prev: str
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[int, str]]]:
+        """The rows of ``events`` chained after ``seq`` and ``prev``, and each one's seq and
+        hash."""
+        key_id = key.id if key is not None else None
+        material = key.material if key is not None else None
+        stored_ts = self._stored_ts
+        rows: list[tuple[Any, ...]] = []
+        appended: list[tuple[int, str]] = []
+        for event in events:
+            seq += 1
+            ts_us, kind, outcome, actor, target, client_ip, request_id, detail = event
+            canonical = orjson.dumps(
+                [
+                    CANONICAL_VERSION,
+                    seq,
+                    ts_us,
+                    kind,
+                    outcome,
+                    actor,
+                    target,
+                    client_ip,
+                    request_id,
+                    key_id,
+                    detail,
+                ]
+            )
+            message = bytes.fromhex(prev) + canonical
+            digest = (
+                hashlib.sha256(message).hexdigest()
+                if material is None
+                else hmac.digest(material, message, "sha256").hex()
+            )
+            rows.append(
+                (
+                    seq,
+                    stored_ts(ts_us),
+                    kind,
+                    outcome,
+                    actor,
+                    target,
+                    client_ip,
+                    request_id,
+                    detail,
+                    key_id,
+                    prev,
+                    digest,
+                )
+            )
+            appended.append((seq, digest))
+            prev = digest
+        return rows, appended
 
     async def prune(self, before: datetime, key: SigningKey | None, *, chunk: int = 10_000) -> int:
         """Delete the events up to the last one emitted before ``before``, moving the checkpoint
