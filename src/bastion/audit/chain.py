@@ -9,7 +9,8 @@ Appends from every process go through :meth:`AuditChain.append`: one transaction
 head row of ``bastion_audit_chain`` (PostgreSQL ``SELECT … FOR UPDATE``; SQLite takes its
 database write lock by writing the head row first), numbers and hashes the batch after the
 head, inserts it with one ``executemany`` and moves the head. So there is one gapless chain
-whatever the number of writers.
+whatever the number of writers. On PostgreSQL a writer that expects the head it wrote last tries
+a single conditional statement first (see :data:`_APPEND_IF_HEAD`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ SELECT count(*) FROM inserted
 """
 """PostgreSQL: append a batch computed after head ``($1, $2)`` in one statement, only if the
 head is still that one (the UPDATE row-locks it and re-checks it after any concurrent commit)."""
-_NAIVE_EPOCH = datetime(1970, 1, 1)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # SQLite keeps UTC timestamps naive
 
 
 def _sqlite_timestamp(micros: int) -> str:
