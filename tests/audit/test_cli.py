@@ -252,6 +252,11 @@ async def test_tail_follow_prints_new_events_as_they_are_committed(tmp_path: Pat
         follow = asyncio.create_task(
             audit_cmd._tail(reader, AuditFilter(), 2, True, 0.05, out)  # type: ignore[arg-type]
         )
+        # New events only once the last two are printed: else they could be among the last two.
+        for _ in range(500):
+            if len(out.lines) >= 2:
+                break
+            await asyncio.sleep(0.02)
         log = AuditLog(AuditConfig(), stores.database, stores.keys)
         await log.start()
         try:
