@@ -42,7 +42,7 @@ from bastion.http.asgi import ASGIApp, Message, Scope
 from bastion.http.state import RequestState
 from bastion.observe.access import RequestObserver
 from bastion.observe.alerts import AlertEngine
-from bastion.observe.config import AlertsConfig, LoggingConfig
+from bastion.observe.config import AlertsConfig, LoggingConfig, TracingConfig
 from bastion.observe.logging import configure_logging
 from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.compression import CompressionStage
@@ -230,6 +230,13 @@ def _stage_cases(
         observer = alerts.observer(metrics, access_log=False)
         return RequestIdStage(terminal, config=s.request_id, deps=deps, observer=observer)
 
+    def traced() -> ASGIApp:
+        # Imported here, as the engine does: the SDK loads only when tracing is measured.
+        from bastion.observe.tracing import Tracing
+
+        tracing = Tracing(TracingConfig(enabled=True, exporter="none"))
+        return tracing.server_stage(request_id(False), deps)
+
     keyring = CsrfKeyRing([b"bench-csrf-secret-0123456789abcdef"])
     return [
         ("request_id (access log on)", "", request_id(True), TERMINAL),
@@ -239,6 +246,12 @@ def _stage_cases(
             "alerts.enabled = true (built-in rules), logging.access_log = false",
             request_id_alerts(),
             TERMINAL,
+        ),
+        (
+            "tracing (server span, nothing exported)",
+            'tracing.enabled = true, exporter = "none" (around request_id, access log off)',
+            traced(),
+            "request_id (access log off)",
         ),
         (
             "headers",
