@@ -27,19 +27,19 @@ from bastion.audit.reader import FIELDS
 from problem_assertions import assert_problem
 
 URL = "/_bastion/admin/audit"
-NOW = datetime.now(UTC).replace(microsecond=0)
 KINDS = ("auth.login.failed", "access.denied", "inspect.blocked", "auth.token.reused")
 
 
-def _rows(count: int, start_seq: int = 1) -> list[AuditEventRow]:
-    """``count`` events one minute apart ending now: kinds and actors in rotation."""
+def _rows(count: int, start_seq: int = 1, now: datetime | None = None) -> list[AuditEventRow]:
+    """``count`` events one minute apart ending ``now``: kinds and actors in rotation."""
+    now = now or datetime.now(UTC).replace(microsecond=0)
     rows = []
     for index in range(count):
         seq = start_seq + index
         rows.append(
             AuditEventRow(
                 seq=seq,
-                ts=NOW - timedelta(minutes=count - 1 - index),
+                ts=now - timedelta(minutes=count - 1 - index),
                 kind=KINDS[seq % len(KINDS)],
                 outcome="denied",
                 actor=f"user-{seq % 3}",
@@ -62,6 +62,8 @@ class Admin:
     app: Wrapped
     admin: str
     viewer: str
+    now: datetime
+    """When the newest of the first 20 events happened (the others a minute apart before)."""
 
     async def get(self, query: str = "", token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = bearer(token if token is not None else self.admin)
@@ -85,8 +87,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Admin]:
     async with wrapped(tmp_path, app, auth=config) as running:
         admin = await running.token("root@example.com", "admin")
         viewer = await running.token("viewer@example.com", "viewer")
-        harness = Admin(running, admin, viewer)
-        await harness.store(_rows(20))
+        harness = Admin(running, admin, viewer, datetime.now(UTC).replace(microsecond=0))
+        await harness.store(_rows(20, now=harness.now))
         yield harness
 
 
@@ -101,7 +103,7 @@ async def test_newest_first_with_every_field(api: Admin) -> None:
     assert tuple(first) == FIELDS
     assert first["detail"] == {"n": 20}
     assert first["request_id"] == "req-20"
-    assert first["ts"] == NOW.isoformat(timespec="microseconds")
+    assert first["ts"] == api.now.isoformat(timespec="microseconds")
 
 
 async def test_cursor_walks_every_event_once_while_new_ones_arrive(api: Admin) -> None:
@@ -144,8 +146,8 @@ async def test_filters(api: Admin, query: str, expected: list[int]) -> None:
 
 
 async def test_time_range_in_rfc3339(api: Admin) -> None:
-    since = (NOW - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
-    until = (NOW - timedelta(minutes=2)).isoformat()
+    since = (api.now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    until = (api.now - timedelta(minutes=2)).isoformat()
     response = await api.get("", params={"since": since, "until": until})
     assert response.status_code == 200, response.text
     # since inclusive (event 15 is exactly five minutes old), until exclusive (18 is excluded).

@@ -100,8 +100,11 @@ async def test_file_copy_follows_rotation(tmp_path: Path, rotation: str) -> None
     path = tmp_path / "audit.jsonl"
     sink = JsonLinesFileSink(FileSinkConfig(path=str(path)))
     await sink.emit(_event(1))
-    while sink.written < 1:
+    for _ in range(500):
+        if sink.written:
+            break
         await asyncio.sleep(0.01)
+    assert sink.written == 1
     rotated = tmp_path / "audit.jsonl.1"
     if rotation == "moved":
         path.rename(rotated)
@@ -235,7 +238,7 @@ async def test_syslog_over_tcp_frames_every_message(
     for n in range(50):
         await sink.emit(_event(n, detail={"note": "spaces and\nnewlines"}))
     await sink.close()
-    for _ in range(100):
+    for _ in range(250):
         if len(frames) == 50:
             break
         await asyncio.sleep(0.02)
