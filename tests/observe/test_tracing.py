@@ -130,6 +130,14 @@ async def test_server_span_per_request_with_its_attributes(traced: MakeTraced) -
     assert span.status.status_code == StatusCode.UNSET
 
 
+async def test_long_path_is_cut_in_the_span(traced: MakeTraced) -> None:
+    t = traced()
+    assert_problem(await t.client.get("/" + "a" * 9000), 414, "uri_too_long")
+    path = dict(t.server_span().attributes or {})["url.path"]
+    assert len(path) == 2048
+    assert path.startswith("/aaa")
+
+
 async def test_unrouted_request_is_named_by_its_method_only(traced: MakeTraced) -> None:
     t = traced()
     await t.client.request("PURGE", "/hello")

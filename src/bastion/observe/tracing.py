@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -77,6 +77,8 @@ _BANS_POLICY = "_bans"
 _MAX_NAMES = 4096
 """Span names kept ready (method x route: bounded by configuration, but capped anyway)."""
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+_MAX_ATTRIBUTE = 2048
+"""Characters kept of a string attribute (a path as long as the server allows is cut)."""
 
 
 def stage_name(app: object) -> str:
@@ -117,6 +119,8 @@ class Tracing:
                 {"service.name": config.service_name, "service.version": __version__}
             ),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+            # The path is recorded before the size limits run: no attribute may carry more.
+            span_limits=SpanLimits(max_attribute_length=_MAX_ATTRIBUTE),
         )
         processor = self._processor(config)
         if processor is not None:
