@@ -137,8 +137,9 @@ def build_pipeline(
             lambda a: ratelimit.stage(a, deps) if ratelimit else a,
         ),
         (inspection is not None, lambda a: inspection.stage(a, deps) if inspection else a),
-        (http_cache_enabled(s.cache.http), lambda a: http_cache_stage(a, deps)),
         (s.compression.enabled, lambda a: CompressionStage(a, config=s.compression, deps=deps)),
+        # Inside compression: entries hold the terminal's own bytes, compressed per request.
+        (http_cache_enabled(s.cache.http), lambda a: http_cache_stage(a, deps)),
         (True, lambda a: OwnRoutes(a, prefix=deps.prefix, mounts=mounts, exact=exact)),
     ]
     tracing = deps.tracing
