@@ -81,6 +81,7 @@ class Traffic:
 
     answered: dict[str, str] = field(default_factory=dict)
     unexpected: list[str] = field(default_factory=list)
+    overloaded: int = 0
     errors: int = 0
 
 
@@ -115,6 +116,10 @@ async def _client(
             code = response.json().get("code") if response.status_code >= 400 else None
             if code == EXPECTED[kind] and response.headers.get("x-request-id") == request_id:
                 traffic.answered[request_id] = kind
+            elif code == "overloaded":
+                # A machine too busy for the commit within commit_timeout: the request failed,
+                # so nothing is promised about its event.
+                traffic.overloaded += 1
             else:
                 traffic.unexpected.append(f"{kind}: {response.status_code} {response.text[:200]}")
 
