@@ -6,7 +6,10 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.chain_harness import started_stores
 from bastion.audit.config import AuditConfig
@@ -194,3 +197,37 @@ async def test_what_is_stored_and_hashed_is_redacted(tmp_path: Any) -> None:
     assert event.detail == {"headers": {"authorization": REDACTED}, "password": REDACTED}
     assert event.actor == "Bearer " + REDACTED
     assert event.target == f"/login?password={REDACTED}"
+
+
+def _luhn_complete(prefix: str) -> str:
+    """``prefix`` plus the check digit that makes it Luhn-valid."""
+    for digit in "0123456789":
+        if luhn_valid(prefix + digit):
+            return prefix + digit
+    raise AssertionError("unreachable: one digit always completes a Luhn number")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_redaction_is_idempotent_and_never_fails(text: str) -> None:
+    once = redact_text(text)
+    assert redact_text(once) == once
+    detail = Redactor().detail({"note": text, text: [text, {"password": text}]})
+    assert detail["note"] == Redactor().text(text, 10_000)
+    orjson.dumps(detail)  # always encodable, whatever the input held
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.text(alphabet=st.characters(blacklist_categories=("Nd",)), max_size=40),
+    after=st.text(alphabet=st.characters(blacklist_categories=("Nd",)), max_size=40),
+    prefix=st.from_regex(r"[3-6][0-9]{14}", fullmatch=True),
+    grouped=st.booleans(),
+)
+def test_a_valid_card_number_never_survives(
+    before: str, after: str, prefix: str, grouped: bool
+) -> None:
+    number = _luhn_complete(prefix)
+    shown = " ".join(number[i : i + 4] for i in range(0, 16, 4)) if grouped else number
+    redacted = redact_text(f"{before} {shown} {after}")
+    assert number not in redacted.replace(" ", "").replace("-", "")
