@@ -28,7 +28,15 @@ from starlette.routing import Route
 
 from bastion import Bastion, BastionError, Settings
 from bastion.engine import BastionApp
-from bastion.observe.tracing import StageSpan, TracingStage, stage_name
+from bastion.inspect.core import Location, Match
+from bastion.inspect.engine import InspectionVerdict
+from bastion.observe.tracing import (
+    DECISION_STAGE_KEY,
+    StageSpan,
+    TracingStage,
+    decision_attributes,
+    stage_name,
+)
 from problem_assertions import assert_problem
 from proxy.harness import serve_asgi, upstream_app
 
@@ -572,3 +580,29 @@ async def test_otlp_exporter_sends_spans_to_the_configured_endpoint(
     [span] = [s for scope in resource_spans.scope_spans for s in scope.spans]
     assert span.name == "GET"
     assert {a.key for a in span.attributes} >= {"http.response.status_code", "bastion.request_id"}
+
+
+def test_decision_attributes_name_the_inspection_rules_and_the_policies() -> None:
+    verdict = InspectionVerdict(
+        True,
+        10,
+        (
+            Match("sqli-union-select", "sqli", 5, Location("query", "q")),
+            Match("sqli-tautology", "sqli", 5, Location("query", "q")),
+            Match("xss-script-tag", "xss", 5, Location("body")),
+        ),
+        flagged=True,
+    )
+    blocked = decision_attributes(
+        {"bastion.inspect": verdict, DECISION_STAGE_KEY: "inspect"}, "request_blocked"
+    )
+    assert blocked == {
+        "bastion.decision": "request_blocked",
+        "bastion.decision.stage": "inspect",
+        "bastion.decision.categories": ["sqli", "xss"],
+        "bastion.decision.rules": ["sqli-tautology", "sqli-union-select", "xss-script-tag"],
+        "bastion.decision.score": 10,
+    }
+    # A CIDR refusal has no verdict: the code alone.
+    assert decision_attributes({}, "request_blocked") == {"bastion.decision": "request_blocked"}
+    assert decision_attributes({}, "client_banned")["bastion.decision.policy"] == ["_bans"]

@@ -61,6 +61,7 @@ __all__ = [
     "TracedRelay",
     "Tracing",
     "TracingStage",
+    "decision_attributes",
     "stage_name",
     "traceparent",
 ]
