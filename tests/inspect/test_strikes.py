@@ -347,13 +347,16 @@ async def test_engines_sharing_redis_share_blocks(tmp_path: Path, clean_redis_ur
     direct = redis.Redis.from_url(clean_redis_url)
     try:
         record = direct.get(REDIS_KEY_PREFIX + "ban:{" + CLIENT_IP + "}")
+        mark = direct.get(REDIS_KEY_PREFIX + "block:{" + CLIENT_IP + "}")
         index = direct.zrange(REDIS_KEY_PREFIX + "bans", 0, -1)
         leftovers = direct.keys("bastion:rl:strikes:*") + direct.keys("bastion:strike:*")
     finally:
         direct.close()
-    # The rate limiter's record of the client, indexed for `bastion bans`; the count is gone.
+    # The rate limiter's record of the client ("until level", as every release reads it) and
+    # its block mark (the same until), indexed for `bastion bans`; the count is gone.
     assert record is not None
-    assert record.split()[1:] == [b"0", b"inspect"]
+    until, level = record.split()
+    assert (level, mark) == (b"0", until)
     assert index == [CLIENT_IP.encode()]
     assert leftovers == []
 

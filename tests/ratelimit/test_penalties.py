@@ -11,6 +11,8 @@ raise the escalation level, and with Redis a request still costs exactly one scr
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from bastion.inspect.stage import StrikeGate
 from bastion.inspect.strikes import MemoryStrikes, StrikeStore
 from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.ratelimit.config import BansConfig, PolicyConfig, RateLimitConfig
-from bastion.ratelimit.core import BanRecord, BanRule, Check, Rule
+from bastion.ratelimit.core import PENALTIES_ONLY, BanRule, Check, Rule
 from bastion.ratelimit.ledger import SqlBanLedger
 from bastion.ratelimit.limiter import Limiter
 from bastion.ratelimit.memory import MemoryStore
@@ -64,11 +66,38 @@ class Backend:
     """Another worker's or instance's (the same store for plain memory)."""
     sync: Any = None
     """For the ledger: makes the other process's write visible to the gate's process."""
+    ledger: SqlBanLedger | None = None
+    """For the ledger: the gate's process's."""
 
-    def strikes(self, store: MemoryStore | RedisStore) -> StrikeStore:
+    def strikes(
+        self, store: MemoryStore | RedisStore, config: StrikesConfig = STRIKES
+    ) -> StrikeStore:
         if isinstance(store, RedisStore):
-            return RedisStrikes(store, STRIKES)
-        return MemoryStrikes(STRIKES, store)
+            return RedisStrikes(store, config)
+        return MemoryStrikes(config, store)
+
+    async def poll(self) -> None:
+        """For the ledger: one poll of the gate's process, its own writes still queued."""
+        if self.ledger is not None:
+            await self.ledger.refresh()
+
+    async def flush(self) -> None:
+        """For the ledger: the gate's process writes what it queued, as its writer soon
+        would."""
+        if self.ledger is not None:
+            await self.ledger.flush()
+
+    async def written(self, expected: list[tuple[int, str]]) -> None:
+        """For the ledger: once the queued writes land, the table holds ``expected`` (level,
+        source) and a full read of it gives the mirror the same."""
+        if self.ledger is None:
+            return
+        await self.ledger.flush()
+        assert [(ban.level, ban.source) for ban in await self.ledger.active()] == expected
+        self.ledger._watermark = None
+        await self.ledger.refresh()
+        penalty = self.ledger.penalty(CLIENT)
+        assert [(penalty.level, penalty.source)] == expected
 
     async def penalize(self, source: str) -> None:
         """Give ``CLIENT`` a record of ``source`` through the other store."""
@@ -109,7 +138,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 await theirs.flush()
                 await mine.refresh()
 
-            yield Backend("ledger", MemoryStore(ledger=mine), MemoryStore(ledger=theirs), sync)
+            yield Backend(
+                "ledger", MemoryStore(ledger=mine), MemoryStore(ledger=theirs), sync, mine
+            )
         else:
             url = request.getfixturevalue("clean_redis_url")
             stores = []
@@ -201,46 +232,160 @@ async def test_the_gate_answers_each_kind_of_record(
         assert (strike_refusals or 0.0, ban_refusals) == (0.0, 1.0)
 
 
-async def test_a_strike_never_raises_the_escalation_level(backend: Backend) -> None:
-    await backend.penalize("ratelimit")
-    await backend.penalize("inspect")  # longer than the ban: its end and source, the ban's level
-    if backend.sync is not None:
-        await backend.sync()
-    [record] = await (backend.store.active_bans() if backend.name != "ledger" else _listed(backend))
-    assert (record.client, record.level, record.source) == (CLIENT, 1, "inspect")
-    await backend.penalize("inspect")
-    [record] = await (backend.store.active_bans() if backend.name != "ledger" else _listed(backend))
-    assert (record.level, record.source) == (1, "inspect")
+# -- escalation: only bans raise the level, and every penalty keeps it reset_after ---------
+#
+# Real time, as Redis decides on its own clock: durations of a fraction of a second. On the
+# ledger a poll runs after every block, before the writer would, and a ban and the blocks after
+# it are written together (the ways a block used to lower the stored level).
+
+ESCALATION = BanRule(threshold=1, window=60.0, durations=(0.5, 1.0, 2.0), reset_after=1.5)
+HOURLY = Rule("hourly", "gcra", 1, 3600.0, 1)
+"""One request an hour: every request after the first is refused (and, with bans, banned)."""
 
 
-async def _listed(backend: Backend) -> list[BanRecord]:
-    """What ``bastion bans list`` reads on the ledger: the table."""
+async def _left(backend: Backend) -> float:
+    """Seconds left of ``CLIENT``'s penalty, whatever its source."""
     store = backend.store
-    assert isinstance(store, MemoryStore)
-    ledger = store._ledger
-    assert isinstance(ledger, SqlBanLedger)
-    return await ledger.active()
+    if isinstance(store, RedisStore):
+        return (await store.penalty(CLIENT))[0]
+    return max(store.penalty(CLIENT).until - time.time(), 0.0)
 
 
-async def test_a_strike_only_client_starts_at_the_first_offence() -> None:
+async def _wait_out(backend: Backend) -> None:
+    await asyncio.sleep(await _left(backend) + 0.05)
+    assert await _left(backend) == 0.0
+
+
+async def _ban(backend: Backend) -> int:
+    """One more refused request, which bans ``CLIENT``: the ban's level."""
+    verdict = await backend.store.evaluate(
+        [Check(HOURLY, f"hourly|{CLIENT}")], client=CLIENT, bans=ESCALATION
+    )
+    assert verdict.new_ban == ESCALATION.durations[verdict.ban_level - 1]
+    return verdict.ban_level
+
+
+async def _strike(backend: Backend, strikes: StrikeStore) -> None:
+    assert await strikes.strike([CLIENT]) == [CLIENT]
+    await backend.poll()
+
+
+async def _record(backend: Backend) -> tuple[int, str]:
+    """The level and source of ``CLIENT``'s record where the gate reads it (Redis: as
+    ``bastion bans list`` shows it)."""
+    store = backend.store
+    if isinstance(store, RedisStore):
+        [record] = await store.active_bans()
+        return record.level, record.source
+    penalty = store.penalty(CLIENT)
+    return penalty.level, penalty.source
+
+
+async def test_a_strike_never_raises_the_escalation_level(backend: Backend) -> None:
+    strikes = backend.strikes(backend.store, StrikesConfig(threshold=1, duration=3.0))
+    check = Check(HOURLY, f"hourly|{CLIENT}")
+    assert (await backend.store.evaluate([check], client=CLIENT, bans=ESCALATION)).allowed
+    assert await _ban(backend) == 1
+    await backend.flush()
+    await _wait_out(backend)
+    assert await _ban(backend) == 2
+    # A block outlasting the ban and its reset_after, queued with the ban: its end and source,
+    # the ban's level.
+    await _strike(backend, strikes)
+    assert await _record(backend) == (2, "inspect")
+    await _strike(backend, strikes)
+    assert await _record(backend) == (2, "inspect")
+    await backend.flush()
+    await backend.poll()
+    assert await _record(backend) == (2, "inspect")
+    await _wait_out(backend)
+    # Within reset_after of the block's end: the third offence.
+    assert await _ban(backend) == 3
+    assert await _record(backend) == (3, "ratelimit")
+    await backend.written([(3, "ratelimit")])
+
+
+async def test_a_strike_only_client_starts_at_the_first_offence(backend: Backend) -> None:
+    strikes = backend.strikes(backend.store, StrikesConfig(threshold=2, duration=1.0))
+    assert await strikes.strike([CLIENT]) == []
+    await _strike(backend, strikes)
+    assert await _record(backend) == (0, "inspect")
+    await backend.flush()
+    await _wait_out(backend)
+    check = Check(HOURLY, f"hourly|{CLIENT}")
+    assert (await backend.store.evaluate([check], client=CLIENT, bans=ESCALATION)).allowed
+    assert await _ban(backend) == 1
+    await backend.flush()
+    # A block longer than the ban keeps level 1: the next ban is the second offence.
+    assert await strikes.strike([CLIENT]) == []
+    await _strike(backend, strikes)
+    assert await _record(backend) == (1, "inspect")
+    await _wait_out(backend)
+    assert await _ban(backend) == 2
+    await backend.written([(2, "ratelimit")])
+
+
+async def test_in_memory_a_block_keeps_the_level_reset_after_past_its_end() -> None:
+    """The memory store drops client records nothing depends on as others come; a record with
+    a level depends on it until reset_after past its penalty's end, a block's too."""
     now = [1_800_000_000.0]
     store = MemoryStore(clock=lambda: now[0])
-    strikes = MemoryStrikes(STRIKES, store, clock=lambda: now[0])
-    await strikes.strike([CLIENT])
-    await strikes.strike([CLIENT])
-    assert store.penalty(CLIENT)[1:] == (0, "inspect")
-    now[0] += 301.0  # the block is over
-    check = Check(ONE, f"seed|{CLIENT}")
+    config = StrikesConfig(threshold=1, duration=10_000.0)
+    strikes = MemoryStrikes(config, store, clock=lambda: now[0])
+    check = Check(HOURLY, f"hourly|{CLIENT}")
     assert store.evaluate_now([check], client=CLIENT, bans=BAN).allowed
-    first = store.evaluate_now([check], client=CLIENT, bans=BAN)
-    assert (first.new_ban, first.ban_level) == (120.0, 1)
-    # A block now keeps level 1; the ban after it is the second offence, not the third.
-    await strikes.strike([CLIENT])
-    now[0] += 301.0
-    now[0] += 60.0  # a new window of the policy
-    assert store.evaluate_now([check], client=CLIENT, bans=BAN).allowed
-    second = store.evaluate_now([check], client=CLIENT, bans=BAN)
-    assert (second.new_ban, second.ban_level) == (240.0, 2)
+    assert store.evaluate_now([check], client=CLIENT, bans=BAN).ban_level == 1
+    store.block(CLIENT, now[0] + 10_000.0)  # long after the ban's end plus reset_after
+    now[0] += 10_100.0
+    for other in ("198.51.100.1", "198.51.100.2"):  # each refusal sweeps idle records
+        other_check = Check(HOURLY, f"hourly|{other}")
+        store.evaluate_now([other_check], client=other, bans=PENALTIES_ONLY)
+        store.evaluate_now([other_check], client=other, bans=BAN)
+    assert await strikes.blocked_for(CLIENT) == 0.0
+    assert store.evaluate_now([check], client=CLIENT, bans=BAN).allowed  # a new hour
+    assert store.evaluate_now([check], client=CLIENT, bans=BAN).ban_level == 2
+
+
+@pytest.mark.redis
+async def test_redis_records_stay_readable_by_the_previous_release(clean_redis_url: str) -> None:
+    """The previous release's script matches a record with ``^(%S+) (%S+)$`` and fails on
+    anything else; during a rolling upgrade it must read every record the new one writes."""
+    connector = RedisConnector.from_url(clean_redis_url)
+    store = RedisStore(connector, prefix=REDIS_KEY_PREFIX)
+    admin = redis.Redis.from_url(clean_redis_url)
+    banned, both = "198.51.100.8", "198.51.100.9"
+    try:
+        rule = BanRule(threshold=1, window=60.0, durations=(120.0,), reset_after=3600.0)
+        for client in (banned, both):
+            check = Check(HOURLY, f"hourly|{client}")
+            assert (await store.evaluate([check], client=client, bans=rule)).allowed
+            assert (await store.evaluate([check], client=client, bans=rule)).new_ban == 120.0
+        strikes = RedisStrikes(store, STRIKES)
+        assert await strikes.strike([CLIENT, both]) == [CLIENT, both]
+        previous_parse = "return {string.match(redis.call('GET', KEYS[1]), '^(%S+) (%S+)$')}"
+        for client, level in ((CLIENT, b"0"), (banned, b"1"), (both, b"1")):
+            key = f"{REDIS_KEY_PREFIX}ban:{{{client}}}"
+            until, parsed_level = admin.eval(previous_parse, 1, key)
+            assert parsed_level == level
+            assert int(until) / 1e6 > time.time() + 100
+        listed = {(ban.client, ban.level, ban.source) for ban in await store.active_bans()}
+        assert listed == {(CLIENT, 0, "inspect"), (banned, 1, "ratelimit"), (both, 1, "inspect")}
+
+        # A ban the previous release writes once the block is over ("until level", no mark)
+        # is a ban, though the block's mark is still there.
+        until = int((time.time() + 600) * 1e6)
+        admin.set(f"{REDIS_KEY_PREFIX}ban:{{{CLIENT}}}", f"{until} 1", px=600_000)
+        assert (await store.penalty(CLIENT))[1] == "ratelimit"
+        check = Check(HOURLY, f"hourly|{CLIENT}")
+        verdict = await store.evaluate([check], client=CLIENT, bans=rule)
+        assert (verdict.banned_for > 500, verdict.ban_source) == (True, "ratelimit")
+        # A record of the merged format's first draft ("until level inspect") is still read.
+        admin.set(f"{REDIS_KEY_PREFIX}ban:{{{banned}}}", f"{until} 1 inspect", px=600_000)
+        assert (await store.penalty(banned))[1] == "inspect"
+    finally:
+        admin.close()
+        await store.close()
+        await connector.close()
 
 
 # -- one script call per request with Redis ------------------------------------------------

@@ -133,7 +133,7 @@ class _Table:
 class _Client:
     """A client's ban state: its refusals and its penalty record."""
 
-    __slots__ = ("expires", "level", "refusals", "source", "until")
+    __slots__ = ("expires", "level", "refusals", "reset_after", "source", "until")
 
     def __init__(self) -> None:
         self.refusals: deque[float] = deque()
@@ -143,6 +143,8 @@ class _Client:
         """Offence number of the latest ban."""
         self.source = RATELIMIT
         """What set ``until``."""
+        self.reset_after = 0.0
+        """The latest ban's ``BanRule.reset_after``: how long its level outlives the record."""
         self.expires = 0.0
         """When nothing of this record matters any more (refusals aged out, ban forgiven)."""
 
@@ -431,7 +433,9 @@ class MemoryStore:
         else:
             self._clients.move_to_end(client)
         record.until, record.level, record.source = merged
-        record.expires = max(record.expires, merged.until)
+        # A level is remembered reset_after past the end of the latest penalty, a block's too.
+        kept = merged.until + record.reset_after if merged.level else merged.until
+        record.expires = max(record.expires, kept)
 
     def _refused(
         self, client: str, bans: BanRule, decisions: tuple[Decision, ...], now: float
@@ -463,6 +467,7 @@ class MemoryStore:
         record.until = now + duration
         record.level = level
         record.source = RATELIMIT
+        record.reset_after = bans.reset_after
         record.expires = record.until + bans.reset_after
         refusals.clear()
         if self._ledger is not None:

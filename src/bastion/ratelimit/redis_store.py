@@ -12,8 +12,8 @@ every decision; all times it handles are integer microseconds.
 
 **Call format.** ``EVALSHA sha numkeys KEYS... ARGV...`` with, for ``n`` checks:
 
-- ``KEYS``: one bucket per check, then (with bans) the client's ban record, its refusal log and
-  the ban index;
+- ``KEYS``: one bucket per check, then (with bans) the client's ban record, its refusal log,
+  the ban index and the client's block mark;
 - ``ARGV``: ``"e"``, ``n``, then per check seven values: algorithm code (1 gcra,
   2 sliding_window, 3 fixed_window, 4 sliding_log, 5 concurrency, 6 quota), limit, period (µs),
   burst, cost, enforce (1/0), and the quota window id or the concurrency lease token (empty
@@ -30,17 +30,25 @@ every decision; all times it handles are integer microseconds.
 1 or 0; microseconds are rounded to the nearest integer.
 
 **Keys.** ``<prefix><check.key>`` per bucket (``Check.key`` starts with the policy name);
-per client ``<prefix>ban:{<client>}``, its penalty record ``"until level source"``, which
-rate-limit bans and inspection strike blocks share (:meth:`RedisStore.strike` writes the
-blocks), ``<prefix>refusals:{<client>}`` and ``<prefix>strikes:{<client>}`` (its strike
-count); and the ban index ``<prefix>bans`` (a sorted set of banned or blocked clients scored by
+per client ``<prefix>ban:{<client>}``, its penalty record ``"until level"``, which rate-limit
+bans and inspection strike blocks share (:meth:`RedisStore.strike` writes the blocks),
+``<prefix>block:{<client>}``, the block mark (the ``until`` of the record a strike block
+set: while it equals the record's, the record's source is ``inspect``),
+``<prefix>refusals:{<client>}`` and ``<prefix>strikes:{<client>}`` (its strike count); and
+the ban index ``<prefix>bans`` (a sorted set of banned or blocked clients scored by
 their penalty's end, which :meth:`RedisStore.active_bans` reads instead of scanning the
 keyspace). Every key carries an expiry just long enough for its state: GCRA until its
 ``tat``; fixed and sliding windows until the end of the window (sliding: the next one, while it
 still weighs); the log and the leases one period after their newest entry; a quota until its
 calendar window ends; refusals one ban window; strike counts one strike window; a ban record
 until the ban ends plus ``reset_after`` (so the next offence is known), a block's until it
-ends; the index until its latest penalty ends.
+ends (plus ``reset_after`` when the record has a level), the block mark until the block ends;
+the index until its latest penalty ends.
+
+**Rolling upgrades.** The record keeps the two-field value of releases before strike blocks
+shared it, and the source lives in the block mark, a key of the same hash slot that the
+previous script never reads: an instance still running it reads every record, a strike block
+included, as a ban (429 ``client_banned`` instead of 403), and never fails on one.
 
 **Concurrency leases.** A granted slot is a member of the bucket's sorted set scored by its
 expiry and named by the request's token (``Check.lease``): ``token#1`` … ``token#cost``.
@@ -206,7 +214,6 @@ class RedisStore:
         """``EVALSHA`` commands issued (retries after ``NOSCRIPT`` included), for tests and
         benchmarks."""
         self._prefix = prefix.encode()
-        self._index = _bulk(self._prefix + b"bans")
         self._sha_part = _bulk(self.sha.encode())
         self._load = _command(b"SCRIPT", b"LOAD", SCRIPT)
         # Unique per call across processes and instances: members of the sorted sets.
@@ -285,26 +292,36 @@ class RedisStore:
         if not clients:
             return []
         keys = [b"%sban:{%s}" % (self._prefix, client) for client in clients]
+        keys += [b"%sblock:{%s}" % (self._prefix, client) for client in clients]
         try:
             async with asyncio.timeout(self._timeout * 4):
                 values = await self._connector.client.mget(keys)
         except (RedisError, OSError, TimeoutError) as exc:
             raise RateLimitStoreError(f"redis: {describe(exc)}") from exc
         records: list[BanRecord] = []
-        for client, value in zip(clients, values, strict=True):
+        marks = values[len(clients) :]
+        for client, value, mark in zip(clients, values, marks, strict=False):
             if value is None:
                 continue  # lifted since the index was read
             until, level, *source = value.split()
             if float(until) > now:
                 name = client.decode(errors="replace")
-                kind = INSPECT if source == [INSPECT.encode()] else RATELIMIT
+                block = source == [INSPECT.encode()] or (
+                    mark is not None and float(mark) == float(until)
+                )
+                kind = INSPECT if block else RATELIMIT
                 records.append(BanRecord(name, float(until) / _US, int(level), kind))
         return records
 
     async def lift(self, client: str) -> bool:
         """End ``client``'s ban or strike block and forget its refusals, strikes and offence
         number; False when it had none in force."""
-        keys = [*self._ban_keys(client), self._prefix + b"bans", self._strike_key(client)]
+        keys = [
+            *self._ban_keys(client),
+            self._prefix + b"bans",
+            self._strike_key(client),
+            self._mark_key(client),
+        ]
         command = self._script_command(keys, [b"l", client.encode()])
         reply = await self._call(command)
         return bool(reply)
@@ -317,7 +334,7 @@ class RedisStore:
         in its penalty record, which the gate's evaluation checks. The clients it blocked."""
         keys: list[bytes] = []
         for client in clients:
-            keys += (self._strike_key(client), self._ban_keys(client)[0])
+            keys += (self._strike_key(client), self._ban_keys(client)[0], self._mark_key(client))
         keys.append(self._prefix + b"bans")
         args = [b"s", b"%d" % threshold, _us(window), _us(duration)]
         args += (client.encode() for client in clients)
@@ -328,7 +345,8 @@ class RedisStore:
     async def penalty(self, client: str) -> tuple[float, str]:
         """Seconds left of ``client``'s ban or strike block (0.0: none) and what started it,
         by the server's clock (one ``EVALSHA``)."""
-        command = self._script_command([self._ban_keys(client)[0]], [b"p"])
+        keys = [self._ban_keys(client)[0], self._mark_key(client)]
+        command = self._script_command(keys, [b"p"])
         left, source = await (self._submit(command) if self._batch else self._call(command))
         return left / _US, _SOURCES[source]
 
@@ -379,6 +397,9 @@ class RedisStore:
             b"%sban:{%s}" % (self._prefix, name),
             b"%srefusals:{%s}" % (self._prefix, name),
         ]
+
+    def _mark_key(self, client: str) -> bytes:
+        return b"%sblock:{%s}" % (self._prefix, client.encode())
 
     def _strike_key(self, client: str) -> bytes:
         return b"%sstrikes:{%s}" % (self._prefix, client.encode())
@@ -482,10 +503,10 @@ class RedisStore:
         if bans is not None and client is not None:
             part = cache.get(client)
             if part is None:
-                part = cache[client] = b"".join(_bulk(key) for key in self._ban_keys(client))
+                keys = [*self._ban_keys(client), self._prefix + b"bans", self._mark_key(client)]
+                part = cache[client] = b"".join(_bulk(key) for key in keys)
             parts.append(part)
-            parts.append(self._index)
-            nkeys += 3
+            nkeys += 4
             count, encoded_bans = self._bans_args(bans)
             # "e", n, the checks', the client, the ban rule's, the call token.
             nargs = 4 + 7 * nargs + count

@@ -19,8 +19,8 @@ ARGV[1] is the operation.
   (threshold 0: the penalty record is checked, refusals are never counted)
   ARGV[#ARGV] a token unique to this call (names sorted-set members); last, so that everything
   before it is the same for every request of one client and shape (the caller caches it).
-  KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the ban record, KEYS[n+2] the refusals,
-  KEYS[n+3] the ban index.
+  KEYS[1..n] the checks' buckets; with bans KEYS[n+1] the penalty record, KEYS[n+2] the
+  refusals, KEYS[n+3] the ban index, KEYS[n+4] the block mark.
   Reply, all integers: now, allowed (1/0), banned_for (us), new_ban (us), ban level, source of
   the penalty (0 ratelimit, 1 inspect), then per check: allowed (1/0), remaining, reset (us),
   retry_after (us). A banned or blocked client gets only the first six.
@@ -29,18 +29,19 @@ ARGV[1] is the operation.
   lease token: the members token#1..token#cost are removed (none if they lapsed already); an
   empty token removes the cost oldest leases instead. Reply: 0.
 
-"s": strike (inspection). For client i, KEYS[2i-1] its strike count and KEYS[2i] its penalty
-  record; last KEYS the ban index. ARGV[2] threshold, ARGV[3] window (us), ARGV[4] duration
-  (us), then the clients. Each client's count grows (expiring one window after its first
-  strike); reaching the threshold blocks it: its record keeps the longer of the block and a ban
-  in force, and its level (a strike never raises the rate-limit escalation), and the index
-  lists it. Reply: the clients blocked.
+"s": strike (inspection). For client i, KEYS[3i-2] its strike count, KEYS[3i-1] its penalty
+  record and KEYS[3i] its block mark; last KEYS the ban index. ARGV[2] threshold, ARGV[3]
+  window (us), ARGV[4] duration (us), then the clients. Each client's count grows (expiring one
+  window after its first strike); reaching the threshold blocks it: its record keeps the longer
+  of the block and a ban in force, and its level (a strike never raises the rate-limit
+  escalation), and the index lists it. Reply: the clients blocked.
 
-"p": penalty. KEYS[1] a penalty record. Reply: microseconds left of it (0: none) and its
-  source (0 ratelimit, 1 inspect).
+"p": penalty. KEYS[1] a penalty record, KEYS[2] its block mark. Reply: microseconds left of it
+  (0: none) and its source (0 ratelimit, 1 inspect).
 
 "l": lift. KEYS[1] the penalty record, KEYS[2] the refusals, KEYS[3] the ban index, KEYS[4]
-  the strike count; ARGV[2] the client. Reply: 1 when a ban or block was active.
+  the strike count, KEYS[5] the block mark; ARGV[2] the client. Reply: 1 when a ban or block
+  was active.
 
 "b": bans. KEYS[1] the ban index. Drops the ended bans; reply: now, then client and ban end
   (us) of each active ban.
@@ -52,10 +53,18 @@ Bucket values:
   quota           string: "window count end"
   sliding_log     sorted set, one member per cost unit, scored by its time
   concurrency     sorted set, one member per held slot (token#unit), scored by its expiry
-  penalty record  string: "until level source" (source "ratelimit" or "inspect"; a record
-                  written before sources existed has two fields and is a ban). A ban keeps it
-                  until it ends plus reset_after, a strike block until the block ends (or
-                  longer, when the record already lived longer)
+  penalty record  string: "until level", the format of releases before strike blocks shared
+                  it, so their script (which matches '^(%S+) (%S+)$') still reads it, as a
+                  ban, during a rolling upgrade. A ban keeps it until it ends plus
+                  reset_after, for its level. A block keeps it until the block ends, and,
+                  when the record has a level, reset_after past that end too: the block
+                  moves the expiry by as much as it moves the end, so the record still expires
+                  reset_after after its penalty (a record with a level always does). A third
+                  field "inspect" (written by no release, read all the same) marks a block.
+  block mark      string: the "until" of the record a strike block set; the record's source
+                  is "inspect" while the mark equals its "until", else "ratelimit" (a ban
+                  written over a block, by any release, changes the "until"). Expires with
+                  the block
   refusals        sorted set of refusal times within the ban window
   strike count    integer, expiring one strike window after its first strike
   ban index       sorted set: client scored by its penalty's end (expires with the last one)
@@ -86,10 +95,23 @@ local function score_at(key, rank)
     return tonumber(found[2])
 end
 
--- A penalty record: until (us), level, and 1 when inspection strikes set it (else 0).
+-- A penalty record: until (us) and level.
 local function parse_record(record)
-    local until_, level, source = string.match(record, '^(%S+) (%S+) ?(%S*)$')
-    return tonumber(until_), tonumber(level), source == 'inspect' and 1 or 0
+    local until_, level = string.match(record, '^(%S+) (%S+)')
+    return tonumber(until_), tonumber(level)
+end
+
+-- What set a record ending at until_: 1 inspection strikes (its block mark or a third field
+-- says so), else 0 (a rate-limit ban).
+local function record_source(record, mark_key, until_)
+    if string.match(record, ' inspect$') then
+        return 1
+    end
+    local mark = call('GET', mark_key)
+    if mark and tonumber(mark) == until_ then
+        return 1
+    end
+    return 0
 end
 
 -- The index bastion bans list reads (no SCAN of the keyspace): pruned of ended penalties,
@@ -127,7 +149,7 @@ end
 
 if op == 'l' then
     local record = call('GET', KEYS[1])
-    call('DEL', KEYS[1], KEYS[2], KEYS[4])
+    call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
     call('ZREM', KEYS[3], ARGV[2])
     if record then
         local until_ = parse_record(record)
@@ -141,9 +163,9 @@ end
 if op == 'p' then
     local record = call('GET', KEYS[1])
     if record then
-        local until_, _, source = parse_record(record)
+        local until_ = parse_record(record)
         if until_ > now then
-            return {us(until_ - now), source}
+            return {us(until_ - now), record_source(record, KEYS[2], until_)}
         end
     end
     return {0, 0}
@@ -156,7 +178,7 @@ if op == 's' then
     local index = KEYS[#KEYS]
     local blocked = {}
     for i = 1, #ARGV - 4 do
-        local count_key, record_key = KEYS[2 * i - 1], KEYS[2 * i]
+        local count_key, record_key, mark_key = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
         local count = call('INCR', count_key)
         if count == 1 then
             call('PEXPIRE', count_key, ttl_ms(window))
@@ -164,24 +186,30 @@ if op == 's' then
         if count >= threshold then
             call('DEL', count_key)
             local client = ARGV[4 + i]
-            local until_, level, source = now + duration, 0, 'inspect'
+            local until_, level, blocks = now + duration, 0, true
             local lifetime = ttl_ms(duration)
             local record = call('GET', record_key)
             if record then
-                local stored, stored_level, stored_source = parse_record(record)
+                local stored, stored_level = parse_record(record)
                 level = stored_level
-                if stored > until_ then
-                    until_ = stored
-                    source = stored_source == 1 and 'inspect' or 'ratelimit'
-                end
-                -- A ban's record outlives the ban by reset_after, for its level.
                 local left = call('PTTL', record_key)
-                if left > lifetime then
+                if stored >= until_ then
+                    -- The penalty in force is longer: its end, its source (its mark, if a
+                    -- block) and its expiry stay.
+                    until_, blocks = stored, false
+                    lifetime = math.max(left, lifetime)
+                elseif level > 0 and left > 0 then
+                    -- The record expires reset_after past its end, for its level: moved by as
+                    -- much as the block moves the end.
+                    lifetime = math.max(lifetime, left + ttl_ms(until_ - stored))
+                elseif left > lifetime then
                     lifetime = left
                 end
             end
-            call('SET', record_key, string.format('%.17g %d %s', until_, level, source), 'PX',
-                lifetime)
+            call('SET', record_key, string.format('%.17g %d', until_, level), 'PX', lifetime)
+            if blocks then
+                call('SET', mark_key, string.format('%.17g', until_), 'PX', ttl_ms(duration))
+            end
             index_penalty(index, client, until_)
             blocked[#blocked + 1] = client
         end
@@ -208,9 +236,9 @@ local ban_at = 3 + 7 * n
 if banning then
     local record = call('GET', KEYS[n + 1])
     if record then
-        local until_, level, source = parse_record(record)
+        local until_, level = parse_record(record)
         if until_ > now then
-            return {now, 0, us(until_ - now), 0, level, source}
+            return {now, 0, us(until_ - now), 0, level, record_source(record, KEYS[n + 4], until_)}
         end
     end
 end
@@ -436,7 +464,7 @@ if banning and tonumber(ARGV[ban_at + 1]) > 0 then
     end
     local durations = #ARGV - 1 - (ban_at + 3)
     local duration = tonumber(ARGV[ban_at + 3 + math.min(level, durations)])
-    call('SET', KEYS[n + 1], string.format('%.17g %d ratelimit', now + duration, level), 'PX',
+    call('SET', KEYS[n + 1], string.format('%.17g %d', now + duration, level), 'PX',
         ttl_ms(duration + reset_after))
     call('DEL', refusals)
     index_penalty(KEYS[n + 3], client, now + duration)
