@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from bastion.auth.admin import IdentityAdmin
 from bastion.cli import bans_cmd
-from bastion.inspect.config import InspectConfig, StrikesConfig
+from bastion.inspect.config import InspectConfig, InspectRouteConfig, StrikesConfig
 from bastion.inspect.strikes import MemoryStrikes, strike_name
 from bastion.inspect.strikes_redis import RedisStrikes
 from bastion.observe.metrics import Metrics
@@ -284,6 +284,42 @@ async def test_a_struck_principal_is_refused_from_any_address(
 
 
 @pytest.mark.parametrize("where", ["ledger", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_struck_principal_is_refused_where_inspection_does_not_look(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    inspect = InspectConfig(
+        strikes=StrikesConfig(threshold=2),
+        allow_cidrs=["192.0.2.30/32"],
+        routes=[InspectRouteConfig(path="/open/**", mode="off")],
+    )
+    store = StoreConfig(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'bastion.db'}",
+        redis_url=request.getfixturevalue("clean_redis_url") if where == "redis" else "",
+    )
+    async with protected(tmp_path, inspect=inspect, store=store) as p:
+        assert p.engine.identity is not None
+        service = p.engine.identity.service
+        await IdentityAdmin(service).create_user("dave", "correct horse battery staple")
+        async with p.client("192.0.2.10") as attacker, p.client("192.0.2.30") as listed:
+            login = await listed.post(
+                "/_bastion/auth/login",
+                json={"username": "dave", "password": "correct horse battery staple"},
+            )
+            bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            await _attack(attacker, 2, headers=bearer)
+            calls = len(p.recorder.calls)
+            # An allow-listed address is not inspected, a route with mode "off" neither: the
+            # principal is refused all the same.
+            assert_problem(await listed.get("/clean", headers=bearer), 403, "client_blocked")
+            assert_problem(await listed.get("/open/x", headers=bearer), 403, "client_blocked")
+            assert len(p.recorder.calls) == calls
+            # Anonymous, the same address and route pass (the address itself is not struck).
+            assert (await listed.get("/open/x")).status_code == 200
+            assert (await listed.get("/clean")).status_code == 200
+        assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 2.0
+
+
+@pytest.mark.parametrize("where", ["ledger", pytest.param("redis", marks=pytest.mark.redis)])
 async def test_without_rate_limiting_the_strike_gate_refuses_alone(
     tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
@@ -303,6 +339,7 @@ async def test_without_rate_limiting_the_strike_gate_refuses_alone(
             assert (await other.get("/clean")).status_code == 200
         assert p.metric('bastion_inspect_refused_total{reason="strike"}') == 1.0
         assert p.recorder.calls[0].scope["path"] == "/clean"
+        assert len(p.recorder.calls) == 1  # the neighbour's: the blocked client never got in
     # Where `bastion bans` looks: the same record a rate-limited gateway would write.
     if where == "redis":
         connector = RedisConnector.from_url(request.getfixturevalue("clean_redis_url"))

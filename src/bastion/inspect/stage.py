@@ -16,7 +16,7 @@ Either way an audit event (:mod:`bastion.inspect.findings`) and a metric record 
 Struck addresses are refused (403 ``client_blocked``) by the rate limiter's gate, which checks
 their penalty record with its own (:mod:`bastion.inspect.strikes`); with rate limiting off,
 :class:`StrikeGate` does it in the gate's place. A blocked principal is refused here, once auth
-has run.
+has run, before anything else: from allow-listed addresses and on routes not inspected too.
 """
 
 from __future__ import annotations
@@ -155,6 +155,13 @@ class InspectStage:
             await self.app(scope, receive, send)
             return
         state = state_of(scope)
+        if self._strikes is not None and state.user is not None:
+            # Before the allow list and "off" routes: a blocked principal is refused wherever
+            # this stage runs, from any address.
+            left = await self._strikes.blocked_for("user:" + state.user)
+            if left > 0:
+                self._metrics.inspect_refusal("strike")
+                raise client_blocked(left)
         if self._allow or self._deny:
             listed = self._listed(state.client_ip)
             if listed is True:
@@ -168,11 +175,6 @@ class InspectStage:
             if self._inspector.policy(routing_path(raw.decode("latin-1"))).mode == "off":
                 await self.app(scope, receive, send)
                 return
-        if self._strikes is not None and state.user is not None:
-            left = await self._strikes.blocked_for("user:" + state.user)
-            if left > 0:
-                self._metrics.inspect_refusal("strike")
-                raise client_blocked(left)
         path: str = scope["path"]
         inspector = self._auth_inspector if path.startswith(self._auth_path) else self._inspector
         has_body, declared = _body_framing(scope) if kind == "http" else (False, None)
