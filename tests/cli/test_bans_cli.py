@@ -8,11 +8,13 @@ import socket
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from typer.testing import CliRunner
 
+from bastion.audit.query import StoredEvent, query_events
 from bastion.cli import bans_cmd
 from bastion.ratelimit.core import BanRule, Check, Rule
 from bastion.ratelimit.ledger import SqlBanLedger
@@ -48,6 +50,28 @@ def config_file(tmp_path: Path, database_url: str, extra: str = "") -> Path:
     path = tmp_path / "bastion.toml"
     path.write_text(f"[store]\ndatabase_url = '{database_url}'\n{extra}")
     return path
+
+
+def logged_events(stderr: str) -> list[dict[str, Any]]:
+    """The audit log lines among a command's standard error lines."""
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == "audit"]
+
+
+def recorded_events(database_url: str, kind: str) -> list[StoredEvent]:
+    """The events of ``kind`` committed to the audit chain."""
+
+    async def read() -> list[StoredEvent]:
+        database = Database.from_url(database_url)
+        try:
+            await database.start()
+            await upgrade(database)
+            events, _ = await query_events(database, kind=kind)
+            return events
+        finally:
+            await database.close()
+
+    return asyncio.run(read())
 
 
 def seed(database_url: str, *bans: tuple[str, float, int, str]) -> None:
@@ -121,10 +145,22 @@ def test_lift_existing_ban(tmp_path: Path, database_url: str) -> None:
     code, out, err = invoke("lift", CLIENT, "--config", str(config))
     assert code == 0
     assert f"lifted the ban of {CLIENT}" in out
-    audit = orjson.loads(err.strip().splitlines()[-1])
+    [audit] = logged_events(err)
     assert (audit["kind"], audit["actor"], audit["target"]) == ("admin.ban.lifted", "cli", CLIENT)
+    # The operator's change is in the audit chain too, like every other admin action.
+    recorded = recorded_events(database_url, "admin.ban.lifted")
+    assert [(event.actor, event.target) for event in recorded] == [("cli", CLIENT)]
     code, out, _ = invoke("list", "--json", "--config", str(config))
     assert (code, orjson.loads(out)) == (0, [])
+
+
+def test_lift_without_audit_only_logs(tmp_path: Path, database_url: str) -> None:
+    seed(database_url, (CLIENT, 300, 2, "ratelimit"))
+    config = config_file(tmp_path, database_url, "[audit]\nenabled = false\n")
+    code, _, err = invoke("lift", CLIENT, "--config", str(config))
+    assert code == 0
+    assert [event["kind"] for event in logged_events(err)] == ["admin.ban.lifted"]
+    assert recorded_events(database_url, "admin.ban.lifted") == []
 
 
 @pytest.mark.parametrize(
@@ -235,8 +271,14 @@ def test_redis_bans_are_listed_and_lifted(tmp_path: Path, clean_redis_url: str) 
     assert (row["client"], row["level"], row["source"]) == (CLIENT, 1, "ratelimit")
     assert 110 <= row["remaining"] <= 120
 
-    code, out, _ = invoke("lift", CLIENT, "--config", str(config))
+    # Lifting is an operator's change: recorded in the audit chain, in the database.
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}"
+    audited = tmp_path / "audited"
+    audited.mkdir()
+    with_database = redis_config(audited, clean_redis_url, database_url)
+    code, out, _ = invoke("lift", CLIENT, "--config", str(with_database))
     assert (code, out.strip()) == (0, f"lifted the ban of {CLIENT}")
+    assert [event.target for event in recorded_events(database_url, "admin.ban.lifted")] == [CLIENT]
     code, _, err = invoke("lift", CLIENT, "--config", str(config))
     assert code == 2
     assert "no active ban" in err

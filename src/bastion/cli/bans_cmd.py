@@ -24,8 +24,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bastion.audit.events import AuditEvent, LoggingAuditSink
-from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, ConfigOption, fail, load_settings
+from bastion.audit.events import AuditEvent
+from bastion.cli.common import (
+    EXIT_CONFIG,
+    EXIT_RUNTIME,
+    ConfigOption,
+    fail,
+    load_settings,
+    record_operator_event,
+)
 from bastion.inspect.strikes import STRIKE_PREFIX, strike_name
 from bastion.ratelimit.core import INSPECT, BanRecord, RateLimitStore, RateLimitStoreError
 from bastion.ratelimit.ledger import SqlBanLedger
@@ -155,15 +162,15 @@ def list_bans(json_output: JsonOption = False, config: ConfigOption = None) -> N
     console.print(table)
 
 
-async def _lift(source: _Bans, client: str) -> bool:
+async def _lift(settings: Settings, source: _Bans, client: str) -> bool:
     # ``strike:<client>`` names the client's one record; a ledger row written under that name
     # by an earlier version is found by the name itself.
     lifted = await source.lift(client.removeprefix(STRIKE_PREFIX))
     if not lifted and client.startswith(STRIKE_PREFIX):
         lifted = await source.lift(client)
     if lifted:
-        await LoggingAuditSink().emit(
-            AuditEvent(kind="admin.ban.lifted", actor="cli", target=client)
+        await record_operator_event(
+            settings, AuditEvent(kind="admin.ban.lifted", actor="cli", target=client)
         )
     return lifted
 
@@ -172,7 +179,8 @@ async def _lift(source: _Bans, client: str) -> bool:
 def lift(key: KeyArgument, config: ConfigOption = None) -> None:
     """End a client's ban or strike block (and forget its offences) in every process; exit 2
     if it has none."""
-    if not _run(load_settings(config), lambda source: _lift(source, key)):
+    settings = load_settings(config)
+    if not _run(settings, lambda source: _lift(settings, source, key)):
         fail(f"no active ban for {key!r}", EXIT_CONFIG)
     typer.echo(f"lifted the ban of {key}")
 
