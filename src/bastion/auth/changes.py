@@ -20,6 +20,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bastion.auth.repository import ChangeKind, IdentityStore
+from bastion.observe.metrics import Metrics
 from bastion.store.errors import StoreError
 from bastion.store.models import utc_now
 from bastion.store.redis import RedisConnector
@@ -48,8 +49,10 @@ class ChangeFeed:
         *,
         interval: float,
         redis: RedisConnector | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._listener = listener
         self._interval = interval
         self._redis = redis
@@ -83,6 +86,7 @@ class ChangeFeed:
         try:
             await self._redis.client.publish(CHANNEL, f"{kind}:{subject}")
         except (RedisError, OSError) as exc:
+            self._store_error("redis", "auth_publish")
             _log.warning("could not publish an auth change; instances will poll it", error=str(exc))
 
     async def poll(self) -> int:
@@ -108,6 +112,10 @@ class ChangeFeed:
             del self._recent[change_id]
         return applied
 
+    def _store_error(self, store: str, op: str) -> None:
+        if self._metrics is not None:
+            self._metrics.store_error(store, op)
+
     async def _poll_forever(self) -> None:
         since_prune = 0.0
         while True:
@@ -122,6 +130,7 @@ class ChangeFeed:
                     self._failing = False
                     _log.info("auth change feed recovered")
             except StoreError as exc:
+                self._store_error("database", "auth_changes")
                 if not self._failing:
                     self._failing = True
                     _log.error("auth change feed cannot read the database", error=str(exc))
@@ -138,6 +147,7 @@ class ChangeFeed:
                         kind, _, subject = data.decode("utf-8", "replace").partition(":")
                         self._listener(kind, subject)
             except (RedisError, OSError) as exc:
+                self._store_error("redis", "auth_subscribe")
                 _log.warning("auth change subscription lost; polling covers it", error=str(exc))
                 await asyncio.sleep(self._interval * 4)
             finally:

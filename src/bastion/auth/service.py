@@ -121,7 +121,11 @@ class IdentityService:
         self.accounts = AccountCache(self.store, ttl=config.status_cache_ttl)
         self.credentials = CredentialCache(size=config.tokens.cache_size)
         self.feed = ChangeFeed(
-            self.store, self._on_change, interval=config.revocation_poll, redis=stores.redis
+            self.store,
+            self._on_change,
+            interval=config.revocation_poll,
+            redis=stores.redis,
+            metrics=metrics,
         )
         self._status_ttl = config.status_cache_ttl
         # Epoch seconds by session / key id, written in batches by the upkeep task.
@@ -635,6 +639,7 @@ class IdentityService:
                 if elapsed % _THROTTLE_PRUNE < self.config.usage_flush:
                     await self.throttle.prune()
             except StoreError as exc:
+                self.metrics.store_error("database", "auth_upkeep")
                 _log.warning("identity upkeep failed; retrying", error=str(exc))
 
     # -- audit -----------------------------------------------------------------------------------
