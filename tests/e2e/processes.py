@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _BIN = Path(sys.executable).parent
-_START_TIMEOUT = 30.0
+_START_TIMEOUT = 90.0
+"""Generous: a cold start imports every capability and migrates, and CI machines are shared.
+A server that starts fine returns as soon as it answers."""
 _STOP_TIMEOUT = 15.0
 
 
