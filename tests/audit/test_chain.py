@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit.chain_harness import audit_store, execute, fill, rows, started_stores
 from bastion.audit.chain import canonical_bytes, chain_hash, to_micros
@@ -423,3 +425,30 @@ async def test_a_key_inserted_into_bastion_keys_cannot_forge_the_chain(
         assert (report.ok, report.checked) == (True, EVENTS)
     else:
         assert (report.ok, report.first_bad_seq, report.reason) == (False, 1, "hash_mismatch")
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(min_value=1, max_value=2**62),
+    ts_us=st.integers(min_value=0, max_value=2**62),
+    texts=st.lists(st.one_of(st.none(), _TEXT), min_size=6, max_size=6),
+    kind=_TEXT,
+    detail=_TEXT,
+)
+def test_canonical_bytes_match_the_standard_library_for_any_values(
+    seq: int, ts_us: int, texts: list[str | None], kind: str, detail: str
+) -> None:
+    outcome, actor, target, client_ip, request_id, key_id = texts
+    encoded = canonical_bytes(
+        seq, ts_us, kind, outcome or "", actor, target, client_ip, request_id, key_id, detail
+    )
+    expected = json.dumps(
+        ["bastion.audit.v1", seq, ts_us, kind, outcome or "", actor, target, client_ip,
+         request_id, key_id, detail],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")  # fmt: skip
+    assert encoded == expected
