@@ -263,8 +263,8 @@ class AuditChain:
 
         On PostgreSQL, when this process wrote the head it last saw, the batch is first tried as
         one statement that moves the head only if it is still that one and inserts the rows only
-        if it moved (one round trip instead of six); if another writer appended meanwhile, nothing
-        is written and the batch takes the locked path.
+        if it moved (two round trips with the pool's liveness check, instead of six); if another
+        writer appended meanwhile, nothing is written and the batch takes the locked path.
         """
         try:
             expected = self._expected
