@@ -422,10 +422,11 @@ def test_bans_cli_lists_and_lifts_redis_strikes_beside_bans(
 
     asyncio.run(penalize())
     config = tmp_path / "bastion.toml"
-    # The database is never opened: the records are in Redis.
+    # The database is never opened (audit off, else a lift is committed to its chain): the
+    # records are in Redis.
     config.write_text(
         f"[store]\ndatabase_url = 'sqlite+aiosqlite:///{tmp_path}'\n"
-        f"redis_url = '{clean_redis_url}'\n"
+        f"redis_url = '{clean_redis_url}'\n[audit]\nenabled = false\n"
     )
     runner = CliRunner()
     listed = runner.invoke(bans_cmd.app, ["list", "--json", "--config", str(config)])

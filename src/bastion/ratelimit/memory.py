@@ -421,6 +421,7 @@ class MemoryStore:
         penalty record (and the ledger's) keeps the longer of a ban and the block, and its
         offence level (:func:`~bastion.ratelimit.core.merge_penalty`)."""
         if self._ledger is not None:
+            # The level is not the block's to set: the ledger keeps the record's.
             self._ledger.record(client, until=until, level=0, source=INSPECT)
             return
         current = self.penalty(client)

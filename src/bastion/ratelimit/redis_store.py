@@ -300,7 +300,7 @@ class RedisStore:
             raise RateLimitStoreError(f"redis: {describe(exc)}") from exc
         records: list[BanRecord] = []
         marks = values[len(clients) :]
-        for client, value, mark in zip(clients, values, marks, strict=False):
+        for client, value, mark in zip(clients, values[: len(clients)], marks, strict=True):
             if value is None:
                 continue  # lifted since the index was read
             until, level, *source = value.split()
