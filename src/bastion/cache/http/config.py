@@ -23,7 +23,9 @@ class HttpCacheRouteConfig(ConfigModel):
     paths: list[str]
     """Path globs (``/api/catalog/**``)."""
     enabled: bool | None = None
-    """Cache these paths (``false``: never; ``true`` with the section off: only these)."""
+    """Cache these paths (``false``: never; ``true`` with the section off: only these).
+    Paths with a ``;`` (path parameters, which many servers drop before routing) are cached
+    only under a route that sets ``true`` itself."""
     ttl: Duration | None = None
     """Freshness lifetime replacing the one the response states (``max-age``, ``s-maxage``,
     ``Expires``). ``no-store``, ``no-cache``, ``private`` and ``Set-Cookie`` still apply."""
@@ -58,6 +60,10 @@ class HttpCacheConfig(ConfigModel):
     revalidate_window: Duration = 300.0
     """How long a stale response carrying ``ETag`` or ``Last-Modified`` is kept so the next
     request revalidates it with a conditional request instead of fetching it whole."""
+    coalesce_wait: Duration = Field(default=5.0, ge=0)
+    """How long a request waits for a concurrent miss of the same URL (one request asks the
+    terminal, the others are answered from what it stores) before asking the terminal itself;
+    0: never waits."""
     max_object_size: ByteSize = Field(default=1024 * 1024, ge=0)
     """Largest body stored; bigger responses stream through untouched and are not buffered."""
     statuses: list[int] = Field(default_factory=lambda: list(_DEFAULT_STATUSES))

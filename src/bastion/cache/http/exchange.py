@@ -1,7 +1,10 @@
 """One trip to the terminal on behalf of the cache: a miss, or the revalidation of a stale entry.
 
 The terminal's response streams to the client as it arrives while its body is copied, up to
-``max_object_size`` (past it the copy is dropped and the response only streams through). The
+``max_object_size`` (past it the copy is dropped and the response only streams through). While
+the response may be stored, the client's copy is sent by a task of its own, so a client that
+reads slowly never holds the terminal: the entry is published (``ready``) as soon as the
+terminal's body is complete, and only then does the exchange wait for the client to take it. The
 client's own preconditions (``If-None-Match``, ``If-Modified-Since``) are kept from the terminal,
 so the cache gets a whole response it can store, and are evaluated here: the client still gets
 its 304. A stale entry with a validator is revalidated by a conditional request; the terminal's
@@ -11,8 +14,9 @@ terminal within ``stale-if-error`` is answered with the stale entry instead.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bastion.cache.http.directives import CacheControl
@@ -44,6 +48,10 @@ __all__ = ["Exchange", "Outcome", "RequestFacts"]
 
 _CLIENT_CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _PASS, _STORE, _FRESHENED, _STALE = range(4)
+_RESPONSE_REFUSALS = frozenset({"no-store", "private", "set-cookie", "vary-star", "status"})
+"""Refusals the response itself states: the resource no longer gives a storable response, so a
+stored one is forgotten. Refusals for the request's sake (its ``no-store``, its credentials), a
+partial response or a body over the size limit say nothing about what others may be served."""
 
 
 @dataclass(slots=True)
@@ -63,11 +71,52 @@ class RequestFacts:
 
 @dataclass(slots=True)
 class Outcome:
-    """What the exchange left in the cache: the entry to store (``None``: nothing) and whether
-    the client was answered from a stored entry (a freshened or stale one)."""
+    """What the exchange left in the cache: the entry stored (``None``: nothing), whether the
+    client was answered from a stored entry (a freshened or stale one), and whether the
+    response itself forbids storing (``forget``: a stored one is no longer to be served)."""
 
     entry: Entry | None
     from_cache: str | None = None
+    forget: bool = False
+
+
+def _forbids(reason: str | None, status: int) -> bool:
+    """Whether a refusal is the response's own word (a 5xx is a failure, not a new answer)."""
+    return reason in _RESPONSE_REFUSALS and status < 500
+
+
+class _Relay:
+    """Sends the client's copy of a response being stored from a task of its own (at most
+    ``max_object_size`` of body is queued), so the terminal never waits for the client."""
+
+    __slots__ = ("_queue", "_send", "_task")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, message: Message) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._queue.put_nowait(message)
+
+    async def _run(self) -> None:
+        while (message := await self._queue.get()) is not None:
+            await self._send(message)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken everything pushed (a failure of its ``send`` is
+        raised here)."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._queue.put_nowait(None)
+            await task
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 def _stale_error_allowed(entry: Entry, request_cc: CacheControl) -> bool:
@@ -125,10 +174,12 @@ class Exchange:
         stale: Entry | None,
         *,
         unstorable: Callable[[], None] = lambda: None,
+        ready: Callable[[Entry], Awaitable[None]] | None = None,
     ) -> Outcome:
-        """Ask the terminal, answer the client, and say what to store; ``unstorable`` is
+        """Ask the terminal, answer the client, and say what was stored; ``unstorable`` is
         called as soon as it is known that nothing will be (a private response, a body over
-        the size limit), so requests waiting for this one can go on."""
+        the size limit), and ``ready`` with the entry to store as soon as it is complete,
+        before the client has read its copy, so requests waiting for this one can go on."""
         headers = [(n, v) for n, v in request.headers if n not in _CLIENT_CONDITIONS]
         validating = stale is not None and (stale["etag"] or stale["modified_raw"])
         if validating:
@@ -147,10 +198,12 @@ class Exchange:
         size = 0
         status = 0
         response_headers: list[Header] = []
-        complete = False
+        complete = forget = False
+        relay = _Relay(send)
 
         async def capture(message: Message) -> None:
             nonlocal mode, started, client_body, size, status, response_headers, complete, chunks
+            nonlocal forget
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_headers = list(message.get("headers", ()))
@@ -179,6 +232,7 @@ class Exchange:
                     reason = "size"
                 mode = _STORE if reason is None else _PASS
                 if reason is not None:
+                    forget = _forbids(reason, status)
                     unstorable()
                 out = self.client_headers(response_headers, "MISS")
                 if request.has_conditions and status == 200:
@@ -208,22 +262,69 @@ class Exchange:
                 if size > self._max:
                     mode, chunks = _PASS, []
                     unstorable()
-                elif body:
-                    chunks.append(body)
-                if not more:
-                    complete = True
+                    # Streaming through from here: the client sets the pace again.
+                    await relay.drain()
+                else:
+                    if body:
+                        chunks.append(body)
+                    if not more:
+                        complete = True
+                    if client_body:
+                        relay.push(message)
+                    elif not more:
+                        relay.push({"type": "http.response.body", "body": b""})
+                    return
             if client_body:
                 await send(message)
             elif not more:
                 await send({"type": "http.response.body", "body": b""})
 
         try:
-            await self.app(upstream, receive, capture)
-        except Exception:
-            if started or stale is None or not _stale_error_allowed(stale, request.cache_control):
-                raise
-            mode = _STALE
-        response_time = time.time()
+            try:
+                await self.app(upstream, receive, capture)
+            except Exception:
+                if started or stale is None:
+                    raise
+                if not _stale_error_allowed(stale, request.cache_control):
+                    raise
+                mode = _STALE
+            response_time = time.time()
+            outcome = await self._conclude(
+                scope,
+                send,
+                request,
+                stale,
+                mode=mode,
+                status=status,
+                response_headers=response_headers,
+                chunks=chunks if complete else None,
+                times=(request_time, response_time),
+                ready=ready,
+            )
+            await relay.drain()
+        finally:
+            relay.cancel()
+        if forget:
+            outcome.forget = True
+        return outcome
+
+    async def _conclude(
+        self,
+        scope: Scope,
+        send: Send,
+        request: RequestFacts,
+        stale: Entry | None,
+        *,
+        mode: int,
+        status: int,
+        response_headers: list[Header],
+        chunks: list[bytes] | None,
+        times: tuple[float, float],
+        ready: Callable[[Entry], Awaitable[None]] | None,
+    ) -> Outcome:
+        """What the terminal's answer leaves: a stale or freshened entry answered, or a
+        complete response (``chunks``) published to ``ready``."""
+        request_time, response_time = times
         if mode == _STALE:
             assert stale is not None
             await self._answer(send, stale, request, "STALE")
@@ -242,20 +343,28 @@ class Exchange:
                 default_ttl=request.default_ttl,
                 ttl_override=request.ttl,
             )
-            await self._answer(send, entry, request, "HIT")
+            merged_facts = read_response(entry["status"], merged)
+            if list(merged_facts.vary) != entry["vary"]:
+                # The 304 names other varied fields: the entry is this request's variant now.
+                entry["vary"] = list(merged_facts.vary)
+                entry["varies"] = vary_values(vary_source(scope), merged_facts.vary)
             refused = refusal(
-                read_response(entry["status"], merged),
+                merged_facts,
                 statuses=self._statuses,
                 request_cc=request.cache_control,
                 authenticated=request.authenticated,
                 keyed=request.keyed,
             )
+            if refused is None and ready is not None:
+                await ready(entry)
+            await self._answer(send, entry, request, "HIT")
             if refused is not None:
                 # The 304 made the response unstorable (a Set-Cookie meant for this client, a
-                # no-store): this client has its answer, the stored one is forgotten.
-                return Outcome(None)
+                # no-store): this client has its answer, the stored one is forgotten when the
+                # response itself says so.
+                return Outcome(None, forget=_forbids(refused, 200))
             return Outcome(entry, "revalidated")
-        if mode != _STORE or not complete:
+        if mode != _STORE or chunks is None:
             return Outcome(None)
         facts = read_response(status, response_headers)
         fresh = freshness(
@@ -275,6 +384,8 @@ class Exchange:
             vary_values=vary_values(vary_source(scope), facts.vary) if facts.vary else [],
             tags=self._tags(request.path, response_headers),
         )
+        if ready is not None:
+            await ready(entry)
         return Outcome(entry)
 
     async def _answer(self, send: Send, entry: Entry, request: RequestFacts, label: str) -> None:

@@ -20,6 +20,7 @@ from bastion.cache.http.directives import (
 )
 
 __all__ = [
+    "ABSENT",
     "HEURISTIC_STATUSES",
     "Conditional",
     "Freshness",
@@ -138,8 +139,10 @@ def refusal(
         return "status"
     # must-understand: the status is one this cache implements (checked above), so the no-store
     # sent alongside it for older caches is ignored (RFC 9111 §5.2.2.3).
-    if (cc.no_store and not cc.must_understand) or request_cc.no_store:
+    if cc.no_store and not cc.must_understand:
         return "no-store"
+    if request_cc.no_store:
+        return "request-no-store"
     if cc.private and keyed != "user":
         return "private"
     if facts.sets_cookie:
@@ -287,38 +290,54 @@ def freshen_headers(stored: Sequence[Header], fresh: Sequence[Header]) -> list[H
     return kept
 
 
+ABSENT = b"\n"
+"""The value of a varied field the request does not carry (no field value holds a line feed):
+RFC 9111 §4.1 matches an absent field only with an absent one, never with an empty one."""
+
+_Q_ONE = frozenset({b"q=1", b"q=1.", b"q=1.0", b"q=1.00", b"q=1.000"})
+
+
 def normalise_accept_encoding(values: Sequence[bytes]) -> bytes:
-    """``Accept-Encoding`` reduced to what selects a representation: the sorted codings with a
-    non-zero q-value (``x-gzip`` as ``gzip``), so ``gzip, br`` and ``br;q=1, gzip`` share a
-    variant."""
+    """``Accept-Encoding`` reduced to what selects a representation, where that is certain: a
+    plain list of codings (each without parameters, or ``q=1``) becomes the sorted codings
+    (``x-gzip`` as ``gzip``), so ``gzip, br`` and ``br;q=1, gzip`` share a variant. Any other
+    value (a ``q=0``, preferences, other parameters) is kept as sent, trimmed and in lower
+    case: upstreams read those differently (some ignore ``q``), so it is its own variant."""
+    if not values:
+        return ABSENT
     accepted: set[bytes] = set()
+    items: list[bytes] = []
+    plain = True
     for value in values:
         for item in value.lower().split(b","):
+            item = item.strip()
+            if not item:
+                continue
+            items.append(item)
             coding, _, params = item.partition(b";")
             coding = coding.strip()
-            if not coding:
-                continue
-            key, _, quality = params.partition(b"=")
-            if key.strip() == b"q":
-                try:
-                    if float(quality.strip() or b"0") <= 0:
-                        continue
-                except ValueError:
-                    continue
-            accepted.add(b"gzip" if coding == b"x-gzip" else coding)
+            if params and params.replace(b" ", b"").replace(b"\t", b"") not in _Q_ONE:
+                plain = False
+            elif coding:
+                accepted.add(b"gzip" if coding == b"x-gzip" else coding)
+    if not plain:
+        return b",".join(items)
     return b",".join(sorted(accepted))
 
 
 def vary_values(request_headers: Sequence[Header], vary: Sequence[bytes]) -> list[bytes]:
     """The request's values of the fields a response varies on (RFC 9111 §4.1), one per field:
-    field lines joined, whitespace around commas removed, ``Accept-Encoding`` normalised.
-    ``_`` and ``-`` in names are the same field (CGI-style upstreams fold them)."""
+    field lines joined, whitespace around commas removed, ``Accept-Encoding`` normalised, and
+    :data:`ABSENT` for a field the request does not carry. ``_`` and ``-`` in names are the
+    same field (CGI-style upstreams fold them)."""
     values: list[bytes] = []
     for raw_name in vary:
         name = raw_name.replace(b"_", b"-")
         lines = [value for key, value in request_headers if key.replace(b"_", b"-") == name]
         if name == b"accept-encoding":
             values.append(normalise_accept_encoding(lines))
+        elif not lines:
+            values.append(ABSENT)
         else:
             joined = b",".join(lines)
             values.append(b",".join(part.strip() for part in joined.split(b",")))

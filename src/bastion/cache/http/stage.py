@@ -5,11 +5,14 @@ every answer is compressed and given its security headers per request.
 ``GET`` requests are looked up; a fresh entry is answered without running the terminal, a stale
 one within ``stale-while-revalidate`` is answered while one background request revalidates it,
 and otherwise the terminal is asked (:mod:`bastion.cache.http.exchange`) by one request per key
-at a time: concurrent misses of the same key wait for it and are answered from what it stored,
-when that matches their own request (its ``Vary`` fields), else they ask the terminal
-themselves. ``HEAD`` is answered from a stored ``GET``; a ``HEAD`` or ``Range`` miss goes to the
-terminal unchanged and stores nothing. A successful unsafe request (2xx/3xx) invalidates its path
-and the same-origin paths of its ``Location``/``Content-Location`` in every instance.
+at a time: concurrent misses of the same key wait for it (up to ``coalesce_wait``) and are
+answered from what it stored when that is fresh for their own request (its ``Vary`` fields, its
+directives, and for a request with credentials, no entry that must be revalidated on each use),
+else they ask the terminal themselves. ``HEAD`` is answered from a stored ``GET``; a ``HEAD`` or
+``Range`` miss goes to the terminal unchanged and stores nothing, as does a ``GET`` whose
+meaning may hang on what the key leaves out (a body, a method override, a rewritten URL). A
+successful unsafe request (2xx/3xx) invalidates its path and the same-origin paths of its
+``Location``/``Content-Location`` in every instance.
 """
 
 from __future__ import annotations
@@ -42,7 +45,24 @@ register("not_in_cache", 504, "Not in cache")
 
 _log: Any = get_logger("bastion.cache.http")
 _SAFE_UNCACHED = frozenset({"OPTIONS", "TRACE"})
-_BYPASS = frozenset({b"if-match", b"if-unmodified-since"})
+_UNKEYED = (
+    b"x-http-method-override",
+    b"x-method-override",
+    b"x-http-method",
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"transfer-encoding",
+)
+_BYPASS = frozenset(
+    {
+        b"if-match",
+        b"if-unmodified-since",
+        # The key does not hold them, but an upstream may answer by them: never from or into
+        # the cache (CGI-style upstreams read "_" as "-").
+        *_UNKEYED,
+        *(name.replace(b"-", b"_") for name in _UNKEYED),
+    }
+)
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _RESULTS = ("hit", "miss", "stale")
 _NO_STORE = CacheControl(no_store=True)
@@ -63,6 +83,7 @@ class HttpCacheStage:
             sort_query=config.sort_query,
         )
         self._honour = config.honour_request_directives
+        self._wait = config.coalesce_wait
         self._x_cache = config.x_cache_header
         self._labels = {label: label.encode("ascii") for label in ("HIT", "MISS", "STALE")}
         self._tag_headers = frozenset(name.encode("latin-1") for name in config.tag_headers)
@@ -113,10 +134,13 @@ class HttpCacheStage:
                 range_header = value
             elif name in _CONDITIONS:
                 has_conditions = True
-            elif name in _BYPASS:
+            elif name in _BYPASS or (name == b"content-length" and value.strip(b" \t0")):
                 await self._forward(scope, receive, send)
                 return
-        principal = state_of(scope).principal
+        state = state_of(scope)
+        if state.forwarded_host:
+            host = state.forwarded_host.encode("latin-1")
+        principal = state.principal
         key_scope = keyed = ""
         if principal is not None:
             authenticated = True
@@ -124,7 +148,7 @@ class HttpCacheStage:
                 key_scope, keyed = "u:" + principal.subject, "user"
             elif policy.key == "tenant":
                 tenant = principal.extra.get("tenant")
-                if tenant is not None:
+                if tenant:
                     key_scope, keyed = "t:" + str(tenant), "tenant"
         request_cc = parse_cache_control(cc_values) if cc_values else EMPTY
         # Without honour_request_directives, a client's no-store is still kept (its privacy).
@@ -133,7 +157,7 @@ class HttpCacheStage:
         # decode alike but an upstream may answer them differently.
         raw: bytes | None = scope.get("raw_path")
         spelt = raw.split(b"?", 1)[0].decode("latin-1") if raw else path
-        primary = self._keys.primary(spelt, scope["query_string"], host, key_scope)
+        primary = self._keys.primary(spelt, scope["query_string"], state.scheme, host, key_scope)
         entry = await self._entries.lookup(primary, scope)
         head = method == "HEAD"
         if entry is not None:
@@ -184,13 +208,27 @@ class HttpCacheStage:
             return
         flight = self._flights.get(primary)
         if flight is not None:
-            shared = await asyncio.shield(flight)
+            shared = await self._await_flight(flight)
             if shared is not None and selects(shared, scope):
                 age = shared["age"] + max(time.time() - shared["received"], 0.0)
-                label = self._label("HIT")
-                await send_entry(send, shared, headers, head=False, age=age, label=label)
-                return
+                if age < _lifetime(shared, directives) and not (
+                    # Stored for a request with credentials because every use is revalidated
+                    # (RFC 9111 §3.5): never handed to another one without that.
+                    authenticated and not keyed and shared["strict"]
+                ):
+                    label = self._label("HIT")
+                    await send_entry(send, shared, headers, head=False, age=age, label=label)
+                    return
         await self._fetch(scope, receive, send, primary, request, entry)
+
+    async def _await_flight(self, flight: asyncio.Future[Entry | None]) -> Entry | None:
+        """What the request in flight stored, or ``None`` once ``coalesce_wait`` has passed."""
+        if self._wait <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), self._wait)
+        except TimeoutError:
+            return None
 
     async def _fetch(
         self,
@@ -214,20 +252,20 @@ class HttpCacheStage:
                     del self._flights[primary]
                 flight.set_result(entry)
 
-        stored: Entry | None = None
+        async def ready(entry: Entry) -> None:
+            release(entry if await self._entries.keep(primary, entry) else None)
+
         try:
             outcome = await self._exchange.run(
-                scope, receive, send, request, stale, unstorable=release
+                scope, receive, send, request, stale, unstorable=release, ready=ready
             )
             if outcome.from_cache == "stale":
                 self._counters["stale"].inc()
-            if outcome.entry is not None and await self._entries.keep(primary, outcome.entry):
-                stored = outcome.entry
-            elif stale is not None and outcome.from_cache is None:
-                # The resource no longer gives a storable response: forget the old one.
+            if outcome.forget and stale is not None:
+                # The resource itself no longer gives a storable response: forget the old one.
                 await self._entries.forget(primary, stale)
         finally:
-            release(stored)
+            release()
 
     def _revalidate_later(
         self, scope: Scope, primary: str, entry: Entry, request: RequestFacts
@@ -308,7 +346,10 @@ class HttpCacheStage:
         host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
         for name, value in headers:
             if name.lower() in (b"location", b"content-location"):
-                target = urlsplit(urljoin(path, value.decode("latin-1")))
+                try:
+                    target = urlsplit(urljoin(path, value.decode("latin-1")))
+                except ValueError:
+                    continue  # not a URL (an unclosed IPv6 literal): nothing it names
                 if not target.netloc or target.netloc.lower() == host.lower():
                     paths.add(unquote(target.path) or "/")
         await self._entries.invalidate_paths(paths)
