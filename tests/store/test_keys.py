@@ -240,7 +240,9 @@ async def test_keys_stored_in_the_clear_can_be_wrapped_later(migrated: Database)
     [audit] = await clear.get_or_create("audit_hmac", CountingFactory())
 
     wrapping = KeyStore(migrated, key_encryption_key=KEK)
-    assert await wrapping.active("csrf") == [csrf]  # still readable before wrapping
+    # Refused until the operator adopts them: a key in the clear could have been planted.
+    with pytest.raises(StoreError, match=r"stored in the clear.*bastion keys wrap"):
+        await wrapping.active("csrf")
     assert await wrapping.wrap_stored() == 2
     assert await wrapping.wrap_stored() == 0
     assert await wrapping.active("csrf") == [csrf]
@@ -270,3 +272,28 @@ async def test_key_store_needs_migrations(database: Database) -> None:
         await keys.active("csrf")
     await upgrade(database)
     assert await keys.active("csrf") == []
+
+
+@pytest.mark.parametrize("purpose", ["jwt_signing", "csrf", "mfa", "audit_hmac"])
+async def test_a_key_planted_in_the_clear_is_refused_with_a_key_encryption_key(
+    migrated: Database, purpose: str
+) -> None:
+    wrapping = KeyStore(migrated, key_encryption_key=KEK)
+    [genuine] = await wrapping.get_or_create(purpose, CountingFactory())
+    # Someone who can write the table but does not hold the key-encryption key adds a newer
+    # generation in the clear, hoping it becomes the key that signs.
+    async with migrated.session() as session:
+        session.add(
+            KeyRecord(
+                id="planted",
+                purpose=purpose,
+                generation=genuine.generation + 1,
+                algorithm=genuine.algorithm,
+                material=b"attacker-chosen",
+                wrapped=False,
+                created_at=utc_now(),
+            )
+        )
+        await session.commit()
+    with pytest.raises(StoreError, match=r"planted.*stored in the clear"):
+        await wrapping.active(purpose)

@@ -20,7 +20,6 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import orjson
-import structlog
 import typer
 
 from bastion.audit.api import check_actor, check_kind, parse_time
@@ -34,6 +33,7 @@ from bastion.cli.common import (
     ConfigOption,
     fail,
     load_settings,
+    log_to_stderr,
 )
 from bastion.settings import Settings
 from bastion.store.errors import StoreError
@@ -68,28 +68,9 @@ KindOption = Annotated[
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Only events of this actor.")]
 
 
-def _log_to_stderr() -> None:
-    """Send log lines (migrations applied, key warnings) to standard error: standard output
-    carries only events, which scripts read."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=_stderr_logger,
-        # Not cached: each logger writes to the standard error of the moment (tests replace it).
-        cache_logger_on_first_use=False,
-    )
-
-
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)
-
-
 def _run(settings: Settings, operation: Callable[[AuditReader], Awaitable[T]]) -> T:
     """Run ``operation`` over the database; exit 1 with the reason when it fails."""
-    _log_to_stderr()
+    log_to_stderr()
 
     async def main() -> T:
         async with open_audit(settings) as audit:
@@ -281,7 +262,7 @@ def verify(
 ) -> None:
     """Recompute the hash chain; exit 3 naming the first bad seq when it is broken."""
     settings = load_settings(config)
-    _log_to_stderr()
+    log_to_stderr()
     try:
         report = asyncio.run(_verify(settings))
     except StoreError as exc:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
 import orjson
-import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +29,7 @@ from bastion.cli.common import (
     ConfigOption,
     fail,
     load_settings,
+    log_to_stderr,
     record_operator_event,
 )
 from bastion.inspect.strikes import STRIKE_PREFIX, strike_name
@@ -114,7 +113,7 @@ async def _with_bans(settings: Settings, operation: Callable[[_Bans], Awaitable[
 
 def _run(settings: Settings, operation: Callable[[_Bans], Awaitable[T]]) -> T:
     """Run one operation; exit 1 with the reason when the database or Redis fails."""
-    _log_to_stderr()
+    log_to_stderr()
     try:
         return asyncio.run(_with_bans(settings, operation))
     except StoreError as exc:
@@ -183,22 +182,3 @@ def lift(key: KeyArgument, config: ConfigOption = None) -> None:
     if not _run(settings, lambda source: _lift(settings, source, key)):
         fail(f"no active ban for {key!r}", EXIT_CONFIG)
     typer.echo(f"lifted the ban of {key}")
-
-
-def _log_to_stderr() -> None:
-    """Send log lines (the audit event included) to standard error, so standard output carries
-    only the command's answer."""
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        logger_factory=_stderr_logger,
-        # Not cached: each logger writes to the standard error of the moment (tests replace it).
-        cache_logger_on_first_use=False,
-    )
-
-
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)

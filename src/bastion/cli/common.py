@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import structlog
 import typer
 
 from bastion.audit.events import AuditEvent, LoggingAuditSink
+from bastion.observe.config import LoggingConfig
 from bastion.settings import ConfigError, Settings
 
 __all__ = [
@@ -17,6 +21,7 @@ __all__ = [
     "ConfigOption",
     "fail",
     "load_settings",
+    "log_to_stderr",
     "record_operator_event",
 ]
 
@@ -33,6 +38,41 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def log_to_stderr(config: LoggingConfig | None = None) -> None:
+    """Send log lines (audit events, migrations applied, key warnings) to standard error, so
+    standard output carries only the command's answer: tables, JSON, events and keys that
+    scripts capture. ``config`` chooses the format and level (default: JSON, info)."""
+    config = config if config is not None else LoggingConfig()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if config.format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
+        logger_factory=_stderr_logger,
+        # Not cached: each logger writes to the standard error of the moment (tests replace it).
+        cache_logger_on_first_use=False,
+    )
+
+
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
 
 
 def fail(message: str, code: int) -> NoReturn:

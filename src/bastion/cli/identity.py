@@ -9,14 +9,12 @@ operations write the change feed and publish on Redis, so running gateways drop 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 import orjson
-import structlog
 import typer
 from rich.console import Console
 
@@ -24,9 +22,8 @@ from bastion.audit.events import LoggingAuditSink
 from bastion.audit.log import AuditLog
 from bastion.auth.admin import IdentityAdmin
 from bastion.auth.service import IdentityService
-from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, fail
+from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, fail, log_to_stderr
 from bastion.http.problems import BastionError
-from bastion.observe.config import LoggingConfig
 from bastion.observe.metrics import Metrics
 from bastion.settings import Settings
 from bastion.store.errors import StoreError
@@ -44,13 +41,6 @@ __all__ = [
 T = TypeVar("T")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 
 @asynccontextmanager
@@ -93,7 +83,7 @@ async def _run(settings: Settings, operation: Callable[[IdentityAdmin], Awaitabl
 def run_admin(settings: Settings, operation: Callable[[IdentityAdmin], Awaitable[T]]) -> T:
     """Run one admin operation; exit 2 with the reason on a usage error (unknown user or role,
     rejected password, duplicate), exit 1 when the database fails."""
-    _log_to_stderr(settings.logging)
+    log_to_stderr(settings.logging)
     try:
         return asyncio.run(_run(settings, operation))
     except BastionError as exc:
@@ -106,31 +96,6 @@ def run_admin(settings: Settings, operation: Callable[[IdentityAdmin], Awaitable
         fail(exc.detail, EXIT_CONFIG)
     except StoreError as exc:
         fail(f"database failure: {exc}", EXIT_RUNTIME)
-
-
-def _log_to_stderr(config: LoggingConfig) -> None:
-    """Send log lines (audit events included) to standard error, so standard output carries only
-    the command's answer: tables, JSON and keys that scripts capture."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if config.format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
-        logger_factory=_stderr_logger,
-        # Not cached: each logger writes to the standard error of the moment (tests replace it).
-        cache_logger_on_first_use=False,
-    )
-
-
-def _stderr_logger(*_: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)
 
 
 def password_from(stdin: bool) -> str:

@@ -11,13 +11,20 @@ from rich.table import Table
 from bastion.audit.store import open_audit
 from bastion.auth.admin import IdentityAdmin
 from bastion.auth.config import check_permission
-from bastion.cli.common import EXIT_CONFIG, EXIT_RUNTIME, ConfigOption, fail, load_settings
+from bastion.cli.common import (
+    EXIT_CONFIG,
+    EXIT_RUNTIME,
+    ConfigOption,
+    fail,
+    load_settings,
+    log_to_stderr,
+)
 from bastion.cli.identity import JsonOption, echo_json, run_admin, table_console
-from bastion.cli.identity import _log_to_stderr as log_to_stderr
 from bastion.config_types import parse_duration
 from bastion.http.problems import BastionError
 from bastion.settings import Settings
 from bastion.store.errors import StoreError
+from bastion.store.stores import Stores
 
 __all__ = ["app"]
 
@@ -176,3 +183,28 @@ def rotate_audit(config: ConfigOption = None) -> None:
     except StoreError as exc:
         fail(f"database failure: {exc}", EXIT_RUNTIME)
     typer.echo(key_id)
+
+
+async def _wrap_stored(settings: Settings) -> int:
+    stores = Stores(settings.store)
+    try:
+        # Migrations only: reading keys would refuse the very rows this command adopts.
+        await stores.start()
+        return await stores.keys.wrap_stored()
+    finally:
+        await stores.close()
+
+
+@app.command("wrap")
+def wrap(config: ConfigOption = None) -> None:
+    """Wrap the keys stored in the clear with store.key_encryption_key (run once after setting
+    it); prints how many were wrapped. Until then, gateways refuse keys stored in the clear."""
+    settings = load_settings(config)
+    if settings.store.key_encryption_key is None:
+        fail("store.key_encryption_key is not set: there is nothing to wrap with", EXIT_CONFIG)
+    log_to_stderr(settings.logging)
+    try:
+        wrapped = asyncio.run(_wrap_stored(settings))
+    except StoreError as exc:
+        fail(f"database failure: {exc}", EXIT_RUNTIME)
+    typer.echo(f"wrapped {wrapped} key(s)")

@@ -2,8 +2,9 @@
 key, the CSRF secret. Created on first start, rotated by ``bastion keys rotate-signing``.
 
 Keys are kept in ``bastion_keys``, wrapped with AES-256-GCM when ``store.key_encryption_key`` is
-set. A purpose's keys are numbered by ``generation``; the newest active one signs, every active
-one verifies.
+set; then a key stored in the clear is refused until ``bastion keys wrap`` adopts it, so someone
+who can write the table but does not hold the key-encryption key cannot plant a key. A purpose's
+keys are numbered by ``generation``; the newest active one signs, every active one verifies.
 """
 
 from __future__ import annotations
@@ -224,6 +225,16 @@ class KeyStore:
 
     def _unwrap(self, record: KeyRecord) -> StoredKey:
         material = record.material
+        if not record.wrapped and self._wrapper is not None:
+            # With a key-encryption key, every key Bastion writes is wrapped: a row in the clear
+            # predates the key-encryption key, or was written by someone who can write the
+            # database but does not hold it (a signing key of their choosing would forge
+            # tokens). Only the operator's explicit `bastion keys wrap` adopts such rows.
+            raise StoreError(
+                f"key {record.id} ({record.purpose}) is stored in the clear while "
+                "store.key_encryption_key is set: run `bastion keys wrap` once to wrap the keys "
+                "created before it"
+            )
         if record.wrapped:
             if self._wrapper is None:
                 raise StoreError(
