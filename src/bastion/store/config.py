@@ -21,7 +21,9 @@ class StoreConfig(ConfigModel):
     auto_migrate: bool = True
     """Apply pending migrations at start (PostgreSQL: under an advisory lock)."""
     key_encryption_key: SecretValue | None = None
-    """Wraps the keys kept in ``bastion_keys`` (base64 of 32 bytes); unset logs a warning."""
+    """Wraps the keys kept in ``bastion_keys`` (base64 of 32 bytes); unset logs a warning. Once
+    set, keys stored in the clear are refused: run ``bastion keys wrap`` once to adopt the keys
+    created before it."""
     timeout: Duration = 2.0
     """Connect and command timeout of store calls."""
     pool_size: int = 10
