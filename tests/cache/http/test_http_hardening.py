@@ -521,3 +521,64 @@ async def test_an_empty_tenant_is_no_tenant(make_client: ClientFactory) -> None:
     await client.get("/org/x", headers=first)
     other = await client.get("/org/x", headers=second)
     assert (other.body, other.x_cache) == (b"for bob", "MISS")
+
+
+# --- minor: invalidation in flight, 304s that change Vary, the variant index ---------------------
+
+
+async def test_a_response_fetched_before_an_invalidation_is_not_stored_after_it(
+    client: Client,
+) -> None:
+    written = asyncio.Event()
+
+    async def origin(scope: Scope, receive: Receive, send: Send) -> None:
+        client.origin.seen.append(scope)
+        body = b"old"
+        if scope["method"] == "GET" and len(client.origin.seen) == 1:
+            await written.wait()
+        elif scope["method"] != "GET":
+            body = b"written"
+        else:
+            body = b"new"
+        await send({"type": "http.response.start", "status": 200, "headers": MAX_AGE})
+        await send({"type": "http.response.body", "body": body})
+
+    store = client.cache.namespace("http")
+    client.app = around(lambda a, d: http_cache_stage(a, d, store), origin, client.deps)
+    before = asyncio.create_task(client.get())
+    while not client.origin.seen:
+        await asyncio.sleep(0)
+    assert (await client.request("PUT", "/r")).body == b"written"
+    written.set()
+    assert (await asyncio.wait_for(before, HANG_GUARD)).body == b"old"
+    after = await client.get()
+    assert (after.body, after.x_cache) == (b"new", "MISS")
+
+
+async def test_a_304_that_changes_vary_updates_the_variant(client: Client, clock: Clock) -> None:
+    client.origin.answer(headers=[*ETAGGED, (b"vary", b"Accept-Language")], body=b"v1")
+    english = [(b"accept-language", b"en"), (b"x-edition", b"1")]
+    await client.get(headers=english)
+    clock.advance(61)
+    client.origin.answer(304, [*ETAGGED, (b"vary", b"X-Edition")], b"")
+    assert (await client.get(headers=english)).body == b"v1"
+    french = await client.get(headers=[(b"accept-language", b"fr"), (b"x-edition", b"1")])
+    assert (french.body, french.x_cache) == (b"v1", "HIT")
+    client.origin.answer(headers=[*MAX_AGE, (b"vary", b"X-Edition")], body=b"v2")
+    other = await client.get(headers=[(b"accept-language", b"en"), (b"x-edition", b"2")])
+    assert (other.body, other.x_cache) == (b"v2", "MISS")
+
+
+async def test_the_variant_index_outlives_a_shorter_variant(client: Client, clock: Clock) -> None:
+    def script(scope: Scope) -> Any:
+        language = dict(scope["headers"]).get(b"accept-language", b"")
+        lifetime = b"600" if language == b"en" else b"10"
+        headers = [(b"cache-control", b"max-age=" + lifetime), (b"vary", b"Accept-Language")]
+        return client.origin.reply(200, headers, language)
+
+    client.origin.script = script
+    await client.get(headers=[(b"accept-language", b"en")])
+    await client.get(headers=[(b"accept-language", b"fr")])
+    clock.advance(30)
+    english = await client.get(headers=[(b"accept-language", b"en")])
+    assert (english.body, english.x_cache) == (b"en", "HIT")

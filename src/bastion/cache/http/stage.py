@@ -28,7 +28,7 @@ from bastion.cache.http.config import HttpCacheConfig
 from bastion.cache.http.directives import EMPTY, CacheControl, parse_cache_control
 from bastion.cache.http.entry import Entry
 from bastion.cache.http.exchange import Exchange, RequestFacts
-from bastion.cache.http.keys import KeyBuilder
+from bastion.cache.http.keys import KeyBuilder, public_host
 from bastion.cache.http.policy import Header
 from bastion.cache.http.respond import send_entry
 from bastion.cache.http.routes import CacheRoutes
@@ -66,6 +66,8 @@ _BYPASS = frozenset(
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _RESULTS = ("hit", "miss", "stale")
 _NO_STORE = CacheControl(no_store=True)
+_INVALIDATIONS_KEPT = 4096
+"""Paths whose invalidations this process tracks (for responses in flight) before starting over."""
 
 
 class HttpCacheStage:
@@ -96,6 +98,10 @@ class HttpCacheStage:
         )
         self._reserved = deps.prefix + "/"
         self._flights: dict[str, asyncio.Future[Entry | None]] = {}
+        # Invalidations per path in this process: a response fetched before one is not stored
+        # after it (the epoch moves when the map is cleared, so no invalidation is missed).
+        self._invalidations: dict[str, int] = {}
+        self._epoch = 0
         self._background: set[asyncio.Task[None]] = set()
         counter = deps.metrics.cache_requests
         self._counters = {result: counter.labels("http", result) for result in _RESULTS}
@@ -252,8 +258,15 @@ class HttpCacheStage:
                     del self._flights[primary]
                 flight.set_result(entry)
 
+        seen = (self._epoch, self._invalidations.get(request.path, 0))
+
         async def ready(entry: Entry) -> None:
-            release(entry if await self._entries.keep(primary, entry) else None)
+            if (self._epoch, self._invalidations.get(request.path, 0)) != seen:
+                release()  # the path changed while this response was on its way
+            elif await self._entries.keep(primary, entry):
+                release(entry)
+            else:
+                release()
 
         try:
             outcome = await self._exchange.run(
@@ -343,7 +356,7 @@ class HttpCacheStage:
         ``Content-Location``, in every instance (the tiered cache's invalidation)."""
         path: str = scope["path"]
         paths = {path}
-        host = next((v for n, v in scope["headers"] if n == b"host"), b"").decode("latin-1")
+        host = (public_host(scope) or b"").decode("latin-1")
         for name, value in headers:
             if name.lower() in (b"location", b"content-location"):
                 try:
@@ -352,6 +365,11 @@ class HttpCacheStage:
                     continue  # not a URL (an unclosed IPv6 literal): nothing it names
                 if not target.netloc or target.netloc.lower() == host.lower():
                     paths.add(unquote(target.path) or "/")
+        if len(self._invalidations) + len(paths) > _INVALIDATIONS_KEPT:
+            self._invalidations.clear()
+            self._epoch += 1
+        for changed in paths:
+            self._invalidations[changed] = self._invalidations.get(changed, 0) + 1
         await self._entries.invalidate_paths(paths)
 
 

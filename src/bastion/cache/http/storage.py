@@ -2,14 +2,16 @@
 as long as it can serve, forgetting one, and invalidating by path.
 
 A response without ``Vary`` is stored under its primary key. One with ``Vary`` is stored under
-its variant's key, and the primary key holds an index naming the varied fields, so a look-up is
-one read, or two for a varied resource. An entry is held for its remaining freshness plus the
-longest time it may still serve stale (``stale-while-revalidate``, ``stale-if-error``) or, with a
-validator, be revalidated (``revalidate_window``).
+its variant's key, and the primary key holds an index naming the varied fields (held as long as
+its longest-held variant), so a look-up is one read, or two for a varied resource. An entry is
+held for its remaining freshness plus the longest time it may still serve stale
+(``stale-while-revalidate``, ``stale-if-error``) or, with a validator, be revalidated
+(``revalidate_window``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -74,7 +76,16 @@ class ResponseEntries:
             return False
         tags = entry["tags"]
         if entry["vary"]:
-            await self._store.set(primary, {"index": entry["vary"]}, ttl=ttl, tags=tags[:1])
+            until = time.time() + ttl
+            index = await self._store.get(primary)
+            if index is not None and index.get("index") == entry["vary"]:
+                until = max(until, index.get("until", 0.0))
+            await self._store.set(
+                primary,
+                {"index": entry["vary"], "until": until},
+                ttl=until - time.time(),
+                tags=tags[:1],
+            )
             await self._store.set(variant_key(primary, entry["varies"]), entry, ttl=ttl, tags=tags)
         else:
             await self._store.set(primary, entry, ttl=ttl, tags=tags)
