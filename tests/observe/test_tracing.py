@@ -204,7 +204,7 @@ async def test_upstream_failure_marks_server_and_client_spans(traced: MakeTraced
             {"url": "/hello", "params": {"q": "1' OR '1'='1' UNION SELECT password FROM users--"}},
             403,
             "request_blocked",
-            {"bastion.decision.stage": "inspect"},
+            {"bastion.decision.stage": "inspect", "bastion.decision.categories": ("sqli",)},
         ),
         (
             "size limit",

@@ -182,8 +182,9 @@ class InspectStage:
             request = InspectionRequest.from_scope(scope, b"")
             verdict = inspector.inspect(request)
             if verdict.flagged or verdict.blocked:
-                await self._act(request, verdict, inspector, state, complete=True)
+                # Recorded first: a refusal raises, and its span reads the verdict.
                 scope["state"][INSPECT_KEY] = verdict
+                await self._act(request, verdict, inspector, state, complete=True)
             await self.app(scope, receive, send)
             return
         if self._reject and declared is not None and declared > self._limit:
@@ -202,8 +203,8 @@ class InspectStage:
         request = InspectionRequest.from_scope(scope, body[: self._limit + 1])
         verdict = inspector.inspect(request)
         if verdict.flagged or verdict.blocked:
-            await self._act(request, verdict, inspector, state, complete=not more)
             scope["state"][INSPECT_KEY] = verdict
+            await self._act(request, verdict, inspector, state, complete=not more)
         await self.app(scope, _Replay(messages, receive), send)
 
     def _listed(self, ip: str) -> bool | None:
