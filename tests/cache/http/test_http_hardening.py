@@ -582,3 +582,44 @@ async def test_the_variant_index_outlives_a_shorter_variant(client: Client, cloc
     clock.advance(30)
     english = await client.get(headers=[(b"accept-language", b"en")])
     assert (english.body, english.x_cache) == (b"en", "HIT")
+
+
+async def test_a_client_gone_mid_body_still_leaves_the_complete_response(client: Client) -> None:
+    client.origin.answer(headers=MAX_AGE, body=[b"ab", b"cd"])
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def gone(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("connection reset")
+
+    await client.app(raw_scope(), receive, gone)  # logged by the error stage, after the start
+    hit = await client.get()
+    assert (hit.body, hit.x_cache, client.origin.calls) == (b"abcd", "HIT", 1)
+
+
+async def test_a_terminal_failing_mid_body_stores_nothing(client: Client) -> None:
+    async def origin(scope: Scope, receive: Receive, send: Send) -> None:
+        client.origin.seen.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": MAX_AGE})
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        if len(client.origin.seen) == 1:
+            raise RuntimeError("upstream went away")
+        await send({"type": "http.response.body", "body": b"cd"})
+
+    store = client.cache.namespace("http")
+    client.app = around(lambda a, d: http_cache_stage(a, d, store), origin, client.deps)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await client.app(raw_scope(), receive, send)  # logged by the error stage, after the start
+    assert sent[0]["status"] == 200
+    assert all(m.get("more_body") for m in sent[1:])  # never told the body is complete
+    whole = await client.get()
+    assert (whole.body, whole.x_cache, client.origin.calls) == (b"abcd", "MISS", 2)

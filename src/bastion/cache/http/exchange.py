@@ -85,6 +85,13 @@ def _forbids(reason: str | None, status: int) -> bool:
     return reason in _RESPONSE_REFUSALS and status < 500
 
 
+def _observed(task: asyncio.Task[None]) -> None:
+    """Marks a relay's failure as seen: it is raised by ``drain``, or the exchange has failed
+    already and the client's copy no longer matters."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Relay:
     """Sends the client's copy of a response being stored from a task of its own (at most
     ``max_object_size`` of body is queued), so the terminal never waits for the client."""
@@ -99,6 +106,7 @@ class _Relay:
     def push(self, message: Message) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
+            self._task.add_done_callback(_observed)
         self._queue.put_nowait(message)
 
     async def _run(self) -> None:
