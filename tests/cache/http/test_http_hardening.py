@@ -623,3 +623,18 @@ async def test_a_terminal_failing_mid_body_stores_nothing(client: Client) -> Non
     assert all(m.get("more_body") for m in sent[1:])  # never told the body is complete
     whole = await client.get()
     assert (whole.body, whole.x_cache, client.origin.calls) == (b"abcd", "MISS", 2)
+
+
+@pytest.mark.parametrize(
+    ("read", "written"),
+    [("/api//items", "/api/items"), ("/api/items", "/api//items"), ("//api/items", "/api/items")],
+    ids=["read-doubled", "written-doubled", "read-leading"],
+)
+async def test_an_unsafe_request_invalidates_every_slash_spelling(
+    client: Client, read: str, written: str
+) -> None:
+    client.origin.answer(headers=MAX_AGE)
+    await client.get(read)
+    assert (await client.get(read)).x_cache == "HIT"
+    await client.request("POST", written)
+    assert (await client.get(read)).x_cache == "MISS"

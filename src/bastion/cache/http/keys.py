@@ -10,7 +10,8 @@ host, user or variant). ``<scope>`` is empty for shared entries, ``u:<subject>``
 ``<primary>|v:<digest of the request's values of the varied fields>``, and the primary key holds
 the list of varied fields.
 
-Every entry carries the tag ``p:<path>`` (invalidation by URL and by unsafe methods) and
+Every entry carries the tag ``p:<path>`` (the decoded path, repeated slashes merged: invalidation
+by URL and by unsafe methods) and
 ``t:<tag>`` for each tag the upstream named in its tag headers.
 """
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import re
 import time
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
@@ -66,6 +67,8 @@ _BYPASS = frozenset(
 _CONDITIONS = frozenset({b"if-none-match", b"if-modified-since"})
 _RESULTS = ("hit", "miss", "stale")
 _NO_STORE = CacheControl(no_store=True)
+_SLASHES = re.compile(r"/{2,}")
+"""Repeated slashes: a path's tag and its invalidation merge them, as most upstreams do."""
 _INVALIDATIONS_KEPT = 4096
 """Paths whose invalidations this process tracks (for responses in flight) before starting over."""
 
@@ -183,7 +186,7 @@ class HttpCacheStage:
                 )
                 return
         request = RequestFacts(
-            path=path,
+            path=_SLASHES.sub("/", path) if "//" in path else path,
             headers=headers,
             cache_control=directives,
             authenticated=authenticated,
@@ -355,7 +358,7 @@ class HttpCacheStage:
         """RFC 9111 §4.4: the request's path, and those of same-origin ``Location`` and
         ``Content-Location``, in every instance (the tiered cache's invalidation)."""
         path: str = scope["path"]
-        paths = {path}
+        paths = {_SLASHES.sub("/", path)}
         host = (public_host(scope) or b"").decode("latin-1")
         for name, value in headers:
             if name.lower() in (b"location", b"content-location"):
@@ -364,7 +367,7 @@ class HttpCacheStage:
                 except ValueError:
                     continue  # not a URL (an unclosed IPv6 literal): nothing it names
                 if not target.netloc or target.netloc.lower() == host.lower():
-                    paths.add(unquote(target.path) or "/")
+                    paths.add(_SLASHES.sub("/", unquote(target.path)) or "/")
         if len(self._invalidations) + len(paths) > _INVALIDATIONS_KEPT:
             self._invalidations.clear()
             self._epoch += 1
