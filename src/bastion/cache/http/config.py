@@ -75,9 +75,10 @@ class HttpCacheConfig(ConfigModel):
     ``min-fresh``, ``only-if-cached``); ``false``: clients cannot force a fetch from the
     upstream."""
     key_host: bool = True
-    """Include the ``Host`` in the key: sites served by name stay apart, and a client sending
-    another ``Host`` fills only its own entry. Off only for an upstream that never builds a
-    response from the ``Host``."""
+    """Include the public host in the key (the host a trusted proxy forwarded, else ``Host``):
+    sites served by name stay apart, and a client sending another ``Host`` fills only its own
+    entry. Off only for an upstream that never builds a response from the host. The scheme is
+    always in the key."""
     ignore_query_params: list[str] = Field(default_factory=list)
     """Query parameters left out of the key (``utm_source``, ``fbclid``); they still reach the
     upstream."""
