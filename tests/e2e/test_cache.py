@@ -87,3 +87,39 @@ async def test_the_gateway_serves_from_the_cache(
         await asyncio.sleep(0.05)
     assert again.headers["x-cache"] == "MISS"
     assert again.headers["x-demo-hits"] == "2"
+
+
+async def test_the_key_holds_what_the_upstream_answers_by(
+    processes: Processes, clean_redis_url: str
+) -> None:
+    """Behind a trusted proxy the scheme and public host it states are keyed; a method override
+    keeps a request away from the cache."""
+    demo = processes.demo()
+    env = {
+        "BASTION_STORE__REDIS_URL": clean_redis_url,
+        "BASTION_CACHE__HTTP__ENABLED": "true",
+        "BASTION_CACHE__HTTP__X_CACHE_HEADER": "true",
+        "BASTION_CLIENT_IP__TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    }
+    gateway = processes.bastion("--upstream", demo.url, env=env)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10, headers=SITE) as client:
+
+        async def fetch(path: str, **headers: str) -> tuple[str, str]:
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 200
+            return response.headers["x-cache"], response.headers["x-demo-hits"]
+
+        # What the trusted proxy (the test client's loopback address) states for its client.
+        https = {"x-forwarded-for": "203.0.113.5", "x-forwarded-proto": "https"}
+        other_site = {"x-forwarded-for": "203.0.113.5", "x-forwarded-host": "other.example"}
+        assert await fetch("/cache/7") == ("MISS", "1")
+        assert await fetch("/cache/7", **https) == ("MISS", "2")
+        assert await fetch("/cache/7", **other_site) == ("MISS", "3")
+        assert await fetch("/cache/7") == ("HIT", "1")
+        assert await fetch("/cache/7", **https) == ("HIT", "2")
+
+        assert await fetch("/cache/8", **{"x-http-method-override": "DELETE"}) == ("MISS", "1")
+        assert await fetch("/cache/8") == ("MISS", "2")
+        assert await fetch("/cache/8", **{"x-http-method-override": "DELETE"}) == ("MISS", "3")
+        assert await fetch("/cache/8") == ("HIT", "2")
+    _stopped_cleanly(gateway)
