@@ -104,6 +104,7 @@ def invoke(*args: str) -> tuple[int, str]:
     [
         (["--url", "http://api.test/items?page=2"], "/items"),
         (["--url", "/items"], "/items"),
+        (["--url", "http://api.test//items"], "/items"),  # any spelling of the path
         (["--prefix", "/ite"], "/items"),
         (["--tag", "catalog"], "/items"),
     ],

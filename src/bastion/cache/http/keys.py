@@ -18,6 +18,7 @@ by URL and by unsafe methods) and
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 from bastion.http.asgi import Scope
@@ -52,9 +53,13 @@ def key_text(part: str) -> str:
     return part
 
 
+_REPEATED_SLASHES = re.compile(r"/{2,}")
+
+
 def path_tag(path: str) -> str:
-    """Tag of every entry stored for ``path`` (any query, host, user or variant)."""
-    return "p:" + path
+    """Tag of every entry stored for ``path`` (any query, host, user or variant); repeated
+    slashes are merged, so every spelling of a path (a purge's too) names one tag."""
+    return "p:" + (_REPEATED_SLASHES.sub("/", path) if "//" in path else path)
 
 
 def upstream_tag(tag: str) -> str:
