@@ -16,7 +16,14 @@ from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent
 from bastion.audit.log import AuditLog
 from bastion.audit.query import query_events
-from bastion.audit.redaction import REDACTED, Redactor, is_secret_name, luhn_valid, redact_text
+from bastion.audit.redaction import (
+    REDACTED,
+    Redactor,
+    clean_text,
+    is_secret_name,
+    luhn_valid,
+    redact_text,
+)
 
 # (id, detail, expected detail after redaction)
 BY_NAME: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
@@ -174,7 +181,7 @@ def test_detail_becomes_plain_json() -> None:
         "mode": "block",
         "when": str(moment),
         "bytes": REDACTED,
-        "surrogate": "bad ? byte",
+        "surrogate": "bad \\udcff byte",
         "deep": {"a": {"b": "[TRUNCATED]"}},
     }
 
@@ -231,3 +238,121 @@ def test_a_valid_card_number_never_survives(
     shown = " ".join(number[i : i + 4] for i in range(0, 16, 4)) if grouped else number
     redacted = redact_text(f"{before} {shown} {after}")
     assert number not in redacted.replace(" ", "").replace("-", "")
+
+
+# Forms a review found secrets surviving in: each must lose its secret, and only it.
+MISSED_FORMS = [
+    ("json-member", '{"password":"hunter2hunter2"}', f'{{"password":"{REDACTED}"}}'),
+    (
+        "json-spaced",
+        '{"user": "ann", "api_key" : "k3y-9f8e7d6c"}',
+        f'{{"user": "ann", "api_key" : "{REDACTED}"}}',
+    ),
+    ("json-escaped-quote", '{"password":"hun\\"ter2"}', f'{{"password":"{REDACTED}"}}'),
+    ("json-in-json", '{\\"token\\":\\"abc123def\\"}', f'{{\\"token\\":\\"{REDACTED}\\"}}'),
+    ("json-unterminated", '{"password":"hunter2hunt', f'{{"password":"{REDACTED}'),
+    ("header-api-key", "X-Api-Key: 9f8e7d6c5b4a39281706", f"X-Api-Key: {REDACTED}"),
+    ("header-password", "password: hunter2hunter2", f"password: {REDACTED}"),
+    ("header-authorization", "Authorization: Bearer abc", f"Authorization: Bearer {REDACTED}"),
+    (
+        "header-cookie",
+        "Cookie: theme=dark; sessionid=abc123",
+        f"Cookie: {REDACTED}; sessionid={REDACTED}",
+    ),
+    (
+        "repr",
+        "Creds(user='bob', password='hunter2hunter2')",
+        f"Creds(user='bob', password='{REDACTED}')",
+    ),
+    ("repr-double", 'Creds(password="hunter2hunter2")', f'Creds(password="{REDACTED}")'),
+    ("nested-in-plain-value", "next=/x?token=abcdef123", f"next=/x?token={REDACTED}"),
+    ("card-then-cvv", "card 4111 1111 1111 1111 123", f"card {REDACTED} 123"),
+    ("number-then-card", "order 12 4111111111111111", f"order 12 {REDACTED}"),
+    ("card-between-numbers", "7 4111-1111-1111-1111 43", f"7 {REDACTED} 43"),
+    ("two-cards", "4111111111111111 5555555555554444", f"{REDACTED} {REDACTED}"),
+    ("card-19", "6011 0000 0000 0000 001", f"{REDACTED}"),
+    ("non-card-run-kept", "1234 5678 9012 3456 7890", "1234 5678 9012 3456 7890"),
+    ("prose-kept", "note: the token expired", "note: the token expired"),
+    ("time-kept", "at 12:30 port=8080", "at 12:30 port=8080"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(text, expected) for _, text, expected in MISSED_FORMS],
+    ids=[case_id for case_id, _, _ in MISSED_FORMS],
+)
+def test_secrets_in_json_header_and_repr_forms_are_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert Redactor().detail({"note": text}) == {"note": expected}
+    assert redact_text(expected) == expected
+
+
+@pytest.mark.parametrize("raw", [bytearray(b"hunter2"), memoryview(b"hunter2")])
+def test_every_bytes_like_value_is_redacted(raw: Any) -> None:
+    assert Redactor().detail({"raw": raw}) == {"raw": REDACTED}
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["password=hunter2hunter2", "Bearer abcdef0123456789", "4111111111111111", "ghp_" + "a" * 36],
+)
+def test_a_secret_straddling_the_cut_is_redacted_before_the_cut(secret: str) -> None:
+    redactor = Redactor(max_string=64)
+    text = "x" * (64 - len(secret) // 2) + " " + secret
+    result = redactor.detail({"note": text})["note"]
+    assert len(result) <= 64
+    visible = secret[: len(secret) // 2]
+    assert not result.endswith(visible[-6:]), result
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/admin\x00.php", "/admin\\x00.php"),
+        ("line\nforged: entry", "line\\x0aforged: entry"),
+        ("del\x7f c1\x85", "del\\x7f c1\\x85"),
+        ("sep\u2028x", "sep\\u2028x"),
+        ("bad \udcff byte", "bad \\udcff byte"),
+        ("plain café ✓", "plain café ✓"),
+    ],
+)
+def test_control_characters_and_lone_surrogates_are_escaped(text: str, expected: str) -> None:
+    assert clean_text(text) == expected
+    assert Redactor().text(text, 100) == expected
+    assert Redactor().detail({text: text}) == {expected: expected}
+    expected.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a=" * 50_000,
+        "password:" * 50_000,
+        '"password":"' + "\\" * 100_000,
+        "1 " * 100_000,
+        "4111 " * 50_000,
+        "x" * 200_000 + "=",
+        " " * 100_000 + "password",
+        "a" * 100_000 + ":" + " " * 100_000,
+        "'a'" * 50_000,
+        '\\"a\\":' * 30_000,
+    ],
+    ids=[
+        "equals",
+        "colons",
+        "backslashes",
+        "digits",
+        "groups",
+        "long-name",
+        "spaces",
+        "gap",
+        "quotes",
+        "escaped",
+    ],
+)
+def test_adversarial_input_is_scanned_in_linear_time(text: str) -> None:
+    # Quadratic scans of these would take minutes; the suite would visibly stall.
+    result = Redactor(max_string=len(text) * 2).text(text, len(text) * 2)
+    assert result is not None
+    assert redact_text(result) == result

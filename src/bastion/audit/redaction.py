@@ -4,11 +4,13 @@ Applied to every event before it is hashed and written. A field whose *name* say
 secret (``password``, ``api_key``, ``Authorization``, ``backup_codes``… at any depth, any case,
 any of ``_ - .`` separators) is replaced whole by ``[REDACTED]``. Every other string is scanned
 for secret *shapes* (bearer credentials, JWTs, ``bst_`` keys, card numbers passing the Luhn
-check, private-key blocks, ``password=`` parameters, URL passwords, well-known token formats)
-and only the secret part is replaced, so ``"Bearer eyJ…"`` becomes ``"Bearer [REDACTED]"``.
+check, private-key blocks, ``password=`` parameters, header lines and JSON members, URL
+passwords, well-known token formats) and only the secret part is replaced, so
+``"Bearer eyJ…"`` becomes ``"Bearer [REDACTED]"``. Every scan is linear in the text's length.
 
 The walk also makes the detail plain JSON: mapping keys become strings, tuples and sets become
-lists, anything else not JSON-native becomes its ``str``, and text is made valid UTF-8.
+lists, anything else not JSON-native becomes its ``str``, and text is made storable everywhere
+(:func:`clean_text`: control characters and lone surrogates escaped).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "Redactor", "is_secret_name", "luhn_valid", "redact_text"]
+__all__ = ["REDACTED", "Redactor", "clean_text", "is_secret_name", "luhn_valid", "redact_text"]
 
 REDACTED = "[REDACTED]"
 
@@ -55,6 +57,10 @@ _NAME_CACHE_MAX = 4096
 _MIN_SECRET_TEXT = 8
 """Shorter strings cannot hold any of the secret shapes below."""
 _MAX_INT = 2**63
+_SCAN_FACTOR = 16
+"""Text is redacted up to this many times the length it is cut to: redaction comes before the
+cut (so a secret straddling the cut is still recognised), and the bound keeps a huge string from
+costing more than it can show."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -84,11 +90,42 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+_CARD_MIN = 13
+_CARD_MAX = 19
+
+
 def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    if 13 <= len(digits) <= 19 and luhn_valid(digits):
-        return REDACTED
-    return match.group(0)
+    """Every card number in a run of digit groups (``12 4111 1111 1111 1111 123``) replaced.
+
+    A card number starts and ends on a group boundary: from each group, the longest window of
+    13 to 19 digits passing the Luhn check is redacted. At most 19 groups are tried from each
+    one, so the work stays linear in the run's length.
+    """
+    run = match.group(0)
+    groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(run)]
+    pieces: list[str] = []
+    kept = 0
+    first = 0
+    while first < len(groups):
+        digits = ""
+        found = -1
+        for last in range(first, len(groups)):
+            digits += run[groups[last][0] : groups[last][1]]
+            if len(digits) > _CARD_MAX:
+                break
+            if len(digits) >= _CARD_MIN and luhn_valid(digits):
+                found = last
+        if found < 0:
+            first += 1
+            continue
+        pieces.append(run[kept : groups[first][0]])
+        pieces.append(REDACTED)
+        kept = groups[found][1]
+        first = found + 1
+    if not pieces:
+        return run
+    pieces.append(run[kept:])
+    return "".join(pieces)
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
@@ -112,24 +149,74 @@ _KNOWN_TOKENS = re.compile(
     r"|xox[abposr]-[A-Za-z0-9-]{10,}|[rs]k_(?:live|test)_[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_-]{35})"
 )
 """AWS access key ids, GitHub, Slack, Stripe and Google API keys."""
-_PARAMETER = re.compile(r"(?<![A-Za-z0-9_.-])([A-Za-z0-9_.-]+)(\s*(?:=|:(?!\s))\s*)([^&;,\s#\"']+)")
-"""``name=value`` in query strings, form bodies, cookies; the lookbehind starts a match only at
-the beginning of a name, which keeps the scan linear."""
+_PARAMETER = re.compile(r"(?<![A-Za-z0-9_.-])(\\?[\"']?)([A-Za-z0-9_.-]+)\1\s*[=:]\s*")
+"""The start of ``name=value`` (query strings, form bodies, cookies), ``name: value`` (header
+lines), ``"name": value`` (JSON) and ``name='value'`` (object reprs): the name, possibly quoted,
+and its separator. The lookbehind starts a match only at the beginning of a name, and the value
+is matched separately (:data:`_VALUE`), only after a secret name: the scan stays linear."""
+_VALUE = re.compile(
+    r'\\"(?:[^"\\]|\\[^"])*(?:\\")?'  # inside JSON that is itself a JSON string: \"…\"
+    r'|"(?:[^"\\]|\\.)*"?'  # a JSON string, escapes included, or the rest when unterminated
+    r"|'(?:[^'\\]|\\.)*'?"  # a quoted repr
+    r"|[^&;,\s#\"']+"  # a bare value, up to the next separator
+)
+"""The value after a secret name; quotes, when present, are kept around ``[REDACTED]``."""
+_SCHEME_WORDS = frozenset({"bearer", "basic", "digest", "token", "apikey", "api-key", "negotiate"})
+"""A header value starting with one of these keeps it: ``Authorization: Bearer [REDACTED]``."""
+_WORD = re.compile(r"\s+[^&;,\s#\"']+")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+(?=@)")
 """The password of ``scheme://user:password@host``."""
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)")
-"""Payment card numbers: 13-19 digits, optionally grouped by spaces or dashes."""
+_CARD = re.compile(r"(?<![\d-])\d+(?:[ -]\d+)*")
+"""Runs of digit groups separated by one space or dash, where card numbers are looked for."""
+_DIGIT_GROUP = re.compile(r"\d+")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _SESSION_PARAMETERS = frozenset({"sid", "sessid", "sessionid", "phpsessid", "jsessionid"})
 """Cookie and query names that carry a session credential (``connect.sid``, ``PHPSESSID``)."""
 
 
-def _parameter(match: re.Match[str]) -> str:
-    name = match.group(1)
+def _secret_parameter(name: str) -> bool:
     normal = name.lower().translate(_SEPARATORS)
-    if is_secret_name(name) or normal in _SESSION_PARAMETERS or normal.endswith("sid"):
-        return name + match.group(2) + REDACTED
-    return match.group(0)
+    return is_secret_name(name) or normal in _SESSION_PARAMETERS or normal.endswith("sid")
+
+
+def _redact_value(value: str) -> str:
+    quote = '\\"' if value.startswith('\\"') else value[0] if value[0] in "\"'" else ""
+    if quote:
+        closed = len(value) > len(quote) and value.endswith(quote)
+        return quote + REDACTED + (quote if closed else "")
+    return REDACTED
+
+
+def _redact_parameters(text: str) -> str:
+    """Every value following a secret name replaced (see :data:`_PARAMETER`)."""
+    pieces: list[str] = []
+    kept = 0
+    position = 0
+    search = _PARAMETER.search
+    while True:
+        found = search(text, position)
+        if found is None:
+            break
+        position = found.end()
+        if not _secret_parameter(found.group(2)):
+            continue  # the value may itself hold ``name=value``: scan on from its start
+        value = _VALUE.match(text, position)
+        if value is None:
+            continue
+        start, end = value.span()
+        if value.group(0).lower() in _SCHEME_WORDS:
+            # ``Authorization: Bearer <credential>``: the scheme stays, the credential goes.
+            credential = _WORD.match(text, end)
+            if credential is not None:
+                start = end + len(credential.group(0)) - len(credential.group(0).lstrip())
+                end = credential.end()
+        pieces.append(text[kept:start])
+        pieces.append(_redact_value(text[start:end]))
+        kept = position = end
+    if not pieces:
+        return text
+    pieces.append(text[kept:])
+    return "".join(pieces)
 
 
 def redact_text(text: str) -> str:
@@ -166,23 +253,31 @@ def redact_text(text: str) -> str:
     ):
         text = _KNOWN_TOKENS.sub(REDACTED, text)
     if "=" in text or ":" in text:
-        text = _PARAMETER.sub(_parameter, text)
+        text = _redact_parameters(text)
         if "://" in text and "@" in text:
             text = _URL_PASSWORD.sub(_keep_prefix, text)
-    if len(text) - len(text.translate(_NO_DIGITS)) >= 13:
+    if len(text) - len(text.translate(_NO_DIGITS)) >= _CARD_MIN:
         text = _CARD.sub(_card, text)
     return text
 
 
-def _valid_text(text: str) -> str:
-    """Text every JSON encoder accepts: lone surrogates (from undecodable bytes) replaced."""
-    if text.isascii():
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+"""Control characters (PostgreSQL refuses NUL in text; the others forge lines in log copies),
+line and paragraph separators, and lone surrogates (undecodable bytes; not valid UTF-8)."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean_text(text: str) -> str:
+    """``text`` with control characters, line separators and lone surrogates escaped as
+    ``\\xNN`` or ``\\uNNNN``: storable by every database, encodable as UTF-8, one line in a log.
+    Printable text (nearly all of it) is returned as is after one C-speed check."""
+    if text.isprintable():
         return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
+    return _UNSTORABLE.sub(_escape, text)
 
 
 class Redactor:
@@ -196,7 +291,7 @@ class Redactor:
         """A free-text column (actor, target): secret shapes redacted, cut to ``limit``."""
         if value is None:
             return None
-        return _valid_text(redact_text(value))[:limit]
+        return clean_text(redact_text(value[: limit * _SCAN_FACTOR]))[:limit]
 
     def detail(self, detail: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted, JSON-native copy of ``detail``."""
@@ -208,7 +303,7 @@ class Redactor:
             name = key if type(key) is str else str(key)
             secret = _NAME_CACHE.get(name)
             if secret is None:
-                name = _valid_text(name)
+                name = clean_text(name)
                 secret = is_secret_name(name)
             if secret:
                 result[name] = REDACTED if value is not None else None
@@ -216,7 +311,12 @@ class Redactor:
             kind = type(value)
             # The common scalars inline: this loop runs for every field of every event.
             if (
-                (kind is str and len(value) < _MIN_SECRET_TEXT and value.isascii())
+                (
+                    kind is str
+                    and len(value) < _MIN_SECRET_TEXT
+                    and value.isascii()
+                    and value.isprintable()
+                )
                 or kind is bool
                 or value is None
                 or kind is float
@@ -229,7 +329,7 @@ class Redactor:
     def _value(self, value: Any, depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            return _valid_text(redact_text(value[: self._max_string]))
+            return self._string(value)
         if kind is int:
             return value if -_MAX_INT <= value < _MAX_INT else str(value)
         if value is None or kind is bool or kind is float:
@@ -254,6 +354,11 @@ class Redactor:
             return self._value(int(value), depth)
         if isinstance(value, float):
             return float(value)
-        if isinstance(value, bytes):
+        if isinstance(value, bytes | bytearray | memoryview):
             return REDACTED
-        return _valid_text(redact_text(str(value)[: self._max_string]))
+        return self._string(str(value))
+
+    def _string(self, value: str) -> str:
+        """Redacted first, then made storable, then cut: nothing recognisable survives a cut."""
+        limit = self._max_string
+        return clean_text(redact_text(value[: limit * _SCAN_FACTOR]))[:limit]
