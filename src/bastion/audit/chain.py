@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 from sqlalchemy import Table, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.audit.models import CHAIN_ID, GENESIS_HASH, AuditChainRow, AuditEventRow
@@ -36,6 +36,7 @@ __all__ = [
     "ANCHOR_VERSION",
     "CANONICAL_VERSION",
     "AuditChain",
+    "AuditDataError",
     "ChainHead",
     "PreparedEvent",
     "SigningKey",
@@ -87,6 +88,26 @@ SELECT count(*) FROM inserted
 """PostgreSQL: append a batch computed after head ``($1, $2)`` in one statement, only if the
 head is still that one (the UPDATE row-locks it and re-checks it after any concurrent commit)."""
 _NAIVE_EPOCH = datetime(1970, 1, 1)  # SQLite keeps UTC timestamps naive
+
+
+class AuditDataError(StoreError):
+    """The database refused the values of an event (SQLSTATE class 22: a NUL in text, a value
+    too long, …) or the driver could not encode them: retrying the same rows cannot succeed."""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the driver error it wraps) is about the values, not the database."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, DataError | UnicodeError):
+            return True
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(state, str) and state.startswith("22"):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def _sqlite_timestamp(micros: int) -> str:
@@ -259,7 +280,7 @@ class AuditChain:
     ) -> list[tuple[int, str]]:
         """Append ``events`` in one transaction after the current head; returns the ``seq`` and
         ``hash`` each got. :class:`StoreError` when the transaction failed (nothing was
-        appended).
+        appended): :class:`AuditDataError` when the database refused the events' values.
 
         On PostgreSQL, when this process wrote the head it last saw, the batch is first tried as
         one statement that moves the head only if it is still that one and inserts the rows only
@@ -288,7 +309,9 @@ class AuditChain:
                 )
         except IntegrityError as exc:
             raise StoreConflictError(f"audit append: {describe(exc.orig or exc)}") from exc
-        except _DRIVER_ERRORS as exc:
+        except (*_DRIVER_ERRORS, UnicodeError) as exc:
+            if _is_data_error(exc):
+                raise AuditDataError(f"audit append: {describe(exc)}") from exc
             raise StoreError(f"audit append: {describe(exc)}") from exc
         self._expected = appended[-1]
         return appended

@@ -10,7 +10,11 @@ With ``loss_window > 0``, ``emit()`` returns as soon as the event is queued and 
 at least that often. A full queue either makes ``emit()`` wait for room or refuses the request
 with 503 ``overloaded`` (``on_full``); an event is never dropped silently. A failed commit is
 retried with backoff; its ``emit()`` callers are not answered until it succeeds or their
-``commit_timeout`` passes (503; the events stay queued and are committed later).
+``commit_timeout`` passes (503; the events stay queued and are committed later). A batch the
+database refuses for its values (a data error) is split until the offending event is alone;
+that event is then recorded as an ``audit.event.rejected`` marker, so one bad event never holds
+up the ones behind it. The writer task is supervised: should it ever fail, it is restarted and
+the callers waiting on it are answered 503 (their events stay queued).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from bastion.audit.chain import AuditChain, PreparedEvent, SigningKey
+from bastion.audit.chain import AuditChain, AuditDataError, PreparedEvent, SigningKey
 from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent
 from bastion.audit.keys import AuditKeyring, binding_secret
@@ -37,12 +41,12 @@ from bastion.audit.models import (
     REQUEST_ID_MAX,
     TARGET_MAX,
 )
-from bastion.audit.redaction import Redactor
+from bastion.audit.redaction import Redactor, clean_text
 from bastion.http.problems import BastionError
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.store.database import Database
-from bastion.store.errors import StoreError
+from bastion.store.errors import StoreError, describe
 from bastion.store.keys import KeyStore
 from bastion.store.stores import Stores
 
@@ -55,6 +59,18 @@ _RETRY_MAX = 5.0
 _CLOSE_PATIENCE = 10.0
 """Seconds :meth:`AuditLog.close` keeps retrying a failing commit before giving up loudly."""
 _RETRY_AFTER = "1"
+REJECTED_KIND = "audit.event.rejected"
+"""The marker recorded in place of an event the database refused (see :meth:`AuditLog._reject`)."""
+_UNFINISHED = frozenset({"timed_out", "interrupted"})
+"""Outcomes that answer a batch's callers while its events stay queued."""
+
+
+class _GaveUp(Exception):
+    """Shut-down stopped retrying a commit that kept failing."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(describe(error))
+        self.error = error
 
 
 class _Batch:
@@ -73,14 +89,15 @@ class _Batch:
         self.settled = asyncio.Event()
         self.finished = asyncio.Event()
         self.outcome: str | None = None
-        """``committed``, ``timed_out`` or ``lost``; ``None`` while pending."""
+        """``committed``, ``timed_out``, ``interrupted`` (the writer failed) or ``lost``;
+        ``None`` while pending."""
         self.timer: asyncio.TimerHandle | None = None
 
     def settle(self, outcome: str) -> None:
         if self.outcome is None:
             self.outcome = outcome
             self.settled.set()
-        if outcome != "timed_out":
+        if outcome not in _UNFINISHED:
             if self.timer is not None:
                 self.timer.cancel()
             self.finished.set()
@@ -120,6 +137,10 @@ class AuditLog:
         self._writer: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._running = False
+        self._healthy = False
+        """The writer is up: ``False`` between a writer failure and its restart."""
+        self._restarts = 0
+        """Writer failures since the last successful commit: the restart's backoff."""
         self._closing = False
         self._key: SigningKey | None = None
         self._keys_loaded_at = 0.0
@@ -156,14 +177,16 @@ class AuditLog:
         self._closing = False
         self._give_up_at = None
         self._running = True
-        self._writer = asyncio.create_task(self._write_loop(), name="bastion-audit-writer")
+        self._healthy = True
+        self._restarts = 0
+        self._writer = self._spawn_writer(0.0)
         if self.config.retention > 0:
             self._pruner = asyncio.create_task(self._prune_loop(), name="bastion-audit-pruner")
 
     async def close(self) -> None:
         """Commit every queued event, then stop (idempotent). Events that still cannot be
-        committed after a few seconds of retrying are reported in an error log line and their
-        ``emit()`` callers get an error."""
+        committed after a few seconds of retrying, or that the writer left behind, are reported
+        in an error log line and their ``emit()`` callers get an error."""
         if not self._running:
             return
         self._running = False
@@ -174,9 +197,14 @@ class AuditLog:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
             self._pruner = None
-        if self._writer is not None:
+        # The writer may be replaced while this waits (a restart after a failure).
+        while self._writer is not None and not self._writer.done():
             await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        self._writer = None
+        leftovers = [*self._pending]
+        self._pending.clear()
+        for batch in leftovers:
+            self._abandon(batch, "the audit writer stopped before committing them")
 
     async def emit(self, event: AuditEvent) -> None:
         """Queue ``event`` and, unless a loss window is configured, wait for its commit.
@@ -185,7 +213,7 @@ class AuditLog:
         queue is full and ``on_full = "shed"``, or when ``commit_timeout`` passes first.
         """
         prepared = self._prepare(event)
-        if not self._running:
+        if not (self._running and self._healthy):
             raise BastionError(
                 "overloaded", "The audit log is not running", headers={"Retry-After": _RETRY_AFTER}
             )
@@ -210,7 +238,7 @@ class AuditLog:
             raise BastionError(
                 "overloaded",
                 "The audit log could not record the event in time"
-                if batch.outcome == "timed_out"
+                if batch.outcome in _UNFINISHED
                 else "The audit log could not record the event",
                 headers={"Retry-After": _RETRY_AFTER},
             )
@@ -223,16 +251,20 @@ class AuditLog:
             await last.finished.wait()
 
     def _prepare(self, event: AuditEvent) -> PreparedEvent:
+        """The event as stored and hashed: redacted, every text made storable (control
+        characters and lone surrogates escaped, :func:`clean_text`), cut to its column."""
         redactor = self._redactor
         detail = orjson.dumps(redactor.detail(event.detail), option=orjson.OPT_SORT_KEYS)
+        client_ip = event.client_ip
+        request_id = event.request_id
         return PreparedEvent(
             ts_us=time.time_ns() // 1000,
-            kind=event.kind[:KIND_MAX],
-            outcome=event.outcome[:OUTCOME_MAX],
+            kind=clean_text(event.kind)[:KIND_MAX],
+            outcome=clean_text(event.outcome)[:OUTCOME_MAX],
             actor=redactor.text(event.actor, ACTOR_MAX),
             target=redactor.text(event.target, TARGET_MAX),
-            client_ip=event.client_ip[:CLIENT_IP_MAX] if event.client_ip else event.client_ip,
-            request_id=event.request_id[:REQUEST_ID_MAX] if event.request_id else event.request_id,
+            client_ip=clean_text(client_ip)[:CLIENT_IP_MAX] if client_ip else client_ip,
+            request_id=clean_text(request_id)[:REQUEST_ID_MAX] if request_id else request_id,
             detail=detail.decode("utf-8"),
         )
 
@@ -269,7 +301,39 @@ class AuditLog:
                 headers={"Retry-After": _RETRY_AFTER},
             ) from None
 
-    async def _write_loop(self) -> None:
+    def _spawn_writer(self, delay: float) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._write_loop(delay), name="bastion-audit-writer")
+        task.add_done_callback(self._writer_done)
+        return task
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        """Supervision: a writer that failed is logged, its waiting callers are answered 503
+        (their events stay queued) and, unless shutting down, it is restarted after a backoff."""
+        if task is not self._writer or task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        self._healthy = False
+        self._restarts += 1
+        if self._metrics is not None:
+            self._metrics.store_error("audit", "append")
+        _log.error(
+            "audit writer failed; restarting it",
+            error=describe(error),
+            events=self._queued,
+            restarts=self._restarts,
+        )
+        for batch in self._pending:
+            batch.settle("interrupted")
+        if self._closing or not self._running:
+            return  # close() abandons what is left, loudly
+        delay = min(_RETRY_FIRST * 2 ** (self._restarts - 1), _RETRY_MAX)
+        self._writer = self._spawn_writer(delay)
+
+    async def _write_loop(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._healthy = True
         while True:
             if not self._pending:
                 if self._closing:
@@ -291,23 +355,63 @@ class AuditLog:
             batch = self._committing = self._pending.popleft()
             try:
                 await self._commit(batch)
+            except BaseException:
+                if not batch.finished.is_set():
+                    self._pending.appendleft(batch)  # still queued for the next writer
+                raise
             finally:
                 self._committing = None
 
     async def _commit(self, batch: _Batch) -> None:
+        try:
+            committed = await self._append(batch.events)
+        except _GaveUp as gave_up:
+            self._abandon(batch, describe(gave_up.error))
+            return
+        self._restarts = 0
+        self._queued -= len(batch.events)
+        if self._queued < self.config.queue_size:
+            self._room.set()
+        batch.settle("committed")
+        self._count(event.kind for event, _ in committed)
+        if self.config.log_events:
+            self._log_committed(committed)
+
+    async def _append(
+        self, events: list[PreparedEvent], *, marker: bool = False
+    ) -> list[tuple[PreparedEvent, tuple[int, str]]]:
+        """Append ``events`` in order, retrying failures with backoff; returns each event
+        appended with its ``seq`` and ``hash``.
+
+        A data error is permanent for those rows: the batch is split in halves until the event
+        the database refuses is alone, and that event is replaced by a marker (:meth:`_reject`).
+        Any other failure (the database unreachable, a corrupt head row, anything unexpected)
+        is retried until it succeeds or shut-down gives up (:class:`_GaveUp`).
+        """
         delay = _RETRY_FIRST
         while True:
-            key = await self._signing_key()
             try:
-                hashes = await self.chain.append(batch.events, key)
-                break
-            except StoreError as exc:
+                key = await self._signing_key()
+                hashes = await self.chain.append(events, key)
+                return list(zip(events, hashes, strict=True))
+            except AuditDataError as exc:
+                if self._metrics is not None:
+                    self._metrics.store_error("audit", "append")
+                if len(events) > 1:
+                    middle = len(events) // 2
+                    head = await self._append(events[:middle], marker=marker)
+                    return head + await self._append(events[middle:], marker=marker)
+                if marker:
+                    _log.error("audit marker refused by the database", error=str(exc))
+                    return []
+                return await self._append([self._reject(events[0], exc)], marker=True)
+            except Exception as exc:
                 if self._metrics is not None:
                     self._metrics.store_error("audit", "append")
                 _log.warning(
                     "audit append failed; retrying",
-                    error=str(exc),
-                    events=len(batch.events),
+                    error=describe(exc),
+                    events=len(events),
                     retry_in=delay,
                 )
                 if self._closing:
@@ -315,25 +419,43 @@ class AuditLog:
                     if self._give_up_at is None:
                         self._give_up_at = now + _CLOSE_PATIENCE
                     if now >= self._give_up_at:
-                        self._abandon(batch, exc)
-                        return
+                        raise _GaveUp(exc) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
-        self._queued -= len(batch.events)
-        if self._queued < self.config.queue_size:
-            self._room.set()
-        batch.settle("committed")
-        self._count(event.kind for event in batch.events)
-        if self.config.log_events:
-            self._log_committed(batch.events, hashes)
 
-    def _abandon(self, batch: _Batch, error: StoreError) -> None:
-        """Shut-down with the database unreachable: say loudly what could not be recorded."""
+    @staticmethod
+    def _reject(event: PreparedEvent, error: AuditDataError) -> PreparedEvent:
+        """The marker recorded instead of an event the database refused: when it was emitted,
+        its kind and request id (escaped again, in JSON), and the database's reason."""
+        _log.error(
+            "audit event refused by the database; recording a marker instead",
+            error=str(error),
+            kind=event.kind,
+            audit_request_id=event.request_id,
+        )
+        detail = {
+            "kind": event.kind,
+            "request_id": event.request_id,
+            "error": clean_text(str(error))[:256],
+        }
+        return PreparedEvent(
+            ts_us=event.ts_us,
+            kind=REJECTED_KIND,
+            outcome="failure",
+            actor=None,
+            target=None,
+            client_ip=None,
+            request_id=None,
+            detail=orjson.dumps(detail, option=orjson.OPT_SORT_KEYS).decode("utf-8"),
+        )
+
+    def _abandon(self, batch: _Batch, error: str) -> None:
+        """Shut-down with events that cannot be committed: say loudly what was not recorded."""
         self._queued -= len(batch.events)
         self._room.set()
         _log.error(
             "audit events could not be committed before shut-down",
-            error=str(error),
+            error=error,
             events=len(batch.events),
             kinds=sorted({event.kind for event in batch.events}),
         )
@@ -362,8 +484,8 @@ class AuditLog:
         for kind, count in counts.items():
             metrics.audit_events(kind, count)
 
-    def _log_committed(self, events: list[PreparedEvent], hashes: list[tuple[int, str]]) -> None:
-        for event, (seq, digest) in zip(events, hashes, strict=True):
+    def _log_committed(self, committed: list[tuple[PreparedEvent, tuple[int, str]]]) -> None:
+        for event, (seq, digest) in committed:
             _log.info(
                 "audit",
                 seq=seq,
