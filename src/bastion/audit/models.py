@@ -8,8 +8,18 @@ that row for the length of an append, which serialises appends from every proces
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Index, String, Text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ColumnElement,
+    Index,
+    String,
+    Text,
+    and_,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.store.models import Base, UtcDateTime, utc_now
@@ -25,6 +35,7 @@ __all__ = [
     "TARGET_MAX",
     "AuditChainRow",
     "AuditEventRow",
+    "in_chain",
 ]
 
 CHAIN_ID = "main"
@@ -48,6 +59,7 @@ class AuditEventRow(Base):
         Index("ix_audit_events_ts", "ts"),
         Index("ix_audit_events_kind_seq", "kind", "seq"),
         Index("ix_audit_events_actor_seq", "actor", "seq"),
+        CheckConstraint("seq > 0", name="seq_positive"),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -86,3 +98,10 @@ class AuditChainRow(Base):
     anchor_mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """HMAC of the anchor with ``anchor_key_id``, so the checkpoint itself cannot be moved."""
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+def in_chain(seq: Any) -> ColumnElement[bool]:
+    """``anchor_seq < seq <= head seq``, read from the head row by the same statement."""
+    head = select(AuditChainRow.seq).where(AuditChainRow.id == CHAIN_ID).scalar_subquery()
+    anchor = select(AuditChainRow.anchor_seq).where(AuditChainRow.id == CHAIN_ID).scalar_subquery()
+    return and_(seq > anchor, seq <= head)

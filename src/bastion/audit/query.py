@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import Table, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from bastion.audit.models import AuditEventRow
+from bastion.audit.models import AuditEventRow, in_chain
 from bastion.http.problems import BastionError
 from bastion.store.database import Database
 from bastion.store.errors import StoreError, describe
@@ -122,8 +122,9 @@ async def query_events(
     cursor: str | None = None,
     limit: int = 100,
 ) -> tuple[list[StoredEvent], str | None]:
-    """Events matching every given filter, oldest ``seq`` first, and the cursor of the next
-    page (``None`` when this page is the last).
+    """Events of the chain (after the checkpoint, up to the head) matching every given filter,
+    oldest ``seq`` first, and the cursor of the next page (``None`` when this page is the
+    last).
 
     ``kind`` is exact (``auth.login.failed``) or, ending with ``.`` or ``.*``, a prefix
     (``auth.`` matches every ``auth.…`` kind). ``since`` is inclusive, ``until`` exclusive; both
@@ -135,7 +136,7 @@ async def query_events(
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise BastionError("bad_request", f"{name} must carry a time zone")
-    query = select(_EVENTS).order_by(_EVENTS.c.seq).limit(limit + 1)
+    query = select(_EVENTS).where(in_chain(_EVENTS.c.seq)).order_by(_EVENTS.c.seq).limit(limit + 1)
     if cursor is not None:
         query = query.where(_EVENTS.c.seq > decode_cursor(cursor))
     if kind:

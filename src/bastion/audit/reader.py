@@ -2,6 +2,10 @@
 
 Every read walks the primary key (``seq``) in bounded batches, so an export of millions of
 events holds one batch in memory, and a page is one indexed range scan however deep it starts.
+Only rows of the chain are served: ``anchor_seq < seq <= head seq``
+(:func:`~bastion.audit.models.in_chain`), so a row forged below the pruning checkpoint or past
+the head, which verification reports as ``outside_chain``, never reaches an export or the admin
+API.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Select, select
 
-from bastion.audit.models import AuditEventRow
+from bastion.audit.models import AuditEventRow, in_chain
 from bastion.audit.query import StoredEvent
 from bastion.store.database import Database
 
@@ -89,7 +93,7 @@ def event_record(row: AuditEventRow) -> dict[str, Any]:
 
 
 def _filtered(query: AuditFilter) -> Select[AuditEventRow]:
-    statement = select(AuditEventRow)
+    statement = select(AuditEventRow).where(in_chain(AuditEventRow.seq))
     prefix = query.kind_prefix
     if prefix is not None:
         # Escaped: ``_`` is a LIKE wildcard, and kinds may contain it.

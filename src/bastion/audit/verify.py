@@ -11,8 +11,11 @@ reports the first ``seq`` where the chain breaks and why:
 - ``unknown_key``: the row names an HMAC key that does not exist;
 - ``unkeyed``: HMAC is required and the row has none (a chain recomputed with plain SHA-256);
 - ``anchor_invalid``: the pruning checkpoint is not signed by a known key;
-- ``head_mismatch``: rows are missing at the tail (the head row records more), or a row exists
-  past the head.
+- ``head_mismatch``: rows are missing at the tail (the head row records more), or the last row
+  is not the head's;
+- ``outside_chain``: a row lies outside the chain, at or below the pruning checkpoint (``seq``
+  0 or less included) or past the head: a forged row the walk would never reach, which the
+  readers never serve either.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class VerifyReport:
     """The first ``seq`` where the chain breaks (``None`` when ``ok``)."""
     reason: str | None = None
     """``gap``, ``prev_hash_mismatch``, ``hash_mismatch``, ``unknown_key``, ``unkeyed``,
-    ``anchor_invalid`` or ``head_mismatch``."""
+    ``anchor_invalid``, ``head_mismatch`` or ``outside_chain``."""
     detail: str | None = None
     """One human-readable sentence about the break."""
     anchor_seq: int = 0
@@ -200,6 +203,21 @@ async def verify_chain(
         return broken
     try:
         async with database.engine.connect() as connection:
+            # One statement, so it sees the checkpoint and the rows of the same moment: a prune
+            # deletes rows and moves the checkpoint in one transaction.
+            below = await connection.scalar(
+                select(func.min(_EVENTS.c.seq)).where(
+                    _EVENTS.c.seq
+                    <= select(_CHAIN.c.anchor_seq).where(_CHAIN.c.id == CHAIN_ID).scalar_subquery()
+                )
+            )
+            await connection.rollback()
+            if below is not None:
+                return walk.fail(
+                    int(below),
+                    "outside_chain",
+                    f"event {below} lies at or below the checkpoint, outside the chain",
+                )
             while walk.expected_seq <= head.seq:
                 page = (
                     await connection.execute(
@@ -243,7 +261,7 @@ async def verify_chain(
     if walk.expected_seq == head.seq + 1 and walk.prev != head.hash:
         return walk.fail(head.seq, "head_mismatch", "the last event is not the head's")
     if beyond is not None:
-        return walk.fail(int(beyond), "head_mismatch", f"event {beyond} lies past the head")
+        return walk.fail(int(beyond), "outside_chain", f"event {beyond} lies past the head")
     return VerifyReport(
         ok=True, checked=walk.checked, anchor_seq=walk.head.anchor_seq, head_seq=head.seq
     )

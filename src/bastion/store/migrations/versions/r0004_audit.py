@@ -37,6 +37,8 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_events")),
+        # The chain starts at 1: a row at 0 or below could only be forged.
+        sa.CheckConstraint("seq > 0", name=op.f("ck_audit_events_seq_positive")),
     )
     op.create_index("ix_audit_events_ts", "audit_events", ["ts"])
     op.create_index("ix_audit_events_kind_seq", "audit_events", ["kind", "seq"])
