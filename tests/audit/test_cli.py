@@ -174,6 +174,31 @@ def test_export_csv(chain: Path) -> None:
     assert orjson.loads(rows[4]["detail"])["nested"] == {"list": [1, "two", None]}
 
 
+FORMULAS = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain"]
+
+
+def test_export_csv_keeps_formulas_as_text(tmp_path: Path) -> None:
+    async def build() -> None:
+        async with started_stores(_url(tmp_path)) as stores:
+            log = AuditLog.from_stores(AuditConfig(), stores)
+            await log.start()
+            try:
+                for number, value in enumerate(FORMULAS, start=1):
+                    await log.emit(sample_event(number, actor=value, target=value))
+            finally:
+                await log.close()
+
+    asyncio.run(build())
+    result = _invoke(tmp_path, "export", "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    # Stored escaped (a tab or CR is a control character), then shown as text, never a formula.
+    expected = ['\'=HYPERLINK("http://x")', "'+1+1", "'-2+3", "'@SUM(A1)", "\\x09x", "\\x0dx"]
+    assert [row["target"] for row in rows] == [*expected, "plain"]
+    assert [row["actor"] for row in rows] == [*expected, "plain"]
+    assert all(not row["ts"].startswith("'") for row in rows)
+
+
 def test_export_filters(chain: Path) -> None:
     result = _invoke(chain, "export", "--kind", "auth.*", "--actor", "user-1")
     assert result.exit_code == 0, result.stderr
@@ -196,6 +221,8 @@ def test_export_filters(chain: Path) -> None:
         (["--since", "1h", "--until", "2h"], "--until"),
         (["--kind", "Auth.Failed"], "--kind"),
         (["--actor", "a\tb"], "--actor"),
+        (["--since", "0001-01-01T00:00:00+14:00"], "--since"),
+        (["--until", "9999-12-31T23:59:59-14:00"], "--until"),
         (["--format", "xml"], "--format"),
     ],
 )

@@ -53,12 +53,14 @@ AUDIT_PERMISSION = "admin:audit"
 """The permission the audit query needs: held by ``admin`` (``*``), not covered by the
 ``*:read`` of the built-in ``viewer`` and ``operator`` roles."""
 _PARAMETERS = frozenset({"kind", "actor", "since", "until", "cursor", "limit"})
-_KIND = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?$")
+_KIND = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?\Z")
 _KIND_MAX = 64
 _ACTOR_MAX = 128
 _TIME_MAX = 64
-_CURSOR = re.compile(r"^[1-9][0-9]{0,18}$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_CURSOR = re.compile(r"[1-9][0-9]{0,18}\Z")
+_CURSOR_MAX = 2**63
+"""Cursors are ``seq`` values: a 64-bit signed column (as :func:`query.decode_cursor` bounds)."""
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z")
 _NO_STORE = [(b"cache-control", b"no-store"), (b"content-type", b"application/json")]
 
 
@@ -98,7 +100,10 @@ def parse_time(value: str, *, now: float | None = None) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         raise ValueError("needs a UTC offset (Z or +hh:mm)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the first instant there is
+        raise ValueError("is out of range") from None
 
 
 def check_kind(value: str) -> str:
@@ -162,14 +167,14 @@ def parse_filter(query_string: bytes, *, now: float | None = None) -> AuditFilte
     before_seq: int | None = None
     cursor = values.get("cursor")
     if cursor:
-        if _CURSOR.match(cursor):
+        if _CURSOR.match(cursor) and int(cursor) < _CURSOR_MAX:
             before_seq = int(cursor)
         else:
             errors.append({"field": "cursor", "message": "is not a cursor this endpoint gave"})
     limit = DEFAULT_LIMIT
     raw_limit = values.get("limit")
     if raw_limit:
-        if raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+        if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
             limit = int(raw_limit)
         else:
             errors.append(

@@ -141,8 +141,23 @@ def _jsonl(record: dict[str, Any]) -> str:
     return orjson.dumps(record).decode() + "\n"
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet reads a cell starting with one of these as a formula (CSV injection)."""
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell that cannot run as a formula: ``'`` put before a leading ``= + - @``, tab or
+    carriage return (the OWASP advice), so ``=HYPERLINK(…)`` in a target stays text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class _CsvRows:
-    """Events as CSV rows: :data:`FIELDS` as the header, ``detail`` as JSON text."""
+    """Events as CSV rows: :data:`FIELDS` as the header, ``detail`` as JSON text, text cells
+    that would start a formula prefixed with ``'``."""
 
     def __init__(self) -> None:
         self._buffer = io.StringIO()
@@ -155,7 +170,7 @@ class _CsvRows:
     def row(self, record: dict[str, Any]) -> str:
         values = [record[name] for name in FIELDS]
         values[FIELDS.index("detail")] = orjson.dumps(record["detail"]).decode()
-        self._writer.writerow(["" if v is None else v for v in values])
+        self._writer.writerow([_csv_cell(v) for v in values])
         return self._take()
 
     def _take(self) -> str:
