@@ -305,11 +305,12 @@ class Bastion:
         if self.ratelimit is not None:
             await self.ratelimit.close()
         await self.cache.close()
-        if self.audit_copies is not None:
-            await self.audit_copies.close()
         if self.audit_log is not None:
             # After everything that may still emit, before the database closes.
             await self.audit_log.close()
+        if self.audit_copies is not None:
+            # Last: an event refused by the closed log above still reaches its copies.
+            await self.audit_copies.close()
         await self.stores.close()
         if self.deps.tracing is not None:
             self.deps.tracing.flush()

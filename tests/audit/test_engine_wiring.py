@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -14,8 +15,10 @@ from starlette.testclient import TestClient
 
 from bastion import Bastion, Settings
 from bastion.audit.config import AuditConfig
-from bastion.audit.events import LoggingAuditSink, MemoryAuditSink
+from bastion.audit.events import AuditEvent, LoggingAuditSink, MemoryAuditSink
 from bastion.audit.log import AuditLog
+from bastion.audit.sink_config import FileSinkConfig
+from bastion.http.problems import BastionError
 from bastion.store.config import StoreConfig
 
 
@@ -67,3 +70,32 @@ def test_disabled_audit_only_logs(tmp_path: Path) -> None:
     engine = Bastion(Settings(store=store, audit=AuditConfig(enabled=False)))
     assert engine.audit_log is None
     assert isinstance(engine.deps.audit, LoggingAuditSink)
+
+
+async def test_an_event_refused_by_the_closed_log_still_reaches_the_file_copy(
+    tmp_path: Path,
+) -> None:
+    """Shut-down closes the durable log before the copies: an event emitted in between is
+    refused (503) by the log, and its copy is still written."""
+    copy = tmp_path / "audit.jsonl"
+    store = StoreConfig(database_url=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    settings = Settings(store=store, audit=AuditConfig(file=FileSinkConfig(path=str(copy))))
+    engine = Bastion(settings)
+    await engine.startup()
+    assert engine.audit_log is not None
+    log = engine.audit_log
+    close_log = log.close
+    refused: list[str] = []
+
+    async def close_then_emit() -> None:
+        await close_log()
+        try:
+            await engine.deps.audit.emit(AuditEvent(kind="admin.user.disabled", target="bob"))
+        except BastionError as exc:
+            refused.append(exc.code)
+
+    log.close = close_then_emit  # type: ignore[method-assign]
+    await engine.shutdown()
+    assert refused == ["overloaded"]
+    lines = [orjson.loads(line) for line in copy.read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["admin.user.disabled"]

@@ -96,7 +96,7 @@ async def test_concurrent_emits_share_transactions(database_url: str) -> None:
 
 
 async def test_loss_window_acknowledges_at_once_and_commits_later(sqlite_stores: Stores) -> None:
-    log = await started(sqlite_stores, AuditConfig(loss_window=30.0))
+    log = await started(sqlite_stores, AuditConfig(loss_window=30.0, commit_timeout=60.0))
     try:
         for number in range(5):
             await log.emit(sample_event(number))
@@ -209,7 +209,7 @@ async def test_close_reports_events_it_cannot_commit(
     sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("bastion.audit.log._CLOSE_PATIENCE", 0.0)
-    log = await started(sqlite_stores, AuditConfig(loss_window=30.0))
+    log = await started(sqlite_stores, AuditConfig(loss_window=30.0, commit_timeout=60.0))
     append = ControlledAppend(log)
     append.failures = 1_000_000
     await log.emit(sample_event(1))
@@ -411,7 +411,9 @@ async def test_close_gives_up_on_every_batch_once_the_patience_is_spent(
     sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("bastion.audit.log._CLOSE_PATIENCE", 0.0)
-    log = await started(sqlite_stores, AuditConfig(loss_window=30.0, batch_size=1))
+    log = await started(
+        sqlite_stores, AuditConfig(loss_window=30.0, commit_timeout=60.0, batch_size=1)
+    )
     append = ControlledAppend(log)
     append.failures = 1_000_000
     for number in range(3):
@@ -424,7 +426,9 @@ async def test_close_gives_up_on_every_batch_once_the_patience_is_spent(
 
 
 async def test_a_request_waiting_for_room_fails_when_the_log_closes(sqlite_stores: Stores) -> None:
-    log = await started(sqlite_stores, AuditConfig(queue_size=1, loss_window=30.0))
+    log = await started(
+        sqlite_stores, AuditConfig(queue_size=1, loss_window=30.0, commit_timeout=60.0)
+    )
     append = ControlledAppend(log)
     append.gate.clear()
     await log.emit(sample_event(1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,26 @@ async def test_a_timed_out_event_stays_queued_and_is_committed_later(
     stored, _ = await query_events(sqlite_stores.database)
     assert [event.request_id for event in stored] == ["req-1"]
     assert orjson.loads(stored[0].detail_json) == stored[0].detail
+
+
+async def test_pruning_never_deletes_a_newer_event_behind_an_older_one(database_url: str) -> None:
+    """Timestamps from several processes are not in ``seq`` order: pruning stops before the
+    first event at or after the cutoff, even when older events follow it."""
+    async with started_stores(database_url) as stores:
+        config = AuditConfig(retention=3600)
+        log = await started(stores, config)
+        try:
+            for number in range(1, 6):
+                await log.emit(sample_event(number))
+        finally:
+            await log.close()
+        # Events 1, 2 and 4 are a day old; 3 (another process, a later clock) and 5 are recent.
+        await execute(
+            stores,
+            ["UPDATE audit_events SET ts = :old WHERE seq IN (1, 2, 4)"],
+            old=datetime.now(UTC) - timedelta(days=1),
+        )
+        deleted = await audit_store(stores, config).prune()
+        remaining = [row[0] for row in await rows(stores, "SELECT seq FROM audit_events")]
+    assert deleted == 2
+    assert sorted(remaining) == [3, 4, 5]

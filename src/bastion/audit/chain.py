@@ -388,15 +388,26 @@ class AuditChain:
         return rows, appended
 
     async def prune(self, before: datetime, key: SigningKey | None, *, chunk: int = 10_000) -> int:
-        """Delete the events up to the last one emitted before ``before``, moving the checkpoint
+        """Delete the events before the first one emitted at or after ``before`` (so every
+        deleted event is older than ``before``), moving the checkpoint
         to the last deleted row (HMAC'd with ``key``). Each chunk is one transaction under the
         head lock, so only one process prunes at a time and appends wait only briefly.
         Returns how many events were deleted."""
         deleted = 0
         try:
             async with self._database.engine.connect() as connection:
-                last = await connection.scalar(
-                    select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.ts < before)
+                # Up to the first event at or after ``before``, never past it: with several
+                # processes (and clocks) timestamps are not in seq order, and a newer event
+                # must not go because an older one follows it.
+                first_kept = await connection.scalar(
+                    select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before)
+                )
+                last = (
+                    int(first_kept) - 1
+                    if first_kept is not None
+                    else await connection.scalar(
+                        select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.ts < before)
+                    )
                 )
                 await connection.rollback()
                 if last is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bastion.audit.sink_config import FileSinkConfig, SyslogSinkConfig
 from bastion.config_types import ConfigModel, Duration
@@ -34,7 +34,8 @@ class AuditConfig(ConfigModel):
     request fails with 503 ``overloaded``. Events are never dropped silently."""
     commit_timeout: Duration = Field(default=5.0, gt=0)
     """How long a request waits for its event's commit (or for room in the queue) before it fails
-    with 503 ``overloaded``; the event itself stays queued and is still committed."""
+    with 503 ``overloaded``; the event itself stays queued and is still committed. Must be longer
+    than ``max_wait`` and ``loss_window``."""
     loss_window: Duration = Field(default=0.0, le=60.0)
     """``0`` (default): a request completes only after its events are committed. Above zero,
     events are acknowledged when queued and committed at least this often, so a crash can lose
@@ -54,3 +55,16 @@ class AuditConfig(ConfigModel):
     """A copy of every event in a JSON-lines file (the SQL log stays the record)."""
     syslog: SyslogSinkConfig = Field(default_factory=SyslogSinkConfig)
     """A copy of every event sent to syslog (RFC 5424)."""
+
+    @model_validator(mode="after")
+    def _coherent(self) -> AuditConfig:
+        # A batch may wait max_wait (loss_window when set) before its commit even starts: a
+        # commit_timeout no longer than that would fail requests the log is about to serve.
+        for name, wait in (("max_wait", self.max_wait), ("loss_window", self.loss_window)):
+            if wait > 0 and self.commit_timeout <= wait:
+                raise ValueError(
+                    f"commit_timeout ({self.commit_timeout:g}s) must be longer than {name} "
+                    f"({wait:g}s): requests would time out waiting for commits that have not "
+                    "started yet"
+                )
+        return self
