@@ -166,8 +166,9 @@ _SCHEME_WORDS = frozenset({"bearer", "basic", "digest", "token", "apikey", "api-
 _WORD = re.compile(r"\s+[^&;,\s#\"']+")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+(?=@)")
 """The password of ``scheme://user:password@host``."""
-_CARD = re.compile(r"(?<![\d-])\d+(?:[ -]\d+)*")
-"""Runs of digit groups separated by one space or dash, where card numbers are looked for."""
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}")
+"""Runs of at least 13 digits in groups separated by one space or dash, where card numbers are
+looked for (shorter runs, version numbers and the like, never reach Python code)."""
 _DIGIT_GROUP = re.compile(r"\d+")
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _SESSION_PARAMETERS = frozenset({"sid", "sessid", "sessionid", "phpsessid", "jsessionid"})
