@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from audit.chain_harness import audit_store, execute, rows, sample_event, started_stores
-from bastion.audit.chain import AuditDataError, PreparedEvent, SigningKey
+from bastion.audit.chain import AuditDataError, PreparedEvent, SigningKey, _is_data_error
 from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent
 from bastion.audit.log import REJECTED_KIND, AuditLog
@@ -329,3 +329,35 @@ async def test_pruning_never_deletes_a_newer_event_behind_an_older_one(database_
         remaining = [row[0] for row in await rows(stores, "SELECT seq FROM audit_events")]
     assert deleted == 2
     assert sorted(remaining) == [3, 4, 5]
+
+
+class DriverError(Exception):
+    """Stands for a driver exception carrying a SQLSTATE, as asyncpg's do."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def wrapped(cause: BaseException) -> BaseException:
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (DriverError("22021"), True),  # character_not_in_repertoire: a NUL in text
+        (DriverError("22001"), True),  # string_data_right_truncation
+        (wrapped(DriverError("22P02")), True),
+        (UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"), True),
+        (DriverError("08006"), False),  # connection_failure: retried
+        (DriverError("40001"), False),  # serialization_failure: retried
+        (ValueError("non-hexadecimal number"), False),  # a corrupt head row: retried
+        (OSError("connection reset"), False),
+    ],
+    ids=["nul", "too-long", "wrapped", "unencodable", "connection", "serialization", "head", "os"],
+)
+def test_only_errors_about_the_values_are_permanent(error: BaseException, permanent: bool) -> None:
+    assert _is_data_error(error) is permanent
