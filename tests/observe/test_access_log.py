@@ -30,7 +30,7 @@ class Stream(io.BytesIO):
 def stdout(monkeypatch: pytest.MonkeyPatch) -> Stream:
     stream = Stream()
     monkeypatch.setattr("sys.stdout", stream)
-    configure_logging(LoggingConfig())
+    configure_logging(LoggingConfig(), cache_loggers=False)
     yield stream
     structlog.reset_defaults()
     bastion_logging._access_output = None

@@ -40,7 +40,7 @@ class Stream(io.BytesIO):
 def stdout(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stream]:
     stream = Stream()
     monkeypatch.setattr("sys.stdout", stream)
-    configure_logging(LoggingConfig())
+    configure_logging(LoggingConfig(), cache_loggers=False)
     yield stream
     structlog.reset_defaults()
     bastion_logging._access_output = None
@@ -94,7 +94,7 @@ def test_untraced_lines_have_no_trace_fields(stdout: Stream, tmp_path: Path) -> 
 def test_trace_ids_in_console_format(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    configure_logging(LoggingConfig(format="console"))
+    configure_logging(LoggingConfig(format="console"), cache_loggers=False)
     try:
         token = TRACE_IDS.set(("a" * 32, "b" * 16, True))
         try:
@@ -117,7 +117,7 @@ def test_library_lines_are_json_with_the_request_and_trace_ids(
         await app(scope, receive, send)
 
     bastion = engine(tmp_path, tracing={"enabled": True, "exporter": "none"})
-    configure_logging(LoggingConfig())
+    configure_logging(LoggingConfig(), cache_loggers=False)
     try:
         with TestClient(bastion.wrap(library_app)) as client:
             client.get("/hello", headers={"X-Request-ID": "lib-1"})

@@ -152,8 +152,14 @@ def access_output() -> JsonLines | None:
     return _access_output
 
 
-def configure_logging(config: LoggingConfig, log_format: str | None = None) -> None:
-    """Configure structlog (and the standard library's root logger) for this process."""
+def configure_logging(
+    config: LoggingConfig, log_format: str | None = None, *, cache_loggers: bool = True
+) -> None:
+    """Configure structlog (and the standard library's root logger) for this process.
+
+    ``cache_loggers``: each module's logger binds its configuration on first use, for speed.
+    Code that configures logging again later in the same process (tests) passes ``False``,
+    since a bound logger keeps the configuration it was bound with."""
     global _access_output
     fmt = log_format or config.format
     level = _LEVELS[config.level]
@@ -179,7 +185,7 @@ def configure_logging(config: LoggingConfig, log_format: str | None = None) -> N
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     # Libraries log through the standard library: their warnings go to standard error in the
     # same format, with the request and trace ids of the request they were logged in.
