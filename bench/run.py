@@ -881,43 +881,45 @@ def latency_scenario(
     )
 
 
-def micro_scenario(opts: Options, report: Report) -> MicroResult:
-    argv = [
-        "taskset",
-        "-c",
-        SERVER_CPU,
-        sys.executable,
-        "-m",
-        "bench.micro",
-        "--iterations",
-        str(opts.micro_iterations),
-        "--batches",
-        str(opts.micro_batches),
-    ]
-    report.micro_commands.append(shlex.join(argv))
+def run_module(
+    opts: Options,
+    module: str,
+    args: Sequence[str] = (),
+    *,
+    commands: list[str],
+    cpus: str = SERVER_CPU,
+    timeout: float = 900,
+    takes_quick: bool = True,
+) -> Any:
+    """Run ``python -m module args`` pinned to ``cpus`` (with ``--quick`` in a quick run when
+    the module ``takes_quick``), once the machine is quiet; its command goes to ``commands``,
+    and its standard output is the JSON it returns. A failing module stops the benchmark."""
+    argv = ["taskset", "-c", cpus, sys.executable, "-m", module, *args]
+    if opts.quick and takes_quick:
+        argv.append("--quick")
+    commands.append(shlex.join(argv))
     opts.gate.wait()
     done = subprocess.run(
-        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900, check=False
+        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"bench.micro failed with exit code {done.returncode}")
-    return MicroResult.from_json(json.loads(done.stdout))
+        raise RuntimeError(f"{module} failed with exit code {done.returncode}")
+    return json.loads(done.stdout)
+
+
+def micro_scenario(opts: Options, report: Report) -> MicroResult:
+    # Its size comes as arguments, in a quick run too.
+    args = ["--iterations", str(opts.micro_iterations), "--batches", str(opts.micro_batches)]
+    found = run_module(opts, "bench.micro", args, commands=report.micro_commands, takes_quick=False)
+    return MicroResult.from_json(found)
 
 
 def auth_scenario(opts: Options, report: Report) -> AuthResult:
     """:mod:`bench.auth` in its own process. It may use both benchmark CPUs: the argon2id
     threads of a login run beside the event loop, as they do in a server."""
-    argv = ["taskset", "-c", f"{SERVER_CPU},{LOAD_CPU}", sys.executable, "-m", "bench.auth"]
-    if opts.quick:
-        argv.append("--quick")
-    report.auth_commands.append(shlex.join(argv))
-    opts.gate.wait()
-    done = subprocess.run(
-        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=600, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.auth failed with exit code {done.returncode}")
-    return AuthResult.from_json(json.loads(done.stdout))
+    cpus = f"{SERVER_CPU},{LOAD_CPU}"
+    found = run_module(opts, "bench.auth", commands=report.auth_commands, cpus=cpus, timeout=600)
+    return AuthResult.from_json(found)
 
 
 # ---------------------------------------------------------------- rate limiting
@@ -1061,26 +1063,10 @@ def ratelimit_toml(database: Path, *, store: str, redis_url: str = "") -> str:
 
 def ratelimit_micro(opts: Options, section: RateLimitSection, redis: _Redis) -> None:
     """:mod:`bench.ratelimit` in its own process on the server CPU."""
-    argv = [
-        "taskset",
-        "-c",
-        SERVER_CPU,
-        sys.executable,
-        "-m",
-        "bench.ratelimit",
-        "--redis-url",
-        redis.url,
-    ]
-    if opts.quick:
-        argv.append("--quick")
-    section.micro_commands.append(shlex.join(argv))
-    opts.gate.wait()
-    done = subprocess.run(
-        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=900, check=False
+    found = run_module(
+        opts, "bench.ratelimit", ["--redis-url", redis.url], commands=section.micro_commands
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.ratelimit failed with exit code {done.returncode}")
-    section.micro = RateLimitResult.from_json(json.loads(done.stdout))
+    section.micro = RateLimitResult.from_json(found)
 
 
 def ratelimit_throughput(
@@ -1243,26 +1229,14 @@ def cache_scenario(opts: Options, tmp: Path, report: Report) -> None:
     """:mod:`bench.cache` in its own process on the server CPU, against a Redis of its own."""
     with redis_server(tmp, report.cache_commands) as redis:
         log("tiered cache")
-        argv = [
-            "taskset",
-            "-c",
-            SERVER_CPU,
-            sys.executable,
-            "-m",
+        found = run_module(
+            opts,
             "bench.cache",
-            "--redis-url",
-            redis.url,
-        ]
-        if opts.quick:
-            argv.append("--quick")
-        report.cache_commands.append(shlex.join(argv))
-        opts.gate.wait()
-        done = subprocess.run(
-            argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=1800, check=False
+            ["--redis-url", redis.url],
+            commands=report.cache_commands,
+            timeout=1800,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"bench.cache failed with exit code {done.returncode}")
-        report.cache = CacheResult.from_json(json.loads(done.stdout))
+        report.cache = CacheResult.from_json(found)
 
 
 def cache_http_throughput(opts: Options, tmp: Path) -> ThroughputScenario:
@@ -1321,18 +1295,14 @@ def _served_from_cache(url: str) -> bool:
 def audit_log_scenario(opts: Options, report: Report) -> None:
     """:mod:`bench.audit_log` in its own process on the server CPU; its throwaway PostgreSQL
     on the load generator's CPU, as a database server would be another machine."""
-    argv = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "bench.audit_log"]
-    argv += ["--postgres-cpu", LOAD_CPU]
-    if opts.quick:
-        argv.append("--quick")
-    report.audit_log_commands.append(shlex.join(argv))
-    opts.gate.wait()
-    done = subprocess.run(
-        argv, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=1800, check=False
+    found = run_module(
+        opts,
+        "bench.audit_log",
+        ["--postgres-cpu", LOAD_CPU],
+        commands=report.audit_log_commands,
+        timeout=1800,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.audit_log failed with exit code {done.returncode}")
-    report.audit_log = AuditLogResult.from_json(json.loads(done.stdout))
+    report.audit_log = AuditLogResult.from_json(found)
 
 
 def audit_scenario(opts: Options, tmp: Path) -> ThroughputScenario:
