@@ -346,20 +346,9 @@ class AuditChain:
         for event in events:
             seq += 1
             ts_us, kind, outcome, actor, target, client_ip, request_id, detail = event
-            canonical = orjson.dumps(
-                [
-                    CANONICAL_VERSION,
-                    seq,
-                    ts_us,
-                    kind,
-                    outcome,
-                    actor,
-                    target,
-                    client_ip,
-                    request_id,
-                    key_id,
-                    detail,
-                ]
+            # The one definition of the encoding: verify and third parties recompute it.
+            canonical = canonical_bytes(
+                seq, ts_us, kind, outcome, actor, target, client_ip, request_id, key_id, detail
             )
             message = bytes.fromhex(prev) + canonical
             digest = (
