@@ -13,25 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from bastion.cache.http.policy import Freshness, Header, ResponseFacts, freshness, read_response
+from bastion.proxy.headers import HOP_BY_HOP
 
 __all__ = ["Entry", "build_entry", "entry_headers", "not_modified_headers", "refreshed_entry"]
 
 Entry = dict[str, Any]
 
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"age",
-        b"x-cache",
-        b"content-length",
-    }
-)
+_NOT_STORED = HOP_BY_HOP | {b"age", b"x-cache", b"content-length"}
+"""Fields an entry never keeps: the connection's, and those each answer computes again."""
 _IN_304 = frozenset(
     {
         b"cache-control",
@@ -59,7 +48,7 @@ def entry_headers(
         if name.lower() == b"connection"
         for item in value.split(b",")
     }
-    excluded = _HOP_BY_HOP | drop | named | set(cc.private_fields) | set(cc.no_cache_fields)
+    excluded = _NOT_STORED | drop | named | set(cc.private_fields) | set(cc.no_cache_fields)
     return [(name.lower(), value) for name, value in headers if name.lower() not in excluded]
 
 
