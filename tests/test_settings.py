@@ -155,7 +155,10 @@ def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5", "5 sec", "-1s", "1w", True, None, "s"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "5", "5 sec", "-1s", "1w", True, None, "s", float("nan"), float("inf"), -0.5, "99999d"],
+)
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
@@ -175,7 +178,7 @@ def test_bad_sizes(text: object) -> None:
         parse_byte_size(text)
 
 
-@given(st.integers(min_value=0, max_value=10**7), st.sampled_from(["ms", "s", "m", "h", "d"]))
+@given(st.integers(min_value=0, max_value=36_500), st.sampled_from(["ms", "s", "m", "h", "d"]))
 def test_duration_serialisation_round_trips(value: int, unit: str) -> None:
     from pydantic import TypeAdapter
 
@@ -184,3 +187,11 @@ def test_duration_serialisation_round_trips(value: int, unit: str) -> None:
     adapter = TypeAdapter(Duration)
     seconds = adapter.validate_python(f"{value}{unit}")
     assert adapter.validate_python(adapter.dump_python(seconds)) == pytest.approx(seconds)
+
+
+def test_a_toml_nan_duration_is_refused_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bastion.toml"
+    path.write_text("[server]\nheader_timeout = nan\n")
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_file(path)
+    assert [key for key, _ in exc.value.errors] == ["server.header_timeout"]

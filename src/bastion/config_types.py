@@ -8,6 +8,7 @@ parsed here once, at start-up, so stages only ever see ready values.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+_MAX_DURATION = 100 * 365 * 86400.0
+"""Longer is a typo: and datetime arithmetic with it would overflow."""
+
+
 def parse_duration(value: Any) -> float:
     """Seconds for ``"500ms"``, ``"30s"``, ``"15m"``, ``"1h"``, ``"7d"`` or a plain number."""
     if isinstance(value, bool):
@@ -52,8 +57,14 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError("a duration is a string such as '30s' or a number of seconds")
+    if not math.isfinite(seconds):
+        # TOML has nan and inf literals: a sleep of nan never ends, comparisons with it are
+        # always false, so such a value would silently switch a feature off.
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > _MAX_DURATION:
+        raise ValueError("a duration cannot exceed 100 years")
     return seconds
 
 
