@@ -297,7 +297,11 @@ class Bastion:
         for close in reversed(self._closers):
             await close()
         if self.alerts is not None:
-            await self.alerts.close()
+            try:
+                await self.alerts.close()
+            except Exception as exc:
+                # Alerting must not keep the stores below from closing.
+                _log.error("alerts close failed", error=repr(exc))
         if self.identity is not None:
             await self.identity.service.close()
         if self.inspection is not None:

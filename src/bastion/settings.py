@@ -13,8 +13,9 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -178,6 +179,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"two routes are named {route.name!r}")
             seen.add(route.name)
         return routes
+
+    @model_validator(mode="after")
+    def _alert_routes(self) -> Settings:
+        unknown = self.alerts.unknown_routes({route.name for route in self.routes})
+        if unknown:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "value_error", "unknown route names: {names}", {"names": names}
+                        ),
+                        loc=("alerts", "rules", index, "routes"),
+                        input=self.alerts.rules[index].routes,
+                    )
+                    for index, names in unknown
+                ],
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

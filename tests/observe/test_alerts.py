@@ -420,14 +420,14 @@ def test_a_long_window_keeps_sixty_slots() -> None:
 
 def test_each_transition_is_one_log_line() -> None:
     alerts, clock, _ = engine_for(
-        {"name": "waf", "kind": "waf_blocks", "threshold": 0, "resolve_after": 0, "window": 5}
+        {"name": "waf", "kind": "waf_blocks", "threshold": 0, "resolve_after": 0, "window": 10}
     )
     seen: list[Alert] = []
     alerts.listeners.append(seen.append)
     with capture_logs() as logs:
         alerts.observe_event(event("inspect.blocked"))
         alerts.evaluate()
-        clock.advance(6)
+        clock.advance(11)
         alerts.evaluate()
     lines = [(line["event"], line["log_level"], line["rule"]) for line in logs]
     assert lines == [("alert firing", "warning", "waf"), ("alert resolved", "info", "waf")]

@@ -422,6 +422,11 @@ RETRY_AFTER = [
     ("negative", "-5", None),
     ("fraction", "1.5", None),
     ("garbage", "soon", None),
+    ("arabic-indic-digits", "\u0661\u0662", None),
+    ("superscript-digit", "\u00b2", None),
+    ("too-many-digits", "9" * 40, None),
+    ("date-minus-zero", "Tue, 01 Dec 2026 23:00:30 -0000", 30.0),
+    ("date-year-out-of-range", "Tue, 01 Dec 99999 23:00:30 GMT", None),
     ("empty", "", None),
     ("absent", None, None),
 ]

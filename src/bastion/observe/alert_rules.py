@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bastion.observe.config import AlertRuleConfig
+from bastion.auth.throttle import ip_bucket
+from bastion.observe.config import UNROUTED, AlertRuleConfig
 
 __all__ = [
     "BUILTIN_RULES",
@@ -43,7 +45,6 @@ OTHER = "other"
 
 _SLOTS = 60
 _IP_SLOTS = 12
-UNROUTED = "_none"
 
 EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "auth_failures": (
@@ -176,7 +177,8 @@ class Episode:
 
     @property
     def active(self) -> bool:
-        return self.firing or self.pending_since is not None
+        """Pending, firing or clearing: the episode can still change without new events."""
+        return self.firing or self.pending_since is not None or self.clear_since is not None
 
 
 @dataclass(slots=True)
@@ -319,41 +321,68 @@ class Client:
 
 
 class PerIpRule(Rule):
-    """Events over the window per client address, in a bounded table."""
+    """Events over the window per client network, in a bounded table.
 
-    __slots__ = ("active", "capacity", "clients", "dirty", "other")
+    Addresses are keyed like the login throttle keys them (:func:`ip_bucket`: IPv6 by /64,
+    IPv4-mapped IPv6 as IPv4), so one host rotating through its /64 is one client. Clients
+    with an active episode (pending, firing or clearing) are kept out of the eviction order,
+    so they never stop idle ones from being forgotten; making room looks at one entry.
+    """
+
+    __slots__ = ("active", "capacity", "clients", "dirty", "other", "pinned")
 
     def __init__(self, config: AlertRuleConfig, capacity: int) -> None:
         super().__init__(config)
         self.capacity = capacity
-        self.clients: dict[str, Client] = {}
-        """Tracked addresses, least recently seen first."""
+        self.clients: OrderedDict[str, Client] = OrderedDict()
+        """Tracked clients without an active episode, least recently seen first."""
+        self.pinned: dict[str, Client] = {}
+        """Tracked clients with an active episode: never evicted."""
         self.other = Client(OTHER, SlidingCount(config.window, _IP_SLOTS))
         self.dirty: dict[str, Client] = {}
         """Clients with events since the last evaluation."""
-        self.active: dict[str, Client] = {}
-        """Clients with a pending or firing episode."""
+        self.active = self.pinned
+        """Clients with a pending, firing or clearing episode (the same table as ``pinned``)."""
+
+    def __len__(self) -> int:
+        return len(self.clients) + len(self.pinned)
 
     def add(self, ip: str | None, now: float) -> None:
-        client = self.clients.pop(ip, None) if ip is not None else self.other
-        if client is None:
-            assert ip is not None
-            if len(self.clients) < self.capacity or self._evict(now):
-                client = Client(ip, SlidingCount(self.config.window, _IP_SLOTS))
+        key = ip_bucket(ip) if ip is not None else None
+        client: Client | None
+        if key is None:
+            client = self.other
+        elif (client := self.pinned.get(key)) is None:
+            client = self.clients.get(key)
+            if client is not None:
+                self.clients.move_to_end(key)  # most recently seen
+            elif len(self) < self.capacity or self._evict(now):
+                client = Client(key, SlidingCount(self.config.window, _IP_SLOTS))
+                self.clients[key] = client
             else:
                 client = self.other
-        if client is not self.other:
-            self.clients[client.key] = client  # re-inserted last: most recently seen
         client.counts.add(now)
         self.dirty[client.key] = client
 
     def _evict(self, now: float) -> bool:
-        """Make room by forgetting the least recently seen address if it is idle."""
+        """Make room by forgetting the least recently seen idle client (one look)."""
+        if not self.clients:
+            return False
         oldest = next(iter(self.clients.values()))
-        if oldest.counts.idle(now) and not oldest.episode.active:
-            del self.clients[oldest.key]
+        if oldest.counts.idle(now):
+            self.clients.popitem(last=False)
             return True
         return False
+
+    def settle(self, client: Client) -> None:
+        """Move ``client`` between the eviction order and the pinned table after evaluation."""
+        if client is self.other:
+            return
+        if client.episode.active:
+            if self.clients.pop(client.key, None) is not None:
+                self.pinned[client.key] = client
+        elif self.pinned.pop(client.key, None) is not None:
+            self.clients[client.key] = client
 
     def candidates(self) -> list[Client]:
         """The clients whose episode can change at this evaluation."""

@@ -171,16 +171,17 @@ class AlertEngine:
                     alert = self._step(rule.config, client.episode, reading, now, client.key)
                     if alert is not None:
                         alerts.append(alert)
-                    if client.episode.active:
-                        rule.active[client.key] = client
-                    else:
-                        rule.active.pop(client.key, None)
+                    rule.settle(client)
             else:
                 alert = self._step(rule.config, rule.episode, rule.read(now), now, None)
                 if alert is not None:
                     alerts.append(alert)
         for alert in alerts:
-            self._deliver(alert)
+            try:
+                self._deliver(alert)
+            except Exception as exc:
+                # One failed delivery must not lose the other transitions of this evaluation.
+                _log.error("alert delivery failed", rule=alert.rule.name, error=repr(exc))
         return alerts
 
     def _step(
@@ -273,9 +274,10 @@ class AlertEngine:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                # RuntimeError: the task belongs to an event loop that has already ended.
                 await task
         if self.webhook is not None:
             await self.webhook.close()
@@ -316,14 +318,21 @@ class AlertingAuditSink:
 class AlertingObserver(RequestObserver):
     """The request observer plus the alert rules over answered requests."""
 
-    __slots__ = ("_alerts",)
+    __slots__ = ("_alerts", "_failed")
 
     def __init__(self, metrics: Metrics, *, access_log: bool, alerts: AlertEngine) -> None:
         super().__init__(metrics, access_log=access_log)
         self._alerts = alerts
+        self._failed = False
 
     def finish(
         self, scope: Scope, state: RequestState, status: int, bytes_in: int, bytes_out: int
     ) -> None:
         super().finish(scope, state, status, bytes_in, bytes_out)
-        self._alerts.observe_request(scope, state, status)
+        try:
+            self._alerts.observe_request(scope, state, status)
+        except Exception as exc:
+            # Observing must never fail a request; one line, not one per request.
+            if not self._failed:
+                self._failed = True
+                _log.error("alert request observation failed", error=repr(exc))

@@ -6,6 +6,7 @@ import base64
 import binascii
 import ipaddress
 import re
+import urllib.parse
 from itertools import pairwise
 from typing import Literal
 
@@ -216,6 +217,25 @@ class AlertRuleConfig(ConfigModel):
         return self
 
 
+def _check_webhook_url(value: str) -> None:
+    """An absolute ``http``/``https`` URL with a host, a valid port and no whitespace."""
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise ValueError("the webhook url must not contain whitespace or control characters")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"the webhook url is malformed: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("the webhook url is an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("the webhook url needs a host")
+    if port == 0:
+        raise ValueError("the webhook url has port 0")
+    if parts.fragment:
+        raise ValueError("the webhook url must not have a fragment")
+
+
 class AlertWebhookConfig(ConfigModel):
     """``[alerts.webhook]``: a JSON POST per firing and resolution, signed per the Standard
     Webhooks scheme (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)."""
@@ -227,24 +247,23 @@ class AlertWebhookConfig(ConfigModel):
     ``url``); ``env:NAME`` or ``file:/path`` keep it out of the file."""
     previous_secrets: list[SecretValue] = Field(default_factory=list)
     """Older secrets still signed with during a rotation (one more signature each)."""
-    timeout: Duration = 10.0
-    """Time allowed for one delivery attempt."""
+    timeout: Duration = Field(default=10.0, gt=0, le=300)
+    """Time allowed for one delivery attempt (above 0s, at most 5m)."""
     max_attempts: int = Field(default=5, ge=1, le=20)
     """Attempts per alert, the first included."""
-    backoff: Duration = 1.0
-    """Delay before the first retry; doubled for each later one, with jitter."""
-    max_backoff: Duration = 60.0
-    """Longest delay between attempts, also the most a ``Retry-After`` is honoured for."""
+    backoff: Duration = Field(default=1.0, ge=0, le=3600)
+    """Delay before the first retry (at most 1h); doubled for each later one, with jitter."""
+    max_backoff: Duration = Field(default=60.0, ge=0, le=86400)
+    """Longest delay between attempts (at most 1d), also the most a ``Retry-After`` is
+    honoured for."""
     queue_size: int = Field(default=256, ge=1, le=100_000)
     """Alerts waiting for delivery; when full the oldest is dropped (counted and logged)."""
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value and (
-            not value.startswith(("http://", "https://")) or len(value.split("//", 1)[1]) == 0
-        ):
-            raise ValueError("the webhook url is an http:// or https:// URL")
+        if value:
+            _check_webhook_url(value)
         return value
 
     @field_validator("secret")
@@ -270,14 +289,19 @@ class AlertWebhookConfig(ConfigModel):
         return self
 
 
+UNROUTED = "_none"
+"""The route name of requests no ``[[routes]]`` entry matched (the metrics' ``route`` label)."""
+
+
 class AlertsConfig(ConfigModel):
     """``[alerts]``: rules over sliding windows, delivered to a webhook and the log."""
 
     enabled: bool = False
     """Evaluate the alert rules; off: nothing is observed and no task runs."""
-    interval: Duration = 5.0
-    """How often the rules are evaluated (at least 100ms)."""
-    max_tracked_ips: int = Field(default=10_000, ge=1, le=1_000_000)
+    interval: Duration = Field(default=5.0, le=3600)
+    """How often the rules are evaluated (100ms to 1h). Every rule's ``window`` must be at
+    least twice this, so no event leaves a window between two evaluations unseen."""
+    max_tracked_ips: int = Field(default=10_000, ge=1, le=100_000)
     """Client addresses counted separately by ``per = "ip"`` rules (each rule); when full,
     addresses idle for a whole window make room, else new ones count together as ``other``."""
     rules: list[AlertRuleConfig] = Field(default_factory=list)
@@ -301,3 +325,27 @@ class AlertsConfig(ConfigModel):
                 raise ValueError(f"two alert rules are named {rule.name!r}")
             seen.add(rule.name)
         return rules
+
+    @model_validator(mode="after")
+    def _windows(self) -> AlertsConfig:
+        for index, rule in enumerate(self.rules):
+            if rule.window < 2 * self.interval:
+                raise ValueError(
+                    f"alerts.rules.{index}.window ({rule.window:g}s) must be at least twice"
+                    f" alerts.interval ({self.interval:g}s)"
+                )
+        if not self.rules and self.interval > 30:
+            raise ValueError(
+                "alerts.interval must be at most 30s with the built-in rules (their shortest"
+                " window is 60s)"
+            )
+        return self
+
+    def unknown_routes(self, route_names: set[str]) -> list[tuple[int, list[str]]]:
+        """``(rule index, names)`` of the rules naming routes outside ``route_names``."""
+        found = []
+        for index, rule in enumerate(self.rules):
+            unknown = sorted(set(rule.routes) - route_names - {UNROUTED})
+            if unknown:
+                found.append((index, unknown))
+        return found

@@ -26,6 +26,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -123,13 +124,16 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return float(value) if len(value) <= 12 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            # RFC 5322 "-0000": a time in UTC whose source zone is unknown.
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - now)
 
 
 Sleep = Callable[[float], Awaitable[Any]]
@@ -159,9 +163,9 @@ class WebhookSender:
         self._jitter = jitter
         self._wall = wall
         self._queue: deque[tuple[str, bytes]] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Events are bound to the loop they are first awaited on: made in start(), once per run.
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.enabled = True
@@ -181,12 +185,19 @@ class WebhookSender:
             self._metrics.alert_delivery("dropped")
             _log.warning("alert webhook queue full; oldest alert dropped", webhook_id=dropped_id)
         self._queue.append((new_message_id(), orjson.dumps(payload)))
-        self._idle.clear()
-        self._wake.set()
+        if self._idle is not None and self._wake is not None:
+            self._idle.clear()
+            self._wake.set()
 
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        if self._queue:
+            self._wake.set()
+        else:
+            self._idle.set()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.timeout),
             headers={"User-Agent": "bastion-alerts"},
@@ -196,24 +207,38 @@ class WebhookSender:
     async def close(self, drain: float = _DRAIN) -> None:
         """Give queued alerts ``drain`` seconds to go out, then stop."""
         task, self._task = self._task, None
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), drain)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and not task.done():
+            idle = self._idle
+            try:
+                if idle is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(idle.wait(), drain)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            except RuntimeError as exc:
+                # The task belongs to an event loop that has already ended.
+                _log.warning("alert webhook task was left on a closed event loop", error=repr(exc))
+        self._wake = self._idle = None
         if self._queue:
             _log.warning("alerts not delivered at shut-down", count=len(self._queue))
             for _ in self._queue:
                 self._metrics.alert_delivery("dropped")
             self._queue.clear()
         if self._session is not None:
-            await self._session.close()
-            self._session = None
+            session, self._session = self._session, None
+            try:
+                await session.close()
+            except RuntimeError as exc:
+                _log.warning(
+                    "alert webhook session was left on a closed event loop", error=repr(exc)
+                )
 
     async def _run(self) -> None:
         while True:
             if not self._queue:
+                assert self._idle is not None
+                assert self._wake is not None
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
@@ -266,6 +291,8 @@ class WebhookSender:
                 return
             if status == 410:
                 self.enabled = False
+                for _ in self._queue:
+                    self._metrics.alert_delivery("dropped")
                 self._queue.clear()
                 self._metrics.alert_delivery("failed")
                 _log.error("alert webhook answered 410 Gone; webhook delivery turned off")
