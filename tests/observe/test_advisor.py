@@ -79,7 +79,7 @@ async def test_unused_index_and_missing_index_are_both_reported(report: AdvisorR
         "orders_customer_id_fkey",
         ["customer_id"],
     )
-    assert key.references == "customers"
+    assert key.references == "public.customers"  # always schema-qualified
     assert key.suggestion == "CREATE INDEX CONCURRENTLY ON public.orders (customer_id)"
 
 
@@ -141,6 +141,41 @@ async def test_report_header_and_json_document(report: AdvisorReport, seeded: st
         "min_seq_scans": 10,
         "max_index_pct": 95,
     }
+
+
+_PLANTED = """
+CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'planted quote_ident ran';
+    RETURN 'PLANTED-' || $1;
+END $$;
+CREATE FUNCTION public.unnest(int2[]) RETURNS SETOF int2 LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'planted unnest ran';
+    RETURN;
+END $$;
+CREATE FUNCTION public.pg_relation_size(regclass) RETURNS bigint LANGUAGE sql
+    AS 'SELECT -424242::bigint';
+"""
+
+
+@pytest.mark.postgres
+async def test_functions_planted_by_the_owner_never_run(seeded: str) -> None:
+    """CVE-2018-1058: exact-signature look-alikes in ``public`` would win overload resolution
+    over the ``pg_catalog`` functions; the advisor's report must come from the real ones."""
+    connection = await asyncpg.connect(asyncpg_dsn(seeded))
+    try:
+        await connection.execute(_PLANTED)
+    finally:
+        await connection.close()
+    report = await advise(seeded, thresholds=THRESHOLDS)
+    document = str(report.to_dict())
+    assert "PLANTED" not in document
+    assert "-424242" not in document
+    [key] = report.unindexed_foreign_keys
+    assert key.columns == ["customer_id"]
+    assert key.suggestion == "CREATE INDEX CONCURRENTLY ON public.orders (customer_id)"
+    assert all(index.size_bytes >= 0 for index in report.unused_indexes)
 
 
 @pytest.mark.postgres

@@ -270,6 +270,9 @@ async def advise(
     try:
         async with database.engine.connect() as connection:
             await connection.execute(text("SET TRANSACTION READ ONLY"))
+            # Only the system catalogs resolve unqualified names: a function or operator the
+            # database owner planted in another schema (CVE-2018-1058) never runs as us.
+            await connection.execute(text("SET LOCAL search_path = pg_catalog, pg_temp"))
             # Catalog reads wait behind an ACCESS EXCLUSIVE lock (a running ALTER TABLE):
             # give up rather than hang.
             lock_timeout = int(query_timeout * 1000)

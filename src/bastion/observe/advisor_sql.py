@@ -1,5 +1,9 @@
 """The catalog and statistics queries of ``bastion db advise`` (PostgreSQL 12 and later).
 
+The advisor sets ``search_path = pg_catalog, pg_temp`` for its transaction and the function calls
+here are qualified with ``pg_catalog.`` as well: a function of the same name planted by the
+database owner in another schema (CVE-2018-1058) never runs with the advisor's privileges.
+
 Every query only reads catalogs and the cumulative statistics views; none touches table data.
 The thresholds that decide what is worth reporting live in :mod:`bastion.observe.advisor`, so
 these stay plain reads that return facts.
@@ -23,15 +27,16 @@ __all__ = [
 ]
 
 SERVER = """
-SELECT current_database() AS name,
-       current_setting('server_version') AS server_version,
-       current_setting('server_version_num')::int AS version_num,
-       pg_database_size(current_database()) AS size_bytes,
-       (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()) AS stats_reset
+SELECT pg_catalog.current_database() AS name,
+       pg_catalog.current_setting('server_version') AS server_version,
+       pg_catalog.current_setting('server_version_num')::int AS version_num,
+       pg_catalog.pg_database_size(pg_catalog.current_database()) AS size_bytes,
+       (SELECT stats_reset FROM pg_stat_database
+        WHERE datname = pg_catalog.current_database()) AS stats_reset
 """
 
 STATEMENTS_EXTENSION = """
-SELECT quote_ident(n.nspname) AS schema, e.extversion AS version
+SELECT pg_catalog.quote_ident(n.nspname) AS schema, e.extversion AS version
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'pg_stat_statements'
 """
@@ -52,7 +57,7 @@ def statements_query(schema: str, version: str) -> str:
 SELECT query, calls, {total} AS total_ms, {mean} AS mean_ms, rows,
        100.0 * {total} / NULLIF(SUM({total}) OVER (), 0) AS share_pct
 FROM {schema}.pg_stat_statements
-WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = pg_catalog.current_database())
 ORDER BY {total} DESC
 LIMIT :top
 """  # noqa: S608
@@ -60,8 +65,8 @@ LIMIT :top
 
 UNUSED_INDEXES = """
 SELECT s.schemaname AS schema, s.relname AS "table", s.indexrelname AS "index",
-       pg_relation_size(s.indexrelid) AS size_bytes, s.idx_scan AS scans,
-       pg_get_indexdef(s.indexrelid) AS definition
+       pg_catalog.pg_relation_size(s.indexrelid) AS size_bytes, s.idx_scan AS scans,
+       pg_catalog.pg_get_indexdef(s.indexrelid) AS definition
 FROM pg_stat_user_indexes s
 JOIN pg_index i ON i.indexrelid = s.indexrelid
 WHERE s.idx_scan = 0
@@ -78,13 +83,13 @@ SELECT i.indexrelid AS oid, i.indrelid AS table_oid, n.nspname AS schema, t.reln
        i.indkey::int2[] AS columns, i.indnkeyatts AS key_count,
        i.indclass::oid[] AS opclasses, i.indcollation::oid[] AS collations,
        i.indisunique AS is_unique, i.indisprimary AS is_primary, i.indisvalid AS is_valid,
-       pg_get_expr(i.indexprs, i.indrelid) AS expressions,
-       pg_get_expr(i.indpred, i.indrelid) AS predicate,
+       pg_catalog.pg_get_expr(i.indexprs, i.indrelid) AS expressions,
+       pg_catalog.pg_get_expr(i.indpred, i.indrelid) AS predicate,
        EXISTS (SELECT 1 FROM pg_constraint k
                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
                  AND k.contype IN ('p', 'u', 'x')) AS backs_constraint,
-       pg_relation_size(i.indexrelid) AS size_bytes,
-       pg_get_indexdef(i.indexrelid) AS definition
+       pg_catalog.pg_relation_size(i.indexrelid) AS size_bytes,
+       pg_catalog.pg_get_indexdef(i.indexrelid) AS definition
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_class t ON t.oid = i.indrelid
@@ -99,14 +104,15 @@ FOREIGN_KEYS = """
 SELECT k.conrelid AS table_oid, n.nspname AS schema, t.relname AS "table",
        k.conname AS "constraint", k.conkey::int2[] AS columns,
        ARRAY(SELECT a.attname::text
-             FROM unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
+             FROM pg_catalog.unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum
              ORDER BY u.ord) AS column_names,
-       ARRAY(SELECT quote_ident(a.attname)
-             FROM unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
+       ARRAY(SELECT pg_catalog.quote_ident(a.attname)
+             FROM pg_catalog.unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
              JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum
              ORDER BY u.ord) AS quoted_columns,
-       quote_ident(n.nspname) || '.' || quote_ident(t.relname) AS qualified_table,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.relname)
+           AS qualified_table,
        k.confrelid::regclass::text AS "references",
        GREATEST(COALESCE(st.n_live_tup, 0), t.reltuples::bigint, 0) AS rows
 FROM pg_constraint k
@@ -122,7 +128,7 @@ SEQ_SCAN_TABLES = """
 SELECT st.relid AS table_oid, st.schemaname AS schema, st.relname AS "table",
        st.seq_scan, st.seq_tup_read, COALESCE(st.idx_scan, 0) AS idx_scan,
        GREATEST(st.n_live_tup, c.reltuples::bigint, 0) AS rows,
-       pg_table_size(st.relid) AS size_bytes
+       pg_catalog.pg_table_size(st.relid) AS size_bytes
 FROM pg_stat_user_tables st
 JOIN pg_class c ON c.oid = st.relid
 WHERE st.seq_scan >= :min_seq_scans
@@ -147,7 +153,7 @@ ORDER BY a.attrelid, a.attnum
 
 CACHE_DATABASE = """
 SELECT blks_hit AS hits, blks_read AS reads
-FROM pg_stat_database WHERE datname = current_database()
+FROM pg_stat_database WHERE datname = pg_catalog.current_database()
 """
 
 CACHE_TOTALS = """
@@ -171,22 +177,24 @@ LIMIT :top
 
 BLOAT = """
 WITH constants AS (
-    SELECT current_setting('block_size')::numeric AS block_size, 24 AS page_header,
-           CASE WHEN version() ~ 'mingw32|64-bit|x86_64|ppc64|ia64|amd64|aarch64|arm64'
+    SELECT pg_catalog.current_setting('block_size')::numeric AS block_size, 24 AS page_header,
+           CASE WHEN pg_catalog.version() ~ 'mingw32|64-bit|x86_64|ppc64|ia64|amd64|aarch64|arm64'
                 THEN 8 ELSE 4 END AS align
 ),
 widths AS (
     -- Per table: the expected tuple header and data width from the planner statistics.
     SELECT tbl.oid AS table_oid, tbl.reltuples, tbl.relpages AS heap_pages,
            COALESCE(toast.relpages, 0) AS toast_pages, COALESCE(toast.reltuples, 0) AS toast_tuples,
-           COALESCE(substring(array_to_string(tbl.reloptions, ' ')
+           COALESCE(substring(pg_catalog.array_to_string(tbl.reloptions, ' ')
                               FROM 'fillfactor=([0-9]+)')::smallint, 100) AS fillfactor,
-           23 + CASE WHEN MAX(COALESCE(s.null_frac, 0)) > 0 THEN (7 + count(*)) / 8 ELSE 0 END
+           23 + CASE WHEN MAX(COALESCE(s.null_frac, 0)) > 0 THEN (7 + pg_catalog.count(*)) / 8
+                     ELSE 0 END
                AS header_width,
            SUM((1 - COALESCE(s.null_frac, 0)) * COALESCE(s.avg_width, 0)) AS data_width,
            -- Columns without statistics (never analysed) or of type name make the estimate
            -- unreliable: such tables get no estimate rather than a wrong one.
-           bool_or(att.atttypid = 'pg_catalog.name'::regtype) OR count(*) <> count(s.attname)
+           pg_catalog.bool_or(att.atttypid = 'pg_catalog.name'::regtype)
+               OR pg_catalog.count(*) <> pg_catalog.count(s.attname)
                AS unreliable
     FROM pg_attribute att
     JOIN pg_class tbl ON tbl.oid = att.attrelid AND tbl.relkind IN ('r', 'm')
@@ -205,19 +213,20 @@ tuples AS (
            4 + w.header_width + w.data_width + 2 * k.align
              - CASE WHEN w.header_width % k.align = 0 THEN k.align
                     ELSE w.header_width % k.align END
-             - CASE WHEN ceil(w.data_width)::int % k.align = 0 THEN k.align
-                    ELSE ceil(w.data_width)::int % k.align END AS tuple_size
+             - CASE WHEN pg_catalog.ceil(w.data_width)::int % k.align = 0 THEN k.align
+                    ELSE pg_catalog.ceil(w.data_width)::int % k.align END AS tuple_size
     FROM widths w CROSS JOIN constants k
 ),
 estimates AS (
     SELECT table_oid, heap_pages + toast_pages AS pages, block_size,
            CASE WHEN unreliable OR reltuples < 0 THEN NULL
-                ELSE ceil(reltuples / ((block_size - page_header) * fillfactor
+                ELSE pg_catalog.ceil(reltuples / ((block_size - page_header) * fillfactor
                                        / (tuple_size * 100)))
-                     + ceil(toast_tuples / 4) END AS expected_pages
+                     + pg_catalog.ceil(toast_tuples / 4) END AS expected_pages
     FROM tuples
 )
-SELECT st.schemaname AS schema, st.relname AS "table", pg_table_size(st.relid) AS size_bytes,
+SELECT st.schemaname AS schema, st.relname AS "table",
+       pg_catalog.pg_table_size(st.relid) AS size_bytes,
        CASE WHEN e.expected_pages IS NULL THEN NULL
             ELSE GREATEST(e.pages - e.expected_pages, 0) * e.block_size END AS bloat_bytes,
        CASE WHEN e.expected_pages IS NULL OR e.pages = 0 THEN NULL
