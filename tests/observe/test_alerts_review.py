@@ -442,3 +442,51 @@ async def test_alerts_queued_behind_a_gone_are_counted_as_dropped() -> None:
     assert not sender.enabled
     assert count("failed") == 1
     assert count("dropped") == 2
+
+
+# -- 11. Bastion's own refusals do not dilute the ratio rules ---------------------------------
+
+REFUSALS = [
+    # id, status, problem code set by a stage, counted with exclude_refusals
+    ("rate-limited", 429, "rate_limited", False),
+    ("blocked", 403, "request_blocked", False),
+    ("banned", 403, "client_banned", False),
+    ("unauthenticated", 401, "unauthorized", False),
+    ("application-404", 404, None, True),
+    ("application-500", 500, None, True),
+    ("upstream-unavailable", 502, "upstream_unavailable", True),
+    ("shed", 503, "overloaded", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "code", "counted"), REFUSALS, ids=[r[0] for r in REFUSALS]
+)
+@pytest.mark.parametrize("exclude", [True, False])
+def test_refusals_are_left_out_of_ratio_rules(
+    case: str, status: int, code: str | None, counted: bool, exclude: bool
+) -> None:
+    alerts, clock, _ = engine_for(
+        {"name": "e", "kind": "error_rate", "threshold": 5, "min_requests": 1},
+        exclude_refusals=exclude,
+    )
+    shared: dict[str, Any] = {} if code is None else {"bastion.problem": code}
+    state = RequestState("r" * 32, 0.0, "198.51.100.1", "http")
+    alerts.observe_request({"type": "http", "state": shared}, state, status)
+    rule = alerts.rules[0]
+    reading = rule.read(clock.now)  # type: ignore[union-attr]
+    assert reading.requests == (1 if counted or not exclude else 0)
+
+
+def test_a_refused_flood_does_not_dilute_the_error_rate() -> None:
+    alerts, _, _ = engine_for(
+        {"name": "e", "kind": "error_rate", "threshold": 5, "min_requests": 10}
+    )
+    state = RequestState("r" * 32, 0.0, "198.51.100.1", "http")
+    for _ in range(10):
+        alerts.observe_request({"type": "http", "state": {}}, state, 500)
+    for _ in range(1000):
+        alerts.observe_request(
+            {"type": "http", "state": {"bastion.problem": "rate_limited"}}, state, 429
+        )
+    assert [(a.state, a.value) for a in alerts.evaluate()] == [("firing", 100.0)]

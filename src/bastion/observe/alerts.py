@@ -46,6 +46,7 @@ from bastion.observe.config import AlertRuleConfig, AlertsConfig
 from bastion.observe.logging import get_logger
 from bastion.observe.metrics import Metrics
 from bastion.observe.webhook import WebhookSender
+from bastion.pipeline.errors import PROBLEM_KEY
 
 if TYPE_CHECKING:
     from bastion.http.routes import RouteTable
@@ -73,6 +74,7 @@ class AlertEngine:
         """Monotonic seconds of observations and evaluations (replaceable in tests)."""
         self.wall = wall
         self._metrics = metrics
+        self._exclude_refusals = config.exclude_refusals
         self._instance = socket.gethostname()
         if webhook is None and config.webhook.url:
             webhook = WebhookSender(config.webhook, metrics, wall=wall)
@@ -126,9 +128,12 @@ class AlertEngine:
     # -- observation (request path) ---------------------------------------------------------
 
     def observe_request(self, scope: Scope, state: RequestState, status: int) -> None:
-        """One finished exchange; requests without a response and WebSockets are skipped."""
+        """One finished exchange; requests without a response, WebSockets and (with
+        ``exclude_refusals``) Bastion's own 4xx refusals are skipped."""
         if status == 0 or scope["type"] != "http":
             return
+        if self._exclude_refusals and status < 500 and PROBLEM_KEY in scope.get("state", ()):
+            return  # refused by Bastion itself, not an answer of the application
         route = state.route
         rules = self._by_route.get(route.name if route is not None else UNROUTED, self._all_routes)
         if not rules:

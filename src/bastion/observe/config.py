@@ -302,8 +302,14 @@ class AlertsConfig(ConfigModel):
     """How often the rules are evaluated (100ms to 1h). Every rule's ``window`` must be at
     least twice this, so no event leaves a window between two evaluations unseen."""
     max_tracked_ips: int = Field(default=10_000, ge=1, le=100_000)
-    """Client addresses counted separately by ``per = "ip"`` rules (each rule); when full,
-    addresses idle for a whole window make room, else new ones count together as ``other``."""
+    """Clients (an IPv4 address, an IPv6 /64) counted separately by ``per = "ip"`` rules (each
+    rule, at most 100,000); when full, clients idle for a whole window make room, else new ones
+    count together as ``other``."""
+    exclude_refusals: bool = True
+    """``error_rate`` and ``latency_p95`` leave out the requests Bastion itself refused with a
+    4xx problem (rate limits, bans, blocked attacks, bad credentials), so a flood of refused
+    traffic neither dilutes the error rate nor hides slow answers. 5xx problems (upstream
+    failures, shedding) always count."""
     rules: list[AlertRuleConfig] = Field(default_factory=list)
     """The rules; empty: the built-in set (``docs/alerts.md``)."""
     webhook: AlertWebhookConfig = Field(default_factory=AlertWebhookConfig)
