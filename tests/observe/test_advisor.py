@@ -257,14 +257,45 @@ async def test_unreachable_server_is_a_store_error(closed_port: int) -> None:
     assert "topsecret" not in str(caught.value)
 
 
+_WITHHELD = " … (text withheld: may hold a password)"
+
+
 @pytest.mark.parametrize(
     ("query", "shown"),
     [
-        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD '***'"),
-        ("create user x with password 'a''b c'", "create user x with password '***'"),
+        # Role, user mapping, subscription and server statements show only their command.
+        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE" + _WITHHELD),
+        ("create user x with password 'a''b c'", "CREATE USER" + _WITHHELD),
+        ("ALTER USER x ENCRYPTED PASSWORD 'md5abc' VALID UNTIL 'x'", "ALTER USER" + _WITHHELD),
+        ("alter role app password E'hun\\'ter2'", "ALTER ROLE" + _WITHHELD),
+        ("ALTER ROLE app PASSWORD U&'hunter\\0032'", "ALTER ROLE" + _WITHHELD),
+        ("ALTER ROLE app PASSWORD $pw$hunter2$pw$", "ALTER ROLE" + _WITHHELD),
+        ("  /* app */ -- note\n CREATE ROLE r LOGIN PASSWORD $$x$$", "CREATE ROLE" + _WITHHELD),
         (
-            "ALTER USER x ENCRYPTED PASSWORD 'md5abc' VALID UNTIL 'x'",
-            "ALTER USER x ENCRYPTED PASSWORD '***' VALID UNTIL 'x'",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=db password=hunter2' PUBLICATION p",
+            "CREATE SUBSCRIPTION" + _WITHHELD,
+        ),
+        ("ALTER SUBSCRIPTION s CONNECTION 'password=hunter2'", "ALTER SUBSCRIPTION" + _WITHHELD),
+        (
+            "CREATE USER MAPPING FOR app SERVER f OPTIONS (user 'a', password 'hunter2')",
+            "CREATE USER MAPPING" + _WITHHELD,
+        ),
+        (
+            "alter  user\nmapping for app server f options (set password 'hunter2')",
+            "ALTER USER MAPPING" + _WITHHELD,
+        ),
+        ("CREATE GROUP g WITH PASSWORD 'hunter2'", "CREATE GROUP" + _WITHHELD),
+        # Elsewhere the literal after PASSWORD and password= of connection strings are masked.
+        ("DO $$ ALTER ROLE a PASSWORD 'hunter2' $$", "DO $$ ALTER ROLE a PASSWORD '***' $$"),
+        ("SELECT f(password E'hun\\'ter2')", "SELECT f(password '***')"),
+        ("SELECT f(PASSWORD $t$hunter2$t$)", "SELECT f(PASSWORD '***')"),
+        (
+            "SELECT dblink_connect('host=db password=hunter2 user=a')",
+            "SELECT dblink_connect('host=db password=*** user=a')",
+        ),
+        (
+            "SELECT dblink('dbname=x password = hunter2', 'SELECT 1')",
+            "SELECT dblink('dbname=x password = *** 'SELECT 1')",
         ),
         ("SELECT password FROM users WHERE id = $1", "SELECT password FROM users WHERE id = $1"),
         ("SELECT\n  a,\n  b\nFROM t", "SELECT a, b FROM t"),
@@ -272,6 +303,7 @@ async def test_unreachable_server_is_a_store_error(closed_port: int) -> None:
 )
 def test_statement_text_masks_password_literals(query: str, shown: str) -> None:
     assert _redacted(query) == shown
+    assert "hunter" not in _redacted(query)
 
 
 def test_long_statement_text_is_cut() -> None:

@@ -42,7 +42,19 @@ _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
 _URL_PARAMETERS = frozenset({"host", "ssl", "passfile", "target_session_attrs"})
 """Query parameters of the URL the driver understands (``sslmode`` is accepted as ``ssl``)."""
 _MAX_QUERY_TEXT = 2000
-_PASSWORD_LITERAL = re.compile(r"(?i)(\bpassword\s+)'(?:[^']|'')*'")
+_PASSWORD_LITERAL = re.compile(
+    r"(?is)(\bpassword\s+)(?:(?:E|U&)?'(?:[^'\\]|''|\\.)*'|\$(\w*)\$.*?\$\2\$)"
+)
+"""``PASSWORD`` followed by any string form: plain, ``E'…'`` (backslash escapes; a backslash
+in a plain string only makes the mask longer), ``U&'…'`` or dollar-quoted ``$tag$…$tag$``."""
+_CONNINFO_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)[^\s]+")
+"""``password=…`` of a connection string inside any literal (``dblink('… password=…')``)."""
+_SECRET_STATEMENT = re.compile(
+    r"(?is)^(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
+    r"((?:create|alter)\s+(?:role|user\s+mapping|user|group|subscription|server))\b"
+)
+"""Statements whose text can hold a password in any form, including a quoted connection string
+(``CONNECTION '… password=…'``): their whole text is withheld, only the command is shown."""
 _ENABLE_HINT = (
     "add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart the "
     "server, then run CREATE EXTENSION pg_stat_statements in this database"
@@ -356,9 +368,16 @@ async def _statements(connection: AsyncConnection, top: int) -> Statements:
 
 
 def _redacted(query: str) -> str:
-    """Statement text with password literals masked (``ALTER ROLE … PASSWORD '…'`` is kept as
-    written by pg_stat_statements), on one line, cut to a readable length."""
-    flat = " ".join(_PASSWORD_LITERAL.sub(r"\1'***'", query).split())
+    """Statement text with secrets masked (``ALTER ROLE … PASSWORD '…'`` is kept as written by
+    pg_stat_statements), on one line, cut to a readable length.
+
+    Role, user mapping, subscription and foreign server statements show only their command;
+    elsewhere ``PASSWORD <literal>`` and ``password=…`` are masked."""
+    secret = _SECRET_STATEMENT.match(query)
+    if secret:
+        return " ".join(secret.group(1).upper().split()) + " … (text withheld: may hold a password)"
+    masked = _CONNINFO_PASSWORD.sub(r"\1***", _PASSWORD_LITERAL.sub(r"\1'***'", query))
+    flat = " ".join(masked.split())
     return flat if len(flat) <= _MAX_QUERY_TEXT else flat[: _MAX_QUERY_TEXT - 1] + "…"
 
 
