@@ -215,6 +215,22 @@ def test_interval_is_bounded() -> None:
         AlertsConfig(interval=1e12)
 
 
+BAD_RULE_VALUES = [
+    ("threshold-inf", {"threshold": float("inf")}),
+    ("threshold-nan", {"threshold": float("nan")}),
+    ("threshold-huge", {"threshold": 1e300}),
+    ("fire-after-huge", {"fire_after": 1e12}),
+    ("resolve-after-huge", {"resolve_after": "1000d"}),
+]
+
+
+@pytest.mark.parametrize(("case", "values"), BAD_RULE_VALUES, ids=[b[0] for b in BAD_RULE_VALUES])
+def test_rule_values_are_finite_and_bounded(case: str, values: dict[str, Any]) -> None:
+    rule = {"name": "r", "kind": "bans", "threshold": 1, **values}
+    with pytest.raises(ValidationError):
+        AlertRuleConfig(**rule)
+
+
 # -- 6. unknown route names fail at load, naming the key --------------------------------------
 
 

@@ -175,9 +175,9 @@ class AlertRuleConfig(ConfigModel):
     re-authentications, throttled logins, reused refresh tokens), ``bans`` (rate-limit bans
     and inspection strike blocks), ``waf_blocks`` (requests refused by inspection),
     ``store_errors`` (failed store operations)."""
-    threshold: float = Field(ge=0)
+    threshold: float = Field(ge=0, le=1e12, allow_inf_nan=False)
     """Fires when the value is above this: a percentage for ``error_rate``, milliseconds for
-    ``latency_p95``, a number of events in the window for the other kinds."""
+    ``latency_p95``, a number of events in the window for the other kinds (finite)."""
     window: Duration = 60.0
     """Length of the sliding window (1s to 1d), kept as 60 slots (12 per client address)."""
     per: Literal["overall", "ip"] = "overall"
@@ -188,12 +188,12 @@ class AlertRuleConfig(ConfigModel):
     routes: list[str] = Field(default_factory=list)
     """``error_rate`` and ``latency_p95``: only requests of these ``[[routes]]`` names (the
     metrics' ``route`` label; ``_none`` for unrouted requests); empty: all requests."""
-    fire_after: Duration = 0.0
+    fire_after: Duration = Field(default=0.0, le=7 * 86400)
     """The condition must hold this long before the alert fires (``0s``: at the first
-    evaluation that sees it)."""
-    resolve_after: Duration = 60.0
+    evaluation that sees it; at most 7d)."""
+    resolve_after: Duration = Field(default=60.0, le=7 * 86400)
     """The condition must have stopped holding this long before the alert resolves, so a value
-    hovering around the threshold does not flap."""
+    hovering around the threshold does not flap (at most 7d)."""
     severity: Literal["info", "warning", "critical"] = "warning"
     """Passed along in the payload and the log line."""
 
