@@ -3,6 +3,7 @@ out, and nothing at all when tracing is off."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -355,6 +356,104 @@ async def test_incoming_trace_context_edge_cases(
         return
     assert span.parent is None, case
     assert f"{span.context.trace_id:032x}" != TRACE_ID, case
+
+
+@pytest.mark.parametrize(
+    ("value", "linked"),
+    [
+        (TRACEPARENT, True),
+        (f"  {TRACEPARENT}\t", True),
+        (f"01-{TRACE_ID}-{PARENT_ID}-01-future", True),
+        (f"ff-{TRACE_ID}-{PARENT_ID}-01", False),
+        (f"00-{'0' * 32}-{PARENT_ID}-01", False),
+        (f"00-{TRACE_ID}-{'0' * 16}-01", False),
+        (f"00-{TRACE_ID.upper()}-{PARENT_ID}-01", False),
+        (f"00-{TRACE_ID[:30]}-{PARENT_ID}-01", False),
+        (f"00-{TRACE_ID}-{PARENT_ID}-1", False),
+        (TRACEPARENT + "-extra", False),
+        ("'; DROP TABLE spans; --", False),
+        ("00-" + "é" * 32 + f"-{PARENT_ID}-01", False),
+        (f"01-{TRACE_ID}-{PARENT_ID}-01-" + "x" * 8000, False),
+    ],
+)
+async def test_untrusted_traceparent_is_checked_before_it_becomes_a_link(
+    traced: MakeTraced, value: str, linked: bool
+) -> None:
+    t = traced(tracing={"trust_incoming": "none"})
+    headers = [(b"traceparent", value.encode()), (b"tracestate", b"vendor=abc")]
+    assert (await t.client.get("/hello", headers=headers)).status_code == 200
+    span = t.server_span()
+    assert span.parent is None
+    assert f"{span.context.trace_id:032x}" != TRACE_ID
+    assert not span.context.trace_state  # the client's tracestate is never taken
+    if not linked:
+        assert not span.links, value
+        return
+    [link] = span.links
+    assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (
+        TRACE_ID,
+        PARENT_ID,
+    )
+    assert not link.context.trace_state
+    assert dict(link.attributes or {}) == {"bastion.link": "untrusted_parent"}
+
+
+@pytest.mark.parametrize("trust", ["all", "none"])
+async def test_malformed_tracestate_logs_nothing(
+    traced: MakeTraced, trust: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = traced(tracing={"trust_incoming": trust})
+    caplog.set_level(logging.DEBUG)
+    for state in ("=,,=", "k=v," * 100, "UPPER=x", "a=1,a=2"):
+        headers = {"traceparent": TRACEPARENT, "tracestate": state + " attacker"}
+        response = await t.client.get("/hello", headers=headers)
+        assert response.status_code == 200
+    assert [r for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+@pytest.mark.parametrize(("trust", "nested"), [("all", True), ("none", False)])
+async def test_ambient_span_is_the_parent_only_for_a_trusted_peer(
+    traced: MakeTraced, trust: str, nested: bool
+) -> None:
+    t = traced(tracing={"trust_incoming": trust})
+    outer = TracerProvider().get_tracer("host-server")
+    with outer.start_as_current_span("host") as ambient:
+        assert (await t.client.get("/hello")).status_code == 200
+    span = t.server_span()
+    if nested:
+        assert span.parent is not None
+        assert span.parent.span_id == ambient.get_span_context().span_id
+    else:
+        assert span.parent is None
+        assert span.context.trace_id != ambient.get_span_context().trace_id
+
+
+@pytest.mark.parametrize(("trust", "continued"), [("all", True), ("none", False)])
+async def test_wrapped_app_sees_the_server_span_context(
+    tmp_path: Path, trust: str, continued: bool
+) -> None:
+    seen: list[tuple[list[str], list[str]]] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append((request.headers.getlist("traceparent"), request.headers.getlist("tracestate")))
+        return PlainTextResponse("ok")
+
+    engine = Bastion(settings(tmp_path, tracing={"trust_incoming": trust}))
+    app = engine.wrap(Starlette(routes=[Route("/read", handler)]))
+    t = Traced(engine, app, "203.0.113.9")
+    try:
+        headers = [
+            (b"traceparent", TRACEPARENT.encode()),
+            (b"tracestate", b"vendor=abc"),
+        ]
+        assert (await t.client.get("/read", headers=headers)).status_code == 200
+    finally:
+        await t.close()
+    server = t.server_span().context
+    [(parents, states)] = seen
+    assert parents == [f"00-{server.trace_id:032x}-{server.span_id:016x}-{server.trace_flags:02x}"]
+    assert (server.trace_id == int(TRACE_ID, 16)) is continued
+    assert states == (["vendor=abc"] if continued else [])
 
 
 async def test_sample_ratio_zero_exports_nothing(traced: MakeTraced) -> None:

@@ -9,8 +9,11 @@ request pays for any of it.
   exchange and the access-log line written at its end carries the trace ids. Its name is
   ``{method} {http.route}`` (the matched route's path pattern, never the raw path).
 - The incoming ``traceparent``/``tracestate`` becomes the parent only when the peer is trusted
-  (``tracing.trust_incoming``); otherwise it is recorded as a span link, so a client can neither
-  choose trace ids nor force sampling.
+  (``tracing.trust_incoming``); otherwise the span starts from an empty context (neither the
+  client nor an ambient span chooses its trace ids or sampling), ``tracestate`` is never parsed,
+  and a well-formed ``traceparent`` (checked here, W3C format) is kept as a link of bare ids.
+- The wrapped app sees the server span's ``traceparent`` (and ``tracestate``) in place of the
+  client's, as an upstream does behind the gateway.
 - A request Bastion refuses gets ``bastion.decision`` (the problem code) on the server span, plus
   the policy or the inspection categories and rules that decided it; with ``stage_spans``, the
   refusing stage's span carries it too (``bastion.decision.stage``).
@@ -21,6 +24,7 @@ request pays for any of it.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Mapping
@@ -37,7 +41,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from bastion import __version__
@@ -64,6 +68,7 @@ __all__ = [
     "decision_attributes",
     "stage_name",
     "traceparent",
+    "untrusted_link",
 ]
 
 DECISION_STAGE_KEY = "bastion.decision.stage"
@@ -80,6 +85,15 @@ _MAX_NAMES = 4096
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 _MAX_ATTRIBUTE = 2048
 """Characters kept of a string attribute (a path as long as the server allows is cut)."""
+_TRACEPARENT = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x21-\x7e]*)?"
+)
+"""W3C ``traceparent``: version, trace id, parent id, flags (later versions may append fields)."""
+_MAX_TRACEPARENT = 512
+_UNTRUSTED_LINK = {"bastion.link": "untrusted_parent"}
+_NOISY_LOGGERS = ("opentelemetry.trace.span", "opentelemetry.trace.propagation.tracecontext")
+"""They warn about each malformed ``tracestate``, quoting it: client text on every request."""
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def stage_name(app: object) -> str:
@@ -99,6 +113,25 @@ def traceparent(span_context: SpanContext) -> bytes:
     )
 
 
+def untrusted_link(value: bytes) -> Link | None:
+    """A link to the context of a client's ``traceparent`` when it is well formed (W3C Trace
+    Context §3.2: lower-case hex, version not ``ff``, version ``00`` with exactly four fields,
+    ids not all zero); only the ids are kept (no flags, no ``tracestate``)."""
+    if len(value) > _MAX_TRACEPARENT:
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip(b" \t"))
+    if match is None:
+        return None
+    version, trace_hex, span_hex, _flags, rest = match.groups()
+    if version == b"ff" or (version == b"00" and rest is not None):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(0))
+    return Link(context, _UNTRUSTED_LINK)
+
+
 def _span_line(span: ReadableSpan) -> str:
     line: str = span.to_json(indent=None)
     return line + "\n"
@@ -115,6 +148,8 @@ class Tracing:
 
     def __init__(self, config: TracingConfig) -> None:
         self.config = config
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.provider = TracerProvider(
             resource=Resource.create(
                 {"service.name": config.service_name, "service.version": __version__}
@@ -188,33 +223,40 @@ class TracingStage:
         self._peers = deps.client_ips
         self._names: dict[tuple[str, str | None], tuple[str, str | None]] = {}
 
-    def _incoming(self, scope: Scope) -> tuple[otel_context.Context | None, list[Link] | None]:
-        """The parent context (trusted incoming one) or links (an untrusted one)."""
-        carrier: dict[str, str] | None = None
-        for name, value in scope["headers"]:
-            if name == b"traceparent" or name == b"tracestate":
-                key = name.decode("latin-1")
-                text = value.decode("latin-1")
-                if carrier is None:
-                    carrier = {}
-                elif key in carrier:
-                    if key == "traceparent":
-                        return None, None  # two parents: neither is believed
-                    text = carrier[key] + "," + text  # split tracestate fields are one list
-                carrier[key] = text
-        if carrier is None or "traceparent" not in carrier:
-            return None, None
-        extracted = self._propagator.extract(carrier)
-        incoming = trace.get_current_span(extracted).get_span_context()
-        if not incoming.is_valid:
-            return None, None
+    def _trusted(self, scope: Scope) -> bool:
         if self._trust == "all":
-            return extracted, None
-        if self._trust == "proxies":
-            client = scope.get("client")
-            if self._peers.peer(client[0] if client else None)[1]:
-                return extracted, None
-        return None, [Link(incoming, {"bastion.link": "untrusted_parent"})]
+            return True
+        if self._trust == "none":
+            return False
+        client = scope.get("client")
+        return self._peers.peer(client[0] if client else None)[1]
+
+    def _incoming(self, scope: Scope) -> tuple[otel_context.Context | None, list[Link] | None]:
+        """The parent context and links of a request's server span.
+
+        Trust is decided first: a trusted peer's ``traceparent``/``tracestate`` become the parent
+        (``None``, the ambient context, when it sent none or two); for anyone else the span
+        starts from an empty context and a well-formed ``traceparent`` becomes a bare link."""
+        parents: list[bytes] = []
+        states: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parents.append(value)
+            elif name == b"tracestate":
+                states.append(value)
+        if not self._trusted(scope):
+            link = untrusted_link(parents[0]) if len(parents) == 1 else None
+            return otel_context.Context(), [link] if link is not None else None
+        if len(parents) != 1:
+            return None, None  # none, or two parents: neither is believed
+        carrier = {"traceparent": parents[0].decode("latin-1")}
+        if states:
+            # A list split over several fields is one list (RFC 9110 §5.3).
+            carrier["tracestate"] = b",".join(states).decode("latin-1")
+        extracted = self._propagator.extract(carrier)
+        if not trace.get_current_span(extracted).get_span_context().is_valid:
+            return None, None
+        return extracted, None
 
     def _name(self, method: str, state: RequestState | None) -> tuple[str, str | None]:
         """Span name and ``http.route`` of a request (cached per method and route)."""
@@ -251,6 +293,12 @@ class TracingStage:
             set_status_on_exception=False,
         )
         span_context = span.get_span_context()
+        # The app behind sees this span's context, never the client's (as an upstream does).
+        headers = [(n, v) for n, v in scope["headers"] if n not in _TRACE_HEADERS]
+        headers.append((b"traceparent", traceparent(span_context)))
+        if span_context.trace_state:
+            headers.append((b"tracestate", span_context.trace_state.to_header().encode("latin-1")))
+        scope["headers"] = headers
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         ids = TRACE_IDS.set(
             (
