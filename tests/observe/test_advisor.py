@@ -143,6 +143,49 @@ async def test_report_header_and_json_document(report: AdvisorReport, seeded: st
     }
 
 
+_ORDERED = """
+CREATE TABLE parent (id int PRIMARY KEY);
+CREATE TABLE t (a int, b int);
+CREATE INDEX t_ab ON t (a, b);
+CREATE INDEX t_ab_desc ON t (a, b DESC);
+CREATE INDEX t_ab_nulls ON t (a, b NULLS FIRST);
+CREATE INDEX t_ab_twin ON t (a, b);
+CREATE INDEX t_adesc ON t (a DESC);
+CREATE INDEX t_adesc_b ON t (a DESC, b);
+CREATE TABLE brin_child (p int REFERENCES parent (id));
+CREATE INDEX brin_child_p ON brin_child USING brin (p);
+CREATE TABLE hash_child (p int REFERENCES parent (id));
+CREATE INDEX hash_child_p ON hash_child USING hash (p);
+CREATE TABLE btree_child (p int REFERENCES parent (id), q int);
+CREATE INDEX btree_child_p ON btree_child (p);
+CREATE INDEX btree_child_q ON btree_child (q);
+CREATE TABLE twice_child (p int REFERENCES parent (id));
+CREATE INDEX twice_child_p ON twice_child (p);
+CREATE INDEX twice_child_p_hash ON twice_child USING hash (p);
+"""
+
+
+@pytest.mark.postgres
+async def test_sort_order_method_and_foreign_key_support(postgres_database_url: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(postgres_database_url))
+    try:
+        await connection.execute(_ORDERED)
+    finally:
+        await connection.close()
+    report = await advise(postgres_database_url, thresholds=THRESHOLDS)
+    # Only the exact twin is a copy; other sort directions or NULLS orders answer other queries.
+    assert [(d.index, d.duplicate_of) for d in report.duplicate_indexes] == [("t_ab_twin", "t_ab")]
+    # (a DESC) is a prefix of (a DESC, b) only; never of (a, b) or its variants.
+    assert [(p.index, p.duplicate_of) for p in report.prefix_indexes] == [("t_adesc", "t_adesc_b")]
+    # A BRIN index does not serve the key checks; a hash index on the one column does.
+    assert [key.table for key in report.unindexed_foreign_keys] == ["brin_child"]
+    # The only support of a foreign key is never "unused"; one of two supports may be.
+    unused = {index.index for index in report.unused_indexes}
+    assert "btree_child_p" not in unused
+    assert "hash_child_p" not in unused
+    assert {"btree_child_q", "brin_child_p", "twice_child_p", "twice_child_p_hash"} <= unused
+
+
 _PLANTED = """
 CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN

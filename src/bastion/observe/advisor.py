@@ -307,6 +307,7 @@ async def _report(connection: AsyncConnection, limits: Thresholds) -> AdvisorRep
     duplicates, prefixes = _duplicate_indexes(indexes)
     foreign_keys = await _rows(connection, sql.FOREIGN_KEYS)
     unindexed = _unindexed_foreign_keys(foreign_keys, indexes)
+    sole_supports = _sole_foreign_key_supports(foreign_keys, indexes)
     return AdvisorReport(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         database=DatabaseInfo(
@@ -320,6 +321,7 @@ async def _report(connection: AsyncConnection, limits: Thresholds) -> AdvisorRep
         unused_indexes=[
             UnusedIndex(r["schema"], r["table"], r["index"], int(r["size_bytes"]), r["definition"])
             for r in await _rows(connection, sql.UNUSED_INDEXES)
+            if r["oid"] not in sole_supports
         ],
         duplicate_indexes=duplicates,
         prefix_indexes=prefixes,
@@ -385,6 +387,7 @@ class _Index:
     """One row of :data:`advisor_sql.INDEXES`, with the comparisons the checks need."""
 
     def __init__(self, row: Mapping[str, Any]) -> None:
+        self.oid: int = row["oid"]
         self.table_oid: int = row["table_oid"]
         self.schema: str = row["schema"]
         self.table: str = row["table"]
@@ -392,6 +395,9 @@ class _Index:
         self.method: str = row["method"]
         self.columns: tuple[int, ...] = tuple(row["columns"])
         self.key_columns = self.columns[: row["key_count"]]
+        # Per key column: DESC and NULLS FIRST bits; an index sorted otherwise answers other
+        # ORDER BY clauses, so it is neither a copy nor a prefix of this one.
+        self.options: tuple[int, ...] = tuple(row["options"] or ())
         self.opclasses: tuple[int, ...] = tuple(row["opclasses"])
         self.collations: tuple[int, ...] = tuple(row["collations"])
         self.unique: bool = row["is_unique"]
@@ -412,6 +418,7 @@ class _Index:
             self.columns,
             self.opclasses,
             self.collations,
+            self.options,
             self.expressions,
             self.predicate,
         )
@@ -424,9 +431,12 @@ class _Index:
 
     def leads_with(self, columns: Iterable[int]) -> bool:
         """Whether this index can serve lookups on ``columns`` (in any order) by its leading key
-        columns: a plain (non-partial, non-expression) valid index."""
+        columns: a plain (non-partial, non-expression) valid btree index, or a hash index on the
+        one column (other methods, GIN or BRIN, do not serve a key check's equality lookups)."""
         wanted = set(columns)
         if not self.valid or self.predicate is not None or 0 in self.key_columns[: len(wanted)]:
+            return False
+        if self.method != "btree" and not (self.method == "hash" and len(wanted) == 1):
             return False
         return set(self.key_columns[: len(wanted)]) == wanted
 
@@ -444,6 +454,7 @@ class _Index:
             and other.key_columns[:size] == self.key_columns
             and other.opclasses[:size] == self.opclasses
             and other.collations[:size] == self.collations
+            and other.options[:size] == self.options
         )
 
 
@@ -487,6 +498,23 @@ def _duplicate(index: _Index, kept: _Index) -> DuplicateIndex:
         kept.name,
         kept.definition,
     )
+
+
+def _sole_foreign_key_supports(
+    foreign_keys: Sequence[Mapping[str, Any]], indexes: Sequence[_Index]
+) -> set[int]:
+    """Indexes that are the only support of some foreign key: never "unused" (dropping one makes
+    every delete or key update of the referenced table scan the referencing one)."""
+    by_table: dict[int, list[_Index]] = defaultdict(list)
+    for index in indexes:
+        by_table[index.table_oid].append(index)
+    sole: set[int] = set()
+    for key in foreign_keys:
+        columns = tuple(key["columns"])
+        supports = [index for index in by_table[key["table_oid"]] if index.leads_with(columns)]
+        if len(supports) == 1:
+            sole.add(supports[0].oid)
+    return sole
 
 
 def _unindexed_foreign_keys(

@@ -64,7 +64,8 @@ LIMIT :top
 
 
 UNUSED_INDEXES = """
-SELECT s.schemaname AS schema, s.relname AS "table", s.indexrelname AS "index",
+SELECT s.indexrelid AS oid, s.schemaname AS schema, s.relname AS "table",
+       s.indexrelname AS "index",
        pg_catalog.pg_relation_size(s.indexrelid) AS size_bytes, s.idx_scan AS scans,
        pg_catalog.pg_get_indexdef(s.indexrelid) AS definition
 FROM pg_stat_user_indexes s
@@ -75,12 +76,14 @@ WHERE s.idx_scan = 0
 ORDER BY size_bytes DESC, s.schemaname, s.relname, s.indexrelname
 """
 """Never scanned since the statistics were reset; unique indexes and exclusion constraints are
-left out: they enforce something even when no query reads them."""
+left out: they enforce something even when no query reads them. The advisor also leaves out an
+index that is the only support of a foreign key (it serves the checks of the referenced table's
+deletes and key updates, however rare)."""
 
 INDEXES = """
 SELECT i.indexrelid AS oid, i.indrelid AS table_oid, n.nspname AS schema, t.relname AS "table",
        c.relname AS "index", am.amname AS method,
-       i.indkey::int2[] AS columns, i.indnkeyatts AS key_count,
+       i.indkey::int2[] AS columns, i.indnkeyatts AS key_count, i.indoption::int2[] AS options,
        i.indclass::oid[] AS opclasses, i.indcollation::oid[] AS collations,
        i.indisunique AS is_unique, i.indisprimary AS is_primary, i.indisvalid AS is_valid,
        pg_catalog.pg_get_expr(i.indexprs, i.indrelid) AS expressions,
