@@ -20,10 +20,12 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from bastion.audit import sinks
 from bastion.audit.config import AuditConfig
 from bastion.audit.events import AuditEvent, MemoryAuditSink
 from bastion.audit.sink_config import FileSinkConfig, SyslogSinkConfig
 from bastion.audit.sinks import AuditCopies, JsonLinesFileSink, SyslogSink
+from bastion.observe.logging import REQUEST_ID, TRACE_IDS
 from bastion.observe.metrics import Metrics
 
 EVENT = AuditEvent(
@@ -140,6 +142,30 @@ async def test_unwritable_file_never_raises_and_counts(tmp_path: Path) -> None:
     await sink.close()
     assert _errors(metrics, "audit_file", "write") >= 1
     assert sink.written == 0
+
+
+async def test_copy_failures_are_not_logged_with_the_first_requests_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str | None, Any]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            seen.append((REQUEST_ID.get(), TRACE_IDS.get()))
+
+    monkeypatch.setattr(sinks, "_log", Recorder())
+    sink = JsonLinesFileSink(FileSinkConfig(path=str(tmp_path / "missing-dir" / "a.jsonl")))
+    request = REQUEST_ID.set("req-first")
+    trace = TRACE_IDS.set(("a" * 32, "b" * 16, True))
+    try:
+        await sink.emit(_event(1))  # starts the draining task inside this request
+    finally:
+        REQUEST_ID.reset(request)
+        TRACE_IDS.reset(trace)
+    await sink.emit(_event(2))
+    await sink.close()
+    assert seen
+    assert set(seen) == {(None, None)}
 
 
 async def test_closed_copy_ignores_later_events(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -92,7 +93,11 @@ class QueuedSink(ABC):
         if self._closed:
             return
         if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name=f"bastion-{self.store}")
+            # A fresh context: the task outlives this request and must not log its ids (or
+            # carry anything else it bound) on every later failure.
+            self._task = asyncio.create_task(
+                self._drain(), name=f"bastion-{self.store}", context=contextvars.Context()
+            )
         try:
             self._queue.put_nowait((event, datetime.now(UTC)))
         except asyncio.QueueFull:
