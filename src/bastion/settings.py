@@ -232,14 +232,19 @@ class Settings(BaseSettings):
     def with_upstream(self, upstream: str) -> Settings:
         """A copy whose routes are one catch-all route to ``upstream`` (``--upstream URL``)."""
         route = RouteConfig(name="default", prefix="/", upstream=upstream)
-        return self.model_copy(update={"routes": [route]})
+        # Validated as a whole: rules elsewhere may name routes (alert rules do).
+        return self.with_updates(routes=[route.model_dump()])
 
     def with_updates(self, **sections: Any) -> Settings:
-        """A validated copy with whole sections replaced (``server=ServerConfig(...)``)."""
+        """A validated copy with whole sections replaced (``server=ServerConfig(...)``);
+        :class:`ConfigError` naming each offending key when the result is invalid."""
         data = self.model_dump()
         for key, value in sections.items():
             data[key] = value.model_dump() if isinstance(value, ConfigModel) else value
-        return type(self).model_validate(data)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc) from None
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, secrets replaced by ``"**********"``."""

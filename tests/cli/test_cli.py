@@ -110,6 +110,38 @@ def test_serve_bad_upstream_is_usage_error() -> None:
     assert "upstream" in result.output
 
 
+def test_serve_upstream_that_leaves_a_rule_naming_a_missing_route_is_usage_error(
+    tmp_path: Path,
+) -> None:
+    # The configured route "api" is replaced by --upstream's catch-all; an alert rule still
+    # names it, which the whole configuration check catches before anything starts.
+    path = tmp_path / "bastion.toml"
+    path.write_text(
+        """
+[[routes]]
+name = "api"
+prefix = "/api"
+upstream = "http://127.0.0.1:9"
+
+[alerts]
+enabled = true
+
+[[alerts.rules]]
+name = "api errors"
+kind = "error_rate"
+threshold = 5
+window = "1m"
+routes = ["api"]
+"""
+    )
+    result = runner.invoke(
+        app, ["serve", "--config", str(path), "--upstream", "http://127.0.0.1:9"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "alerts.rules" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [

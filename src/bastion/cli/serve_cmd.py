@@ -18,7 +18,7 @@ from bastion.cli.common import EXIT_CONFIG, ConfigOption, fail, load_settings
 from bastion.engine import Bastion
 from bastion.http.server import ServerConfig
 from bastion.observe.logging import configure_logging, get_logger
-from bastion.settings import Settings
+from bastion.settings import ConfigError, Settings
 
 __all__ = ["gateway_from_env", "run_gateway", "serve"]
 
@@ -38,6 +38,8 @@ def _effective_settings(
     if upstream:
         try:
             settings = settings.with_upstream(upstream)
+        except ConfigError as exc:
+            fail(f"with --upstream {upstream}: {exc}", EXIT_CONFIG)
         except ValueError as exc:
             fail(f"--upstream: {exc}", EXIT_CONFIG)
     server = settings.server.model_copy(
@@ -45,7 +47,10 @@ def _effective_settings(
             k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None
         }
     )
-    settings = settings.with_updates(server=server)
+    try:
+        settings = settings.with_updates(server=server)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
     if not settings.routes:
         fail("no upstream: pass --upstream URL or configure [[routes]]", EXIT_CONFIG)
     return settings
