@@ -61,6 +61,18 @@ def invoke(*args: str) -> tuple[int, str, str]:
         ("not a url", "not a database URL"),
         (f"postgresql://u:{PASSWORD}@127.0.0.1:99999/app", "port is out of range"),
         (f"postgresql://u:{PASSWORD}@127.0.0.1/app?options=-c", "unsupported URL parameter"),
+        (f"postgresql://u:{PASSWORD}@127.0.0.1/app?ssl=bogus", "'ssl' must be one of"),
+        (f"postgresql://u:{PASSWORD}@127.0.0.1/app?sslmode=on", "'sslmode' must be one of"),
+        (
+            f"postgresql://u:{PASSWORD}@127.0.0.1/app?ssl=require&sslmode=require",
+            "not both",
+        ),
+        (f"postgresql://u:{PASSWORD}@127.0.0.1/app?ssl=require&ssl=disable", "more than once"),
+        (f"postgresql://u:{PASSWORD}@/app?host=/tmp&host=/run", "more than once"),
+        (f"postgresql://u:{PASSWORD}@/app?host=db:abc", "not a host[:port] list"),
+        (f"postgresql://u:{PASSWORD}@/app?host=db:99999", "not 1-65535"),
+        (f"postgresql://u:{PASSWORD}@/app?host=db:0", "not 1-65535"),
+        (f"postgresql://u:{PASSWORD}@/app?host=db1:5432,db2", "the driver refused the URL"),
     ],
 )
 def test_non_postgres_url_is_a_usage_error(url: str, message: str) -> None:

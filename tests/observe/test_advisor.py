@@ -265,6 +265,11 @@ async def test_statements_section_follows_the_extension(postgres_database_url: s
             "postgresql://u@/app?host=/run/postgresql",
             "postgresql+asyncpg://u@/app?host=%2Frun%2Fpostgresql",
         ),
+        ("postgresql://u@/app?host=db:6432", "postgresql+asyncpg://u@/app?host=db%3A6432"),
+        (
+            "postgresql://u@/app?host=[::1]:6432",
+            "postgresql+asyncpg://u@/app?host=%5B%3A%3A1%5D%3A6432",
+        ),
     ],
 )
 def test_accepted_urls_are_normalised(url: str, expected: str) -> None:
@@ -285,6 +290,14 @@ def test_accepted_urls_are_normalised(url: str, expected: str) -> None:
         ("postgresql://u:topsecret@db:70000/app", "port is out of range"),
         ("postgresql://u:topsecret@db/app?bogus=1", "unsupported URL parameter 'bogus'"),
         ("postgresql://u@db/app?port=abc", "unsupported URL parameter 'port'"),
+        ("postgresql://u:topsecret@db/app?ssl=bogus", "'ssl' must be one of"),
+        ("postgresql://u@db/app?ssl=require&sslmode=disable", "not both"),
+        ("postgresql://u@db/app?sslmode=require&sslmode=disable", "more than once"),
+        ("postgresql://u@/app?host=a&host=b", "more than once"),
+        ("postgresql://u@/app?host=db:x1", "not a host[:port] list"),
+        ("postgresql://u@/app?host=[::1]:70000", "not 1-65535"),
+        ("postgresql://u@/app?host=", "names no host"),
+        ("postgresql://u@/app?host=a,,b", "not a host[:port] list"),
     ],
 )
 def test_other_urls_are_refused_without_echoing_them(url: str, message: str) -> None:

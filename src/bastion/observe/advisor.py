@@ -41,6 +41,9 @@ SCHEMA_VERSION = 1
 _POSTGRES_DRIVERS = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
 _URL_PARAMETERS = frozenset({"host", "ssl", "passfile", "target_session_attrs"})
 """Query parameters of the URL the driver understands (``sslmode`` is accepted as ``ssl``)."""
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+_HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]*)(?::(\d*))?")
+"""One item of the ``host`` parameter: a name, an address or ``[IPv6]``, then an optional port."""
 _MAX_QUERY_TEXT = 2000
 _PASSWORD_LITERAL = re.compile(
     r"(?is)(\bpassword\s+)(?:(?:E|U&)?'(?:[^'\\]|''|\\.)*'|\$(\w*)\$.*?\$\2\$)"
@@ -89,7 +92,19 @@ def normalise_url(url: str) -> str:
         raise AdvisorUrlError("the PostgreSQL URL names no host: postgresql://user@host/database")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise AdvisorUrlError("the PostgreSQL URL's port is out of range")
-    query = dict(parsed.query)
+    repeated = sorted(name for name, value in parsed.query.items() if not isinstance(value, str))
+    if repeated:
+        raise AdvisorUrlError(f"the URL parameter {repeated[0]!r} is given more than once")
+    query = {name: value for name, value in parsed.query.items() if isinstance(value, str)}
+    if "sslmode" in query and "ssl" in query:
+        raise AdvisorUrlError("give either sslmode or ssl in the URL, not both")
+    for name in ("ssl", "sslmode"):
+        if name in query and query[name] not in _SSL_MODES:
+            raise AdvisorUrlError(
+                f"the URL parameter {name!r} must be one of: {', '.join(sorted(_SSL_MODES))}"
+            )
+    if "host" in query:
+        _check_hosts(query["host"])
     if "sslmode" in query:
         # libpq's name; asyncpg's ssl parameter takes the same values.
         query.setdefault("ssl", query.pop("sslmode"))
@@ -101,6 +116,19 @@ def normalise_url(url: str) -> str:
         )
     normalised = parsed.set(drivername="postgresql+asyncpg", query=query)
     return normalised.render_as_string(hide_password=False)
+
+
+def _check_hosts(hosts: str) -> None:
+    """The ``host`` parameter: socket directories or ``host[:port]`` items, comma-separated."""
+    for item in hosts.split(","):
+        if item.startswith("/"):
+            continue
+        match = _HOST_PORT.fullmatch(item)
+        if match is None or not item:
+            raise AdvisorUrlError("the URL parameter 'host' is not a host[:port] list")
+        port = match.group(1)
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise AdvisorUrlError("a port in the URL parameter 'host' is not 1-65535")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +305,7 @@ async def advise(
     database = Database(config)
     try:
         await database.start()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArgumentError) as exc:
         raise AdvisorUrlError(f"the driver refused the URL: {describe(exc)}") from exc
     try:
         async with database.engine.connect() as connection:
@@ -290,6 +318,8 @@ async def advise(
             lock_timeout = int(query_timeout * 1000)
             await connection.execute(text(f"SET LOCAL lock_timeout = {lock_timeout}"))
             return await _report(connection, limits)
+    except ArgumentError as exc:
+        raise AdvisorUrlError(f"the driver refused the URL: {describe(exc)}") from exc
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise StoreError(f"advisor query failed: {describe(exc)}") from exc
     finally:
