@@ -81,6 +81,7 @@ async def test_slow_statement_is_logged_without_its_parameters(database_url: str
         await db.close()
     [line] = slow_lines(logs, "echoed")
     assert line["log_level"] == "warning"
+    assert line["logger_name"] == "bastion.store"
     assert line["database"] == database_url.split("+", 1)[0]
     assert line["op"] == "select"
     assert line["duration_ms"] >= 0

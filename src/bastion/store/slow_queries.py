@@ -13,13 +13,14 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from bastion.observe.logging import get_logger
+
 __all__ = ["SlowQueryLog", "statement_kind"]
 
-_log: Any = structlog.get_logger("bastion.store")
+_log: Any = get_logger("bastion.store")
 
 _STARTED = "bastion_query_started"
 """Key in the DBAPI connection's ``info`` holding the start of the statement on it (statements on
