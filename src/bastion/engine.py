@@ -317,7 +317,8 @@ class Bastion:
             await self.audit_copies.close()
         await self.stores.close()
         if self.deps.tracing is not None:
-            self.deps.tracing.flush()
+            # The export blocks on the network (up to tracing.timeout): off the event loop.
+            await asyncio.to_thread(self.deps.tracing.flush)
         output = access_output()
         if output is not None:
             output.flush()

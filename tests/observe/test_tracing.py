@@ -456,6 +456,18 @@ async def test_wrapped_app_sees_the_server_span_context(
     assert states == (["vendor=abc"] if continued else [])
 
 
+async def test_shutdown_flushes_spans_off_the_event_loop(tmp_path: Path) -> None:
+    engine = Bastion(settings(tmp_path))
+    engine.wrap(APP)
+    tracing = engine.deps.tracing
+    assert tracing is not None
+    threads: list[int] = []
+    tracing.flush = lambda: threads.append(threading.get_ident())  # type: ignore[method-assign]
+    await engine.shutdown()
+    assert threads
+    assert threading.get_ident() not in threads
+
+
 async def test_sample_ratio_zero_exports_nothing(traced: MakeTraced) -> None:
     t = traced(tracing={"sample_ratio": 0.0})
     assert (await t.client.get("/hello")).status_code == 200
