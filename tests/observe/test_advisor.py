@@ -252,6 +252,28 @@ async def test_statements_section_follows_the_extension(postgres_database_url: s
         assert "shared_preload_libraries" in statements.reason
 
 
+@pytest.mark.postgres
+async def test_statements_timeout_leaves_the_rest_of_the_report(seeded: str) -> None:
+    """A lock held on the statistics view makes the statements query give up: the section says
+    so (not "not preloaded"), and every other section is still reported."""
+    holder = await asyncpg.connect(asyncpg_dsn(seeded))
+    try:
+        await holder.execute("CREATE EXTENSION pg_stat_statements")
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("LOCK TABLE pg_stat_statements IN ACCESS EXCLUSIVE MODE")
+        report = await advise(seeded, thresholds=THRESHOLDS, query_timeout=1)
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    assert not report.statements.available
+    assert report.statements.reason is not None
+    assert "did not finish within the query timeout" in report.statements.reason
+    assert "shared_preload_libraries" not in report.statements.reason
+    assert [key.table for key in report.unindexed_foreign_keys] == ["orders"]
+    assert "orders" in {table.table for table in report.bloat.tables}
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

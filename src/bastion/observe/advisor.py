@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bastion.observe import advisor_sql as sql
@@ -45,6 +45,10 @@ _SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "v
 _HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]*)(?::(\d*))?")
 """One item of the ``host`` parameter: a name, an address or ``[IPv6]``, then an optional port."""
 _MAX_QUERY_TEXT = 2000
+_TIMEOUT_STATES = frozenset({"55P03", "57014"})
+"""lock_not_available (``lock_timeout``) and query_canceled (``statement_timeout``)."""
+_NOT_PRELOADED = "55000"
+"""object_not_in_prerequisite_state: the library is not in ``shared_preload_libraries``."""
 _PASSWORD_LITERAL = re.compile(
     r"(?is)(\bpassword\s+)(?:(?:E|U&)?'(?:[^'\\]|''|\\.)*'|\$(\w*)\$.*?\$\2\$)"
 )
@@ -314,9 +318,12 @@ async def advise(
             # database owner planted in another schema (CVE-2018-1058) never runs as us.
             await connection.execute(text("SET LOCAL search_path = pg_catalog, pg_temp"))
             # Catalog reads wait behind an ACCESS EXCLUSIVE lock (a running ALTER TABLE):
-            # give up rather than hang.
-            lock_timeout = int(query_timeout * 1000)
-            await connection.execute(text(f"SET LOCAL lock_timeout = {lock_timeout}"))
+            # give up rather than hang. The server gives up a little before the driver does, so
+            # a query that runs too long fails alone (its section says so) instead of the
+            # driver dropping the whole connection.
+            limit_ms = max(1, int(query_timeout * 800))
+            await connection.execute(text(f"SET LOCAL lock_timeout = {limit_ms}"))
+            await connection.execute(text(f"SET LOCAL statement_timeout = {limit_ms}"))
             return await _report(connection, limits)
     except ArgumentError as exc:
         raise AdvisorUrlError(f"the driver refused the URL: {describe(exc)}") from exc
@@ -376,12 +383,8 @@ async def _statements(connection: AsyncConnection, top: int) -> Statements:
         # transaction must stay usable for the other sections.
         async with connection.begin_nested():
             rows = await _rows(connection, query, top=top)
-    except DBAPIError as exc:
-        return Statements(
-            False,
-            f"pg_stat_statements is installed but cannot be read ({describe(exc.orig or exc)}): "
-            f"{_ENABLE_HINT}",
-        )
+    except (StatementError, TimeoutError) as exc:
+        return Statements(False, _statements_failure(exc))
     return Statements(
         True,
         None,
@@ -397,6 +400,21 @@ async def _statements(connection: AsyncConnection, top: int) -> Statements:
             for row in rows
         ],
     )
+
+
+def _statements_failure(exc: StatementError | TimeoutError) -> str:
+    """Why the statements could not be read: not preloaded (with the way to enable it), a lock
+    or query timeout, or another error, each said as it is."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if isinstance(cause, TimeoutError) or state in _TIMEOUT_STATES:
+        return (
+            "reading pg_stat_statements did not finish within the query timeout "
+            f"({describe(cause)}); the other sections are complete"
+        )
+    if state == _NOT_PRELOADED:
+        return f"pg_stat_statements is installed but cannot be read: {_ENABLE_HINT}"
+    return f"pg_stat_statements could not be read ({describe(cause)})"
 
 
 def _redacted(query: str) -> str:
