@@ -125,6 +125,7 @@ class InvalidationBus:
         self._on_resubscribed = on_resubscribed
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closing = False
         self.connected = False
         """Whether the subscription is live."""
 
@@ -133,6 +134,7 @@ class InvalidationBus:
         subscription (a Redis that is down is retried in the background)."""
         if self._task is not None:
             return
+        self._closing = False
         self._task = asyncio.create_task(self._run(), name="bastion-cache-invalidation")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -140,6 +142,9 @@ class InvalidationBus:
 
     async def close(self) -> None:
         """Stop listening."""
+        # Also a flag: a cancellation that arrives while the client closes its connection can
+        # be swallowed inside redis-py, and the loop must still end.
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -150,7 +155,7 @@ class InvalidationBus:
     async def _run(self) -> None:
         delay = _RETRY_MIN
         lost = False
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -161,7 +166,7 @@ class InvalidationBus:
                     _log.info("cache: invalidation channel subscribed again")
                     self._on_resubscribed()
                     lost = False
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=_POLL
                     )
@@ -178,6 +183,8 @@ class InvalidationBus:
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._closing:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
 
