@@ -189,11 +189,16 @@ async def test_fixed_window_values(store_factory: Backend) -> None:
     limited = check(rule("fixed_window", 2, 0.5))
     await store_factory.time.advance(0.1)
     first = (await one(store, limited)).decisions[0]
-    assert first.reset == pytest.approx(0.4, abs=tolerance + 0.001)
+    if store_factory.exact:
+        assert first.reset == pytest.approx(0.4, abs=tolerance + 0.001)
+    else:
+        # Real time on a busy machine can only be late: the window's end is nearer, never
+        # further, than 0.4 s away.
+        assert 0.0 < first.reset <= 0.4 + tolerance
     await exhaust(store, limited, 1)
     refused = (await one(store, limited)).decisions[0]
     assert refused.retry_after == pytest.approx(refused.reset, abs=tolerance)
-    assert refused.retry_after == pytest.approx(0.4, abs=tolerance + 0.001)
+    assert refused.retry_after == pytest.approx(first.reset, abs=tolerance + 0.001)
 
 
 async def test_sliding_window_weighs_the_previous_window(store_factory: Backend) -> None:
@@ -204,20 +209,31 @@ async def test_sliding_window_weighs_the_previous_window(store_factory: Backend)
     await exhaust(store, limited, 4)
     full = (await one(store, limited)).decisions[0]
     assert not full.allowed
-    assert full.reset == pytest.approx(1.0, abs=tolerance + 0.001)  # end of the next window
+    # Until the end of the next window.
+    if store_factory.exact:
+        assert full.reset == pytest.approx(1.0, abs=tolerance + 0.001)
+    else:
+        assert 0.5 < full.reset <= 1.0 + tolerance
     await store_factory.time.advance(0.5)
-    # Just into the next window the previous one still weighs fully: 4 of 4.
+    # Just into the next window the previous one still weighs (nearly) fully: 4 of 4.
     refused = (await one(store, limited)).decisions[0]
     assert not refused.allowed
-    # Its weight must fall to 3 of 4: a quarter of the window.
-    assert refused.retry_after == pytest.approx(0.125, abs=tolerance + 0.001)
-    assert refused.reset == pytest.approx(0.5, abs=tolerance + 0.001)
+    # Its weight must fall to 3 of 4: a quarter of a window after this window began. Both
+    # figures come from one reading of the store's clock, so wherever in the window the call
+    # landed, the wait is the window's remaining time less three quarters of a window.
+    assert refused.retry_after == pytest.approx(refused.reset - 0.375, abs=0.001)
+    if store_factory.exact:
+        assert refused.retry_after == pytest.approx(0.125, abs=tolerance + 0.001)
+        assert refused.reset == pytest.approx(0.5, abs=tolerance + 0.001)
     await store_factory.time.advance(refused.retry_after + tolerance)
     verdict = await one(store, limited)
     assert verdict.allowed
     assert verdict.decisions[0].remaining == 0
     # Until the end of the next window: 1.0 - 0.125 - the tolerance waited.
-    assert verdict.decisions[0].reset == pytest.approx(0.875 - tolerance, abs=tolerance + 0.001)
+    if store_factory.exact:
+        assert verdict.decisions[0].reset == pytest.approx(0.875 - tolerance, abs=tolerance + 0.001)
+    else:
+        assert 0.5 < verdict.decisions[0].reset <= 0.875
 
 
 async def test_sliding_log_values(store_factory: Backend) -> None:
