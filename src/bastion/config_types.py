@@ -12,7 +12,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr
 
@@ -25,6 +25,7 @@ __all__ = [
     "parse_byte_size",
     "parse_duration",
     "resolve_secret",
+    "unique_names",
 ]
 
 
@@ -165,3 +166,22 @@ Cidr = Annotated[
     PlainSerializer(str, return_type=str),
 ]
 """An IP network (``"10.0.0.0/8"``, ``"::1"``); a bare address is a /32 or /128."""
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+NamedT = TypeVar("NamedT", bound=_Named)
+
+
+def unique_names(items: list[NamedT], what: str) -> list[NamedT]:
+    """``items`` unchanged when no two share a ``name``; else ``ValueError("two <what> are
+    named …")`` for the first repeated one (a field validator's whole body)."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            raise ValueError(f"two {what} are named {item.name!r}")
+        seen.add(item.name)
+    return items

@@ -25,7 +25,7 @@ from pydantic_settings import (
 from bastion.audit.config import AuditConfig
 from bastion.auth.config import AuthConfig
 from bastion.cache.config import CacheConfig
-from bastion.config_types import ConfigModel, Duration
+from bastion.config_types import ConfigModel, Duration, unique_names
 from bastion.inspect.config import InspectConfig
 from bastion.observe.config import AlertsConfig, LoggingConfig, MetricsConfig, TracingConfig
 from bastion.pipeline.config import (
@@ -173,12 +173,7 @@ class Settings(BaseSettings):
     @field_validator("routes")
     @classmethod
     def _unique_routes(cls, routes: list[RouteConfig]) -> list[RouteConfig]:
-        seen: set[str] = set()
-        for route in routes:
-            if route.name in seen:
-                raise ValueError(f"two routes are named {route.name!r}")
-            seen.add(route.name)
-        return routes
+        return unique_names(routes, "routes")
 
     @model_validator(mode="after")
     def _alert_routes(self) -> Settings:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from bastion.config_types import Cidr, ConfigModel, Duration, SecretValue
+from bastion.config_types import Cidr, ConfigModel, Duration, SecretValue, unique_names
 
 __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
@@ -325,12 +325,7 @@ class AlertsConfig(ConfigModel):
     @field_validator("rules")
     @classmethod
     def _unique(cls, rules: list[AlertRuleConfig]) -> list[AlertRuleConfig]:
-        seen: set[str] = set()
-        for rule in rules:
-            if rule.name in seen:
-                raise ValueError(f"two alert rules are named {rule.name!r}")
-            seen.add(rule.name)
-        return rules
+        return unique_names(rules, "alert rules")
 
     @model_validator(mode="after")
     def _windows(self) -> AlertsConfig:
