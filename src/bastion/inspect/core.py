@@ -12,9 +12,9 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal, Protocol
+from typing import Literal, Protocol, overload
 from urllib.parse import unquote_to_bytes
 
 import re2
@@ -184,6 +184,31 @@ def _spaced(text: str) -> str:
     return text if text.isascii() else text.translate(_INVISIBLE_SPACES)
 
 
+class _Form:
+    """A decoded form of a :class:`Normalized`, computed on first use and then kept in the
+    instance's ``__dict__``, where later reads find it without calling this descriptor again.
+    What ``functools.cached_property`` does, without the lock it takes on Python 3.11 (several
+    forms are computed per inspected value)."""
+
+    __slots__ = ("compute", "name")
+
+    def __init__(self, compute: Callable[[Normalized], str]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _Form: ...
+
+    @overload
+    def __get__(self, instance: Normalized, owner: type | None = None) -> str: ...
+
+    def __get__(self, instance: Normalized | None, owner: type | None = None) -> _Form | str:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 class Normalized:
     """One value and its decoded forms, each computed on first use.
 
@@ -205,7 +230,7 @@ class Normalized:
         # Lone surrogates (from a lenient upstream decoder) cannot be encoded for RE2.
         self.raw = raw.encode("utf-8", "replace").decode("utf-8") if not raw.isascii() else raw
 
-    @cached_property
+    @_Form
     def decoded(self) -> str:
         text = self.raw
         for _ in range(_MAX_DECODE_ROUNDS):
@@ -215,14 +240,14 @@ class Normalized:
             text = decoded
         return text
 
-    @cached_property
+    @_Form
     def unescaped(self) -> str:
         text = self.decoded
         if "&" in text:
             text = html.unescape(text)
         return _unescape_backslashes(text)
 
-    @cached_property
+    @_Form
     def nfkc(self) -> str:
         raw = self.raw
         if (
@@ -240,22 +265,22 @@ class Normalized:
         text = self.unescaped
         return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
-    @cached_property
+    @_Form
     def folded(self) -> str:
         return self.nfkc.casefold()
 
-    @cached_property
+    @_Form
     def sql(self) -> str:
         text = self.folded
         if "/*" in text or "--" in text or "#" in text:
             text = str(_SQL_COMMENT.sub(" ", text))
         return " ".join(_spaced(text).split())
 
-    @cached_property
+    @_Form
     def compact(self) -> str:
         return "".join(_spaced(self.folded).split())
 
-    @cached_property
+    @_Form
     def path(self) -> str:
         text = self.nfkc.replace("\\", "/")
         if "//" in text:

@@ -19,8 +19,8 @@ import re2
 
 from bastion.http.paths import GlobMatcher, compile_glob
 from bastion.inspect.config import ExclusionConfig, InspectConfig, InspectMode
-from bastion.inspect.core import Detector, Location, Match, Normalized, Severity
-from bastion.inspect.locations import AUTH_PATH_PREFIX, Budget, locations
+from bastion.inspect.core import Detector, Location, LocationKind, Match, Normalized, Severity
+from bastion.inspect.locations import AUTH_PATH_PREFIX, Budget, location_of, raw_values
 from bastion.inspect.request import InspectionRequest
 
 __all__ = ["ERROR_RULE", "InspectionVerdict", "Inspector", "ProtocolCheck"]
@@ -61,6 +61,8 @@ _MEMO_SIZE = 8192
 """Values whose detector results are remembered (oldest forgotten first)."""
 _MEMO_VALUE_MAX = 512
 """Longer values are inspected every time (and never held in memory)."""
+_MemoKey = tuple[str, LocationKind, str, int]
+"""Value, location kind and name, paranoia level."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,10 @@ class Inspector:
         ]
         self._exclusions = [_Exclusion(item) for item in config.exclusions]
         self._failed: set[str] = set()
-        self._memo: dict[tuple[Location, str, int], tuple[Match, ...]] = {}
+        self._memo: dict[_MemoKey, tuple[Match, ...]] = {}
+        modes: tuple[InspectMode, ...] = ("block", "monitor")
+        # The verdict of a request with no finding, shared (verdicts are immutable).
+        self._clean = {mode: InspectionVerdict(False, 0, (), mode=mode) for mode in modes}
 
     def policy(self, path: str) -> _Policy:
         """Mode, paranoia and threshold for a (routing) path: the first matching route's."""
@@ -175,15 +180,26 @@ class Inspector:
         paranoia = policy.paranoia
         found: list[Match] = []
         budget = Budget(config.max_request_bytes, config.max_locations)
-        applicable: list[_Exclusion] = []
-        for location, value in locations(request, config, budget, auth_prefix=self.auth_prefix):
+        memo = self._memo
+        for kind, name, raw in raw_values(request, config, budget, auth_prefix=self.auth_prefix):
+            # Keyed on the strings themselves (their hashes are cached): a value seen before
+            # costs one look-up and builds no object.
+            key = (raw, kind, name, paranoia)
             if exclusions:
-                applicable = [e for e in exclusions if e.covers(location)]
-                if applicable and any(item.whole_location for item in applicable):
+                location = location_of(kind, name)
+                applicable = [item for item in exclusions if item.covers(location)]
+                if applicable:
+                    if not any(item.whole_location for item in applicable):
+                        found += [
+                            match
+                            for match in self._matches(key)
+                            if not any(item.drops(match) for item in applicable)
+                        ]
                     continue
-            for match in self._detect(value, location, paranoia):
-                if match.paranoia <= paranoia and not any(e.drops(match) for e in applicable):
-                    found.append(match)
+            matches = memo.get(key)
+            if matches is None:
+                matches = self._detect(key)
+            found += matches
         try:
             request_matches = self.protocol(request, paranoia)
         except Exception:
@@ -191,22 +207,26 @@ class Inspector:
         for match in request_matches:
             if match.paranoia <= paranoia and not _excluded(match, exclusions):
                 found.append(match)
+        if not found and not budget.truncated:
+            return self._clean[policy.mode]
         return self._verdict(found, policy, budget.truncated and reject, budget.truncated)
 
-    def _detect(self, value: Normalized, location: Location, paranoia: int) -> tuple[Match, ...]:
-        """Every detector's matches for one value, remembered for short values.
+    def _matches(self, key: _MemoKey) -> tuple[Match, ...]:
+        cached = self._memo.get(key)
+        return cached if cached is not None else self._detect(key)
+
+    def _detect(self, key: _MemoKey) -> tuple[Match, ...]:
+        """Every detector's matches enabled at the key's paranoia level for one value,
+        remembered for short values.
 
         Detectors are pure functions of (value, location, paranoia), and real traffic repeats
         the same values (user agents, accept headers, paths, ids) over and over: a bounded
         memo turns those into one dictionary look-up. Values a client varies gain nothing but
         cost nothing extra either; long values are never kept.
         """
-        raw = value.raw
-        key = (location, raw, paranoia) if len(raw) <= _MEMO_VALUE_MAX else None
-        if key is not None:
-            cached = self._memo.get(key)
-            if cached is not None:
-                return cached
+        raw, kind, name, paranoia = key
+        location = location_of(kind, name)
+        value = Normalized(raw)
         found: list[Match] = []
         failed = False
         for detector in self.detectors:
@@ -215,8 +235,8 @@ class Inspector:
             except Exception:  # a detector bug must not let the value through uninspected
                 found.append(self._failure(detector, location))
                 failed = True
-        result = tuple(found)
-        if key is not None and not failed:
+        result = tuple(match for match in found if match.paranoia <= paranoia)
+        if len(raw) <= _MEMO_VALUE_MAX and not failed:
             memo = self._memo
             if len(memo) >= _MEMO_SIZE:
                 del memo[next(iter(memo))]

@@ -25,7 +25,7 @@ from bastion.inspect.config import InspectConfig
 from bastion.inspect.core import Location, LocationKind, Normalized
 from bastion.inspect.request import FORM_URLENCODED, InspectionRequest
 
-__all__ = ["AUTH_PATH_PREFIX", "MAX_JSON_DEPTH", "Budget", "locations"]
+__all__ = ["AUTH_PATH_PREFIX", "MAX_JSON_DEPTH", "Budget", "location_of", "locations", "raw_values"]
 
 AUTH_PATH_PREFIX = "/_bastion/auth/"
 MAX_JSON_DEPTH = 32
@@ -54,7 +54,8 @@ _LOWER_NAMES: dict[str, str] = {}
 _MAX_LOWER_NAMES = 1024
 
 
-def _location(kind: LocationKind, name: str) -> Location:
+def location_of(kind: LocationKind, name: str) -> Location:
+    """The :class:`Location` ``kind:name``, shared between requests."""
     key = (kind, name)
     location = _LOCATIONS.get(key)
     if location is None:
@@ -128,9 +129,10 @@ def text_of(data: bytes) -> str:
 
 
 class _Emitter:
-    """Cuts values to the limits and skips sensitive fields; ``done`` once the budget is spent."""
+    """Collects ``(kind, name, value)`` triples cut to the limits, skipping sensitive fields;
+    ``done`` once the budget is spent."""
 
-    __slots__ = ("budget", "passwords", "per_location", "sensitive")
+    __slots__ = ("budget", "out", "passwords", "per_location", "sensitive")
 
     def __init__(
         self, config: InspectConfig, budget: Budget, passwords: bool, sensitive: frozenset[str]
@@ -139,6 +141,7 @@ class _Emitter:
         self.per_location = config.max_location_bytes
         self.sensitive = sensitive
         self.passwords = passwords
+        self.out: list[tuple[LocationKind, str, str]] = []
 
     @property
     def done(self) -> bool:
@@ -150,13 +153,13 @@ class _Emitter:
         leaf = name.rpartition(".")[2].lower()
         return leaf in self.sensitive or (self.passwords and "password" in leaf)
 
-    def take(self, kind: LocationKind, name: str, value: str) -> tuple[Location, Normalized] | None:
+    def take(self, kind: LocationKind, name: str, value: str) -> None:
         if not value:
-            return None
+            return
         budget = self.budget
         if budget.bytes_left <= 0 or budget.locations_left <= 0:
             budget.truncated = True
-            return None
+            return
         limit = self.per_location
         if budget.bytes_left < limit:
             limit = budget.bytes_left
@@ -165,7 +168,7 @@ class _Emitter:
             budget.truncated = True
         budget.bytes_left -= len(value)
         budget.locations_left -= 1
-        return _location(kind, name), Normalized(value)
+        self.out.append((kind, name, value))
 
 
 def locations(
@@ -180,88 +183,96 @@ def locations(
     Field names in ``config.sensitive_fields`` are skipped everywhere, and any field whose name
     contains ``password`` under ``auth_prefix`` (Bastion's own login and account endpoints).
     """
+    for kind, name, value in raw_values(request, config, budget, auth_prefix=auth_prefix):
+        yield location_of(kind, name), Normalized(value)
+
+
+def raw_values(
+    request: InspectionRequest,
+    config: InspectConfig,
+    budget: Budget | None = None,
+    *,
+    auth_prefix: str = AUTH_PATH_PREFIX,
+) -> list[tuple[LocationKind, str, str]]:
+    """What :func:`locations` yields, as ``(kind, name, raw value)`` and before any object is
+    built: the engine looks each value up in its memo first, and most are found there."""
     rules = _rules(config)
-    path = request.path
-    passwords = path.startswith(auth_prefix)
-    emit = _Emitter(config, budget or Budget.for_config(config), passwords, rules.sensitive)
-    for item in _head(request, path, rules, emit):
-        if item is not None:
-            yield item
-    if not emit.done and request.body:
-        yield from _body(request, emit)
-    elif request.body:
-        emit.budget.truncated = True
-
-
-def _head(
-    request: InspectionRequest, path: str, rules: _Rules, emit: _Emitter
-) -> Iterator[tuple[Location, Normalized] | None]:
-    yield emit.take("path", "", path)
-    query = request.query
+    target = request.target
+    path, _, query = target.partition("?")
+    if "#" in target:
+        path = path.partition("#")[0]
+        query = query.partition("#")[0]
+    emit = _Emitter(
+        config, budget or Budget.for_config(config), path.startswith(auth_prefix), rules.sensitive
+    )
+    emit.take("path", "", path)
     if query:
-        yield from _pairs(query, "&", "query_name", "query", emit)
+        _pairs(query, "&", "query_name", "query", emit)
     # One pass over the fields: cookies are inspected before the selected headers.
     cookies: list[str] = []
     selected: list[tuple[str, str]] = []
     exact, prefixes = rules.exact, rules.prefixes
+    lower_names = _LOWER_NAMES
     for name, value in request.headers:
-        lowered = _lower_name(name)
+        lowered = lower_names.get(name) or _lower_name(name)
         if lowered == "cookie":
             cookies.append(value)
         if lowered in exact or (prefixes and lowered.startswith(prefixes)):
             selected.append((lowered, value))
     for cookie_header in cookies:
-        yield from _pairs(cookie_header, ";", "cookie_name", "cookie", emit)
+        _pairs(cookie_header, ";", "cookie_name", "cookie", emit)
     for lowered, value in selected:
-        yield emit.take("header", lowered, value)
+        emit.take("header", lowered, value)
+    body = request.body
+    if body:
+        if emit.done:
+            emit.budget.truncated = True
+        else:
+            _body(request, body, emit)
+    return emit.out
 
 
 def _pairs(
     text: str, separator: str, name_kind: LocationKind, value_kind: LocationKind, emit: _Emitter
-) -> Iterator[tuple[Location, Normalized] | None]:
+) -> None:
     for field in text.split(separator):
         if emit.done:
             emit.budget.truncated = True
             return
         name, _, value = field.strip().partition("=") if separator == ";" else field.partition("=")
         shown = label(name)
-        yield emit.take(name_kind, "", name)
+        emit.take(name_kind, "", name)
         if not emit.is_sensitive(shown):
-            yield emit.take(value_kind, shown, value)
+            emit.take(value_kind, shown, value)
 
 
-def _body(request: InspectionRequest, emit: _Emitter) -> Iterator[tuple[Location, Normalized]]:
-    body = request.body
+def _body(request: InspectionRequest, body: bytes, emit: _Emitter) -> None:
     media = request.content_type
     if media.startswith(_BINARY_PREFIXES) or media in _BINARY_TYPES:
         return
     if len(body) > emit.budget.bytes_left:
         # Too large to parse within the budget: its prefix is inspected as plain text.
-        item = emit.take("body", "", text_of(body[: emit.budget.bytes_left]))
+        emit.take("body", "", text_of(body[: emit.budget.bytes_left]))
         emit.budget.truncated = True
-        if item is not None:
-            yield item
         return
     text = text_of(body)
-    parsed: Iterator[tuple[Location, Normalized] | None] | None = None
     if media == FORM_URLENCODED:
-        parsed = _pairs(text, "&", "form_name", "form", emit)
-    elif media == "multipart/form-data":
+        _pairs(text, "&", "form_name", "form", emit)
+        return
+    if media == "multipart/form-data":
         boundary = _parameter(request.header("content-type") or "", "boundary")
         if boundary:
-            parsed = _multipart(text, boundary, emit)
+            _multipart(text, boundary, emit)
+            return
     elif media == "application/json" or media.endswith("+json"):
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
-            document = None
+            pass
         else:
-            parsed = _json(document, text, emit)
-    if parsed is None:
-        parsed = iter((emit.take("body", "", text),))
-    for item in parsed:
-        if item is not None:
-            yield item
+            _json(document, text, emit)
+            return
+    emit.take("body", "", text)
 
 
 def _parameter(header_value: str, wanted: str) -> str:
@@ -276,9 +287,7 @@ def _parameter(header_value: str, wanted: str) -> str:
     return ""
 
 
-def _multipart(
-    text: str, boundary: str, emit: _Emitter
-) -> Iterator[tuple[Location, Normalized] | None]:
+def _multipart(text: str, boundary: str, emit: _Emitter) -> None:
     """Field names, field values and file names of a ``multipart/form-data`` body. File contents
     are data rather than parameters and are not inspected."""
     parts = text.split("--" + boundary)
@@ -299,14 +308,14 @@ def _multipart(
         name = _parameter(disposition, "name")
         filename = _parameter(disposition, "filename")
         shown = name[:_MAX_NAME]
-        yield emit.take("multipart_name", "", name)
+        emit.take("multipart_name", "", name)
         if filename:
-            yield emit.take("filename", shown, filename)
+            emit.take("filename", shown, filename)
         elif not emit.is_sensitive(shown):
-            yield emit.take("multipart", shown, content.removesuffix("\r\n").removesuffix("\n"))
+            emit.take("multipart", shown, content.removesuffix("\r\n").removesuffix("\n"))
 
 
-def _json(document: Any, text: str, emit: _Emitter) -> Iterator[tuple[Location, Normalized] | None]:
+def _json(document: Any, text: str, emit: _Emitter) -> None:
     """Object keys and string leaves, depth-first with an explicit stack (no recursion limit to
     reach). A document deeper than :data:`MAX_JSON_DEPTH` is inspected as its text instead of
     going on: whatever lies deeper is then still seen by every detector."""
@@ -318,14 +327,14 @@ def _json(document: Any, text: str, emit: _Emitter) -> Iterator[tuple[Location, 
         value, path, depth = stack.pop()
         if isinstance(value, str):
             if not emit.is_sensitive(path):
-                yield emit.take("json", path, value)
+                emit.take("json", path, value)
         elif depth >= MAX_JSON_DEPTH and isinstance(value, dict | list):
-            yield emit.take("body", "", text)
+            emit.take("body", "", text)
             return
         elif isinstance(value, dict):
             children: list[tuple[Any, str, int]] = []
             for key, child in value.items():
-                yield emit.take("json_key", path, key)
+                emit.take("json_key", path, key)
                 child_path = f"{path}.{key}"[:_MAX_NAME] if path else key[:_MAX_NAME]
                 children.append((child, child_path, depth + 1))
             stack.extend(reversed(children))

@@ -34,6 +34,14 @@ _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 _HEADER_NAMES: dict[str, tuple[str, bool]] = {}
 """Header names seen, each with its lower-case form and whether it is a token: clients send the
 same few dozen names, so each is examined once. Bounded: cleared when full."""
+_FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "content-type"})
+# Locations of request-wide findings, built once (a frozen dataclass costs a call to build).
+_METHOD = Location("method")
+_PATH = Location("path")
+_BODY = Location("body")
+_CONTENT_LENGTH = Location("header", "content-length")
+_TRANSFER_ENCODING = Location("header", "transfer-encoding")
+_CONTENT_TYPE = Location("header", "content-type")
 _MAX_HEADER_NAMES = 1024
 # A second media type hidden in a parameter (boundary="application/json") confuses parsers
 # that look for the type anywhere in the header.
@@ -55,15 +63,20 @@ def check_protocol(request: InspectionRequest, paranoia: int) -> list[Match]:
         if key not in found or found[key].paranoia > level:
             found[key] = Match(rule, "protocol", severity, location, level)
 
-    _check_method(request, add)
+    if request.method not in _STANDARD_METHODS:
+        _check_method(request, add)
     _check_target(request, add)
     lengths, codings, content_types = _check_headers(request, add)
-    _check_framing(request, lengths, codings, add)
-    _check_content_type(request, content_types, add)
+    body = request.body
+    # Most requests have neither framing header nor body, nor a Content-Type to check.
+    if lengths or codings or body:
+        _check_framing(request, lengths, codings, add)
+    if content_types:
+        _check_content_type(request, content_types, add)
     if request.raw is not None:
         _check_raw_head(request.raw, add)
-    if paranoia >= 3 and b"\x00" in request.body:
-        add("null-byte", Location("body"), 3, Severity.WARNING)
+    if paranoia >= 3 and b"\x00" in body:
+        add("null-byte", _BODY, 3, Severity.WARNING)
     return list(found.values())
 
 
@@ -106,7 +119,7 @@ def _check_method(request: InspectionRequest, add: _Add) -> None:
     method = request.method
     if method in _STANDARD_METHODS:
         return
-    location = Location("method")
+    location = _METHOD
     if not _is_token(method):
         add("method-invalid", location, 1)
     elif method.upper() not in _STANDARD_METHODS:
@@ -118,10 +131,10 @@ def _check_target(request: InspectionRequest, add: _Add) -> None:
     # Lower-casing is only needed to find escapes; most targets have no "%" or control byte.
     lowered = target.lower() if "%" in target else ""
     if "\x00" in target or "%00" in lowered or "%u0000" in lowered:
-        add("null-byte", Location("path"), 1)
+        add("null-byte", _PATH, 1)
     if "\r" in target or "\n" in target or "%0a" in lowered or "%0d" in lowered:
         # A line break in the target splits the request line for a downstream parser.
-        add("target-line-break", Location("path"), 2, Severity.ERROR)
+        add("target-line-break", _PATH, 2, Severity.ERROR)
 
 
 def _check_headers(
@@ -131,23 +144,27 @@ def _check_headers(
     lengths: list[tuple[str, str]] = []
     codings: list[tuple[str, str]] = []
     content_types: list[tuple[str, str]] = []
+    names = _HEADER_NAMES
     for name, value in request.headers:
-        lowered, valid = _header_name(name)
+        lowered, valid = names.get(name) or _header_name(name)
         if not valid:
             add("header-name-invalid", Location("header", lowered), 1)
-        # The location is built only for a finding: most fields have none.
-        if "\x00" in value or "\x00" in name:
-            add("null-byte", Location("header", lowered), 1)
-        elif "%00" in value:
+        # One C-level scan clears the common field: NUL, CR and LF are all unprintable. The
+        # location is built only for a finding.
+        if not value.isprintable() or "\x00" in name:
+            if "\x00" in value or "\x00" in name:
+                add("null-byte", Location("header", lowered), 1)
+            if "\r" in value or "\n" in value:
+                add("header-line-break", Location("header", lowered), 1)
+        if "%00" in value and "\x00" not in value and "\x00" not in name:
             add("null-byte", Location("header", lowered), 2, Severity.ERROR)
-        if "\r" in value or "\n" in value:
-            add("header-line-break", Location("header", lowered), 1)
-        if lowered == "content-length":
-            lengths.append((name, value))
-        elif lowered == "transfer-encoding":
-            codings.append((name, value))
-        elif lowered == "content-type":
-            content_types.append((name, value))
+        if lowered in _FRAMING_NAMES:
+            if lowered == "content-length":
+                lengths.append((name, value))
+            elif lowered == "transfer-encoding":
+                codings.append((name, value))
+            else:
+                content_types.append((name, value))
     return lengths, codings, content_types
 
 
@@ -166,11 +183,11 @@ def _check_framing(
             add("content-length-invalid", location, 1)
         declared.update(parts)
     if len(declared) > 1:
-        add("content-length-conflict", Location("header", "content-length"), 1)
+        add("content-length-conflict", _CONTENT_LENGTH, 1)
     elif len(lengths) > 1 or any("," in value for _, value in lengths):
-        add("content-length-duplicate", Location("header", "content-length"), 2, Severity.ERROR)
+        add("content-length-duplicate", _CONTENT_LENGTH, 2, Severity.ERROR)
 
-    location = Location("header", "transfer-encoding")
+    location = _TRANSFER_ENCODING
     tokens = [token.strip().lower() for _, value in codings for token in value.split(",")]
     if codings:
         if lengths:
@@ -194,13 +211,13 @@ def _check_framing(
     if request.method.upper() in _NO_BODY_METHODS:
         has_length = any(part not in ("0", "") for part in declared)
         if codings or has_length or request.body.strip():
-            add("body-on-get", Location("method"), 1)
+            add("body-on-get", _METHOD, 1)
 
 
 def _check_content_type(
     request: InspectionRequest, content_types: list[tuple[str, str]], add: _Add
 ) -> None:
-    location = Location("header", "content-type")
+    location = _CONTENT_TYPE
     if len({value.strip().lower() for _, value in content_types}) > 1:
         add("content-type-conflict", location, 1)
     for _, value in content_types:
