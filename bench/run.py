@@ -4,7 +4,8 @@ Scenarios (all in one run unless ``--only`` picks some):
 
 - ``middleware`` — bare Starlette vs Bastion-wrapped (access log on and off) vs a typical
   hand-assembled FastAPI stack vs bare FastAPI, each on uvicorn; wrk at full speed.
-- ``gateway`` — the demo upstream directly vs through ``bastion serve`` vs through nginx; wrk.
+- ``gateway`` — the demo upstream directly vs through ``bastion serve`` vs Bastion's server and
+  proxy terminal with no stage (:mod:`bench.floor`) vs through nginx; wrk.
 - ``latency`` — the same three paths at a fixed 1,000 requests/s (:mod:`bench.loadgen`).
 - ``micro`` — microseconds per request through the ASGI stages, in process (:mod:`bench.micro`).
 - ``auth`` — identity in process (:mod:`bench.auth`): a request with a cached access token or API
@@ -752,7 +753,7 @@ http {{
 @contextlib.contextmanager
 def gateway_servers(tmp: Path, commands: list[str], report: Report) -> Iterator[dict[str, _Target]]:
     """The demo upstream, ``bastion serve`` and nginx in front of it, all on the server CPU."""
-    up, gw, ng = free_port(), free_port(), free_port()
+    up, gw, fl, ng = free_port(), free_port(), free_port(), free_port()
     config = tmp / "bastion-gateway.toml"
     config.write_text(bastion_toml(tmp / "gateway.db"))
     report.configs["bastion-gateway.toml"] = config.read_text()
@@ -782,6 +783,22 @@ def gateway_servers(tmp: Path, commands: list[str], report: Report) -> Iterator[
             ],
             port=gw,
         )
+        log(f"starting the gateway floor on port {fl}")
+        floor = servers.start(
+            "floor",
+            [
+                sys.executable,
+                "-m",
+                "bench.floor",
+                "--config",
+                str(config),
+                "--upstream",
+                f"http://127.0.0.1:{up}",
+                "--port",
+                str(fl),
+            ],
+            port=fl,
+        )
         log(f"starting nginx on port {ng}")
         nginx = servers.start(
             "nginx",
@@ -801,6 +818,7 @@ def gateway_servers(tmp: Path, commands: list[str], report: Report) -> Iterator[
         yield {
             "direct": _Target("direct", "direct to the upstream", direct),
             "bastion": _Target("bastion", "through `bastion serve`", gateway),
+            "floor": _Target("floor", "Bastion's server and proxy terminal, no stage", floor),
             "nginx": _Target("nginx", "through nginx", nginx),
         }
 
@@ -809,7 +827,7 @@ def gateway_scenario(
     opts: Options, targets: dict[str, _Target], start_commands: list[str]
 ) -> ThroughputScenario:
     commands = list(start_commands)
-    order = [targets["direct"], targets["bastion"], targets["nginx"]]
+    order = [targets["direct"], targets["bastion"], targets["floor"], targets["nginx"]]
     results = _throughput(opts, order, commands)
     rows = [
         ThroughputTarget(
@@ -822,6 +840,15 @@ def gateway_scenario(
             targets["bastion"].label,
             min_ratio=0.4,
             note="1 worker, default settings, access log on (stdout to /dev/null)",
+        ),
+        ThroughputTarget(
+            "floor",
+            targets["floor"].label,
+            note=(
+                "`python -m bench.floor`: the same server, upstream client and forwarder as "
+                "`bastion serve`, every request handed straight to the proxy terminal: what the "
+                "HTTP plumbing alone costs, the floor under any stage"
+            ),
         ),
         ThroughputTarget(
             "nginx",
