@@ -139,3 +139,30 @@ def test_plain_looking_values_still_checked(text: str) -> None:
 @pytest.mark.parametrize("text", ["abc123", "550e8400-e29b-41d4", "hello world"])
 def test_inert_values_are_silent(text: str) -> None:
     assert detect_lfi(Normalized(text), Location("query", "f"), 4) == []
+
+
+_NAME_PARTS = st.sampled_from(
+    ["etc", "passwd", "proc", "self", "environ", "id", "rsa", "known", "hosts", "git", "config",
+     "win", "ini", "env", "htaccess", "authorized", "keys", "@fs", "a", "0", "-", " ", ":", ";",
+     "~", "\\", "%", "@", "=", "?"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_NAME_PARTS, max_size=10))
+def test_sensitive_names_all_need_a_slash_dot_or_underscore(parts: list[str]) -> None:
+    from bastion.inspect.detectors.lfi import _SENSITIVE, _may_be_sensitive
+
+    path = "".join(parts)
+    assert not _may_be_sensitive(path)
+    assert _SENSITIVE.search(path) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["etc/passwd", "id_rsa", "known_hosts", "authorized_keys", ".env", "@fs/x", "win.ini"]
+)
+def test_sensitive_names_pass_the_pre_check(path: str) -> None:
+    from bastion.inspect.detectors.lfi import _SENSITIVE, _may_be_sensitive
+
+    assert _SENSITIVE.search(path) is not None
+    assert _may_be_sensitive(path)

@@ -263,3 +263,25 @@ def test_plain_tokens_need_no_shell_reading(monkeypatch: pytest.MonkeyPatch, tex
 
 def test_plain_command_word_still_reported_from_paranoia_3() -> None:
     assert "rce-command-word" in rules("whoami", 3)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet="ac?*[]!-^tx", max_size=10), st.text(alphabet="actx[", max_size=8))
+def test_glob_units_bound_the_length_of_every_name_a_pattern_matches(
+    pattern: str, name: str
+) -> None:
+    units, star = _shell.glob_units(pattern)
+    if _shell.glob_matches(pattern, name):
+        assert len(name) == units or (star and len(name) >= units)
+
+
+@pytest.mark.parametrize(
+    ("word", "command"),
+    [("/???/c?t", "cat"), ("/bin/ca*", "call"), ("/???/??", "7z"), ("/???/[w]get", "wget"),
+     ("/???/wh*mi", "whoami"), ("/usr/bin/n?", "nc"), ("/???/*", "7z"), ("/???/?at", "cat"),
+     ("/???/b??e64", "base64")],
+)  # fmt: skip
+def test_wildcards_resolve_to_the_first_known_name_in_sorted_order(word: str, command: str) -> None:
+    from bastion.inspect.detectors.rce import _glob_command
+
+    assert _glob_command(_shell.Word(word, glob=True)) == command

@@ -411,3 +411,87 @@ def test_grammar_pre_check_is_implied_by_every_grammar_match() -> None:
 def test_grammar_pre_check_on_random_fingerprints(fingerprint: str) -> None:
     if sqli._GRAMMAR.search(fingerprint):
         assert sqli._may_match_grammar(fingerprint)
+
+
+# Every pattern below paranoia 3, one value each (comment-stripped form), with the pattern it
+# must match: the mark pre-check may not skip any of them.
+_PATTERN_CASES = [
+    ("sqli-union-select", "1 union all select 1,2"),
+    ("sqli-stacked-query", "1; drop table users"),
+    ("sqli-time-based", "select sleep(5)"),
+    ("sqli-time-based", "x and dbms_lock.sleep(5)"),
+    ("sqli-system-table", "x from information_schema.tables"),
+    ("sqli-system-table", "select @@version"),
+    ("sqli-system-table", "x from v$version"),
+    ("sqli-system-table", "select name from msysobjects"),
+    ("sqli-file-access", "x into outfile '/tmp/a'"),
+    ("sqli-file-access", "load data infile 'x'"),
+    ("sqli-mssql-procedure", "exec xp_cmdshell 'dir'"),
+    ("sqli-mssql-procedure", "openrowset"),
+    ("sqli-string-building", "char(65)+char(66)"),
+    ("sqli-versioned-comment", "/*!50000select"),
+    ("sqli-statement", "alter table users drop column x"),
+    ("sqli-statement", "truncate table users"),
+    ("sqli-out-of-band", "x utl_http.request"),
+    ("sqli-out-of-band", "httpuritype"),
+    ("sqli-function-probe", "ascii("),
+    ("sqli-operator-probe", "xor"),
+    ("sqli-operator-probe", "is not null"),
+    ("sqli-operator-probe", "not like null"),
+    ("sqli-operator-probe", "rlike"),
+    ("sqli-operator-probe", "sounds like"),
+    ("sqli-operator-probe", "#>>"),
+    ("sqli-operator-probe", "<@"),
+    ("sqli-postgres-operator", "'a'::int"),
+    ("sqli-clause-fragment", "from users where id = 1"),
+    ("sqli-clause-fragment", "having 1=1"),
+    ("sqli-clause-fragment", ") or x"),
+    ("sqli-quote-operator", "id'is not-id"),
+    ("sqli-overflow-probe", "2147483648"),
+    ("sqli-overflow-probe", "-9223372036854775809"),
+    ("sqli-overflow-probe", "18446744073709551616"),
+    ("sqli-overflow-probe", "2.2250738585072011e-308"),
+    ("sqli-mysql-quirk", "@a:=1"),
+    ("sqli-mysql-quirk", "1.e.users"),
+    ("sqli-order-by-probe", "1 order by 3"),
+    ("sqli-sql-function", "group_concat(x)"),
+    ("sqli-common-function", "substring(x)"),
+    ("sqli-comparison-probe", ">="),
+]
+
+
+@pytest.mark.parametrize(("rule", "code"), _PATTERN_CASES, ids=[c[1] for c in _PATTERN_CASES])
+def test_pattern_marks_never_skip_a_pattern_match(rule: str, code: str) -> None:
+    indices = [sqli._PATTERN_SET_INDICES[hit] for hit in sqli._PATTERN_SET.Match(code)]
+    hits = {sqli._COMPILED[index][0] for index in indices}
+    assert rule in hits
+    assert sqli._PATTERN_MARKS.search(code) is not None
+
+
+def test_every_pattern_below_paranoia_3_has_a_case() -> None:
+    covered = {rule for rule, _ in _PATTERN_CASES}
+    assert covered == {rule for rule, _, _, level in sqli._COMPILED if level < 3}
+
+
+_CODE_PARTS = st.sampled_from(
+    ["union", "select", "sys", "pg_", "sleep", "benchmark", "from", "where", "order", "by", "1",
+     "0x41", "x", "is", "not", "null", "like", "in", "xor", "rlike", "regexp", "sounds", "@",
+     "@@", "v$", "$", ":", "::", ":=", ".", ".e", "e", "-", "+", "*", "/", "/*!", "|", "||", "&",
+     "&&", "#", ">", "<", "=", "!", "'", '"', "`", ";", "(", ")", ",", " ", "_", "~", "^", "%",
+     "[", "]", "{", "}", "?", "2147483648", "exec", "copy", "load", "into", "case", "when"]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_CODE_PARTS, min_size=1, max_size=8))
+def test_pattern_marks_are_implied_by_every_pattern_match(parts: list[str]) -> None:
+    code = sqli._strip_comments("".join(parts))
+    if sqli._PATTERN_SET.Match(code):
+        assert sqli._PATTERN_MARKS.search(code) is not None, code
+
+
+@pytest.mark.parametrize("fingerprint", ["s&1o1c", "1&1=1", "sUE1", "nn", "s", ""])
+def test_grammar_decision_is_remembered_and_equals_the_grammar(fingerprint: str) -> None:
+    expected = sqli._may_match_grammar(fingerprint) and bool(sqli._GRAMMAR.search(fingerprint))
+    assert sqli._grammar_accepts(fingerprint) == expected
+    assert sqli._grammar_accepts(fingerprint) == expected  # from the cache

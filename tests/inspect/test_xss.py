@@ -356,3 +356,35 @@ def test_values_that_may_match_are_not_inert(text: str) -> None:
     from bastion.inspect.detectors.xss import _inert
 
     assert not _inert(text)
+
+
+# Characters the pre-check lets through, mixed with the words and names rules are built on: no
+# rule may match such a value (each rule needs one of "<>=:([{`!#" or a word the check refuses).
+_INERT_PARTS = st.sampled_from(
+    ["script", "javascript", "onload", " onerror", "alert", "eval", "style", "iframe", "srcdoc",
+     "formaction", "import", "data", "svg", "xmlns", "expression", "url", "prompt", "on", "a",
+     "1", " ", "\t", "\n", "_", ".", "-", ",", ";", "'", '"', "?", "*", "$", "^", "|", "~", "/",
+     "@", "+", ")", "]", "}", "entity", "location", "cookie", "this", "top"]
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_INERT_PARTS, min_size=1, max_size=10))
+def test_no_rule_matches_what_the_pre_check_calls_inert(parts: list[str]) -> None:
+    from bastion.inspect.detectors.xss import _RULE_SET, _inert
+
+    text = "".join(parts)
+    assert _inert(text)
+    assert not _RULE_SET.Match(text.lower().encode())
+    assert detect_xss(Normalized(text), QUERY, 4) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['it\'s "quoted"; ok?', "a/b/c@d.e", "x|y ~z^2 $5", "(a) [b] {c}", "1+1", "100%"],
+)
+def test_punctuation_no_rule_uses_is_inert_and_decodable_text_is_not(text: str) -> None:
+    from bastion.inspect.detectors.xss import _inert
+
+    # Opening brackets are what rules are built on; "%" may decode to markup.
+    assert _inert(text) == ("(" not in text and "%" not in text)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Command", "ShellScan", "Word", "glob_matches", "scan_shell"]
+__all__ = ["Command", "ShellScan", "Word", "glob_matches", "glob_units", "scan_shell"]
 
 _MAX_COMMANDS = 1024
 _MAX_WORDS = 64
@@ -697,6 +697,28 @@ def glob_matches(pattern: str, name: str) -> bool:
     while p < plen and pattern[p] == "*":
         p += 1
     return p == plen
+
+
+def glob_units(pattern: str) -> tuple[int, bool]:
+    """How many characters of a name the non-``*`` parts of ``pattern`` consume (each literal,
+    ``?`` and closed ``[...]`` exactly one, parsed as :func:`glob_matches` does), and whether it
+    has a ``*``: a name it matches is exactly that long, or at least that long with a ``*``."""
+    units = 0
+    star = False
+    index = 0
+    size = len(pattern)
+    while index < size:
+        char = pattern[index]
+        index += 1
+        if char == "*":
+            star = True
+            continue
+        if char == "[":
+            end = pattern.find("]", index + 1)
+            if end > 0:
+                index = end + 1
+        units += 1
+    return units, star
 
 
 def _class_matches(spec: str, char: str) -> bool:

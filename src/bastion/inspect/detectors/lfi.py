@@ -80,7 +80,9 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
     if "://" in value.nfkc and _WRAPPER.search(value.nfkc):
         add("stream-wrapper", 1)
     climb = _climb(lowered) if ".." in lowered else 0
-    sensitive = bool(_SENSITIVE.search(lowered))
+    # Every sensitive name holds a "/", a "." or a "_" (etc/, .git/, id_rsa, known_hosts): a
+    # path without any of them is not searched.
+    sensitive = _may_be_sensitive(lowered) and _SENSITIVE.search(lowered) is not None
     if climb:
         if sensitive or climb >= _FAR or disguised or location.kind == "filename":
             add("path-traversal", 1)
@@ -100,6 +102,11 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
     ):
         add("hidden-file", 3, Severity.WARNING)
     return list(found.values())
+
+
+def _may_be_sensitive(path: str) -> bool:
+    """A necessary condition for ``_SENSITIVE`` to match ``path``."""
+    return "/" in path or "." in path or "_" in path
 
 
 def _file_path(value: Normalized) -> tuple[str, bool]:

@@ -17,11 +17,12 @@ followed by ordinary words and a bare ``$(…)`` are common in prose, Markdown a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import re2
 
 from bastion.inspect.core import Location, Match, Normalized, Severity
-from bastion.inspect.detectors._shell import Command, Word, glob_matches, scan_shell
+from bastion.inspect.detectors._shell import Command, Word, glob_matches, glob_units, scan_shell
 
 __all__ = ["detect_rce"]
 
@@ -210,7 +211,13 @@ def _check_expressions(lowered: str, location: Location, findings: _Findings) ->
                     break
     if "/dev/" in lowered and _DEV_TCP.search(lowered):
         findings.add("dev-tcp", 1)
-    if "for" in lowered and " in" in lowered and _BATCH_FOR.search(lowered):
+    if (
+        "for" in lowered
+        and " in" in lowered
+        and "%" in lowered  # the loop variable
+        and "(" in lowered
+        and _BATCH_FOR.search(lowered)
+    ):
         findings.add("windows-for-loop", 1)
     if "if" in lowered and _BATCH_IF.search(lowered):
         findings.add("windows-if", 1)
@@ -274,15 +281,23 @@ def _glob_command(word: Word) -> str:
             return ""
     if not any(char in base for char in "?*["):
         return base if base in _KNOWN else ""
-    # A pattern starting with a literal character only matches names starting with it.
+    # A pattern starting with a literal character only matches names starting with it, and
+    # only names as long as its fixed units (longer ones too if it has a "*").
     first = base[:1]
-    candidates = (
-        _GLOB_NAMES if not first or first in _GLOB_SPECIALS else _GLOB_NAMES_BY_FIRST.get(first, ())
-    )
-    for name in candidates:
+    units, star = glob_units(base)
+    for name in _glob_candidates("" if first in _GLOB_SPECIALS else first, units, star):
         if glob_matches(base, name):
             return name
     return ""
+
+
+@lru_cache(maxsize=1024)
+def _glob_candidates(first: str, units: int, star: bool) -> tuple[str, ...]:
+    """Known command names, in :data:`_GLOB_NAMES` order, that a wildcard pattern with ``units``
+    fixed units (and a ``*`` if ``star``) starting with literal ``first`` (``""``: any) could
+    match."""
+    names = _GLOB_NAMES_BY_FIRST.get(first, ()) if first else _GLOB_NAMES
+    return tuple(name for name in names if len(name) == units or (star and len(name) >= units))
 
 
 def _segment_is_bin_dir(part: str) -> bool:

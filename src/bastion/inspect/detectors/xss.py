@@ -465,11 +465,14 @@ def _forms(value: Normalized) -> Iterable[str]:
         yield _utf7(folded)
 
 
-# Letters, digits, "_.-" and whitespace: every rule needs some other character ("<", ":", "=",
-# "(", "`", "[", "{", "!", "#", "@"…), or one of the words below. Anything that decodes to
-# markup ("%3c", "&lt;", "\\x3c", full-width or high-bit forms) needs "%", "&", "\\" or a
-# non-ASCII character, so such values pass through the full check.
-_INERT_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.- \t\r\n"
+# Letters, digits, whitespace and punctuation no rule is built on: every rule needs one of
+# "<", ">", "=", ":", "(", "[", "{", "`", "!" or "#" (a test checks each rule), or one of the
+# words below. Anything that decodes to markup ("%3c", "&lt;", "\\x3c", full-width or high-bit
+# forms) needs "%", "&", "\\" or a non-ASCII character, so such values pass through the full
+# check; "+" only decodes to a space (UTF-7 needs "adw-").
+_INERT_BYTES = (
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.- \t\r\n,;'\"?*$^|~/@+)]}"
+)
 # "document.cookie" and "window.location" need only letters and dots; "ADw-" is UTF-7 for "<".
 _INERT_WORDS = ("document", "window", "adw-")
 
