@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -101,3 +102,43 @@ def test_json_lines_timestamp_format() -> None:
     assert first[10] == "T"
     assert first[-1] == "Z"
     assert first[:19] <= out.timestamp()[:19]
+
+
+def _record(request_id: str) -> tuple[Any, ...]:
+    return (1_700_000_000.25, request_id, "192.0.2.1", "GET", "_none", "/x", 200, 0.0015, 0, 2)
+
+
+async def test_queued_access_lines_are_written_by_the_next_loop_turn() -> None:
+    stream = io.BytesIO()
+    out = JsonLines(stream)
+    out.request((*_record("a"), None, None))
+    out.request((*_record("b"), "alice", ("1" * 32, "2" * 16, True)))
+    assert stream.getvalue() == b""  # queued, not rendered inside the request
+    await asyncio.sleep(0)
+    records = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [r["request_id"] for r in records] == ["a", "b"]
+    assert records[0]["timestamp"] == "2023-11-14T22:13:20.250000Z"
+    assert records[0]["duration_ms"] == 1.5
+    assert records[0]["user"] is None
+    assert "trace_id" not in records[0]
+    assert records[1]["user"] == "alice"
+    assert (records[1]["trace_id"], records[1]["span_id"]) == ("1" * 32, "2" * 16)
+    assert list(records[1])[-4:] == ["event", "level", "logger_name", "timestamp"]
+
+
+def test_a_full_queue_is_rendered_at_once() -> None:
+    stream = io.BytesIO()
+    out = JsonLines(stream)
+    for index in range(256):
+        out.request((*_record(str(index)), None, None))
+    assert stream.getvalue().count(b"\n") == 256
+
+
+async def test_other_lines_come_after_the_access_lines_queued_before_them(stdout: Stream) -> None:
+    output = bastion_logging.access_output()
+    assert output is not None
+    output.request((*_record("first"), None, None))
+    get_logger("test.order").warning("after the request")
+    output.request((*_record("second"), None, None))
+    events = [r.get("request_id", r["event"]) for r in lines(stdout)]
+    assert events == ["first", "after the request", "second"]

@@ -71,6 +71,25 @@ class RequestObserver:
             and not sampled_in(state.request_id, threshold)
         ):
             return
+        output = access_output()
+        if output is not None:
+            output.request(
+                (
+                    time.time(),
+                    state.request_id,
+                    state.client_ip,
+                    method,
+                    route,
+                    scope["path"],
+                    status,
+                    duration,
+                    bytes_in,
+                    bytes_out,
+                    state.user,
+                    trace,
+                )
+            )
+            return
         fields = {
             "request_id": state.request_id,
             "client_ip": state.client_ip,
@@ -86,12 +105,4 @@ class RequestObserver:
         if trace is not None:
             fields["trace_id"] = trace[0]
             fields["span_id"] = trace[1]
-        output = access_output()
-        if output is None:
-            self._log.info("request", **fields)
-            return
-        fields["event"] = "request"
-        fields["level"] = "info"
-        fields["logger_name"] = "bastion.access"
-        fields["timestamp"] = output.timestamp()
-        output.write(fields)
+        self._log.info("request", **fields)

@@ -6,7 +6,8 @@ tracing on, so are the trace and span ids of the request's server span.
 
 The access log writes one line per request, so in JSON mode it skips structlog's processor chain
 (a third of the whole pipeline's budget, measured) and renders the same line shape directly:
-orjson, a timestamp formatted once per second, and a buffered stream flushed within a second.
+each request queues a tuple, the queue is rendered with orjson once per event-loop turn (a
+timestamp prefix formatted once per second), and a buffered stream is flushed within a second.
 """
 
 from __future__ import annotations
@@ -84,31 +85,110 @@ def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 _FLUSH_AFTER = 1.0
 """Seconds a buffered access-log line may wait before it is flushed."""
+_MAX_PENDING = 256
+"""Access records queued before they are rendered without waiting for the loop's next turn."""
+
+AccessRecord = tuple[
+    float, str, str, str, str, str, int, float, int, int, "str | None", "TraceIds | None"
+]
+"""One finished request, as :meth:`JsonLines.request` queues it: wall-clock time, request id,
+client IP, method, route, path, status, duration in seconds, bytes in, bytes out, user, trace."""
 
 
 class JsonLines:
     """Appends JSON lines to a binary stream without flushing each one; a flush follows within
-    a second of the first unflushed line (and on every structlog line, which flushes itself)."""
+    a second of the first unflushed line (and on every structlog line, which flushes itself).
 
-    __slots__ = ("_flush_scheduled", "_second", "_stamp", "_stream")
+    Access lines are queued as tuples and rendered together once the event loop finishes its
+    current turn: building a line's dictionary, its timestamp and its JSON cost about 7 µs per
+    request in the middle of the pipeline (measured), against about 2 µs each when a batch is
+    rendered in one tight loop. A structlog line renders the queue first (:func:`_drain_access`),
+    so lines keep their order; :meth:`flush`, shutdown and exit render it too.
+    """
+
+    __slots__ = ("_flush_scheduled", "_pending", "_second", "_stamp", "_stream")
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._second = -1
         self._stamp = ""
         self._flush_scheduled = False
+        self._pending: list[AccessRecord] = []
 
-    def timestamp(self) -> str:
-        """UTC ISO-8601 with microseconds, as structlog's ``TimeStamper(fmt="iso")`` writes it."""
-        now = time.time()
+    def timestamp(self, now: float | None = None) -> str:
+        """UTC ISO-8601 with microseconds, as structlog's ``TimeStamper(fmt="iso")`` writes it,
+        of ``now`` (default: the current time)."""
+        if now is None:
+            now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         return f"{self._stamp}{int((now - second) * 1_000_000):06d}Z"
 
+    def request(self, record: AccessRecord) -> None:
+        """Queue one access line; it is rendered with the others of the same loop turn."""
+        pending = self._pending
+        pending.append(record)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.render)
+            except RuntimeError:
+                self.render()
+        elif len(pending) >= _MAX_PENDING:
+            self.render()
+
+    def render(self) -> None:
+        """Write every queued access line, in order."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        lines: list[bytes] = []
+        for (
+            now,
+            request_id,
+            client_ip,
+            method,
+            route,
+            path,
+            status,
+            duration,
+            bytes_in,
+            bytes_out,
+            user,
+            trace,
+        ) in pending:
+            record: dict[str, Any] = {
+                "request_id": request_id,
+                "client_ip": client_ip,
+                "method": method,
+                "route": route,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 3),
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "user": user,
+            }
+            if trace is not None:
+                record["trace_id"] = trace[0]
+                record["span_id"] = trace[1]
+            record["event"] = "request"
+            record["level"] = "info"
+            record["logger_name"] = "bastion.access"
+            record["timestamp"] = self.timestamp(now)
+            lines.append(orjson.dumps(record, default=str))
+        lines.append(b"")
+        self._append(b"\n".join(lines))
+
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(orjson.dumps(record, default=str) + b"\n")
+        """Write one JSON line now (after the queued access lines)."""
+        self.render()
+        self._append(orjson.dumps(record, default=str) + b"\n")
+
+    def _append(self, data: bytes) -> None:
+        self._stream.write(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             try:
@@ -117,10 +197,20 @@ class JsonLines:
                 self.flush()
 
     def flush(self) -> None:
+        """Render the queued access lines and flush the stream."""
         self._flush_scheduled = False
         # A stream that went away (closed pipe, shut-down) leaves nothing to save.
         with contextlib.suppress(OSError, ValueError):
+            self.render()
             self._stream.flush()
+
+
+def _drain_access(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """Render queued access lines before a structlog line is written to the same stream."""
+    output = _access_output
+    if output is not None:
+        output.render()
+    return event
 
 
 _access_output: JsonLines | None = None
@@ -142,7 +232,7 @@ def _buffered_stdout() -> BinaryIO:
     return stream
 
 
-def _flush_quietly(stream: BinaryIO) -> None:
+def _flush_quietly(stream: BinaryIO | JsonLines) -> None:
     with contextlib.suppress(OSError, ValueError):
         stream.flush()
 
@@ -170,12 +260,15 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        processors = [*shared, structlog.processors.format_exc_info, _render_json]
+        processors = [*shared, structlog.processors.format_exc_info, _drain_access, _render_json]
         foreign: list[Any] = [structlog.processors.format_exc_info, _render_json_text]
         stream = _buffered_stdout()
         # Other lines flush themselves (and any access lines buffered before them, in order).
         factory: Any = structlog.BytesLoggerFactory(stream)
         _access_output = JsonLines(stream) if level <= logging.INFO else None
+        if _access_output is not None:
+            # Before the stream's own flush at exit (handlers run last registered first).
+            atexit.register(_flush_quietly, _access_output)
     else:
         _access_output = None
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
