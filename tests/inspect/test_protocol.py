@@ -250,3 +250,33 @@ def test_header_names_are_checked_every_time() -> None:
     # Names are memoised; a second request with the same invalid name is flagged again.
     bad = request(headers=(("Bad Name", "1"),))
     assert rules(bad) == rules(bad) == {"protocol-header-name-invalid"}
+
+
+@pytest.mark.parametrize(
+    ("case", "req"),
+    [
+        ("unknown-method", request("FOO")),
+        ("percent-in-target", request("GET", "/a%00")),
+        ("control-in-target", request("GET", "/a\r\nb")),
+        ("body", request("GET", body=b"x")),
+        ("wire-form", request("GET", raw=b"GET / HTTP/1.1\r\n\r\n")),
+        ("bad-name", request("GET", headers=(("Bad Name", "x"),))),
+        ("framing-field", request("GET", headers=(("Content-Length", "0"),))),
+        ("content-type", request("GET", headers=(JSON,))),
+        ("nul-in-value", request("GET", headers=(("X-A", "a\x00"),))),
+        ("line-break-in-value", request("GET", headers=(("X-A", "a\nb"),))),
+        ("escaped-nul-in-value", request("GET", headers=(("X-A", "a%00"),))),
+    ],
+)
+def test_only_plain_requests_skip_the_checks(case: str, req: InspectionRequest) -> None:
+    from bastion.inspect.detectors.protocol import _unremarkable
+
+    assert not _unremarkable(req), case
+
+
+def test_a_plain_bodyless_request_is_checked_in_one_pass() -> None:
+    from bastion.inspect.detectors.protocol import _unremarkable
+
+    plain = request("GET", "/hello?x=1", (("User-Agent", "curl/8"), ("Accept", "*/*")))
+    assert _unremarkable(plain)
+    assert check_protocol(plain, 4) == []

@@ -49,8 +49,6 @@ _LOCATIONS: dict[tuple[LocationKind, str], Location] = {}
 """Locations already built: requests repeat the same few dozen kinds and names, and a frozen
 dataclass costs several times a dictionary look-up to build. Bounded: cleared when full."""
 _MAX_CACHED_LOCATIONS = 4096
-_LOWER_NAMES: dict[str, str] = {}
-"""Header names as sent → lower-cased (the same few dozen names on every request)."""
 _MAX_LOWER_NAMES = 1024
 
 
@@ -65,26 +63,31 @@ def location_of(kind: LocationKind, name: str) -> Location:
     return location
 
 
-def _lower_name(name: str) -> str:
-    lowered = _LOWER_NAMES.get(name)
-    if lowered is None:
-        if len(_LOWER_NAMES) >= _MAX_LOWER_NAMES:
-            _LOWER_NAMES.clear()
-        lowered = _LOWER_NAMES[name] = name.lower()
-    return lowered
-
-
 class _Rules:
     """What ``locations`` derives from a configuration, once per configuration object rather
     than once per request (configurations are immutable)."""
 
-    __slots__ = ("config", "exact", "prefixes", "sensitive")
+    __slots__ = ("config", "exact", "names", "prefixes", "sensitive")
 
     def __init__(self, config: InspectConfig) -> None:
         self.config = config  # kept so that its id is not reused while cached
         self.exact = frozenset(name for name in config.headers if not name.endswith("*"))
         self.prefixes = tuple(name[:-1] for name in config.headers if name.endswith("*"))
         self.sensitive = frozenset(config.sensitive_fields)
+        self.names: dict[str, tuple[str, bool]] = {}
+        """Header names as sent → lower-cased, and whether the field is inspected: the same
+        few dozen names come with every request. Bounded: cleared when full."""
+
+    def header(self, name: str) -> tuple[str, bool]:
+        """``name`` lower-cased, and whether a field of that name is inspected."""
+        known = self.names.get(name)
+        if known is None:
+            lowered = name.lower()
+            selected = lowered in self.exact or lowered.startswith(self.prefixes)
+            if len(self.names) >= _MAX_LOWER_NAMES:
+                self.names.clear()
+            known = self.names[name] = (lowered, selected)
+        return known
 
 
 _RULES: dict[int, _Rules] = {}
@@ -211,13 +214,12 @@ def raw_values(
     # One pass over the fields: cookies are inspected before the selected headers.
     cookies: list[str] = []
     selected: list[tuple[str, str]] = []
-    exact, prefixes = rules.exact, rules.prefixes
-    lower_names = _LOWER_NAMES
+    names = rules.names
     for name, value in request.headers:
-        lowered = lower_names.get(name) or _lower_name(name)
+        lowered, inspected = names.get(name) or rules.header(name)
         if lowered == "cookie":
             cookies.append(value)
-        if lowered in exact or (prefixes and lowered.startswith(prefixes)):
+        if inspected:
             selected.append((lowered, value))
     for cookie_header in cookies:
         _pairs(cookie_header, ";", "cookie_name", "cookie", emit)

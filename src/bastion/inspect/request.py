@@ -7,17 +7,16 @@ One immutable value built either from an ASGI scope (in the pipeline) or from a 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["FORM_URLENCODED", "InspectionRequest"]
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 
 
-@dataclass(frozen=True, slots=True)
-class InspectionRequest:
-    """One HTTP request, exactly as received (nothing percent-decoded)."""
+class InspectionRequest(NamedTuple):
+    """One HTTP request, exactly as received (nothing percent-decoded). A named tuple: as
+    immutable as a frozen dataclass, and built in a fraction of its time (one per request)."""
 
     method: str
     target: str
@@ -75,10 +74,8 @@ class InspectionRequest:
         target = path
         if query:
             target += "?" + (query.decode("latin-1") if isinstance(query, bytes) else str(query))
-        headers = tuple(
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope.get("headers", ())
-        )
+        fields = scope.get("headers", ())
+        headers = tuple([(key.decode("latin-1"), value.decode("latin-1")) for key, value in fields])
         return cls(str(scope.get("method", "GET")), target, headers, body)
 
     @classmethod

@@ -53,6 +53,8 @@ _RAW_HEADER_LIMIT = 64 * 1024
 
 def check_protocol(request: InspectionRequest, paranoia: int) -> list[Match]:
     """Protocol-anomaly matches of ``request`` for rules enabled at ``paranoia`` (1-4)."""
+    if _unremarkable(request):
+        return []
     found: dict[tuple[str, Location], Match] = {}
 
     def add(name: str, location: Location, level: int, severity: int = Severity.CRITICAL) -> None:
@@ -78,6 +80,27 @@ def check_protocol(request: InspectionRequest, paranoia: int) -> list[Match]:
     if paranoia >= 3 and b"\x00" in body:
         add("null-byte", _BODY, 3, Severity.WARNING)
     return list(found.values())
+
+
+def _unremarkable(request: InspectionRequest) -> bool:
+    """Whether no check can find anything, decided in one pass: a standard method, a target
+    without "%" or control characters, no body nor wire form, and fields with valid names other
+    than the framing ones and printable values without "%00" (most bodyless requests)."""
+    target = request.target
+    if (
+        request.method not in _STANDARD_METHODS
+        or request.body
+        or request.raw is not None
+        or "%" in target
+        or not target.isprintable()
+    ):
+        return False
+    names = _HEADER_NAMES
+    for name, value in request.headers:
+        lowered, valid = names.get(name) or _header_name(name)
+        if not valid or lowered in _FRAMING_NAMES or not value.isprintable() or "%00" in value:
+            return False
+    return True
 
 
 def _is_token(text: str) -> bool:
