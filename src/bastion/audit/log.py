@@ -205,6 +205,7 @@ class AuditLog:
         self._pending.clear()
         for batch in leftovers:
             self._abandon(batch, "the audit writer stopped before committing them")
+        await self.chain.close()
 
     async def emit(self, event: AuditEvent) -> None:
         """Queue ``event`` and, unless a loss window is configured, wait for its commit.
