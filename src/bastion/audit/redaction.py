@@ -310,12 +310,26 @@ def clean_text(text: str) -> str:
     return _UNSTORABLE.sub(_escape, text)
 
 
+_MEMO_MAX = 4096
+"""Redacted strings a :class:`Redactor` remembers, at most (it starts afresh when full)."""
+_MEMO_LENGTH = 256
+"""Longest string remembered: rule ids, categories, locations, excerpts recur from event to
+event; long text rarely does."""
+
+
 class Redactor:
-    """Redacts and normalises event fields; ``max_depth`` bounds the walk of nested detail."""
+    """Redacts and normalises event fields; ``max_depth`` bounds the walk of nested detail.
+
+    Redaction is a pure function of the string, so the results for short strings are
+    remembered: the names and labels that every event of a kind repeats are scanned once, not
+    once per event. The memo is bounded (cleared when full), so strings an attacker varies
+    cost memory only up to the bound and time only as much as without it.
+    """
 
     def __init__(self, *, max_depth: int = 16, max_string: int = 4096) -> None:
         self._max_depth = max_depth
         self._max_string = max_string
+        self._memo: dict[str, str] = {}
 
     def text(self, value: str | None, limit: int) -> str | None:
         """A free-text column (actor, target): secret shapes redacted, cut to ``limit``."""
@@ -329,6 +343,7 @@ class Redactor:
 
     def _mapping(self, mapping: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        memo = self._memo
         for key, value in mapping.items():
             name = key if type(key) is str else str(key)
             secret = _NAME_CACHE.get(name)
@@ -339,21 +354,35 @@ class Redactor:
                 result[name] = REDACTED if value is not None else None
                 continue
             kind = type(value)
-            # The common scalars inline: this loop runs for every field of every event.
-            if (
-                (
-                    kind is str
-                    and len(value) < _MIN_SECRET_TEXT
-                    and value.isascii()
-                    and value.isprintable()
-                )
-                or kind is bool
-                or value is None
-                or kind is float
-            ):
+            # The common values inline: this loop runs for every field of every event.
+            if kind is str:
+                done = memo.get(value)
+                if done is not None:
+                    result[name] = done
+                elif len(value) < _MIN_SECRET_TEXT and value.isascii() and value.isprintable():
+                    result[name] = value
+                else:
+                    result[name] = self._string(value)
+            elif kind is bool or value is None or kind is float:
                 result[name] = value
+            elif kind is list:
+                result[name] = self._list(value, depth + 1)
             else:
                 result[name] = self._value(value, depth + 1)
+        return result
+
+    def _list(self, items: list[Any], depth: int) -> Any:
+        """:meth:`_value` of a list, its strings looked up in the memo first."""
+        if depth >= self._max_depth:
+            return "[TRUNCATED]"
+        memo = self._memo
+        result: list[Any] = []
+        for item in items:
+            if type(item) is str:
+                done = memo.get(item)
+                result.append(done if done is not None else self._string(item))
+            else:
+                result.append(self._value(item, depth + 1))
         return result
 
     def _value(self, value: Any, depth: int) -> Any:
@@ -369,7 +398,7 @@ class Redactor:
         if kind is dict:
             return self._mapping(value, depth)
         if kind is list:
-            return [self._value(item, depth + 1) for item in value]
+            return self._list(value, depth)
         if depth >= self._max_depth:
             return "[TRUNCATED]"
         if isinstance(value, Mapping):
@@ -390,5 +419,14 @@ class Redactor:
 
     def _string(self, value: str) -> str:
         """Redacted first, then made storable, then cut: nothing recognisable survives a cut."""
+        memo = self._memo
+        done = memo.get(value)
+        if done is not None:
+            return done
         limit = self._max_string
-        return clean_text(redact_text(value[: limit * _SCAN_FACTOR]))[:limit]
+        done = clean_text(redact_text(value[: limit * _SCAN_FACTOR]))[:limit]
+        if len(value) <= _MEMO_LENGTH:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[value] = done
+        return done
