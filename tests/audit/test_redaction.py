@@ -17,6 +17,8 @@ from bastion.audit.events import AuditEvent
 from bastion.audit.log import AuditLog
 from bastion.audit.query import query_events
 from bastion.audit.redaction import (
+    _MEMO_LENGTH,
+    _MEMO_MAX,
     REDACTED,
     Redactor,
     clean_text,
@@ -356,3 +358,84 @@ def test_adversarial_input_is_scanned_in_linear_time(text: str) -> None:
     result = Redactor(max_string=len(text) * 2).text(text, len(text) * 2)
     assert result is not None
     assert redact_text(result) == result
+
+
+# A redactor remembers the results for short strings: the memo must never change a result.
+SHARED = Redactor()
+
+
+@pytest.mark.parametrize("repeat", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(text, expected) for _, text, expected in BY_PATTERN],
+    ids=[case_id for case_id, _, _ in BY_PATTERN],
+)
+def test_a_remembered_string_is_redacted_every_time(text: str, expected: str, repeat: int) -> None:
+    """One redactor for every case, each seen three times: in a field, in a list, nested."""
+    detail = {"note": text, "list": [text, text], "nested": {"items": [{"x": text}]}}
+    assert SHARED.detail(detail) == {
+        "note": expected,
+        "list": [expected, expected],
+        "nested": {"items": [{"x": expected}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [(detail, expected) for _, detail, expected in BY_NAME],
+    ids=[case_id for case_id, _, _ in BY_NAME],
+)
+def test_a_remembered_value_under_a_secret_name_is_still_redacted(
+    detail: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """The memo is keyed by the value alone: a value first seen under an innocent name and
+    then under a secret one is redacted whole the second time."""
+    redactor = Redactor()
+    for value in detail.values():
+        redactor.detail({"note": value})
+    assert redactor.detail(detail) == expected
+
+
+def test_the_memo_is_bounded_and_results_stay_right_past_the_bound() -> None:
+    redactor = Redactor()
+    for number in range(3 * _MEMO_MAX):
+        text = f"n{number} password={number}x"
+        assert redactor.detail({"a": [text]}) == {"a": [f"n{number} password={REDACTED}"]}
+        assert len(redactor._memo) <= _MEMO_MAX
+
+
+def test_long_strings_are_not_remembered() -> None:
+    redactor = Redactor()
+    long_text = "x" * _MEMO_LENGTH + " Bearer abcdef0123456789"
+    assert redactor.detail({"a": long_text}) == {"a": "x" * _MEMO_LENGTH + " Bearer " + REDACTED}
+    assert long_text not in redactor._memo
+    assert redactor.detail({"a": long_text}) == {"a": "x" * _MEMO_LENGTH + " Bearer " + REDACTED}
+
+
+def test_a_string_subclass_is_never_served_from_the_memo() -> None:
+    class Shown(str):
+        __slots__ = ()
+
+    redactor = Redactor()
+    assert redactor.detail({"a": "plain value here"}) == {"a": "plain value here"}
+    result = redactor.detail({"a": Shown("plain value here"), "b": [Shown("Bearer abcdef0123")]})
+    assert result == {"a": "plain value here", "b": ["Bearer " + REDACTED]}
+    assert all(type(value) is str for value in (result["a"], *result["b"]))
+
+
+NESTED = {"a": {"b": ["x"]}, "c": [["y"]], "d": ["z", ["w", ["v"]]]}
+
+
+@pytest.mark.parametrize(
+    ("depth", "expected"),
+    [
+        (1, {"a": "[TRUNCATED]", "c": "[TRUNCATED]", "d": "[TRUNCATED]"}),
+        (2, {"a": {"b": "[TRUNCATED]"}, "c": ["[TRUNCATED]"], "d": ["z", "[TRUNCATED]"]}),
+        (3, {"a": {"b": ["x"]}, "c": [["y"]], "d": ["z", ["w", "[TRUNCATED]"]]}),
+        (4, NESTED),
+    ],
+)
+def test_lists_and_mappings_past_the_depth_bound_are_truncated(
+    depth: int, expected: dict[str, Any]
+) -> None:
+    assert Redactor(max_depth=depth).detail(NESTED) == expected
