@@ -285,3 +285,30 @@ def test_wildcards_resolve_to_the_first_known_name_in_sorted_order(word: str, co
     from bastion.inspect.detectors.rce import _glob_command
 
     assert _glob_command(_shell.Word(word, glob=True)) == command
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["for %a in (x) do echo", "&for /l %%i in (1,1,9)\tdo x", "for %a in (b)\r\n do c"],
+)
+def test_batch_loops_pass_the_pre_check(text: str) -> None:
+    from bastion.inspect.detectors.rce import _BATCH_FOR, _closes_into_do
+
+    assert _BATCH_FOR.search(text) is not None
+    assert _closes_into_do(text)
+    assert "rce-windows-for-loop" in {m.rule for m in detect_rce(Normalized(text), PARAM, 1)}
+
+
+_LOOP_PARTS = st.sampled_from(
+    ["for", " ", "%a", "%%i", "in", "(", ")", "x", "do", "\t", "/l", "\n", ";", "&"]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_LOOP_PARTS, max_size=12))
+def test_batch_loop_pre_check_is_implied_by_every_match(parts: list[str]) -> None:
+    from bastion.inspect.detectors.rce import _BATCH_FOR, _closes_into_do
+
+    text = "".join(parts)
+    if _BATCH_FOR.search(text) is not None:
+        assert _closes_into_do(text)

@@ -23,6 +23,7 @@ __all__ = [
     "CATEGORIES",
     "Category",
     "Detector",
+    "Finder",
     "Location",
     "LocationKind",
     "Match",
@@ -181,6 +182,22 @@ def _unescape_backslashes(text: str) -> str:
 def _spaced(text: str) -> str:
     """``text`` with zero-width separators as spaces (``str.split`` covers the rest)."""
     return text if text.isascii() else text.translate(_INVISIBLE_SPACES)
+
+
+class Finder:
+    """An RE2 pattern used only to ask whether it occurs in a text. The text goes to RE2 as
+    UTF-8 bytes, the form RE2 matches anyway: the Python wrapper then skips mapping byte offsets
+    back to character offsets, which costs about as much as the search itself."""
+
+    __slots__ = ("_regexp", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._regexp = re2.compile(pattern.encode())
+
+    def found(self, text: str) -> bool:
+        """Whether the pattern matches somewhere in ``text``."""
+        return self._regexp.search(text.encode()) is not None
 
 
 class _Form:

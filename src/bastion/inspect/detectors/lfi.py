@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import re2
 
-from bastion.inspect.core import Location, Match, Normalized, Severity
+from bastion.inspect.core import Finder, Location, Match, Normalized, Severity
 
 __all__ = ["detect_lfi"]
 
-_WRAPPER = re2.compile(
+_WRAPPER = Finder(
     r"(?i)(?:^|[^a-z0-9.+-])(php|phar|zip|expect|data|glob|file|compress\.zlib|compress\.bzip2"
     r"|zlib|rar|ogg|ssh2\.[a-z]+)://"
 )
 # Sensitive targets, matched against the normalised, lower-cased path (segment boundaries).
-_SENSITIVE = re2.compile(
+_SENSITIVE = Finder(
     r"(?:^|/)(?:"
     r"etc/(?:passwd|shadow|gshadow|group|master\.passwd|sudoers|subuid|subgid|hosts|crontab"
     r"|issue|security/|ssh/|mysql/my\.cnf|apache2?/|httpd/|nginx/|php[0-9.]*/)"
@@ -77,12 +77,12 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
     path, disguised = _file_path(value)
     lowered = path.lower()
     # Wrappers are read before path normalisation, which would merge the "//".
-    if "://" in value.nfkc and _WRAPPER.search(value.nfkc):
+    if "://" in value.nfkc and _WRAPPER.found(value.nfkc):
         add("stream-wrapper", 1)
     climb = _climb(lowered) if ".." in lowered else 0
     # Every sensitive name holds a "/", a "." or a "_" (etc/, .git/, id_rsa, known_hosts): a
     # path without any of them is not searched.
-    sensitive = _may_be_sensitive(lowered) and _SENSITIVE.search(lowered) is not None
+    sensitive = _may_be_sensitive(lowered) and _SENSITIVE.found(lowered)
     if climb:
         if sensitive or climb >= _FAR or disguised or location.kind == "filename":
             add("path-traversal", 1)

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import re2
 
-from bastion.inspect.core import Location, Match, Normalized, Severity
+from bastion.inspect.core import Finder, Location, Match, Normalized, Severity
 from bastion.inspect.detectors._shell import Command, Word, glob_matches, glob_units, scan_shell
 
 __all__ = ["detect_rce"]
@@ -116,11 +116,11 @@ _WORD_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.
 _WEAK_LEVEL = 3
 """Paranoia level of the weak command signals (ordinary-word arguments, bare substitutions)."""
 
-_IPV4 = re2.compile(r"^\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?$")
+_IPV4 = Finder(r"^\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?$")
 _ASSIGNMENT_NAME = re2.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Shellshock: a function definition at the start of a (header) value.
-_SHELLSHOCK = re2.compile(r"^\s*\(\s*\)\s*\{")
+_SHELLSHOCK = Finder(r"^\s*\(\s*\)\s*\{")
 _FUNCTION_DEF = re2.compile(r"([\w:.]{1,32})\s*\(\s*\)\s*\{([^}]{0,200})\}")
 _DEV_TCP = re2.compile(r"/dev/(?:tcp|udp)/[\w.\-$]")
 # Windows batch control flow, only in command position (start, after & | ; ( newline or @).
@@ -134,7 +134,9 @@ _BATCH_IF = re2.compile(
     r"|(?:\"[^\"]{0,200}\"|[^\s=]{1,200})\s*(?:==|\s(?:equ|neq|lss|leq|gtr|geq)\s)\s*[^\s]"
     r"|\([^)]{0,200}\)\s*(?:==|equ|neq|lss|leq|gtr|geq)\s*[^\s])"
 )
-_POWERSHELL = re2.compile(
+# Each PowerShell alternative holds one of these.
+_POWERSHELL_MARKS = ("invoke-", "start-", "new-object", ".download", "frombase64string", "-enc")
+_POWERSHELL = Finder(
     r"\b(?:invoke-(?:webrequest|expression|restmethod|command|wmimethod|item)"
     r"|start-process|start-bitstransfer|new-object\s+(?:system\.)?net\.webclient"
     r"|\.downloadstring\s*\(|\.downloadfile\s*\(|frombase64string\s*\("
@@ -202,7 +204,7 @@ def detect_rce(value: Normalized, location: Location, paranoia: int) -> list[Mat
 def _check_expressions(lowered: str, location: Location, findings: _Findings) -> None:
     """Whole-value patterns that need no tokenizing: Shellshock, fork bombs, /dev/tcp…"""
     if "(" in lowered and ")" in lowered:
-        if _SHELLSHOCK.search(lowered):
+        if _SHELLSHOCK.found(lowered):
             findings.add("shellshock", 1)
         if "{" in lowered:
             for name, body in _FUNCTION_DEF.findall(lowered):
@@ -215,13 +217,13 @@ def _check_expressions(lowered: str, location: Location, findings: _Findings) ->
         "for" in lowered
         and " in" in lowered
         and "%" in lowered  # the loop variable
-        and "(" in lowered
+        and _closes_into_do(lowered)
         and _BATCH_FOR.search(lowered)
     ):
         findings.add("windows-for-loop", 1)
     if "if" in lowered and _BATCH_IF.search(lowered):
         findings.add("windows-if", 1)
-    if ("-" in lowered or "(" in lowered) and _POWERSHELL.search(lowered):
+    if any(mark in lowered for mark in _POWERSHELL_MARKS) and _POWERSHELL.found(lowered):
         findings.add("powershell", 1)
     if "\n" in lowered:
         if _MAIL_CONFIDENT.search(lowered):
@@ -229,6 +231,26 @@ def _check_expressions(lowered: str, location: Location, findings: _Findings) ->
         elif _MAIL_WEAK.search(lowered):
             findings.add("mail-command", 2, Severity.ERROR)
     del location
+
+
+def _closes_into_do(text: str) -> bool:
+    """Whether some ")" is followed by "do" past RE2 whitespace, as the list of a batch ``for``
+    loop is: a linear test that spares most texts the loop pattern, whose bounded repetitions
+    make it costly on text it has not seen."""
+    index = text.find(")")
+    while index >= 0:
+        after = index + 1
+        while after < len(text) and text[after] in " \t\n\f\r":
+            after += 1
+        if text.startswith("do", after):
+            return True
+        index = text.find(")", after)
+    return False
+
+
+def _ipv4(text: str) -> bool:
+    """A dotted-quad address, with an optional port: four digit groups need three dots."""
+    return text[:1].isdigit() and text.count(".") == 3 and _IPV4.found(text)
 
 
 def _recurses(name: str, body: str) -> bool:
@@ -329,7 +351,7 @@ def _shellish(word: Word, name: str) -> bool:
         return True
     if text.startswith(("./", "../")) or "://" in text or word.dynamic:
         return True
-    if _IPV4.search(text):
+    if _ipv4(text):
         return True
     if name in _SLEEPERS and text.isdigit():
         return True
@@ -353,7 +375,7 @@ def _strong_shellish(word: Word) -> bool:
     key, equals, value = text.partition("=")
     if equals and key.isalpha() and value.startswith("/") and value.count("/") >= 2:
         return True
-    return word.dynamic or bool(_IPV4.search(text))
+    return word.dynamic or _ipv4(text)
 
 
 def _classify(command: Command, findings: _Findings, aliases: dict[str, str]) -> None:

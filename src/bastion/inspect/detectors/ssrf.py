@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import re2
 
-from bastion.inspect.core import Location, Match, Normalized, Severity
+from bastion.inspect.core import Finder, Location, Match, Normalized, Severity
 
 __all__ = ["detect_ssrf"]
 
@@ -42,7 +42,7 @@ _FETCH_SCHEMES = frozenset(
     }
 )  # fmt: skip
 # Schemes that let a forged request talk to non-HTTP services or read local files.
-_DANGEROUS = re2.compile(
+_DANGEROUS = Finder(
     r"(?:^|[^a-z0-9+._-])(?:(gopher|dict|ldap[si]?|tftp|netdoc|local_file):/|(file):/"
     r"|(jar):[a-z][a-z0-9+.-]*:)"
 )
@@ -284,7 +284,8 @@ def _found(text: str, location: Location) -> set[str]:
         # A bare "host[:port][/path]" where a URL is expected.
         bare = text.strip(" \t\r\n\"'").lstrip("/\\")
         names.update(_classify(_host_at(bare, 0)))
-    if ":" in text and _DANGEROUS.search(text) is not None:
+    # Every dangerous scheme is followed by ":/", but for "jar:".
+    if (":/" in text or "jar:" in text) and _DANGEROUS.found(text):
         names.add("dangerous-scheme")
     if "data:" in text and _DATA_URL.search(text) is not None and "data:image/" not in text:
         names.add("data-url")
