@@ -312,3 +312,16 @@ def test_batch_loop_pre_check_is_implied_by_every_match(parts: list[str]) -> Non
     text = "".join(parts)
     if _BATCH_FOR.search(text) is not None:
         assert _closes_into_do(text)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.text(alphabet=st.characters(blacklist_characters=";\n\r&|`(){}<>\\'\"$#^?*[="), max_size=80)
+)
+def test_plain_text_is_read_without_the_lexer_exactly_as_the_lexer_reads_it(text: str) -> None:
+    assert _shell.scan_shell(text) == _shell._scan(text, 0, [len(text) + 2048])
+
+
+@pytest.mark.parametrize("text", ["cat /etc/passwd", "a\tb\x0bc\x0cd", "x" * 300, "w " * 70])
+def test_plain_words_are_cut_like_the_lexer_cuts_them(text: str) -> None:
+    assert _shell.scan_shell(text) == _shell._scan(text, 0, [len(text) + 2048])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,7 +142,9 @@ class Inspector:
         ]
         self._exclusions = [_Exclusion(item) for item in config.exclusions]
         self._failed: set[str] = set()
-        self._memo: dict[_MemoKey, tuple[Match, ...]] = {}
+        # Ordered so that the oldest entry goes in O(1): deleting a plain dict's first key
+        # leaves a hole its next first-key look-up walks past, thousands once the memo is full.
+        self._memo: OrderedDict[_MemoKey, tuple[Match, ...]] = OrderedDict()
         modes: tuple[InspectMode, ...] = ("block", "monitor")
         # The verdict of a request with no finding, shared (verdicts are immutable).
         self._clean = {mode: InspectionVerdict(False, 0, (), mode=mode) for mode in modes}
@@ -239,7 +242,7 @@ class Inspector:
         if len(raw) <= _MEMO_VALUE_MAX and not failed:
             memo = self._memo
             if len(memo) >= _MEMO_SIZE:
-                del memo[next(iter(memo))]
+                memo.popitem(last=False)
             memo[key] = result
         return result
 

@@ -35,6 +35,11 @@ _SUBSCAN_COST = 32
 # A run of characters the main loop has no rule for: appended to the word in one step. The
 # stdlib engine is safe here: one negated character class, so each character is read once.
 _ORDINARY_RUN = re.compile(r"[^ \t\v\f;\n\r&|`(){}<>\\'\"$#^?*\[]+")
+# Characters the main loop has a rule for, besides blanks, and "=" (assignments): text without
+# any of them is plain words (UTF-8 continuation bytes are never ASCII, so the test holds for any
+# text).
+_SPECIAL_BYTES = b";\n\r&|`(){}<>\\'\"$#^?*[="
+_BLANKS_AS_SPACE = str.maketrans("\t\v\f", "   ")
 _SPECIAL_PARAMETERS = frozenset("@*#?!$-_0123456789")
 _NAME_START = frozenset("abcdefghijklmnopqrstuvwxyz_")
 _NAME_CHARS = _NAME_START | frozenset("0123456789")
@@ -650,7 +655,23 @@ def _split_top_level(body: str) -> list[str]:
 
 def scan_shell(text: str) -> ShellScan:
     """Read ``text`` (already lower-cased) as shell input; see the module docstring."""
+    # "surrogatepass": a lone surrogate (from a lenient decoding) is three non-ASCII bytes.
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded.translate(None, _SPECIAL_BYTES)) == len(encoded):
+        return _plain_words(text)
     return _scan(text, 0, [len(text) + _SUBSCAN_SLACK])
+
+
+def _plain_words(text: str) -> ShellScan:
+    """What the lexer makes of text without a special character (no separator, quote, escape,
+    expansion, bracket, redirection, comment, wildcard nor ``=``): one command of the words
+    between blanks, each cut as the lexer cuts it."""
+    scan = ShellScan()
+    words = [word for word in text.translate(_BLANKS_AS_SPACE).split(" ") if word]
+    if words:
+        command = Command("start", [Word(word[:_MAX_WORD]) for word in words[:_MAX_WORDS]])
+        scan.commands.append(command)
+    return scan
 
 
 def _scan(text: str, depth: int, budget: list[int]) -> ShellScan:

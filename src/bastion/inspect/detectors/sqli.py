@@ -927,10 +927,12 @@ def _fingerprint_rules(text: str, paranoia: int) -> list[tuple[str, int, int]]:
     for quote, naive in contexts:
         tokens = _tokenize(text, quote, naive)
         folded = _fold(tokens)
-        fingerprint = "".join(kind for kind, _ in folded[:_FINGERPRINT_LENGTH])
+        kinds = [kind for kind, _ in folded]
+        fingerprint = "".join(kinds[:_FINGERPRINT_LENGTH])
         if _grammar_accepts(fingerprint) and not _quoted_word(folded):
             found.append(("sqli-fingerprint", Severity.CRITICAL, 1))
-        if _tautology(folded):
+        # A tautology needs a logic operator, or is the whole value (three tokens).
+        if (_LOGIC in kinds or len(kinds) == 3) and _tautology(folded):
             found.append(("sqli-tautology", Severity.CRITICAL, 1))
         if paranoia >= 2 and quote and len(fingerprint) > 1 and fingerprint[1] in "&kUETB;oc":
             # The value closes the string and continues with SQL syntax at once.
