@@ -280,3 +280,12 @@ def test_a_plain_bodyless_request_is_checked_in_one_pass() -> None:
     plain = request("GET", "/hello?x=1", (("User-Agent", "curl/8"), ("Accept", "*/*")))
     assert _unremarkable(plain)
     assert check_protocol(plain, 4) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "mismatch"),
+    [(b" " * 100 + b"x=1", True), (b"\n" * 100 + b'{"a": 1}', False), (b" " * 62 + b"tr", True)],
+)
+def test_the_body_start_is_found_past_any_amount_of_whitespace(body: bytes, mismatch: bool) -> None:
+    found = rules(request(headers=(JSON,), body=body), paranoia=2)
+    assert ("protocol-content-type-mismatch" in found) == mismatch

@@ -237,15 +237,20 @@ def raw_values(
 def _pairs(
     text: str, separator: str, name_kind: LocationKind, value_kind: LocationKind, emit: _Emitter
 ) -> None:
+    budget = emit.budget
+    take = emit.take
+    screened = bool(emit.sensitive) or emit.passwords
+    cookies = separator == ";"
     for field in text.split(separator):
-        if emit.done:
-            emit.budget.truncated = True
+        if budget.bytes_left <= 0 or budget.locations_left <= 0:
+            budget.truncated = True
             return
-        name, _, value = field.strip().partition("=") if separator == ";" else field.partition("=")
-        shown = label(name)
-        emit.take(name_kind, "", name)
-        if not emit.is_sensitive(shown):
-            emit.take(value_kind, shown, value)
+        name, _, value = (field.strip() if cookies else field).partition("=")
+        # Most names need no decoding nor cut: they are shown as they are.
+        shown = label(name) if "%" in name or "+" in name or len(name) > _MAX_NAME else name
+        take(name_kind, "", name)
+        if not screened or not emit.is_sensitive(shown):
+            take(value_kind, shown, value)
 
 
 def _body(request: InspectionRequest, body: bytes, emit: _Emitter) -> None:
