@@ -391,7 +391,8 @@ def _classify(command: Command, findings: _Findings, aliases: dict[str, str]) ->
             findings.add("wildcard-command", 1 if word.text.startswith("/") else 2)
             name = glob_name
         args = words[index + 1 :]
-        if any(_sensitive_glob(arg) for arg in words[index:]):
+        globs = [arg for arg in words[index:] if arg.glob]  # most commands have none
+        if globs and any(_sensitive_glob(arg) for arg in globs):
             findings.add("wildcard-path", 1)
         if word.text in _SQLITE_DOT and intro != "start":
             findings.add("sqlite-dot-command", 1)

@@ -475,14 +475,21 @@ _INERT_BYTES = (
 )
 # "document.cookie" and "window.location" need only letters and dots; "ADw-" is UTF-7 for "<".
 _INERT_WORDS = ("document", "window", "adw-")
+_EQUALS_WORDS = (*_INERT_WORDS, "on", "in", "language", "style", "xmlns", "html", "srcdoc")
 
 
 def _inert(raw: str) -> bool:
     """Whether ``raw`` cannot match any rule (a cheap test before decoding anything)."""
-    if not raw.isascii() or raw.encode().translate(None, _INERT_BYTES):
+    if not raw.isascii():
+        return False
+    rest = raw.encode().translate(None, _INERT_BYTES)
+    if rest and rest.strip(b"="):
         return False
     lowered = raw.lower()
-    return not any(word in lowered for word in _INERT_WORDS)
+    # With "=" as its only rule character, a value also needs one of the words of the rules
+    # built on "=" alone (handlers, srcdoc, language, style, xmlns, innerHTML, the "in" trick).
+    words = _EQUALS_WORDS if rest else _INERT_WORDS
+    return not any(word in lowered for word in words)
 
 
 def detect_xss(value: Normalized, location: Location, paranoia: int) -> list[Match]:
