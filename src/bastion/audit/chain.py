@@ -7,10 +7,12 @@ column in a fixed order (docs/audit.md spells it out for third-party verifiers).
 
 Appends from every process go through :meth:`AuditChain.append`: one transaction that locks the
 head row of ``bastion_audit_chain`` (PostgreSQL ``SELECT … FOR UPDATE``; SQLite takes its
-database write lock by writing the head row first), numbers and hashes the batch after the
-head, inserts it with one ``executemany`` and moves the head. So there is one gapless chain
-whatever the number of writers. On PostgreSQL a writer that expects the head it wrote last tries
-a single conditional statement first (see :data:`_APPEND_IF_HEAD`).
+database write lock with ``BEGIN IMMEDIATE``, or on the pool's connection by writing the head row
+first), numbers and hashes the batch after the head, inserts it with one ``executemany`` and
+moves the head. So there is one gapless chain whatever the number of writers. On PostgreSQL a
+writer that expects the head it wrote last tries a single conditional statement first (see
+:data:`_APPEND_IF_HEAD`); on a SQLite file the whole transaction runs in the writer's own thread
+(:mod:`bastion.audit.sqlite_writer`).
 """
 
 from __future__ import annotations
