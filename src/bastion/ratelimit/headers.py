@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bastion.ratelimit.core import Check, Decision
-from bastion.ratelimit.policies import PolicySet
+from bastion.ratelimit.policies import PolicySet, RequestPlan
 
 __all__ = [
     "REPORT_KEY",
@@ -32,6 +32,7 @@ __all__ = [
 REPORT_KEY = "bastion.ratelimit.report"
 """Key under ``scope["state"]`` of the request's :class:`RateLimitReport`."""
 
+_ceil = math.ceil
 _POLICY = b"ratelimit-policy"
 _RATELIMIT = b"ratelimit"
 _LEGACY_LIMIT = b"x-ratelimit-limit"
@@ -56,12 +57,15 @@ class RateLimitReport:
     The first of them to run creates it and renders the headers when the response starts, so
     decisions made further in (after authentication, in a route) are included."""
 
-    __slots__ = ("batches", "held", "rendered")
+    __slots__ = ("batches", "held", "plan", "rendered")
 
     def __init__(self) -> None:
         self.batches: list[tuple[Sequence[Check], Sequence[Decision]]] = []
         """Each store call's checks and their decisions (one per check), in the order made;
         shadow ones included."""
+        self.plan: RequestPlan | None = None
+        """The plan whose checks are the first batch, when a stage decided them from one (its
+        headers are then encoded from what the plan keeps)."""
         self.held: list[tuple[SlotHolder, list[Check]]] = []
         """Concurrency slots to give back when the response completes."""
         self.rendered = False
@@ -133,8 +137,26 @@ class HeaderRenderer:
             self._values[names] = value
         return value
 
+    def _plan_rendering(self, plan: RequestPlan) -> tuple[bytes, tuple[tuple[int, bytes], ...]]:
+        """What :attr:`RequestPlan.rendering` keeps: the ``RateLimit-Policy`` value of the
+        plan's enforced checks and, per enforced check, its index and ``RateLimit`` prefix."""
+        items: dict[str, bytes] = {}
+        enforced: list[tuple[int, bytes]] = []
+        for index, check in enumerate(plan.checks):
+            if check.enforce:
+                name = check.rule.policy
+                enforced.append((index, self._prefixes.get(name) or f'"{name}";r='.encode()))
+                if name not in items:
+                    items[name] = self._policy_item(check)
+        rendering = (b", ".join(items.values()), tuple(enforced))
+        plan.rendering = rendering
+        return rendering
+
     def render(self, report: RateLimitReport) -> list[tuple[bytes, bytes]]:
         """The header pairs for ``report``; empty when no enforced policy applied."""
+        plan = report.plan
+        if plan is not None and len(report.batches) == 1:
+            return self._render_plan(plan, report.batches[0][1])
         names: list[str] = []
         best_name = ""
         best: Decision | None = None
@@ -156,9 +178,44 @@ class HeaderRenderer:
         policy = self._values.get(key)
         if policy is None:
             policy = self._policy_value(key, report)
+        prefix = self._prefixes.get(best_name) or f'"{best_name}";r='.encode("ascii")
+        return self._pairs(policy, prefix, best)
+
+    def _render_plan(
+        self, plan: RequestPlan, decisions: Sequence[Decision]
+    ) -> list[tuple[bytes, bytes]]:
+        """:meth:`render` of a report whose one batch is ``plan``'s checks: the plan keeps the
+        encoding, so only the most restrictive decision is looked for."""
+        rendering = plan.rendering
+        if rendering is None:
+            rendering = self._plan_rendering(plan)
+        policy, enforced = rendering
+        if not enforced:
+            return []
+        index, prefix = enforced[0]
+        best = decisions[index]
+        _, _, remaining, reset, _ = best
+        for index, start in enforced:
+            decision = decisions[index]
+            # The most restrictive: lowest remaining, then the longest wait.
+            if decision[2] < remaining or (decision[2] == remaining and decision[3] > reset):
+                best, prefix = decision, start
+                _, _, remaining, reset, _ = best
+        if self._legacy:
+            return self._pairs(policy, prefix, best)
+        seconds = _ceil(reset)
+        return [
+            (_POLICY, policy),
+            (
+                _RATELIMIT,
+                prefix
+                + b"%d;t=%d" % (remaining if remaining > 0 else 0, seconds if seconds > 0 else 0),
+            ),
+        ]
+
+    def _pairs(self, policy: bytes, prefix: bytes, best: Decision) -> list[tuple[bytes, bytes]]:
         reset = math.ceil(best.reset)
         remaining = best.remaining
-        prefix = self._prefixes.get(best_name) or f'"{best_name}";r='.encode("ascii")
         value = prefix + b"%d;t=%d" % (remaining if remaining > 0 else 0, reset if reset > 0 else 0)
         headers = [(_POLICY, policy), (_RATELIMIT, value)]
         if self._legacy:

@@ -38,7 +38,7 @@ from bastion.ratelimit.core import (
 )
 from bastion.ratelimit.headers import HeaderRenderer, RateLimitReport, retry_after_seconds
 from bastion.ratelimit.memory import MemoryStore
-from bastion.ratelimit.policies import PolicySet
+from bastion.ratelimit.policies import PolicySet, RequestPlan
 
 __all__ = ["LIMITER_KEY", "Limiter", "LocalStore", "client_blocked"]
 
@@ -52,6 +52,8 @@ LIMITER_KEY = "bastion.ratelimit"
 
 _BACKOFF = 1.0
 """Seconds the shared store is not asked again after it failed."""
+_PENDING_LIMIT = 1024
+"""Most plans whose counts wait for a scrape; beyond, they are added at once."""
 _BANS_POLICY = "_bans"
 """Metric label of requests refused because their client is banned (no policy name can start
 with ``_``)."""
@@ -106,6 +108,11 @@ class Limiter:
         self._metrics = metrics
         # Single process: decisions are plain ints read when scraped (see Metrics).
         self._counts = metrics.ratelimit_counts
+        self._pending: dict[RequestPlan, int] = {}
+        """Requests a plan's checks all allowed since the last scrape: added to the counts
+        when scraped (one increment per request instead of one per check)."""
+        if metrics.ratelimit_collector is not None:
+            metrics.ratelimit_collector.before_collect.append(self.flush_counts)
         # The in-process store decides synchronously and never fails: no coroutine, and no
         # latency histogram (microseconds of Python, not worth a lock per request).
         self._memory: MemoryStore | None = store if isinstance(store, MemoryStore) else None
@@ -151,6 +158,52 @@ class Limiter:
             return verdict
         self._allowed(verdict, memory, checks, report)
         return None
+
+    def admit_plan(
+        self, plan: RequestPlan, *, bans: BanRule | None, report: RateLimitReport
+    ) -> Verdict | None:
+        """:meth:`admit_now` of a static plan's checks (never concurrency ones, so no slot is
+        held), counted in the metrics per plan rather than per check; the report keeps the plan
+        for the header encoding it holds."""
+        memory = self._memory
+        if memory is None:
+            raise RuntimeError("admit_plan needs the memory store: use admit")
+        checks = plan.checks
+        batch = plan.batch
+        if batch is not None:
+            verdict = memory.evaluate_batch(batch, plan.client, bans)
+        else:
+            verdict = memory.evaluate_now(checks, client=plan.client, bans=bans)
+        if not verdict.allowed:
+            return verdict
+        decisions = verdict.decisions
+        batches = report.batches
+        if not batches:
+            report.plan = plan
+        batches.append((checks, decisions))
+        if plan.enforced_only and self._counts is not None:
+            # Allowed with every check enforced: every check allowed it.
+            pending = self._pending
+            pending[plan] = pending.get(plan, 0) + 1
+            if len(pending) > _PENDING_LIMIT:
+                self.flush_counts()
+            return None
+        for (allowed, shadow), decision in zip(plan.labels, decisions, strict=False):
+            # An allowed request's refused decisions are shadow ones.
+            self._metrics.ratelimit_decision(*(allowed if decision.allowed else shadow))
+        return None
+
+    def flush_counts(self) -> None:
+        """Add the per-plan counts kept since the last call to the decision metrics (called
+        when they are scraped)."""
+        counts = self._counts
+        pending = self._pending
+        if counts is None or not pending:
+            return
+        self._pending = {}
+        for plan, requests in pending.items():
+            for allowed, _ in plan.labels:
+                counts[allowed] = counts.get(allowed, 0) + requests
 
     async def admit(
         self,

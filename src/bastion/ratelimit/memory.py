@@ -81,7 +81,7 @@ from bastion.ratelimit.core import (
     merge_penalty,
 )
 
-__all__ = ["DEFAULT_MAX_KEYS", "SWEEP", "MemoryStore"]
+__all__ = ["DEFAULT_MAX_KEYS", "SWEEP", "GcraBatch", "MemoryStore"]
 
 SWEEP = 2
 """Idle buckets (or client records) examined per insertion: more than one, so the idle ones
@@ -130,6 +130,26 @@ class _Table:
             self.tau = self.interval * rule.burst
 
 
+class GcraBatch:
+    """The same GCRA checks of many requests (a plan of the stages), compiled against one
+    store: per check its table and the constants deciding it needs, so a request skips the
+    table look-ups. It follows the store's tables: when they change (a policy's rule adopted,
+    a table replaced, the store closed), :meth:`MemoryStore.evaluate_batch` compiles it again.
+    """
+
+    __slots__ = ("checks", "generation", "slots", "store")
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = checks
+        self.store: MemoryStore | None = None
+        self.generation = -1
+        self.slots: tuple[_Slot, ...] = ()
+
+
+_Slot = tuple[_Table, str, float, float, float, float, int, bool]
+"""Table, key, ``interval * cost``, ``tau + EPSILON``, tau, interval, limit, enforce."""
+
+
 class _Client:
     """A client's ban state: its refusals and its penalty record."""
 
@@ -165,6 +185,8 @@ class MemoryStore:
         self._clock = clock
         self._ledger = ledger
         self._tables: dict[str, _Table] = {}
+        self._generation = 0
+        """Changes whenever a table is made or decides with another rule (batches follow)."""
         self._size = 0
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         # Names of leases taken without a token (Check.lease empty); NUL never starts a token.
@@ -295,6 +317,85 @@ class MemoryStore:
             return self._refused(client, bans, tuple(decisions), now)
         return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
 
+    def evaluate_batch(
+        self, batch: GcraBatch, client: str | None = None, bans: BanRule | None = None
+    ) -> Verdict:
+        """:meth:`evaluate_now` of a batch's checks, all GCRA: the same decisions, without
+        looking each check's table up again."""
+        if batch.store is not self or batch.generation != self._generation:
+            self._compile(batch)
+        now = self._clock()
+        if bans is not None and client is not None:
+            ledger = self._ledger
+            if ledger is None:
+                record = self._clients.get(client)
+                if record is not None and record.until > now:
+                    return _tuple_new(
+                        Verdict,
+                        (False, (), record.until - now, 0.0, record.level, record.source),
+                    )
+            else:
+                until, level, source = ledger.penalty(client)
+                if until > now:
+                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
+        decisions: list[Decision] = []
+        # What each allowing check stores if the whole request is allowed.
+        counted: list[tuple[_Table, str, float]] = []
+        allowed = True
+        for table, key, step, most, tau, interval, limit, enforce in batch.slots:
+            # algorithms.gcra, inlined as in evaluate_now.
+            tat = table.buckets.get(key, 0.0)
+            base = tat if tat > now else now
+            new_tat = base + step
+            backlog = new_tat - now
+            if backlog <= most:
+                remaining = _floor((tau - backlog + EPSILON) / interval)
+                decisions.append(_tuple_new(Decision, (True, limit, remaining, backlog, 0.0)))
+                counted.append((table, key, new_tat))
+                continue
+            decisions.append(_tuple_new(Decision, (False, limit, 0, base - now, backlog - tau)))
+            if enforce:
+                allowed = False
+        if allowed:
+            for table, key, new_tat in counted:
+                buckets = table.buckets
+                try:
+                    buckets.move_to_end(key)
+                except KeyError:
+                    self._insert(table, key, new_tat, now)
+                else:
+                    buckets[key] = new_tat
+            return _tuple_new(Verdict, (True, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
+        if bans is not None and client is not None:
+            return self._refused(client, bans, tuple(decisions), now)
+        return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
+
+    def _compile(self, batch: GcraBatch) -> None:
+        slots: list[_Slot] = []
+        for check in batch.checks:
+            rule = check.rule
+            if rule.algorithm != "gcra":
+                raise ValueError(f"policy {rule.policy!r}: a batch holds GCRA checks only")
+            table = self._tables.get(rule.policy)
+            if table is None or table.rule is not rule:
+                table = self._table(rule)
+            step = table.interval * check.cost
+            slots.append(
+                (
+                    table,
+                    check.key,
+                    step,
+                    table.tau + EPSILON,
+                    table.tau,
+                    table.interval,
+                    rule.limit,
+                    check.enforce,
+                )
+            )
+        batch.slots = tuple(slots)
+        batch.store = self
+        batch.generation = self._generation
+
     def _decide(
         self, table: _Table, check: Check, now: float
     ) -> tuple[bool, int, float, float, Any]:
@@ -394,6 +495,7 @@ class MemoryStore:
     def _table(self, rule: Rule) -> _Table:
         """The table of ``rule``'s policy, deciding with ``rule``; a policy whose algorithm
         changed starts afresh."""
+        self._generation += 1
         table = self._tables.get(rule.policy)
         if table is not None and table.algorithm == rule.algorithm:
             table.adopt(rule)
@@ -532,6 +634,7 @@ class MemoryStore:
     async def close(self) -> None:
         """Forget every bucket and ban."""
         self._tables.clear()
+        self._generation += 1
         self._clients.clear()
         self._size = 0
 

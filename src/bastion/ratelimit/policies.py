@@ -47,8 +47,9 @@ from bastion.http.principal import Principal
 from bastion.http.state import RequestState
 from bastion.ratelimit.config import PolicyConfig, RateLimitConfig
 from bastion.ratelimit.core import Check, Rule
+from bastion.ratelimit.memory import GcraBatch
 
-__all__ = ["CompiledPolicy", "PolicySet", "StageName"]
+__all__ = ["CompiledPolicy", "PolicySet", "RequestPlan", "StageName"]
 
 StageName = Literal["gate", "late"]
 
@@ -67,6 +68,8 @@ _LEASES = itertools.count(1)
 
 _MatchKey = tuple[StageName, str, str, str | None, bytes | None]
 _ChecksKey = tuple[StageName, str, str, str | None, bytes | None, str]
+_ALLOWED = "allowed"
+_SHADOW_LIMITED = "shadow_limited"
 
 
 def _bounded(value: str) -> str:
@@ -176,6 +179,57 @@ def quota_window(zone: ZoneInfo, calendar: str, now: float) -> tuple[int, float,
     return window, max(end - now, 1.0), end - begin
 
 
+class RequestPlan:
+    """The policies of one stage for one request shape and client address, made ready once.
+
+    When every matching policy is static (keyed by address and route only), :attr:`checks` is
+    the same tuple for every such request, and what depends on the checks alone is computed
+    here once instead of per request: the client's bucket, the metric labels of each outcome,
+    and (filled by :class:`~bastion.ratelimit.headers.HeaderRenderer` on first use) the encoded
+    headers."""
+
+    __slots__ = (
+        "batch",
+        "checks",
+        "client",
+        "enforced_only",
+        "items",
+        "labels",
+        "rendering",
+        "static",
+    )
+
+    def __init__(self, client: str, items: tuple[Check | CompiledPolicy, ...]) -> None:
+        self.client = client
+        """The client's bucket (:meth:`PolicySet.client`)."""
+        self.items = items
+        """In policy order: the static policies' checks and the other matching policies (their
+        checks are made per request); exempt static policies left out."""
+        self.static = all(isinstance(item, Check) for item in items)
+        """Whether :attr:`checks` holds every check of the request."""
+        checks = tuple(item for item in items if isinstance(item, Check))
+        self.checks: tuple[Check, ...] = checks if self.static else ()
+        """The request's checks when :attr:`static`; else empty."""
+        self.batch = (
+            GcraBatch(checks)
+            if checks and all(check.rule.algorithm == "gcra" for check in checks)
+            else None
+        )
+        """The checks compiled for the memory store when they are all GCRA (the usual
+        per-address policies); ``None`` otherwise."""
+        self.enforced_only = all(check.enforce for check in checks)
+        """Whether no check of :attr:`checks` is in shadow mode (so a request allowed was
+        allowed by each of them)."""
+        self.labels: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = tuple(
+            ((c.rule.policy, _ALLOWED), (c.rule.policy, _SHADOW_LIMITED)) for c in self.checks
+        )
+        """Per check: its ``bastion_ratelimit_decisions_total`` labels when it allowed the
+        request and when it refused a request allowed anyway (shadow)."""
+        self.rendering: tuple[bytes, tuple[tuple[int, bytes], ...]] | None = None
+        """The ``RateLimit-Policy`` value of :attr:`checks` and, per enforced check, its index
+        and the start of its ``RateLimit`` item (set by the header renderer)."""
+
+
 class PolicySet:
     """The compiled policies of one ``[ratelimit]`` section.
 
@@ -198,10 +252,8 @@ class PolicySet:
         self._v6 = config.ipv6_prefix
         self._clients: dict[str, tuple[str, IPAddress | None]] = {}
         self._matches: dict[_MatchKey, tuple[CompiledPolicy, ...]] = {}
-        self._checks: dict[_ChecksKey, tuple[bool, tuple[Check | CompiledPolicy, ...]]] = {}
-        """Per request shape and client address: whether every matching policy is static, and
-        in policy order the static ones' checks (made once; exempt ones left out) and the
-        other policies (their checks are made per request)."""
+        self._plans: dict[_ChecksKey, RequestPlan] = {}
+        """Per request shape and client address: its :class:`RequestPlan`."""
 
     @property
     def has_concurrency(self) -> bool:
@@ -265,32 +317,44 @@ class PolicySet:
             self._matches[shape] = found
         return found
 
+    def plan_for(self, scope: Scope, state: RequestState, stage: StageName) -> RequestPlan:
+        """The :class:`RequestPlan` of this request's shape and client address (cached)."""
+        path: str = scope["path"]
+        raw: bytes | None = scope.get("raw_path")
+        if path == self._prefix or path.startswith(self._prefix_slash):
+            route: str | None = _OWN_ROUTE
+        else:
+            found = state.route
+            route = found.name if found is not None else None
+        key = (
+            stage,
+            scope.get("method", "GET"),
+            path,
+            route,
+            raw if raw is not None and b"%" in raw else None,
+            state.client_ip,
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._prepare(scope, state, key[:5])
+            if len(self._plans) >= _CHECKS_LIMIT:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     def checks_for(self, scope: Scope, state: RequestState, *, stage: StageName) -> Sequence[Check]:
         """The checks of the ``stage`` policies that apply to this request.
 
         Checks of static policies (keyed by address and route only) are made once per request
         shape and client address and reused."""
-        path: str = scope["path"]
-        raw: bytes | None = scope.get("raw_path")
-        key = (
-            stage,
-            scope.get("method", "GET"),
-            path,
-            self._route(path, state),
-            raw if raw is not None and b"%" in raw else None,
-            state.client_ip,
-        )
-        entry = self._checks.get(key)
-        if entry is None:
-            entry = self._prepare(scope, state, key[:5])
-            if len(self._checks) >= _CHECKS_LIMIT:
-                self._checks.clear()
-            self._checks[key] = entry
-        static, items = entry
-        if static:
-            return items  # type: ignore[return-value]  # only checks when static
+        plan = self.plan_for(scope, state, stage)
+        return plan.checks if plan.static else self.plan_checks(plan, scope, state)
+
+    def plan_checks(self, plan: RequestPlan, scope: Scope, state: RequestState) -> list[Check]:
+        """The checks of a plan that is not :attr:`~RequestPlan.static`: its static checks and
+        those of its other policies made for this request."""
         checks: list[Check] = []
-        for item in items:
+        for item in plan.items:
             if isinstance(item, Check):
                 checks.append(item)
             else:
@@ -299,9 +363,7 @@ class PolicySet:
                     checks.append(check)
         return checks
 
-    def _prepare(
-        self, scope: Scope, state: RequestState, shape: _MatchKey
-    ) -> tuple[bool, tuple[Check | CompiledPolicy, ...]]:
+    def _prepare(self, scope: Scope, state: RequestState, shape: _MatchKey) -> RequestPlan:
         items: list[Check | CompiledPolicy] = []
         for policy in self._matching(scope, shape):
             if not policy.static:
@@ -310,7 +372,7 @@ class PolicySet:
             check = self.check(policy, scope, state)
             if check is not None:
                 items.append(check)
-        return all(isinstance(item, Check) for item in items), tuple(items)
+        return RequestPlan(self.client(state.client_ip)[0], tuple(items))
 
     def check(self, policy: CompiledPolicy, scope: Scope, state: RequestState) -> Check | None:
         """``policy`` applied to this request, ignoring its ``match``; ``None`` when the request

@@ -61,27 +61,64 @@ class _LimitStage:
         owner = report is None
         if report is None:
             report = shared[REPORT_KEY] = RateLimitReport()
-        checks = self._policies.checks_for(scope, state, stage=self._stage)
-        if checks or self._bans is not None:
-            client = self._policies.client(state.client_ip)[0]
-            limiter = self._limiter
-            if self._synchronous:
-                refused = limiter.admit_now(checks, client=client, bans=self._bans, report=report)
+        plan = self._policies.plan_for(scope, state, self._stage)
+        limiter = self._limiter
+        bans = self._bans
+        if plan.static and self._synchronous:
+            # The common path: checks made once, decided without a coroutine.
+            if plan.checks or bans is not None:
+                refused = limiter.admit_plan(plan, bans=bans, report=report)
                 if refused is not None:
-                    await limiter.refuse(refused, checks, client=client, state=state, report=report)
-            else:
-                await limiter.admit(
-                    checks, client=client, bans=self._bans, state=state, report=report
-                )
-        if not owner or not (self._headers or self._concurrency):
+                    await limiter.refuse(
+                        refused, plan.checks, client=plan.client, state=state, report=report
+                    )
+        else:
+            checks = plan.checks if plan.static else self._policies.plan_checks(plan, scope, state)
+            if checks or bans is not None:
+                if self._synchronous:
+                    refused = limiter.admit_now(
+                        checks, client=plan.client, bans=bans, report=report
+                    )
+                    if refused is not None:
+                        await limiter.refuse(
+                            refused, checks, client=plan.client, state=state, report=report
+                        )
+                else:
+                    await limiter.admit(
+                        checks, client=plan.client, bans=bans, state=state, report=report
+                    )
+        if not owner:
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(send, receive, report, self._limiter, self._headers and kind == "http")
+        if not self._concurrency:
+            if self._headers and kind == "http":
+                await self.app(scope, receive, _with_headers(send, report, limiter))
+            else:
+                await self.app(scope, receive, send)
+            return
+        exchange = _Exchange(send, receive, report, limiter, self._headers and kind == "http")
         try:
-            await self.app(scope, exchange.receive if self._concurrency else receive, exchange.send)
+            await self.app(scope, exchange.receive, exchange.send)
         finally:
             if report.held:
                 await self._limiter.release(report)
+
+
+def _with_headers(send: Send, report: RateLimitReport, limiter: Limiter) -> Send:
+    """``send`` adding the ``RateLimit`` headers of ``report`` when the response starts (no
+    slot is held: nothing else to watch)."""
+    render = limiter.renderer.render
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start" and report.batches and not report.rendered:
+            added = render(report)
+            if added:
+                # Stages own the messages they are given (the terminals send fresh ones), as
+                # the security-headers stage does.
+                message["headers"] = [*message.get("headers", ()), *added]
+        await send(message)
+
+    return send_with_headers
 
 
 class _Exchange:
