@@ -325,3 +325,16 @@ def test_plain_text_is_read_without_the_lexer_exactly_as_the_lexer_reads_it(text
 @pytest.mark.parametrize("text", ["cat /etc/passwd", "a\tb\x0bc\x0cd", "x" * 300, "w " * 70])
 def test_plain_words_are_cut_like_the_lexer_cuts_them(text: str) -> None:
     assert _shell.scan_shell(text) == _shell._scan(text, 0, [len(text) + 2048])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["if exist c:\\x del y", "&if defined x echo", ";if %a%==b echo", "if /i a equ b x",
+     "|if not errorlevel 1 x", "(if (1) geq 2 x", "@if cmdextversion 2 x"],
+)  # fmt: skip
+def test_batch_if_forms_pass_their_pre_check(text: str) -> None:
+    from bastion.inspect.detectors.rce import _BATCH_IF, _BATCH_IF_WORDS
+
+    assert _BATCH_IF.search(text) is not None
+    assert any(word in text for word in _BATCH_IF_WORDS)
+    assert "rce-windows-if" in {m.rule for m in detect_rce(Normalized(text), PARAM, 1)}

@@ -191,3 +191,19 @@ def test_bare_host_still_read_where_a_url_is_expected() -> None:
 
 def test_bare_word_elsewhere_is_skipped() -> None:
     assert detect_ssrf(Normalized("localhost"), Location("query", "name"), 4) == []
+
+
+_URL_PARTS = st.sampled_from(
+    ["http", "gopher", "x", "a" * 24, "b" * 26, "0", "+", ".", "_", "-", ":", "::", "/", " ",
+     "\\", "@", "é", "//"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_URL_PARTS, max_size=12))
+def test_schemes_are_found_where_the_url_start_pattern_finds_them(parts: list[str]) -> None:
+    from bastion.inspect.detectors.ssrf import _URL_START, _schemes
+
+    text = "".join(parts)
+    expected = [(match.group(1), match.end()) for match in _URL_START.finditer(text)]
+    assert list(_schemes(text)) == expected

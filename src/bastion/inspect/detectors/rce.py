@@ -135,6 +135,11 @@ _BATCH_IF = re2.compile(
     r"|\([^)]{0,200}\)\s*(?:==|equ|neq|lss|leq|gtr|geq)\s*[^\s])"
 )
 # Each PowerShell alternative holds one of these.
+# Each ``if`` form tests with one of these.
+_BATCH_IF_WORDS = (
+    "==", "exist", "defined", "errorlevel", "cmdextversion", "equ", "neq", "lss", "leq", "gtr",
+    "geq",
+)  # fmt: skip
 _POWERSHELL_MARKS = ("invoke-", "start-", "new-object", ".download", "frombase64string", "-enc")
 _POWERSHELL = Finder(
     r"\b(?:invoke-(?:webrequest|expression|restmethod|command|wmimethod|item)"
@@ -221,7 +226,11 @@ def _check_expressions(lowered: str, location: Location, findings: _Findings) ->
         and _BATCH_FOR.search(lowered)
     ):
         findings.add("windows-for-loop", 1)
-    if "if" in lowered and _BATCH_IF.search(lowered):
+    if (
+        "if" in lowered
+        and any(word in lowered for word in _BATCH_IF_WORDS)
+        and _BATCH_IF.search(lowered)
+    ):
         findings.add("windows-if", 1)
     if any(mark in lowered for mark in _POWERSHELL_MARKS) and _POWERSHELL.found(lowered):
         findings.add("powershell", 1)

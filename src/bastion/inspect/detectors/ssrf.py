@@ -46,7 +46,12 @@ _DANGEROUS = Finder(
     r"(?:^|[^a-z0-9+._-])(?:(gopher|dict|ldap[si]?|tftp|netdoc|local_file):/|(file):/"
     r"|(jar):[a-z][a-z0-9+.-]*:)"
 )
+# Where a URL may start: a scheme and ":". The definition :func:`_schemes` implements without a
+# regular-expression call (a test holds the two equal).
 _URL_START = re2.compile(r"(?:^|[^a-z0-9+._-])([a-z][a-z0-9+._-]{0,24}):")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+._-")
+_MAX_SCHEME = 25
+"""Longest scheme ``_URL_START`` accepts: a letter and up to 24 more characters."""
 # A scheme-relative URL ("//host", "\\host") starts with two slashes after these.
 _LEADING_BLANKS = "".join(map(chr, range(0x21))) + "\"'"
 _DATA_URL = re2.compile(r"(?:^|[^a-z0-9])data:(?:[a-z]+/[a-z0-9.+-]+)?(?:[;,]|$)")
@@ -233,6 +238,28 @@ def _hosts(rest: str) -> Iterator[tuple[str, bool]]:
         index = rest.find("@", index + 1)
 
 
+def _schemes(text: str) -> Iterator[tuple[str, int]]:
+    """What ``_URL_START.finditer`` finds, as ``(scheme, end)``, read from each ":" backwards:
+    a scheme is the whole run of scheme characters before a ":" (a match cannot start inside a
+    run), a letter first and 25 characters at most; the character before the run is part of the
+    match, so it may not lie in the previous match, which ends after its ":"."""
+    last_end = 0
+    colon = text.find(":")
+    while colon >= 0:
+        start = colon
+        while start > 0 and colon - start <= _MAX_SCHEME and text[start - 1] in _SCHEME_CHARS:
+            start -= 1
+        if (
+            start < colon
+            and colon - start <= _MAX_SCHEME
+            and "a" <= text[start] <= "z"
+            and (start == 0 or start - 1 >= last_end)
+        ):
+            last_end = colon + 1
+            yield text[start:colon], last_end
+        colon = text.find(":", colon + 1)
+
+
 def _url_hits(text: str) -> Iterator[str]:
     """Rule names for the URLs found in ``text``."""
     starts: list[int] = []
@@ -241,11 +268,9 @@ def _url_hits(text: str) -> Iterator[str]:
     if len(head) > 1 and head[0] in "/\\" and head[1] in "/\\":
         starts.append(0)
     # Every scheme ends with ":": a text without one (most paths) holds no URL start.
-    for count, match in enumerate(_URL_START.finditer(text) if ":" in text else ()):
+    for count, (scheme, end) in enumerate(_schemes(text)):
         if count >= _MAX_URLS * 4:
             break
-        scheme = str(match.group(1))
-        end = int(match.end())
         if scheme in _FETCH_SCHEMES or text.startswith(("//", "\\\\"), end):
             starts.append(end)
         if len(starts) >= _MAX_URLS:
