@@ -16,9 +16,10 @@ Everything runs in one process and one asyncio event loop, as :mod:`bench.micro`
    three policies without headers, without bans, and the built-in ``global`` policy alone in
    shadow mode (what the other scenarios configure).
 3. **Breakdown.** The pieces of the gate's work for that request, each called alone in a loop
-   with the objects of the three-policy pipeline: :meth:`PolicySet.checks_for`,
-   :meth:`PolicySet.client`, the store call (with the SQL ban ledger, as wired), the whole
-   :meth:`Limiter.admit`, and :meth:`HeaderRenderer.render`.
+   with the objects of the three-policy pipeline: :meth:`PolicySet.plan_for`, the store call
+   the gate makes (:meth:`MemoryStore.evaluate_batch`, with the SQL ban ledger, as wired) beside
+   the general :meth:`MemoryStore.evaluate_now` of the same checks, the whole
+   :meth:`Limiter.admit_plan`, and :meth:`HeaderRenderer.render` of the plan's decisions.
 4. **Redis** (with ``--redis-url``). :meth:`RedisStore.evaluate` of the three checks with bans,
    from many concurrent callers, batched (the default) and unbatched: CPU time of this process
    per call, ``EVALSHA`` commands per call (``RedisStore.commands_sent``), wall time.
@@ -321,46 +322,50 @@ def _breakdown(engine: Bastion) -> list[tuple[StoreCase, Callable[[], Any], bool
     if ratelimit is None:
         raise RuntimeError("rate limiting is off in the three-policy engine")
     policies, limiter, store = ratelimit.policies, ratelimit.limiter, ratelimit.store
+    if not isinstance(store, MemoryStore):
+        raise RuntimeError("the three-policy engine does not use the memory store")
     scope = request_scope()
     state = RequestState("0" * 32, time.perf_counter(), _CLIENT, "http")
-    checks = policies.checks_for(scope, state, stage="gate")
-    if len(checks) != len(POLICIES):
-        raise RuntimeError(f"{len(checks)} policies matched, expected {len(POLICIES)}")
+    plan = policies.plan_for(scope, state, "gate")
+    checks, batch = plan.checks, plan.batch
+    if len(checks) != len(POLICIES) or batch is None:
+        raise RuntimeError(f"{len(checks)} policies matched, expected {len(POLICIES)} GCRA")
     bans = _BANS if ratelimit.config.bans.enabled else None
-    client = policies.client(_CLIENT)[0]
-    evaluate_now = getattr(store, "evaluate_now", None)
-    if evaluate_now is None:
-        raise RuntimeError("the three-policy engine does not use the memory store")
+    client = plan.client
     report = RateLimitReport()
-    verdict = evaluate_now(checks, client=client, bans=bans)
-    report.add(checks, verdict.decisions)
+    if limiter.admit_plan(plan, bans=bans, report=report) is not None:
+        raise RuntimeError("the three-policy engine refused the request")
     render = limiter.renderer.render
-    checks_for = policies.checks_for
-    client_of = policies.client
-    admit = limiter.admit
+    plan_for = policies.plan_for
+    evaluate_now, evaluate_batch = store.evaluate_now, store.evaluate_batch
+    admit_plan = limiter.admit_plan
 
     def admit_one() -> Any:
-        return admit(checks, client=client, bans=bans, state=state, report=RateLimitReport())
+        return admit_plan(plan, bans=bans, report=RateLimitReport())
 
     return [
         (
-            StoreCase("PolicySet.checks_for (3 policies)", "PolicySet", 1),
-            lambda: checks_for(scope, state, stage="gate"),
+            StoreCase("PolicySet.plan_for (3 policies)", "PolicySet", 1),
+            lambda: plan_for(scope, state, "gate"),
             False,
         ),
-        (StoreCase("PolicySet.client", "PolicySet", 1), lambda: client_of(_CLIENT), False),
         (
-            StoreCase("MemoryStore.evaluate_now (3 checks + bans, ledger)", "MemoryStore", 1),
+            StoreCase("MemoryStore.evaluate_batch (3 checks + bans, ledger)", "MemoryStore", 1),
+            lambda: evaluate_batch(batch, client, bans),
+            False,
+        ),
+        (
+            StoreCase("MemoryStore.evaluate_now (same checks, general path)", "MemoryStore", 1),
             lambda: evaluate_now(checks, client=client, bans=bans),
             False,
         ),
         (
-            StoreCase("Limiter.admit (store call, metrics, report)", "Limiter", 1),
+            StoreCase("Limiter.admit_plan (store call, metrics, report)", "Limiter", 1),
             admit_one,
-            True,
+            False,
         ),
         (
-            StoreCase("HeaderRenderer.render (3 decisions)", "HeaderRenderer", 1),
+            StoreCase("HeaderRenderer.render (3 decisions, from the plan)", "HeaderRenderer", 1),
             lambda: render(report),
             False,
         ),

@@ -212,11 +212,12 @@ class RequestPlan:
         """The request's checks when :attr:`static`; else empty."""
         self.batch = (
             GcraBatch(checks)
-            if checks and all(check.rule.algorithm == "gcra" for check in checks)
+            if len(checks) > 1 and all(check.rule.algorithm == "gcra" for check in checks)
             else None
         )
-        """The checks compiled for the memory store when they are all GCRA (the usual
-        per-address policies); ``None`` otherwise."""
+        """The checks compiled for the memory store when they are several and all GCRA (the
+        usual per-address policies); ``None`` otherwise (one GCRA check has a faster path of its
+        own: :meth:`~bastion.ratelimit.memory.MemoryStore.evaluate_now`)."""
         self.enforced_only = all(check.enforce for check in checks)
         """Whether no check of :attr:`checks` is in shadow mode (so a request allowed was
         allowed by each of them)."""
