@@ -359,17 +359,20 @@ def test_values_that_may_match_are_not_inert(text: str) -> None:
 
 
 # Characters the pre-check lets through, mixed with the words and names rules are built on: no
-# rule may match such a value (each rule needs one of "<>=:([{`!#" or a word the check refuses).
+# rule may match a value the check calls inert (each rule needs one of "<>[{`", or one of
+# "=(:#!" with a word of that character's list, or a word the check always refuses).
 _INERT_PARTS = st.sampled_from(
-    ["script", "javascript", "onload", " onerror", "alert", "eval", "style", "iframe", "srcdoc",
-     "formaction", "import", "data", "svg", "xmlns", "expression", "url", "prompt", "on", "a",
-     "1", " ", "\t", "\n", "_", ".", "-", ",", ";", "'", '"', "?", "*", "$", "^", "|", "~", "/",
-     "@", "+", ")", "]", "}", "entity", "location", "cookie", "this", "top", "=", "alert", "1=1",
-     "src", "href", "eval", "x=", "import", "expression", "behavior", "@import", "vbscript"]
+    ["script", "javascript", "java", "\t", "\n", "onload", " onerror", "alert", "eval", "style",
+     "iframe", "srcdoc", "formaction", "import", "data", "svg", "xmlns", "expression", "url",
+     "prompt", "on", "a", "1", " ", "_", ".", "-", ",", ";", "'", '"', "?", "*", "$", "^", "|",
+     "~", "/", "@", "+", ")", "]", "}", "entity", "!entity ", "location", "cookie", "this",
+     "top", "=", "1=1", "src", "href", "x=", "behavior", "@import", "vbscript", "(", ":", "#",
+     "!", "#@~^", "-moz-binding", "xlink:href", "function", "new ", "(alert)", "text/html,",
+     "msgbox", "fromcharcode", "innerhtml", "in ", "language", "self.", "atob"]
 )  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(st.lists(_INERT_PARTS, min_size=1, max_size=10))
 def test_no_rule_matches_what_the_pre_check_calls_inert(parts: list[str]) -> None:
     from bastion.inspect.detectors.xss import _RULE_SET, _inert
@@ -378,8 +381,30 @@ def test_no_rule_matches_what_the_pre_check_calls_inert(parts: list[str]) -> Non
     if _inert(text):
         assert not _RULE_SET.Match(text.lower().encode())
         assert detect_xss(Normalized(text), QUERY, 4) == []
-    else:  # only "=" with a word an "=" rule is built on
-        assert "=" in text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["javascript:alert(1)", "java\tscript:x", "x=alert(1)", "a onclick=b", "data:text/html,x",
+     "style=x:expression(y)", "url(javascript:x)", "!entity x system", "#@~^abc", "top.eval(1)",
+     "new function(x)", "a.innerhtml=b", "xlink:href", "-moz-binding:url(x)", "'in location='"],
+)  # fmt: skip
+def test_attacks_built_on_equals_parenthesis_colon_hash_or_bang_are_never_inert(text: str) -> None:
+    from bastion.inspect.detectors.xss import _inert
+
+    assert not _inert(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "inert"),
+    [("1' or 1=1--", True), ("id=42&x", False), ("a=b", True), ("x onload=y", False),
+     ("q=select in", False), ("style=a", False), ("a.innerHTML=b", False), ("lang=en", True),
+     ("sleep(5)", True), ("12:30", True), ("#1 item!", True), ("alert(1)", False)],
+)  # fmt: skip
+def test_equals_parenthesis_colon_need_a_word_of_their_rules(text: str, inert: bool) -> None:
+    from bastion.inspect.detectors.xss import _inert
+
+    assert _inert(text) == inert
 
 
 @pytest.mark.parametrize(
@@ -389,5 +414,5 @@ def test_no_rule_matches_what_the_pre_check_calls_inert(parts: list[str]) -> Non
 def test_punctuation_no_rule_uses_is_inert_and_decodable_text_is_not(text: str) -> None:
     from bastion.inspect.detectors.xss import _inert
 
-    # Opening brackets are what rules are built on; "%" may decode to markup.
-    assert _inert(text) == ("(" not in text and "%" not in text)
+    # Braces and brackets are what rules are built on; "%" may decode to markup.
+    assert _inert(text) == ("{" not in text and "[" not in text and "%" not in text)

@@ -475,7 +475,25 @@ _INERT_BYTES = (
 )
 # "document.cookie" and "window.location" need only letters and dots; "ADw-" is UTF-7 for "<".
 _INERT_WORDS = ("document", "window", "adw-")
-_EQUALS_WORDS = (*_INERT_WORDS, "on", "in", "language", "style", "xmlns", "html", "srcdoc")
+# The rules each of these characters can take part in without one of the characters above also
+# need one of these words: "=" handlers, srcdoc, language, style, xmlns, innerHTML and the "in"
+# trick; "(" script calls, url() and expression(); ":" style, -moz-binding, xlink:href and the
+# script and data schemes (spelled with tabs or line breaks between letters); "#" the script
+# encoder marker; "!" an XML entity declaration. A test checks each rule against them.
+_CHAR_WORDS: dict[int, tuple[str, ...]] = {
+    ord("="): ("on", "in", "language", "style", "xmlns", "html", "srcdoc"),
+    ord("("): (
+        "alert", "prompt", "confirm", "eval", "settimeout", "setinterval", "execscript",
+        "globaleval", "atob", "btoa", "function", "import", "msgbox", "fromcharcode", "url",
+        "expression",
+    ),
+    ord(":"): ("style", "-moz-binding", "behavior", "xlink:href"),
+    ord("#"): ("#@~^",),
+    ord("!"): ("!entity",),
+}  # fmt: skip
+_WORDED_CHARS = bytes(_CHAR_WORDS)
+_SPELLED_SCHEMES = ("javascript", "vbscript", "livescript", "data")
+_SCHEME_GAPS = str.maketrans("", "", "\t\n\r")
 
 
 def _inert(raw: str) -> bool:
@@ -483,13 +501,18 @@ def _inert(raw: str) -> bool:
     if not raw.isascii():
         return False
     rest = raw.encode().translate(None, _INERT_BYTES)
-    if rest and rest.strip(b"="):
-        return False
+    if rest.translate(None, _WORDED_CHARS):
+        return False  # "<", ">", "[", "{", "`", "%", "&", "\\" or a control character
     lowered = raw.lower()
-    # With "=" as its only rule character, a value also needs one of the words of the rules
-    # built on "=" alone (handlers, srcdoc, language, style, xmlns, innerHTML, the "in" trick).
-    words = _EQUALS_WORDS if rest else _INERT_WORDS
-    return not any(word in lowered for word in words)
+    if any(word in lowered for word in _INERT_WORDS):
+        return False
+    for char in set(rest):
+        if any(word in lowered for word in _CHAR_WORDS[char]):
+            return False
+    if b":" in rest:
+        squeezed = lowered.translate(_SCHEME_GAPS)
+        return not any(scheme in squeezed for scheme in _SPELLED_SCHEMES)
+    return True
 
 
 def detect_xss(value: Normalized, location: Location, paranoia: int) -> list[Match]:
