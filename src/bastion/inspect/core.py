@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, overload
+from typing import Literal, NamedTuple, Protocol, overload
 from urllib.parse import unquote_to_bytes
 
 import re2
@@ -86,9 +86,9 @@ class Location:
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One detector finding."""
+class Match(NamedTuple):
+    """One detector finding. A named tuple: immutable, and built several times faster than a
+    frozen dataclass (attack values produce a handful each)."""
 
     rule: str
     """Stable rule id, ``<category>-<name>`` (``sqli-union-select``, ``xss-event-handler``)."""

@@ -257,9 +257,11 @@ class Inspector:
         self, found: list[Match], policy: _Policy, too_large: bool, truncated: bool
     ) -> InspectionVerdict:
         severities: dict[str, int] = {}
-        unique: dict[tuple[str, Location], Match] = {}
+        # Keyed by the location's strings, whose hashes are cached (a Location hashes in Python).
+        unique: dict[tuple[str, str, str], Match] = {}
         for match in found:
-            unique.setdefault((match.rule, match.location), match)
+            location = match.location
+            unique.setdefault((match.rule, location.kind, location.name), match)
             if match.severity > severities.get(match.rule, 0):
                 severities[match.rule] = match.severity
         score = sum(severities.values())
