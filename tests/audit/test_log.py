@@ -496,3 +496,71 @@ async def test_two_writers_taking_turns_keep_one_chain(database_url: str) -> Non
         assert outcomes == [False] * 9 + [True]
     else:
         assert outcomes == []
+
+
+async def emit_after_turns(log: AuditLog, turns: int, number: int) -> None:
+    """A request that reaches its ``emit()`` ``turns`` event-loop turns from now."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await log.emit(sample_event(number))
+
+
+async def test_events_emitted_in_the_next_loop_turns_share_the_commit(
+    sqlite_stores: Stores,
+) -> None:
+    """With ``max_wait = 0`` the writer gives a growing batch a few more loop turns: requests
+    the loop was about to run join it instead of each starting a transaction of its own."""
+    log = await started(sqlite_stores, AuditConfig())
+    append = ControlledAppend(log)
+    try:
+        await asyncio.gather(*(emit_after_turns(log, turns, turns + 1) for turns in range(4)))
+    finally:
+        await log.close()
+    assert append.batches == [4]
+    assert (await audit_store(sqlite_stores).verify()).checked == 4
+
+
+async def test_a_steady_stream_never_holds_a_commit_back(sqlite_stores: Stores) -> None:
+    """One new event every loop turn, for longer than any batch: the writer still starts its
+    commit after a few turns, and every event is committed once."""
+    log = await started(sqlite_stores, AuditConfig())
+    append = ControlledAppend(log)
+    emits: list[asyncio.Future[None]] = []
+    try:
+        for number in range(1, 201):
+            emits.append(asyncio.ensure_future(log.emit(sample_event(number))))
+            await asyncio.sleep(0)
+            if number == 100:
+                # Half-way through the stream, the first commit has long started.
+                assert append.attempts >= 1
+        await asyncio.gather(*emits)
+    finally:
+        await log.close()
+    assert 2 <= append.batches[0] <= 10
+    assert sum(append.batches) == 200
+    seqs = [row[0] for row in await rows(sqlite_stores, "SELECT seq FROM audit_events")]
+    assert sorted(seqs) == list(range(1, 201))
+
+
+@pytest.mark.parametrize("hurry", ["flush", "full-batch"], ids=["a-flush", "a-full-batch"])
+async def test_nothing_waits_for_more_events_once_asked_to_hurry(
+    sqlite_stores: Stores, hurry: str
+) -> None:
+    """A flush, or a batch that is already full, is committed without giving the loop turns
+    for more: the events emitted in those turns go to the next transaction."""
+    log = await started(sqlite_stores, AuditConfig(batch_size=2 if hurry == "full-batch" else 500))
+    append = ControlledAppend(log)
+    try:
+        first = [asyncio.ensure_future(log.emit(sample_event(n))) for n in (1, 2)]
+        if hurry == "flush":
+            flushing = asyncio.ensure_future(log.flush())
+        else:
+            first.append(asyncio.ensure_future(log.emit(sample_event(3))))
+        late = asyncio.ensure_future(emit_after_turns(log, 1, 4))
+        await asyncio.gather(*first, late)
+        if hurry == "flush":
+            await flushing
+    finally:
+        await log.close()
+    assert append.batches[0] == 2
+    assert sum(append.batches) == (3 if hurry == "flush" else 4)

@@ -26,7 +26,8 @@ class AuditConfig(ConfigModel):
     """Most events committed by one transaction (group commit)."""
     max_wait: Duration = Field(default=0.0, le=1.0)
     """How long the writer waits for more events before committing a batch that is not full;
-    ``0``: commit at once (events arriving during a commit still share the next one)."""
+    ``0``: no timer, the writer commits as soon as an event-loop turn adds no event (events
+    arriving during a commit still share the next one)."""
     queue_size: int = Field(default=10_000, ge=1)
     """Events waiting for their commit, at most; beyond it ``on_full`` applies."""
     on_full: Literal["wait", "shed"] = "wait"
