@@ -166,3 +166,28 @@ def test_sensitive_names_pass_the_pre_check(path: str) -> None:
 
     assert _SENSITIVE.found(path)
     assert _may_be_sensitive(path)
+
+
+_PUNCTUATION_PARTS = st.sampled_from(
+    ["etc", "passwd", "win", "ini", "rsa", "id", "0", "x", "e", "2", "f", "a", " ", "\t", "-",
+     "!", '"', "#", "$", "'", "(", ")", "*", "+", ",", ":", ";", "<", "=", ">", "?", "@", "[",
+     "]", "^", "`", "{", "|", "}", "~", "php:", "file:", "0x2e", "0x2f"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_PUNCTUATION_PARTS, max_size=12), st.sampled_from([1, 2, 3, 4]))
+def test_values_without_a_path_character_are_skipped_with_the_same_result(
+    parts: list[str], paranoia: int
+) -> None:
+    from bastion.inspect.detectors import lfi
+
+    text = "".join(parts)
+    inert = lfi._INERT_BYTES
+    fast = detect_lfi(Normalized(text), PARAM, paranoia)
+    lfi._INERT_BYTES = b""  # the full path, for comparison
+    try:
+        full = detect_lfi(Normalized(text), PARAM, paranoia)
+    finally:
+        lfi._INERT_BYTES = inert
+    assert fast == full

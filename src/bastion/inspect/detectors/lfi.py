@@ -52,10 +52,14 @@ _SENSITIVE = Finder(
 )
 # Hidden files in general (not .well-known): weaker than the named ones above.
 _HIDDEN = re2.compile(r"(?:^|/)\.(?:[a-z0-9_-]{2,})(?:/|$)")
-# Letters, digits, "-" and spaces: no separator, no dot, no "_" (every sensitive name without a
-# "/" has a "." or "_": win.ini, id_rsa, known_hosts…), nothing to decode. Such a value is not
-# a path to anything this detector reports unless "0x2e"-style spelling supplies the dots.
-_INERT_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789- \t"
+# Letters, digits, spaces and punctuation other than "/", ".", "_" (every rule needs one: a
+# traversal "..", a wrapper "://", a hidden ".name", every sensitive name without a "/" has a "."
+# or "_": win.ini, id_rsa, known_hosts…) and other than what decodes to them ("%", "&", "\\";
+# "+" only decodes to a space). Such a value is not a path to anything this detector reports
+# unless "0x2e"-style spelling supplies the dots.
+_INERT_BYTES = (
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789- \t!\"#$'()*+,:;<=>?@[]^`{|}~"
+)
 _FAR = 3
 """Climbing this many levels above the start is far beyond any relative reference."""
 
