@@ -156,7 +156,35 @@ class HeaderRenderer:
         """The header pairs for ``report``; empty when no enforced policy applied."""
         plan = report.plan
         if plan is not None and len(report.batches) == 1:
-            return self._render_plan(plan, report.batches[0][1])
+            # One stage decided every check, from a plan: its encoding is made once.
+            rendering = plan.rendering
+            if rendering is None:
+                rendering = self._plan_rendering(plan)
+            encoded, enforced = rendering
+            if not enforced:
+                return []
+            decisions = report.batches[0][1]
+            index, prefix = enforced[0]
+            top = decisions[index]
+            _, _, remaining, reset, _ = top
+            for index, start in enforced:
+                decision = decisions[index]
+                # The most restrictive: lowest remaining, then the longest wait.
+                if decision[2] < remaining or (decision[2] == remaining and decision[3] > reset):
+                    top, prefix = decision, start
+                    _, _, remaining, reset, _ = top
+            if self._legacy:
+                return self._pairs(encoded, prefix, top)
+            seconds = _ceil(reset)
+            return [
+                (_POLICY, encoded),
+                (
+                    _RATELIMIT,
+                    prefix
+                    + b"%d;t=%d"
+                    % (remaining if remaining > 0 else 0, seconds if seconds > 0 else 0),
+                ),
+            ]
         names: list[str] = []
         best_name = ""
         best: Decision | None = None
@@ -180,38 +208,6 @@ class HeaderRenderer:
             policy = self._policy_value(key, report)
         prefix = self._prefixes.get(best_name) or f'"{best_name}";r='.encode("ascii")
         return self._pairs(policy, prefix, best)
-
-    def _render_plan(
-        self, plan: RequestPlan, decisions: Sequence[Decision]
-    ) -> list[tuple[bytes, bytes]]:
-        """:meth:`render` of a report whose one batch is ``plan``'s checks: the plan keeps the
-        encoding, so only the most restrictive decision is looked for."""
-        rendering = plan.rendering
-        if rendering is None:
-            rendering = self._plan_rendering(plan)
-        policy, enforced = rendering
-        if not enforced:
-            return []
-        index, prefix = enforced[0]
-        best = decisions[index]
-        _, _, remaining, reset, _ = best
-        for index, start in enforced:
-            decision = decisions[index]
-            # The most restrictive: lowest remaining, then the longest wait.
-            if decision[2] < remaining or (decision[2] == remaining and decision[3] > reset):
-                best, prefix = decision, start
-                _, _, remaining, reset, _ = best
-        if self._legacy:
-            return self._pairs(policy, prefix, best)
-        seconds = _ceil(reset)
-        return [
-            (_POLICY, policy),
-            (
-                _RATELIMIT,
-                prefix
-                + b"%d;t=%d" % (remaining if remaining > 0 else 0, seconds if seconds > 0 else 0),
-            ),
-        ]
 
     def _pairs(self, policy: bytes, prefix: bytes, best: Decision) -> list[tuple[bytes, bytes]]:
         reset = math.ceil(best.reset)

@@ -181,16 +181,21 @@ class Limiter:
         if not batches:
             report.plan = plan
         batches.append((checks, decisions))
-        if plan.enforced_only and self._counts is not None:
+        counts = self._counts
+        if counts is None:
+            for (allowed, shadow), decision in zip(plan.labels, decisions, strict=False):
+                self._metrics.ratelimit_decision(*(allowed if decision.allowed else shadow))
+        elif plan.enforced_only:
             # Allowed with every check enforced: every check allowed it.
             pending = self._pending
             pending[plan] = pending.get(plan, 0) + 1
             if len(pending) > _PENDING_LIMIT:
                 self.flush_counts()
-            return None
-        for (allowed, shadow), decision in zip(plan.labels, decisions, strict=False):
-            # An allowed request's refused decisions are shadow ones.
-            self._metrics.ratelimit_decision(*(allowed if decision.allowed else shadow))
+        else:
+            for (allowed, shadow), decision in zip(plan.labels, decisions, strict=False):
+                # An allowed request's refused decisions are shadow ones.
+                key = allowed if decision.allowed else shadow
+                counts[key] = counts.get(key, 0) + 1
         return None
 
     def flush_counts(self) -> None:

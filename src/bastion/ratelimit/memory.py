@@ -146,8 +146,9 @@ class GcraBatch:
         self.slots: tuple[_Slot, ...] = ()
 
 
-_Slot = tuple[_Table, str, float, float, float, float, int, bool]
-"""Table, key, ``interval * cost``, ``tau + EPSILON``, tau, interval, limit, enforce."""
+_Slot = tuple["OrderedDict[str, Any]", str, float, float, float, float, int, bool, _Table]
+"""Buckets, key, ``interval * cost``, ``tau + EPSILON``, tau, interval, limit, enforce, and the
+table holding the buckets."""
 
 
 class _Client:
@@ -340,25 +341,24 @@ class MemoryStore:
                     return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
         decisions: list[Decision] = []
         # What each allowing check stores if the whole request is allowed.
-        counted: list[tuple[_Table, str, float]] = []
+        counted: list[tuple[OrderedDict[str, Any], str, float, _Table]] = []
         allowed = True
-        for table, key, step, most, tau, interval, limit, enforce in batch.slots:
+        for buckets, key, step, most, tau, interval, limit, enforce, table in batch.slots:
             # algorithms.gcra, inlined as in evaluate_now.
-            tat = table.buckets.get(key, 0.0)
+            tat = buckets.get(key, 0.0)
             base = tat if tat > now else now
             new_tat = base + step
             backlog = new_tat - now
             if backlog <= most:
                 remaining = _floor((tau - backlog + EPSILON) / interval)
                 decisions.append(_tuple_new(Decision, (True, limit, remaining, backlog, 0.0)))
-                counted.append((table, key, new_tat))
+                counted.append((buckets, key, new_tat, table))
                 continue
             decisions.append(_tuple_new(Decision, (False, limit, 0, base - now, backlog - tau)))
             if enforce:
                 allowed = False
         if allowed:
-            for table, key, new_tat in counted:
-                buckets = table.buckets
+            for buckets, key, new_tat, table in counted:
                 try:
                     buckets.move_to_end(key)
                 except KeyError:
@@ -382,7 +382,7 @@ class MemoryStore:
             step = table.interval * check.cost
             slots.append(
                 (
-                    table,
+                    table.buckets,
                     check.key,
                     step,
                     table.tau + EPSILON,
@@ -390,6 +390,7 @@ class MemoryStore:
                     table.interval,
                     rule.limit,
                     check.enforce,
+                    table,
                 )
             )
         batch.slots = tuple(slots)

@@ -15,6 +15,7 @@ back concurrency slots. ``receive`` is watched only when a policy holds slots.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from bastion.deps import Deps
@@ -26,6 +27,8 @@ from bastion.ratelimit.headers import REPORT_KEY, RateLimitReport
 from bastion.ratelimit.limiter import LIMITER_KEY, Limiter
 
 __all__ = ["GateStage", "RateLimitStage"]
+
+_Header = tuple[bytes, bytes]
 
 _DISCONNECTS = frozenset({"http.disconnect", "websocket.disconnect"})
 
@@ -47,6 +50,7 @@ class _LimitStage:
         )
         self._concurrency = limiter.policies.has_concurrency
         self._synchronous = limiter.synchronous
+        self._render = limiter.renderer.render
         self._bans: BanRule | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,7 +96,7 @@ class _LimitStage:
             return
         if not self._concurrency:
             if self._headers and kind == "http":
-                await self.app(scope, receive, _with_headers(send, report, limiter))
+                await self.app(scope, receive, _with_headers(send, report, self._render))
             else:
                 await self.app(scope, receive, send)
             return
@@ -104,10 +108,11 @@ class _LimitStage:
                 await self._limiter.release(report)
 
 
-def _with_headers(send: Send, report: RateLimitReport, limiter: Limiter) -> Send:
-    """``send`` adding the ``RateLimit`` headers of ``report`` when the response starts (no
-    slot is held: nothing else to watch)."""
-    render = limiter.renderer.render
+def _with_headers(
+    send: Send, report: RateLimitReport, render: Callable[[RateLimitReport], list[_Header]]
+) -> Send:
+    """``send`` adding the ``RateLimit`` headers ``render`` makes of ``report`` when the
+    response starts (no slot is held: nothing else to watch)."""
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start" and report.batches and not report.rendered:
