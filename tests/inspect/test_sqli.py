@@ -460,10 +460,27 @@ _PATTERN_CASES = [
 ]
 
 
+def _pattern_hits(code: str) -> set[str]:
+    """Every pattern below paranoia 3 that matches ``code``, searched one by one."""
+    return {
+        rule for rule, pattern, _, level in sqli._COMPILED if level < 3 and pattern.search(code)
+    }
+
+
+def test_the_set_and_the_separate_pattern_find_what_each_pattern_finds() -> None:
+    for _, code in _PATTERN_CASES:
+        found = {
+            sqli._COMPILED[sqli._PATTERN_SET_INDICES[hit]][0]
+            for hit in sqli._PATTERN_SET.Match(code) or ()
+        }
+        if sqli._SEPARATE_PATTERN.found(code):
+            found.add(f"sqli-{sqli._SEPARATE}")
+        assert found == _pattern_hits(code), code
+
+
 @pytest.mark.parametrize(("rule", "code"), _PATTERN_CASES, ids=[c[1] for c in _PATTERN_CASES])
 def test_pattern_marks_never_skip_a_pattern_match(rule: str, code: str) -> None:
-    indices = [sqli._PATTERN_SET_INDICES[hit] for hit in sqli._PATTERN_SET.Match(code)]
-    hits = {sqli._COMPILED[index][0] for index in indices}
+    hits = _pattern_hits(code)
     assert rule in hits
     assert sqli._marked(code)
 
@@ -486,7 +503,7 @@ _CODE_PARTS = st.sampled_from(
 @given(st.lists(_CODE_PARTS, min_size=1, max_size=8))
 def test_pattern_marks_are_implied_by_every_pattern_match(parts: list[str]) -> None:
     code = sqli._strip_comments("".join(parts))
-    if sqli._PATTERN_SET.Match(code):
+    if _pattern_hits(code):
         assert sqli._marked(code), code
 
 
@@ -495,3 +512,11 @@ def test_grammar_decision_is_remembered_and_equals_the_grammar(fingerprint: str)
     expected = sqli._may_match_grammar(fingerprint) and bool(sqli._GRAMMAR.search(fingerprint))
     assert sqli._grammar_accepts(fingerprint) == expected
     assert sqli._grammar_accepts(fingerprint) == expected  # from the cache
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_CODE_PARTS, min_size=1, max_size=8))
+def test_the_separate_pattern_needs_a_quote(parts: list[str]) -> None:
+    code = sqli._strip_comments("".join(parts))
+    if sqli._SEPARATE_PATTERN.found(code):
+        assert "'" in code or '"' in code or "`" in code
