@@ -585,8 +585,10 @@ _PATTERN_MARKS = Finder(
     r"|openrowset|opendatasource|msdasql|sqloledb|alter|drop|create|insert|delete|update"
     r"|truncate|exec|procedure|httpuritype|ctxsys|dblink|copy|from|having|where|case|order|group"
     r"|2147483|4294967296|922337203685477580|18446744073709551616|2\.2250738585072011e-308"
-    r"|^(?:xor|rlike|not|regexp|sounds|is|like|notnull|isnull|in)"
 )
+# The first words of the operator probes, which match the whole value (tested as a prefix: an
+# anchored alternative made the automaton above a third slower on new text).
+_PROBE_STARTS = ("xor", "rlike", "not", "regexp", "sounds", "is", "like", "notnull", "isnull", "in")
 
 
 # Searched on its own, and only in text with a quote, which each of its forms starts from: its
@@ -776,7 +778,7 @@ def _marked(code: str) -> bool:
             return True  # what is left is one of _MARK_CHARS
     elif any(char in code for char in _MARK_CHARS):
         return True
-    return _PATTERN_MARKS.found(code)
+    return code.startswith(_PROBE_STARTS) or _PATTERN_MARKS.found(code)
 
 
 def _plain(text: str, allowed: bytes) -> bool:
