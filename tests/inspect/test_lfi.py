@@ -191,3 +191,36 @@ def test_values_without_a_path_character_are_skipped_with_the_same_result(
     finally:
         lfi._INERT_BYTES = inert
     assert fast == full
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["etc/passwd", "/proc/self/environ", "/proc/version", "/sys/kernel/x", "root/.bashrc",
+     "/var/log/x", "var/run/secrets/k", "/usr/local/etc/x", "windows/win.ini", "winnt/repair/x",
+     "boot.ini", "system.ini", "web.config", "httpd.conf", "php.ini", "my.cnf", ".htaccess",
+     "a/.git/config", ".env", "x/.env.local", "id_ed25519", "authorized_keys", "known_hosts",
+     "wp-config.php", "local.xml", "/.ds_store", "@fs/x", "@id/__x00__", "wp-content/debug.log",
+     "backup.sql", "a/.claude/x", ".cursorrules"],
+)  # fmt: skip
+def test_every_sensitive_name_holds_a_mark(path: str) -> None:
+    from bastion.inspect.detectors.lfi import _SENSITIVE, _may_be_sensitive
+
+    assert _SENSITIVE.found(path)
+    assert _may_be_sensitive(path)
+
+
+_PATH_PARTS = st.sampled_from(
+    ["/", ".", "..", "_", "etc", "passwd", "proc", "self", "environ", "sys", "kernel", "var",
+     "log", "usr", "local", "windows", "win", "ini", "id", "rsa", "git", "env", "@fs", "@id",
+     "wp-config", "php", "backup", "sql", "known", "hosts", "a", "x", "-"]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_PATH_PARTS, max_size=10))
+def test_sensitive_marks_are_implied_by_every_match(parts: list[str]) -> None:
+    from bastion.inspect.detectors.lfi import _SENSITIVE, _may_be_sensitive
+
+    path = "".join(parts)
+    if _SENSITIVE.found(path):
+        assert _may_be_sensitive(path), path

@@ -50,6 +50,14 @@ _SENSITIVE = Finder(
     r"|\.(?:aiignore|cursorignore|cursorrules|clinerules|aiderignore)$"
     r")"
 )
+# A literal that each alternative of ``_SENSITIVE`` holds ("/." for the dot names after a "/"):
+# a few substring tests spare most paths the search (a test checks every alternative).
+_SENSITIVE_MARKS = (
+    "etc/", "proc/", "sys/", "root/.", "var/", "usr/local/", "windows/", "winnt/", "boot.ini",
+    "win.ini", "system.ini", "web.config", "httpd.conf", "php.ini", "my.cnf", "/.", "id_",
+    "authorized_keys", "known_hosts", "wp-config.php", "local.xml", "@fs/", "@id/",
+    "wp-content/", "backup.",
+)  # fmt: skip
 # Hidden files in general (not .well-known): weaker than the named ones above.
 _HIDDEN = re2.compile(r"(?:^|/)\.(?:[a-z0-9_-]{2,})(?:/|$)")
 # Letters, digits, spaces and punctuation other than "/", ".", "_" (every rule needs one: a
@@ -84,8 +92,6 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
     if "://" in value.nfkc and _WRAPPER.found(value.nfkc):
         add("stream-wrapper", 1)
     climb = _climb(lowered) if ".." in lowered else 0
-    # Every sensitive name holds a "/", a "." or a "_" (etc/, .git/, id_rsa, known_hosts): a
-    # path without any of them is not searched.
     sensitive = _may_be_sensitive(lowered) and _SENSITIVE.found(lowered)
     if climb:
         if sensitive or climb >= _FAR or disguised or location.kind == "filename":
@@ -109,8 +115,9 @@ def detect_lfi(value: Normalized, location: Location, paranoia: int) -> list[Mat
 
 
 def _may_be_sensitive(path: str) -> bool:
-    """A necessary condition for ``_SENSITIVE`` to match ``path``."""
-    return "/" in path or "." in path or "_" in path
+    """A necessary condition for ``_SENSITIVE`` to match ``path``: each of its names holds one
+    of ``_SENSITIVE_MARKS``, or is a dot name at the start of the path."""
+    return path.startswith(".") or any(mark in path for mark in _SENSITIVE_MARKS)
 
 
 def _file_path(value: Normalized) -> tuple[str, bool]:
