@@ -368,7 +368,8 @@ _INERT_PARTS = st.sampled_from(
      "~", "/", "@", "+", ")", "]", "}", "entity", "!entity ", "location", "cookie", "this",
      "top", "=", "1=1", "src", "href", "x=", "behavior", "@import", "vbscript", "(", ":", "#",
      "!", "#@~^", "-moz-binding", "xlink:href", "function", "new ", "(alert)", "text/html,",
-     "msgbox", "fromcharcode", "innerhtml", "in ", "language", "self.", "atob"]
+     "msgbox", "fromcharcode", "innerhtml", "in ", "language", "self.", "atob", "onx",
+     "onclick", "union", "login", "\x0b", "schemalocation", "end", "abc", "name", "valueof"]
 )  # fmt: skip
 
 
@@ -398,8 +399,11 @@ def test_attacks_built_on_equals_parenthesis_colon_hash_or_bang_are_never_inert(
 @pytest.mark.parametrize(
     ("text", "inert"),
     [("1' or 1=1--", True), ("id=42&x", False), ("a=b", True), ("x onload=y", False),
-     ("q=select in", False), ("style=a", False), ("a.innerHTML=b", False), ("lang=en", True),
-     ("sleep(5)", True), ("12:30", True), ("#1 item!", True), ("alert(1)", False)],
+     ("q=select in", True), ("style=a", False), ("a.innerHTML=b", False), ("lang=en", True),
+     ("sleep(5)", True), ("12:30", True), ("#1 item!", True), ("alert(1)", False),
+     ("1 union select 1=1", True), ("join=left", True), ("x onend =y", False),
+     ("'in name=x", False), ("in=1", True), ("ona=1", True), ("onabc=1", False),
+     ("onname+=", False)],
 )  # fmt: skip
 def test_equals_parenthesis_colon_need_a_word_of_their_rules(text: str, inert: bool) -> None:
     from bastion.inspect.detectors.xss import _inert

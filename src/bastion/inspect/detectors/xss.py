@@ -476,12 +476,13 @@ _INERT_BYTES = (
 # "document.cookie" and "window.location" need only letters and dots; "ADw-" is UTF-7 for "<".
 _INERT_WORDS = ("document", "window", "adw-")
 # The rules each of these characters can take part in without one of the characters above also
-# need one of these words: "=" handlers, srcdoc, language, style, xmlns, innerHTML and the "in"
-# trick; "(" script calls, url() and expression(); ":" style, -moz-binding, xlink:href and the
-# script and data schemes (spelled with tabs or line breaks between letters); "#" the script
-# encoder marker; "!" an XML entity declaration. A test checks each rule against them.
+# need one of these words: "=" srcdoc, formaction, language, style, xmlns, schemaLocation,
+# innerHTML (or an on* name right before it, or "in" after a quote: checked apart); "(" script
+# calls, url() and expression(); ":" style, -moz-binding, xlink:href and the script and data
+# schemes (spelled with tabs or line breaks between letters); "#" the script encoder marker; "!"
+# an XML entity declaration. A test checks each rule against them.
 _CHAR_WORDS: dict[int, tuple[str, ...]] = {
-    ord("="): ("on", "in", "language", "style", "xmlns", "html", "srcdoc"),
+    ord("="): ("formaction", "schemalocation", "language", "style", "xmlns", "html", "srcdoc"),
     ord("("): (
         "alert", "prompt", "confirm", "eval", "settimeout", "setinterval", "execscript",
         "globaleval", "atob", "btoa", "function", "import", "msgbox", "fromcharcode", "url",
@@ -503,16 +504,39 @@ def _inert(raw: str) -> bool:
     rest = raw.encode().translate(None, _INERT_BYTES)
     if rest.translate(None, _WORDED_CHARS):
         return False  # "<", ">", "[", "{", "`", "%", "&", "\\" or a control character
-    lowered = raw.lower()
+    # What the rules will see: with nothing else to decode, "+" is a space ("onload+=").
+    lowered = raw.lower().replace("+", " ")
     if any(word in lowered for word in _INERT_WORDS):
         return False
     for char in set(rest):
         if any(word in lowered for word in _CHAR_WORDS[char]):
             return False
+    if b"=" in rest and (
+        _handler_before_equals(lowered)
+        or ("in" in lowered and ("'" in lowered or '"' in lowered or "`" in lowered))
+    ):
+        return False
     if b":" in rest:
         squeezed = lowered.translate(_SCHEME_GAPS)
         return not any(scheme in squeezed for scheme in _SPELLED_SCHEMES)
     return True
+
+
+def _handler_before_equals(text: str) -> bool:
+    """Whether some "=" follows, past spaces and control characters, a run of letters holding "on"
+    and at least three letters after it: what every on* handler rule needs (``onload =``)."""
+    index = text.find("=")
+    while index >= 0:
+        end = index
+        while end > 0 and text[end - 1] <= " ":
+            end -= 1
+        start = end
+        while start > 0 and "a" <= text[start - 1] <= "z":
+            start -= 1
+        if "on" in text[start : end - 3]:
+            return True
+        index = text.find("=", index + 1)
+    return False
 
 
 def detect_xss(value: Normalized, location: Location, paranoia: int) -> list[Match]:
