@@ -35,6 +35,8 @@ _HEADER_NAMES: dict[str, tuple[str, bool]] = {}
 """Header names seen, each with its lower-case form and whether it is a token: clients send the
 same few dozen names, so each is examined once. Bounded: cleared when full."""
 _FRAMING_NAMES = frozenset({"content-length", "transfer-encoding", "content-type"})
+_CONTENT_TYPES: dict[str, tuple[str, tuple[tuple[str, int, int], ...]]] = {}
+"""Content-Type values seen, with their media type and findings (bounded: cleared when full)."""
 # Locations of request-wide findings, built once (a frozen dataclass costs a call to build).
 _METHOD = Location("method")
 _PATH = Location("path")
@@ -200,10 +202,9 @@ def _check_framing(
     """Content-Length and Transfer-Encoding: the two ways to frame a body, and their clashes."""
     declared: set[str] = set()
     for name, value in lengths:
-        location = Location("header", name.lower())
         parts = [part.strip() for part in value.split(",")]
         if not all(_is_length(part) for part in parts):
-            add("content-length-invalid", location, 1)
+            add("content-length-invalid", Location("header", name.lower()), 1)
         declared.update(parts)
     if len(declared) > 1:
         add("content-length-conflict", _CONTENT_LENGTH, 1)
@@ -244,16 +245,8 @@ def _check_content_type(
     if len(content_types) > 1 and len({value.strip().lower() for _, value in content_types}) > 1:
         add("content-type-conflict", location, 1)
     for _, value in content_types:
-        media_type, _, parameters = value.partition(";")
-        media_type = media_type.strip().lower()
-        # The smuggled type follows the first ";" (a "," in the type is caught before), so a
-        # parameter list without "/" cannot hold one.
-        if "," in media_type or (parameters and "/" in parameters and _SMUGGLED_TYPE.search(value)):
-            if "boundary" in parameters.lower() and media_type.startswith("multipart/"):
-                continue
-            add("content-type-confusion", location, 1)
-        elif media_type and not _is_media_type(media_type):
-            add("content-type-invalid", location, 2, Severity.ERROR)
+        for name, level, severity in _content_type(value)[1]:
+            add(name, location, level, severity)
     # Only the first bytes past leading whitespace matter: a long body is not copied to find them.
     body = request.body[:64].lstrip()
     if len(body) < 4 and len(request.body) > 64:
@@ -261,7 +254,7 @@ def _check_content_type(
     if not body or not content_types:
         return
     # What ``request.content_type`` reads: the first Content-Type field.
-    media_type = content_types[0][1].partition(";")[0].strip().lower()
+    media_type = _content_type(content_types[0][1])[0]
     first = body[:1]
     if (
         media_type.endswith(("/json", "+json"))
@@ -271,6 +264,28 @@ def _check_content_type(
         add("content-type-mismatch", location, 2, Severity.ERROR)
     elif media_type == "application/x-www-form-urlencoded" and first in (b"{", b"[", b"<"):
         add("content-type-mismatch", location, 3, Severity.WARNING)
+
+
+def _content_type(value: str) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """The lower-cased media type of a Content-Type value and its findings as ``(name, level,
+    severity)``, each distinct value examined once (clients send the same few)."""
+    known = _CONTENT_TYPES.get(value)
+    if known is not None:
+        return known
+    media_type, _, parameters = value.partition(";")
+    media_type = media_type.strip().lower()
+    findings: tuple[tuple[str, int, int], ...] = ()
+    # The smuggled type follows the first ";" (a "," in the type is caught before), so a
+    # parameter list without "/" cannot hold one.
+    if "," in media_type or (parameters and "/" in parameters and _SMUGGLED_TYPE.search(value)):
+        if not ("boundary" in parameters.lower() and media_type.startswith("multipart/")):
+            findings = (("content-type-confusion", 1, Severity.CRITICAL),)
+    elif media_type and not _is_media_type(media_type):
+        findings = (("content-type-invalid", 2, Severity.ERROR),)
+    if len(_CONTENT_TYPES) >= _MAX_HEADER_NAMES:
+        _CONTENT_TYPES.clear()
+    known = _CONTENT_TYPES[value] = (media_type, findings)
+    return known
 
 
 def _check_raw_head(raw: bytes, add: _Add) -> None:
