@@ -214,11 +214,14 @@ def raw_values(
     # One pass over the fields: cookies are inspected before the selected headers.
     cookies: list[str] = []
     selected: list[tuple[str, str]] = []
+    content_type: str | None = None  # the first field's, as ``request.content_type`` reads it
     names = rules.names
     for name, value in request.headers:
         lowered, inspected = names.get(name) or rules.header(name)
         if lowered == "cookie":
             cookies.append(value)
+        elif lowered == "content-type" and content_type is None:
+            content_type = value
         if inspected:
             selected.append((lowered, value))
     for cookie_header in cookies:
@@ -230,7 +233,7 @@ def raw_values(
         if emit.done:
             emit.budget.truncated = True
         else:
-            _body(request, body, emit)
+            _body(content_type or "", body, emit)
     return emit.out
 
 
@@ -253,8 +256,8 @@ def _pairs(
             take(value_kind, shown, value)
 
 
-def _body(request: InspectionRequest, body: bytes, emit: _Emitter) -> None:
-    media = request.content_type
+def _body(content_type: str, body: bytes, emit: _Emitter) -> None:
+    media = content_type.partition(";")[0].strip().lower()
     if media.startswith(_BINARY_PREFIXES) or media in _BINARY_TYPES:
         return
     if len(body) > emit.budget.bytes_left:
@@ -267,7 +270,7 @@ def _body(request: InspectionRequest, body: bytes, emit: _Emitter) -> None:
         _pairs(text, "&", "form_name", "form", emit)
         return
     if media == "multipart/form-data":
-        boundary = _parameter(request.header("content-type") or "", "boundary")
+        boundary = _parameter(content_type, "boundary")
         if boundary:
             _multipart(text, boundary, emit)
             return
