@@ -207,3 +207,14 @@ def test_schemes_are_found_where_the_url_start_pattern_finds_them(parts: list[st
     text = "".join(parts)
     expected = [(match.group(1), match.end()) for match in _URL_START.finditer(text)]
     assert list(_schemes(text)) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(0, 0xFFFFFFFF))
+def test_internal_ranges_by_mask_equal_the_networks(address: int) -> None:
+    import ipaddress
+
+    from bastion.inspect.detectors.ssrf import _INTERNAL_V4, _v4_internal
+
+    expected = any(ipaddress.IPv4Address(address) in net for net in _INTERNAL_V4)
+    assert _v4_internal(address) == expected

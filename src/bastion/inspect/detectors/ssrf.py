@@ -86,6 +86,7 @@ _INTERNAL_V4 = tuple(
         "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15",
     )
 )  # fmt: skip
+_INTERNAL_V4_MASKS = tuple((int(net.network_address), int(net.netmask)) for net in _INTERNAL_V4)
 _DOCUMENTATION_V6 = ipaddress.IPv6Network("2001:db8::/32")
 _URLISH_NAMES = (
     "url", "uri", "href", "link", "dest", "redir", "callback", "webhook", "target", "proxy",
@@ -133,8 +134,8 @@ def _parse_ipv4(host: str) -> tuple[int, bool] | None:
 
 
 def _v4_internal(address: int) -> bool:
-    ip = ipaddress.IPv4Address(address)
-    return any(ip in net for net in _INTERNAL_V4)
+    # Integer masks: an IPv4Address and nine network tests cost microseconds per host.
+    return any(address & mask == network for network, mask in _INTERNAL_V4_MASKS)
 
 
 def _v6_internal(text: str) -> tuple[bool, bool] | None:
