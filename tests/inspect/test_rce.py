@@ -338,3 +338,21 @@ def test_batch_if_forms_pass_their_pre_check(text: str) -> None:
     assert _BATCH_IF.search(text) is not None
     assert any(word in text for word in _BATCH_IF_WORDS)
     assert "rce-windows-if" in {m.rule for m in detect_rce(Normalized(text), PARAM, 1)}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [('"abc"', "abc"), ("'abc'", "abc"), ('"a\\"b"', 'a"b'), ('"a\\\\b"', "a\\b"),
+     ('"a\\xb"', "a\\xb"), ('"' + "x" * 300 + '"', "x" * 256), ("'a'\"b\"c", "abc")],
+)  # fmt: skip
+def test_quoted_text_is_read_in_runs_as_it_was_character_by_character(
+    text: str, expected: str
+) -> None:
+    scan = _shell.scan_shell(text)
+    assert [word.text for command in scan.commands for word in command.words] == [expected]
+
+
+def test_an_ampersand_after_a_quoted_angle_bracket_joins_the_word() -> None:
+    # ``">"&`` reads like the ``>&`` of a redirection: the "&" stays in the word.
+    scan = _shell.scan_shell('echo "a>"&x')
+    assert [word.text for word in scan.commands[0].words] == ["echo", "a>&x"]

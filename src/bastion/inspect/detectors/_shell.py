@@ -34,6 +34,8 @@ _SUBSCAN_SLACK = 2048
 _SUBSCAN_COST = 32
 # A run of characters the main loop has no rule for: appended to the word in one step. The
 # stdlib engine is safe here: one negated character class, so each character is read once.
+# Inside double quotes, the characters with no rule there (all but '"', "\\", "$" and "`").
+_DOUBLE_QUOTED_RUN = re.compile(r'[^"\\$`]+')
 _ORDINARY_RUN = re.compile(r"[^ \t\v\f;\n\r&|`(){}<>\\'\"$#^?*\[]+")
 # Characters the main loop has a rule for, besides blanks, and "=" (assignments): text without
 # any of them is plain words (UTF-8 continuation bytes are never ASCII, so the test holds for any
@@ -149,6 +151,14 @@ class _Lexer:
             self.chunk.append(piece)
             self.chunk_size += len(piece)
         self.unquoted += len(run)
+
+    def append_quoted(self, run: str) -> None:
+        """Append quoted characters in one step (``append(char, quoted=True)`` for each)."""
+        room = _MAX_WORD - self.chunk_size
+        if run and room > 0:
+            piece = run[:room]
+            self.chunk.append(piece)
+            self.chunk_size += len(piece)
 
     def flag(self, name: str) -> None:
         self.word_flags[name] = True
@@ -292,7 +302,7 @@ class _Lexer:
             elif char in ";\n\r":
                 self.end_command("separator")
             elif char in "&|":
-                if char == "&" and self.chunk and self.chunk[-1] in "<>":
+                if char == "&" and self.chunk and self.chunk[-1][-1] in "<>":
                     self.append(char)
                     continue
                 if self.index < size and text[self.index] in "&|":
@@ -414,8 +424,7 @@ class _Lexer:
             self._unbalanced_quote()
             return
         body = text[self.index : end]
-        for char in body:
-            self.append(char, quoted=True)
+        self.append_quoted(body)
         self.index = end + 1
         self.quote_parts += 1
         self._scan_quoted(body)
@@ -455,6 +464,11 @@ class _Lexer:
         self._scan_quoted(text[self.index : close])
         self.quote_parts += 1
         while self.index < size:
+            run = _DOUBLE_QUOTED_RUN.match(text, self.index)
+            if run is not None:
+                self.append_quoted(run.group())
+                self.index = run.end()
+                continue
             char = text[self.index]
             self.index += 1
             if char == '"':
