@@ -134,12 +134,12 @@ _BATCH_IF = re2.compile(
     r"|(?:\"[^\"]{0,200}\"|[^\s=]{1,200})\s*(?:==|\s(?:equ|neq|lss|leq|gtr|geq)\s)\s*[^\s]"
     r"|\([^)]{0,200}\)\s*(?:==|equ|neq|lss|leq|gtr|geq)\s*[^\s])"
 )
-# Each PowerShell alternative holds one of these.
 # Each ``if`` form tests with one of these.
 _BATCH_IF_WORDS = (
     "==", "exist", "defined", "errorlevel", "cmdextversion", "equ", "neq", "lss", "leq", "gtr",
     "geq",
 )  # fmt: skip
+# Each PowerShell alternative holds one of these.
 _POWERSHELL_MARKS = ("invoke-", "start-", "new-object", ".download", "frombase64string", "-enc")
 _POWERSHELL = Finder(
     r"\b(?:invoke-(?:webrequest|expression|restmethod|command|wmimethod|item)"
