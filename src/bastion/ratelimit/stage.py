@@ -15,7 +15,7 @@ back concurrency slots. ``receive`` is watched only when a policy holds slots.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from bastion.deps import Deps
@@ -112,16 +112,17 @@ def _with_headers(
     send: Send, report: RateLimitReport, render: Callable[[RateLimitReport], list[_Header]]
 ) -> Send:
     """``send`` adding the ``RateLimit`` headers ``render`` makes of ``report`` when the
-    response starts (no slot is held: nothing else to watch)."""
+    response starts (no slot is held: nothing else to watch). It hands back the awaitable of
+    ``send`` itself, so a message costs no coroutine of its own."""
 
-    async def send_with_headers(message: Message) -> None:
+    def send_with_headers(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start" and report.batches and not report.rendered:
             added = render(report)
             if added:
                 # Stages own the messages they are given (the terminals send fresh ones), as
                 # the security-headers stage does.
                 message["headers"] = [*message.get("headers", ()), *added]
-        await send(message)
+        return send(message)
 
     return send_with_headers
 
