@@ -69,7 +69,40 @@ def test_report_over_a_tiny_corpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert "- **xss**: 941100 100.0% (1/1), 941101 0.0% (0/1)" in text
     assert "| plain |" in text
     assert "target ≤ 50 ms: met" in text
+    assert "| latency p50 ≤ 100 µs (requests < 1 KiB, steady state) |" in text
+    assert "Latency per request, steady state (second pass, fresh inspector): p50 " in text
+    assert "; first pass of the process: p50 " in text
+    assert "under 1 KiB p50 " in text
     assert logged[-1] == f"wrote {out}"
+
+
+def test_both_passes_are_timed_and_must_agree(tmp_path: Path) -> None:
+    (tmp_path / "crs_regression.jsonl").write_bytes(
+        b"\n".join(
+            [
+                record("x1", "xss", True, "/?q=%3Cscript%3Ealert(1)%3C/script%3E", 941100),
+                record("big", "xss", False, "/?q=" + "a" * 2000, 941100),
+            ]
+        )
+    )
+    (tmp_path / "benign_requests.jsonl").write_bytes(record("b1", "benign", False, "/p", None))
+    checks = report.Checks()
+    tally = report.evaluate(checks, tmp_path, 1)
+    assert len(tally.latencies) == len(tally.steady_latencies) == 3
+    assert len(tally.small_latencies) == len(tally.steady_small_latencies) == 2
+
+    calls: list[str] = []
+
+    def fickle(value: object, location: object, paranoia: int) -> list[object]:
+        # Flags everything the first time the report runs it, nothing afterwards.
+        calls.append("x")
+        if len(calls) <= 5:
+            return [report.Match("fickle-1", "xss", 5, location)]  # type: ignore[arg-type]
+        return []
+
+    checks.detectors = [fickle]
+    with pytest.raises(RuntimeError, match="second pass"):
+        report.evaluate(checks, tmp_path, 1)
 
 
 def test_worst_case_shapes_are_about_the_size_asked() -> None:

@@ -129,6 +129,9 @@ class Tally:
     by_rule: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     small_latencies: list[float] = field(default_factory=list)
+    steady_latencies: list[float] = field(default_factory=list)
+    """Latencies of a second pass (see :mod:`bastion.inspect.report`)."""
+    steady_small_latencies: list[float] = field(default_factory=list)
 
     def add(self, record: Record, verdict: InspectionVerdict, seconds: float) -> None:
         """Count one verdict (``flagged``: the score reached the threshold)."""
@@ -142,6 +145,12 @@ class Tally:
         self.latencies.append(seconds)
         if record.size < 1024:
             self.small_latencies.append(seconds)
+
+    def add_steady(self, record: Record, seconds: float) -> None:
+        """Count one second-pass latency."""
+        self.steady_latencies.append(seconds)
+        if record.size < 1024:
+            self.steady_small_latencies.append(seconds)
 
     def categories(self) -> list[str]:
         """Categories seen, the attack categories first, ``benign`` and ``other`` last."""
