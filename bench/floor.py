@@ -1,11 +1,12 @@
 """The gateway's plumbing alone: Bastion's HTTP server and proxy terminal with no stage.
 
 ``python -m bench.floor --config FILE --upstream URL --port N`` serves what ``bastion serve``
-serves (the same server protocol, the same pooled upstream client and forwarder, started and
-stopped by the same engine) but hands each request straight to the proxy terminal: the request
-state the terminal reads is created, the route matched, and nothing else runs. Its rps, next to
-direct access and to the full gateway, shows how much of the gateway's cost is the HTTP plumbing
-(parsing, the ASGI cycle, the upstream exchange, the system calls) and how much the stages.
+serves (the same server protocol and options, the same pooled upstream client and forwarder,
+started and stopped by the same engine) but hands each request straight to the proxy terminal:
+the request state the terminal reads is created, the route matched, and nothing else runs. Its
+rps, next to direct access and to the full gateway, shows how much of the gateway's cost is the
+HTTP plumbing (parsing, the ASGI cycle, the upstream exchange, the system calls) and how much
+the stages.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from bastion import Bastion, Settings
+from bastion.cli.serve_cmd import server_options
 from bastion.engine import BastionApp
 from bastion.http.asgi import ASGIApp, Receive, Scope, Send
 from bastion.http.server import ServerConfig
@@ -69,17 +71,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings.from_file(args.config).with_upstream(args.upstream)
     configure_logging(settings.logging)
     config = ServerConfig(
-        floor_app(settings),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_level="warning",
-        max_header_bytes=settings.limits.max_header_bytes,
-        max_url_bytes=settings.limits.max_url_bytes,
+        floor_app(settings), **server_options(settings, host="127.0.0.1", port=args.port)
     )
     uvicorn.Server(config).run()
 

@@ -78,16 +78,17 @@ def gateway_from_env() -> Any:
     return Bastion(settings).gateway()
 
 
-def run_gateway(
-    settings: Settings, *, log_format: str | None, config: Path | None, upstream: str | None
-) -> None:
-    """Serve the gateway with uvicorn (one process, or ``server.workers`` processes)."""
-    configure_logging(settings.logging, log_format)
-    log: Any = get_logger("bastion.serve")
+def server_options(
+    settings: Settings, *, host: str | None = None, port: int | None = None
+) -> dict[str, Any]:
+    """The HTTP server's options for the gateway of ``settings`` (``host``/``port`` override
+    ``[server]``'s): uvloop, lifespan, no proxy-header handling of its own (only the client-IP
+    stage decides whom to believe), no access log or Server header of its own, and the
+    configured keep-alive, header timeout, backlog and request-head limits."""
     server = settings.server
-    common: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
+    return {
+        "host": server.host if host is None else host,
+        "port": server.port if port is None else port,
         "loop": "uvloop",
         "lifespan": "on",
         "proxy_headers": False,
@@ -100,6 +101,16 @@ def run_gateway(
         "max_header_bytes": settings.limits.max_header_bytes,
         "max_url_bytes": settings.limits.max_url_bytes,
     }
+
+
+def run_gateway(
+    settings: Settings, *, log_format: str | None, config: Path | None, upstream: str | None
+) -> None:
+    """Serve the gateway with uvicorn (one process, or ``server.workers`` processes)."""
+    configure_logging(settings.logging, log_format)
+    log: Any = get_logger("bastion.serve")
+    server = settings.server
+    common = server_options(settings)
     routes = ", ".join(f"{r.prefix} -> {r.upstream}" for r in settings.routes)
     log.info(
         "gateway starting",

@@ -14,6 +14,7 @@ import uvicorn
 from bastion.auth.admin import IdentityAdmin
 from bastion.auth.config import AccessRule
 from bastion.cli.identity import open_identity
+from bastion.cli.serve_cmd import server_options
 from bastion.demo.server import server_config
 from bastion.engine import Bastion
 from bastion.http.problems import BastionError
@@ -164,18 +165,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
         upstream = uvicorn.Server(server_config("127.0.0.1", upstream_port))
         gateway = uvicorn.Server(
             ServerConfig(
-                Bastion(settings).gateway(),
-                host=host,
-                port=port,
-                loop="uvloop",
-                lifespan="on",
-                proxy_headers=False,
-                server_header=False,
-                access_log=False,
-                log_level="warning",
-                max_header_bytes=settings.limits.max_header_bytes,
-                max_url_bytes=settings.limits.max_url_bytes,
-                header_timeout=settings.server.header_timeout,
+                Bastion(settings).gateway(), **server_options(settings, host=host, port=port)
             )
         )
         upstream_task = asyncio.create_task(upstream.serve())

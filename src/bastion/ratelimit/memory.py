@@ -220,18 +220,9 @@ class MemoryStore:
         name); two checks of the same bucket would be decided on the same state."""
         now = self._clock()
         if bans is not None and client is not None:
-            ledger = self._ledger
-            if ledger is None:
-                record = self._clients.get(client)
-                if record is not None and record.until > now:
-                    return _tuple_new(
-                        Verdict,
-                        (False, (), record.until - now, 0.0, record.level, record.source),
-                    )
-            else:
-                until, level, source = ledger.penalty(client)
-                if until > now:
-                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
+            penalised = self._penalised(client, now)
+            if penalised is not None:
+                return penalised
         tables = self._tables
         if len(checks) == 1:
             # One GCRA check (the built-in ``global`` alone) is most requests: decided and
@@ -318,6 +309,21 @@ class MemoryStore:
             return self._refused(client, bans, tuple(decisions), now)
         return _tuple_new(Verdict, (False, tuple(decisions), 0.0, 0.0, 0, _RATELIMIT))
 
+    def _penalised(self, client: str, now: float) -> Verdict | None:
+        """The refusal of a client under a ban or strike block, or None."""
+        ledger = self._ledger
+        if ledger is None:
+            record = self._clients.get(client)
+            if record is not None and record.until > now:
+                return _tuple_new(
+                    Verdict, (False, (), record.until - now, 0.0, record.level, record.source)
+                )
+            return None
+        until, level, source = ledger.penalty(client)
+        if until > now:
+            return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
+        return None
+
     def evaluate_batch(
         self, batch: GcraBatch, client: str | None = None, bans: BanRule | None = None
     ) -> Verdict:
@@ -327,18 +333,9 @@ class MemoryStore:
             self._compile(batch)
         now = self._clock()
         if bans is not None and client is not None:
-            ledger = self._ledger
-            if ledger is None:
-                record = self._clients.get(client)
-                if record is not None and record.until > now:
-                    return _tuple_new(
-                        Verdict,
-                        (False, (), record.until - now, 0.0, record.level, record.source),
-                    )
-            else:
-                until, level, source = ledger.penalty(client)
-                if until > now:
-                    return _tuple_new(Verdict, (False, (), until - now, 0.0, level, source))
+            penalised = self._penalised(client, now)
+            if penalised is not None:
+                return penalised
         decisions: list[Decision] = []
         # What each allowing check stores if the whole request is allowed.
         counted: list[tuple[OrderedDict[str, Any], str, float, _Table]] = []
