@@ -22,32 +22,9 @@ from bastion.observe.alerts import AlertEngine, AlertingAuditSink, AlertingObser
 from bastion.observe.config import AlertRuleConfig, AlertsConfig
 from bastion.observe.metrics import Metrics
 from bastion.proxy.config import RouteConfig
+from observe.alert_harness import Clock, engine_for
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-class Clock:
-    """Monotonic seconds that only move when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def engine_for(*rules: dict[str, Any], **config: Any) -> tuple[AlertEngine, Clock, Metrics]:
-    clock = Clock()
-    metrics = Metrics()
-    alerts = AlertEngine(
-        AlertsConfig(enabled=True, rules=[AlertRuleConfig(**rule) for rule in rules], **config),
-        metrics,
-        clock=clock,
-    )
-    return alerts, clock, metrics
 
 
 def states(alerts: list[Alert]) -> list[tuple[str, str, str | None]]:

@@ -24,27 +24,9 @@ from bastion.observe.metrics import Metrics
 from bastion.observe.webhook import WebhookSender
 from bastion.proxy.config import RouteConfig
 from bastion.settings import ConfigError
+from observe.alert_harness import Clock, engine_for
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def engine_for(*rules: dict[str, Any], **config: Any) -> tuple[AlertEngine, Clock, Metrics]:
-    clock = Clock()
-    metrics = Metrics()
-    alerts = AlertEngine(
-        AlertsConfig(enabled=True, rules=[AlertRuleConfig(**rule) for rule in rules], **config),
-        metrics,
-        clock=clock,
-    )
-    return alerts, clock, metrics
 
 
 def failed_login(ip: str | None) -> AuditEvent:

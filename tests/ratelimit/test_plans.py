@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from bastion.deps import Deps
-from bastion.http.asgi import ASGIApp, Receive, Scope, Send
-from bastion.http.principal import Principal
-from bastion.http.state import RequestState, state_of
+from bastion.http.asgi import ASGIApp
+from bastion.http.state import RequestState
 from bastion.ratelimit.config import BansConfig, PolicyConfig, RateLimitConfig
 from bastion.ratelimit.core import BanRule, Check, Decision, Penalty, Rule, Verdict
 from bastion.ratelimit.headers import HeaderRenderer, RateLimitReport
@@ -21,6 +20,7 @@ from bastion.ratelimit.memory import GcraBatch, MemoryStore
 from bastion.ratelimit.policies import PolicySet, RequestPlan
 from bastion.ratelimit.stage import GateStage, RateLimitStage
 from bastion.settings import Settings
+from ratelimit.stage_helpers import FakeAuth, ok
 from stage_harness import around, make_deps
 
 START = 1_700_000_000.0
@@ -254,24 +254,6 @@ class AsyncMemory:
 
     async def close(self) -> None:
         await self.inner.close()
-
-
-class FakeAuth:
-    """The principal named by ``X-Test-User``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name, value in scope["headers"]:
-            if name == b"x-test-user":
-                state_of(scope).principal = Principal(subject=value.decode(), method="bearer")
-        await self.app(scope, receive, send)
-
-
-async def ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
 
 
 class Stages:

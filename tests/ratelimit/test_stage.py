@@ -16,8 +16,6 @@ from bastion.audit.events import MemoryAuditSink
 from bastion.deps import Deps
 from bastion.engine import Bastion
 from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
-from bastion.http.principal import Principal
-from bastion.http.state import state_of
 from bastion.inspect.config import InspectConfig, StrikesConfig
 from bastion.pipeline.client_ip import ClientIpStage
 from bastion.pipeline.config import ClientIpConfig
@@ -38,6 +36,7 @@ from bastion.ratelimit.stage import GateStage, RateLimitStage
 from bastion.settings import Settings
 from bastion.store.config import StoreConfig
 from problem_assertions import assert_problem
+from ratelimit.stage_helpers import FakeAuth, ok
 from stage_harness import around, make_deps
 
 CLIENT = "203.0.113.7"
@@ -87,24 +86,6 @@ class ScriptedStore(CountingStore):
     ) -> Verdict:
         self.evaluations += 1
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
-
-
-class FakeAuth:
-    """Stands in for the auth stage: the principal named by ``X-Test-User``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name, value in scope["headers"]:
-            if name == b"x-test-user":
-                state_of(scope).principal = Principal(subject=value.decode(), method="bearer")
-        await self.app(scope, receive, send)
-
-
-async def ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
 
 
 class Harness:
