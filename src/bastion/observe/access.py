@@ -16,7 +16,13 @@ from typing import Any
 from bastion.http.asgi import Scope
 from bastion.http.state import RequestState
 from bastion.observe.config import LoggingConfig
-from bastion.observe.logging import TRACE_IDS, access_output, get_logger
+from bastion.observe.logging import (
+    TRACE_IDS,
+    AccessRecord,
+    access_fields,
+    access_output,
+    get_logger,
+)
 from bastion.observe.metrics import Metrics
 
 __all__ = ["RequestObserver", "sampled_in"]
@@ -71,38 +77,22 @@ class RequestObserver:
             and not sampled_in(state.request_id, threshold)
         ):
             return
+        record: AccessRecord = (
+            time.time(),
+            state.request_id,
+            state.client_ip,
+            method,
+            route,
+            scope["path"],
+            status,
+            duration,
+            bytes_in,
+            bytes_out,
+            state.user,
+            trace,
+        )
         output = access_output()
         if output is not None:
-            output.request(
-                (
-                    time.time(),
-                    state.request_id,
-                    state.client_ip,
-                    method,
-                    route,
-                    scope["path"],
-                    status,
-                    duration,
-                    bytes_in,
-                    bytes_out,
-                    state.user,
-                    trace,
-                )
-            )
-            return
-        fields = {
-            "request_id": state.request_id,
-            "client_ip": state.client_ip,
-            "method": method,
-            "route": route,
-            "path": scope["path"],
-            "status": status,
-            "duration_ms": round(duration * 1000, 3),
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "user": state.user,
-        }
-        if trace is not None:
-            fields["trace_id"] = trace[0]
-            fields["span_id"] = trace[1]
-        self._log.info("request", **fields)
+            output.request(record)
+        else:
+            self._log.info("request", **access_fields(record))

@@ -34,6 +34,7 @@ __all__ = [
     "TRACE_IDS",
     "JsonLines",
     "TraceIds",
+    "access_fields",
     "access_output",
     "configure_logging",
     "get_logger",
@@ -95,6 +96,41 @@ AccessRecord = tuple[
 client IP, method, route, path, status, duration in seconds, bytes in, bytes out, user, trace."""
 
 
+def access_fields(record: AccessRecord) -> dict[str, Any]:
+    """The fields of an access line, in the order they are written (without the ``event``,
+    ``level``, ``logger_name`` and ``timestamp`` every log line carries)."""
+    (
+        _,
+        request_id,
+        client_ip,
+        method,
+        route,
+        path,
+        status,
+        duration,
+        bytes_in,
+        bytes_out,
+        user,
+        trace,
+    ) = record
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "client_ip": client_ip,
+        "method": method,
+        "route": route,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "user": user,
+    }
+    if trace is not None:
+        fields["trace_id"] = trace[0]
+        fields["span_id"] = trace[1]
+    return fields
+
+
 class JsonLines:
     """Appends JSON lines to a binary stream without flushing each one; a flush follows within
     a second of the first unflushed line (and on every structlog line, which flushes itself).
@@ -145,40 +181,13 @@ class JsonLines:
             return
         self._pending = []
         lines: list[bytes] = []
-        for (
-            now,
-            request_id,
-            client_ip,
-            method,
-            route,
-            path,
-            status,
-            duration,
-            bytes_in,
-            bytes_out,
-            user,
-            trace,
-        ) in pending:
-            record: dict[str, Any] = {
-                "request_id": request_id,
-                "client_ip": client_ip,
-                "method": method,
-                "route": route,
-                "path": path,
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "user": user,
-            }
-            if trace is not None:
-                record["trace_id"] = trace[0]
-                record["span_id"] = trace[1]
-            record["event"] = "request"
-            record["level"] = "info"
-            record["logger_name"] = "bastion.access"
-            record["timestamp"] = self.timestamp(now)
-            lines.append(orjson.dumps(record, default=str))
+        for record in pending:
+            fields = access_fields(record)
+            fields["event"] = "request"
+            fields["level"] = "info"
+            fields["logger_name"] = "bastion.access"
+            fields["timestamp"] = self.timestamp(record[0])
+            lines.append(orjson.dumps(fields, default=str))
         lines.append(b"")
         self._append(b"\n".join(lines))
 
