@@ -117,6 +117,14 @@ def _is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def _append_failure(exc: BaseException) -> StoreError:
+    """What a failed append raises: :class:`AuditDataError` when the database refused the
+    values (the batch is split to find the event), else a plain :class:`StoreError` (retried)."""
+    if _is_data_error(exc):
+        return AuditDataError(f"audit append: {describe(exc)}")
+    return StoreError(f"audit append: {describe(exc)}")
+
+
 _last_second: tuple[int, str] = (0, "1970-01-01 00:00:00")
 """The last second :func:`_sqlite_timestamp` formatted: a batch's events share it."""
 
@@ -341,9 +349,7 @@ class AuditChain:
         except IntegrityError as exc:
             raise StoreConflictError(f"audit append: {describe(exc.orig or exc)}") from exc
         except (*_DRIVER_ERRORS, UnicodeError) as exc:
-            if _is_data_error(exc):
-                raise AuditDataError(f"audit append: {describe(exc)}") from exc
-            raise StoreError(f"audit append: {describe(exc)}") from exc
+            raise _append_failure(exc) from exc
         self._expected = appended[-1]
         return appended
 
@@ -372,9 +378,7 @@ class AuditChain:
         except sqlite3.IntegrityError as exc:
             raise StoreConflictError(f"audit append: {describe(exc)}") from exc
         except (sqlite3.Error, OSError, UnicodeError) as exc:
-            if _is_data_error(exc):
-                raise AuditDataError(f"audit append: {describe(exc)}") from exc
-            raise StoreError(f"audit append: {describe(exc)}") from exc
+            raise _append_failure(exc) from exc
 
     async def _append_at(
         self,
