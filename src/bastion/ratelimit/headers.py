@@ -32,7 +32,6 @@ __all__ = [
 REPORT_KEY = "bastion.ratelimit.report"
 """Key under ``scope["state"]`` of the request's :class:`RateLimitReport`."""
 
-_ceil = math.ceil
 _POLICY = b"ratelimit-policy"
 _RATELIMIT = b"ratelimit"
 _LEGACY_LIMIT = b"x-ratelimit-limit"
@@ -90,6 +89,14 @@ class RateLimitReport:
         return any(check.rule.policy == policy for checks, _ in self.batches for check in checks)
 
 
+def _more_restrictive(decision: Decision, than: Decision) -> bool:
+    """Whether ``decision`` is the one the headers report over ``than``: fewer requests
+    remaining, or as many and a longer wait."""
+    return decision.remaining < than.remaining or (
+        decision.remaining == than.remaining and decision.reset > than.reset
+    )
+
+
 class HeaderRenderer:
     """Turns a report into header pairs. The ``RateLimit-Policy`` value of each combination of
     policies is encoded once (a quota's window length changes with the calendar, so a
@@ -145,7 +152,7 @@ class HeaderRenderer:
         for index, check in enumerate(plan.checks):
             if check.enforce:
                 name = check.rule.policy
-                enforced.append((index, self._prefixes.get(name) or f'"{name}";r='.encode()))
+                enforced.append((index, self._prefix(name)))
                 if name not in items:
                     items[name] = self._policy_item(check)
         rendering = (b", ".join(items.values()), tuple(enforced))
@@ -166,25 +173,11 @@ class HeaderRenderer:
             decisions = report.batches[0][1]
             index, prefix = enforced[0]
             top = decisions[index]
-            _, _, remaining, reset, _ = top
             for index, start in enforced:
                 decision = decisions[index]
-                # The most restrictive: lowest remaining, then the longest wait.
-                if decision[2] < remaining or (decision[2] == remaining and decision[3] > reset):
+                if _more_restrictive(decision, top):
                     top, prefix = decision, start
-                    _, _, remaining, reset, _ = top
-            if self._legacy:
-                return self._pairs(encoded, prefix, top)
-            seconds = _ceil(reset)
-            return [
-                (_POLICY, encoded),
-                (
-                    _RATELIMIT,
-                    prefix
-                    + b"%d;t=%d"
-                    % (remaining if remaining > 0 else 0, seconds if seconds > 0 else 0),
-                ),
-            ]
+            return self._pairs(encoded, prefix, top)
         names: list[str] = []
         best_name = ""
         best: Decision | None = None
@@ -193,12 +186,7 @@ class HeaderRenderer:
                 if check.enforce:
                     name = check.rule.policy
                     names.append(name)
-                    # The most restrictive: lowest remaining, then the longest wait.
-                    if (
-                        best is None
-                        or decision.remaining < best.remaining
-                        or (decision.remaining == best.remaining and decision.reset > best.reset)
-                    ):
+                    if best is None or _more_restrictive(decision, best):
                         best_name, best = name, decision
         if best is None:
             return []
@@ -206,8 +194,11 @@ class HeaderRenderer:
         policy = self._values.get(key)
         if policy is None:
             policy = self._policy_value(key, report)
-        prefix = self._prefixes.get(best_name) or f'"{best_name}";r='.encode("ascii")
-        return self._pairs(policy, prefix, best)
+        return self._pairs(policy, self._prefix(best_name), best)
+
+    def _prefix(self, name: str) -> bytes:
+        """The start of a ``RateLimit`` item for policy ``name``, up to its ``r=``."""
+        return self._prefixes.get(name) or f'"{name}";r='.encode("ascii")
 
     def _pairs(self, policy: bytes, prefix: bytes, best: Decision) -> list[tuple[bytes, bytes]]:
         reset = math.ceil(best.reset)
