@@ -348,12 +348,13 @@ class PolicySet:
 
         Checks of static policies (keyed by address and route only) are made once per request
         shape and client address and reused."""
-        plan = self.plan_for(scope, state, stage)
-        return plan.checks if plan.static else self.plan_checks(plan, scope, state)
+        return self.plan_checks(self.plan_for(scope, state, stage), scope, state)
 
-    def plan_checks(self, plan: RequestPlan, scope: Scope, state: RequestState) -> list[Check]:
-        """The checks of a plan that is not :attr:`~RequestPlan.static`: its static checks and
-        those of its other policies made for this request."""
+    def plan_checks(self, plan: RequestPlan, scope: Scope, state: RequestState) -> Sequence[Check]:
+        """The checks of ``plan`` for this request: :attr:`~RequestPlan.checks` when it is
+        static, else its static checks and those of its other policies made for this request."""
+        if plan.static:
+            return plan.checks
         checks: list[Check] = []
         for item in plan.items:
             if isinstance(item, Check):

@@ -68,29 +68,23 @@ class _LimitStage:
         plan = self._policies.plan_for(scope, state, self._stage)
         limiter = self._limiter
         bans = self._bans
-        if plan.static and self._synchronous:
-            # The common path: checks made once, decided without a coroutine.
-            if plan.checks or bans is not None:
-                refused = limiter.admit_plan(plan, bans=bans, report=report)
+        checks = self._policies.plan_checks(plan, scope, state)
+        if checks or bans is not None:
+            if self._synchronous:
+                # Decided without a coroutine; a static plan (the usual case) from what it keeps.
+                refused = (
+                    limiter.admit_plan(plan, bans=bans, report=report)
+                    if plan.static
+                    else limiter.admit_now(checks, client=plan.client, bans=bans, report=report)
+                )
                 if refused is not None:
                     await limiter.refuse(
-                        refused, plan.checks, client=plan.client, state=state, report=report
+                        refused, checks, client=plan.client, state=state, report=report
                     )
-        else:
-            checks = plan.checks if plan.static else self._policies.plan_checks(plan, scope, state)
-            if checks or bans is not None:
-                if self._synchronous:
-                    refused = limiter.admit_now(
-                        checks, client=plan.client, bans=bans, report=report
-                    )
-                    if refused is not None:
-                        await limiter.refuse(
-                            refused, checks, client=plan.client, state=state, report=report
-                        )
-                else:
-                    await limiter.admit(
-                        checks, client=plan.client, bans=bans, state=state, report=report
-                    )
+            else:
+                await limiter.admit(
+                    checks, client=plan.client, bans=bans, state=state, report=report
+                )
         if not owner:
             await self.app(scope, receive, send)
             return
