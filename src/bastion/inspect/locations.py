@@ -23,7 +23,7 @@ import orjson
 
 from bastion.inspect.config import InspectConfig
 from bastion.inspect.core import Location, LocationKind, Normalized
-from bastion.inspect.request import FORM_URLENCODED, InspectionRequest
+from bastion.inspect.request import FORM_URLENCODED, InspectionRequest, media_type
 
 __all__ = ["AUTH_PATH_PREFIX", "MAX_JSON_DEPTH", "Budget", "location_of", "locations", "raw_values"]
 
@@ -200,11 +200,7 @@ def raw_values(
     """What :func:`locations` yields, as ``(kind, name, raw value)`` and before any object is
     built: the engine looks each value up in its memo first, and most are found there."""
     rules = _rules(config)
-    target = request.target
-    path, _, query = target.partition("?")
-    if "#" in target:
-        path = path.partition("#")[0]
-        query = query.partition("#")[0]
+    path, query = request.split_target()
     emit = _Emitter(
         config, budget or Budget.for_config(config), path.startswith(auth_prefix), rules.sensitive
     )
@@ -257,7 +253,7 @@ def _pairs(
 
 
 def _body(content_type: str, body: bytes, emit: _Emitter) -> None:
-    media = content_type.partition(";")[0].strip().lower()
+    media = media_type(content_type)
     if media.startswith(_BINARY_PREFIXES) or media in _BINARY_TYPES:
         return
     if len(body) > emit.budget.bytes_left:

@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["FORM_URLENCODED", "InspectionRequest"]
+__all__ = ["FORM_URLENCODED", "InspectionRequest", "media_type"]
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
+
+
+def media_type(content_type: str) -> str:
+    """The lower-cased media type of a ``Content-Type`` value, without parameters."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 class InspectionRequest(NamedTuple):
@@ -27,15 +32,23 @@ class InspectionRequest(NamedTuple):
     raw: bytes | None = None
     """The complete request as sent on the wire, when known (some corpus records)."""
 
+    def split_target(self) -> tuple[str, str]:
+        """The undecoded path (before ``?``) and query string (after the first ``?``), each
+        without a fragment."""
+        path, _, query = self.target.partition("?")
+        if "#" in path or "#" in query:
+            return path.partition("#")[0], query.partition("#")[0]
+        return path, query
+
     @property
     def path(self) -> str:
         """The undecoded path part of the target (before ``?``; a fragment is dropped)."""
-        return self.target.partition("?")[0].partition("#")[0]
+        return self.split_target()[0]
 
     @property
     def query(self) -> str:
         """The undecoded query string (after the first ``?``, without a fragment)."""
-        return self.target.partition("?")[2].partition("#")[0]
+        return self.split_target()[1]
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or ``None``."""
@@ -54,9 +67,7 @@ class InspectionRequest(NamedTuple):
     def content_type(self) -> str:
         """The lower-cased media type of ``Content-Type`` without parameters (``""`` if none)."""
         value = self.header("content-type")
-        if value is None:
-            return ""
-        return value.partition(";")[0].strip().lower()
+        return "" if value is None else media_type(value)
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any], body: bytes) -> InspectionRequest:
