@@ -191,11 +191,6 @@ class JsonLines:
         lines.append(b"")
         self._append(b"\n".join(lines))
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Write one JSON line now (after the queued access lines)."""
-        self.render()
-        self._append(orjson.dumps(record, default=str) + b"\n")
-
     def _append(self, data: bytes) -> None:
         self._stream.write(data)
         if not self._flush_scheduled:
