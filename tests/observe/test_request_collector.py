@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from bastion.observe.config import DEFAULT_LATENCY_BUCKETS
-from bastion.observe.metrics import Metrics
+from bastion.observe.metrics import Metrics, PlainHistogram
 
 _NAMES = ("bastion_http_requests_total", "bastion_http_request_duration_seconds")
 
@@ -86,3 +86,36 @@ def test_in_flight_gauge_follows_begin_and_observe() -> None:
     metrics.observe_request("r", "GET", 200, 0.01)
     families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
     assert families["bastion_inflight_requests"].samples[0].value == 1.0
+
+
+# -- the plain histogram (rate-limit store time) ------------------------------------------------
+
+_STORE = "bastion_ratelimit_store_seconds"
+
+
+def _store_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == _STORE
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_plain_histogram_exposes_what_prometheus_client_would() -> None:
+    metrics = Metrics()
+    plain = metrics.ratelimit_store_seconds
+    assert isinstance(plain, PlainHistogram)  # one process: no shared files
+    bounds = plain.bounds
+    registry = CollectorRegistry()
+    reference = Histogram(_STORE, "x", buckets=bounds, registry=registry)
+    rng = random.Random(11)
+    values = [rng.choice([rng.uniform(0, 0.003), rng.uniform(0, 2), 0.0]) for _ in range(3000)]
+    values += list(bounds)  # each bound belongs to its own bucket (le is inclusive)
+    for value in values:
+        plain.observe(value)
+        reference.observe(value)
+    expected = _store_samples(generate_latest(registry).decode())
+    assert _store_samples(metrics.exposition().decode()) == expected
+    assert len(expected) == len(bounds) + 3  # buckets with +Inf, count, sum

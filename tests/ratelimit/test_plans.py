@@ -239,7 +239,12 @@ class AsyncMemory:
         self.inner = MemoryStore(clock=clock)
 
     async def evaluate(
-        self, checks: Any, *, client: str | None = None, bans: BanRule | None = None
+        self,
+        checks: Any,
+        *,
+        client: str | None = None,
+        bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
         return self.inner.evaluate_now(checks, client=client, bans=bans)
 

@@ -574,6 +574,44 @@ async def test_cached_prefixes_never_mix_rules_of_one_bucket(store: RedisStore) 
     assert len(store._prefixes) == 4
 
 
+def _without_token(command: bytes) -> bytes:
+    """A command up to its last argument, the call token (unique per call)."""
+    return command[: command.rindex(b"$")]
+
+
+async def test_a_shaped_call_sends_the_command_of_its_checks(store: RedisStore) -> None:
+    """Under a shape (a static request plan) the prefix is found by the shape alone: the same
+    command as the call without it, per bans (the gate's and none), and the same decisions."""
+    checks = [
+        Check(rule("gcra", limit=5), f"gcra|{CLIENT}"),
+        Check(rule("fixed_window", limit=2), f"fixed_window|{CLIENT}"),
+    ]
+    shape = object()
+    for bans in (BANS, None, BANS):
+        shaped = store._shaped_command(shape, checks, CLIENT, bans)
+        plain = store._evaluate_command(checks, CLIENT, bans)
+        assert _without_token(shaped) == _without_token(plain)
+        assert shaped != plain  # each call has its own token
+    verdicts = [
+        await store.evaluate(checks, client=CLIENT, bans=BANS, shape=shape) for _ in range(3)
+    ]
+    assert [v.allowed for v in verdicts] == [True, True, False]
+    assert [v.decisions[1].remaining for v in verdicts[:2]] == [1, 0]
+
+
+async def test_a_shape_never_caches_a_command_carrying_its_own_request(store: RedisStore) -> None:
+    """Quota windows and leases make each call's command its own: a shape does not keep it."""
+    quota = Check(rule("quota", limit=3), f"quota|{CLIENT}", window=20261202)
+    shape = object()
+    first = await store.evaluate([quota], client=CLIENT, bans=None, shape=shape)
+    assert first.allowed
+    assert shape not in store._shaped
+    later = Check(rule("quota", limit=3), f"quota|{CLIENT}", window=20261203)
+    command = store._shaped_command(shape, [later], CLIENT, None)
+    assert b"20261203" in command
+    assert b"20261202" not in command
+
+
 # -- pipelining ----------------------------------------------------------------------------
 
 

@@ -53,7 +53,12 @@ class CountingStore:
         self.releases = 0
 
     async def evaluate(
-        self, checks: Sequence[Check], *, client: str | None = None, bans: BanRule | None = None
+        self,
+        checks: Sequence[Check],
+        *,
+        client: str | None = None,
+        bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
         self.evaluations += 1
         if self.failing:
@@ -82,7 +87,12 @@ class ScriptedStore(CountingStore):
         self.script = list(verdicts)
 
     async def evaluate(
-        self, checks: Sequence[Check], *, client: str | None = None, bans: BanRule | None = None
+        self,
+        checks: Sequence[Check],
+        *,
+        client: str | None = None,
+        bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
         self.evaluations += 1
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
@@ -605,7 +615,12 @@ class RecordingStore(CountingStore):
         self.bans: list[BanRule | None] = []
 
     async def evaluate(
-        self, checks: Sequence[Check], *, client: str | None = None, bans: BanRule | None = None
+        self,
+        checks: Sequence[Check],
+        *,
+        client: str | None = None,
+        bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
         self.bans.append(bans)
         if self.script:

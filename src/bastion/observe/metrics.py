@@ -122,7 +122,7 @@ class RequestCollector(Collector):
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.bounds = tuple(buckets)
-        self._labels = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._labels = _bucket_labels(self.bounds)
         self.series: dict[tuple[str, str, int], _RequestSeries] = {}
         self.histograms: dict[tuple[str, str], list[float]] = {}
 
@@ -157,13 +157,56 @@ class RequestCollector(Collector):
         yield requests
         duration = HistogramMetricFamily(_DURATION, _DURATION_HELP, labels=("route", "method"))
         for (route, method), histogram in list(self.histograms.items()):
-            cumulative = 0.0
-            buckets: list[tuple[str, float]] = []
-            for label, count in zip(self._labels, histogram[1:], strict=True):
-                cumulative += count
-                buckets.append((label, cumulative))
-            duration.add_metric([route, method], buckets, histogram[0])
+            duration.add_metric(
+                [route, method], _cumulated(self._labels, histogram[1:]), histogram[0]
+            )
         yield duration
+
+
+class PlainHistogram(Collector):
+    """An unlabelled histogram in plain numbers, read when scraped, for one process.
+
+    ``observe`` is one C ``bisect`` and two list updates where ``prometheus_client``'s
+    ``Histogram`` scans its bounds in Python and takes its locks (about 2 µs per observation,
+    measured on the Redis rate-limit path, which observes once per request). No ``_created``
+    series. Several workers use ``prometheus_client``'s shared files instead."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.bounds = tuple(buckets)
+        self._labels = _bucket_labels(self.bounds)
+        # [sum, bucket 0, ..., bucket +Inf], each bucket counting its own observations.
+        self._counts = [0.0] * (len(self.bounds) + 2)
+
+    def observe(self, seconds: float) -> None:
+        counts = self._counts
+        counts[0] += seconds
+        counts[bisect_left(self.bounds, seconds) + 1] += 1
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation)
+        counts = list(self._counts)
+        family.add_metric([], _cumulated(self._labels, counts[1:]), counts[0])
+        yield family
+
+
+def _bucket_labels(bounds: Sequence[float]) -> list[str]:
+    """The ``le`` labels of ``bounds`` and ``+Inf``, spelt as ``prometheus_client`` does."""
+    return [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+def _cumulated(labels: Sequence[str], counts: Sequence[float]) -> list[tuple[str, float]]:
+    """``(le, cumulative count)`` of per-bucket ``counts``."""
+    cumulative = 0.0
+    buckets: list[tuple[str, float]] = []
+    for label, count in zip(labels, counts, strict=True):
+        cumulative += count
+        buckets.append((label, cumulative))
+    return buckets
 
 
 class Metrics:
@@ -239,12 +282,18 @@ class Metrics:
             self.ratelimit_decisions = Counter(
                 _DECISIONS, _DECISIONS_HELP, _DECISION_LABELS, registry=reg
             )
-        self.ratelimit_store_seconds = Histogram(
+        store_seconds = (
             "bastion_ratelimit_store_seconds",
             "Time of one rate-limit store evaluation (all of a request's checks at once).",
-            buckets=_STORE_BUCKETS,
-            registry=reg,
         )
+        self.ratelimit_store_seconds: Histogram | PlainHistogram
+        if self.multiprocess_dir is None:
+            self.ratelimit_store_seconds = PlainHistogram(*store_seconds, _STORE_BUCKETS)
+            reg.register(self.ratelimit_store_seconds)
+        else:
+            self.ratelimit_store_seconds = Histogram(
+                *store_seconds, buckets=_STORE_BUCKETS, registry=reg
+            )
         self.inspect_blocked = Counter(
             "bastion_inspect_blocked_total",
             "Requests refused by inspection, once per category of the rules they matched.",

@@ -208,8 +208,13 @@ class RateLimitStore(Protocol):
         *,
         client: str | None = None,
         bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
-        """Decide and count one request's checks atomically (rules in the module docstring)."""
+        """Decide and count one request's checks atomically (rules in the module docstring).
+
+        ``shape``, when given, stands for ``checks``, ``client`` and ``bans`` together for as
+        long as it lives (a static :class:`~bastion.ratelimit.policies.RequestPlan`): a store
+        may key what it derives from them on it instead of on the checks."""
         ...
 
     async def release(self, checks: Sequence[Check]) -> None:

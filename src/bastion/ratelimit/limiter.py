@@ -32,6 +32,7 @@ from bastion.ratelimit.core import (
     INSPECT,
     BanRule,
     Check,
+    Decision,
     RateLimitStore,
     RateLimitStoreError,
     Verdict,
@@ -176,11 +177,41 @@ class Limiter:
             verdict = memory.evaluate_now(checks, client=plan.client, bans=bans)
         if not verdict.allowed:
             return verdict
-        decisions = verdict.decisions
+        self._allowed_plan(plan, verdict.decisions, report)
+        return None
+
+    async def admit_static(
+        self,
+        plan: RequestPlan,
+        *,
+        bans: BanRule | None,
+        state: RequestState,
+        report: RateLimitReport,
+    ) -> None:
+        """:meth:`admit` of a static plan's checks with a shared store: the store keys the
+        command it sends on the plan, an allowed request is counted per plan and its headers
+        come from the plan's encoding, as with :meth:`admit_plan`."""
+        checks = plan.checks
+        decided = await self._evaluate(checks, plan.client, bans, plan)
+        if decided is None:
+            return
+        verdict, store, evaluated = decided
+        if not verdict.allowed:
+            await self._refuse(decided, checks, plan.client, state, report)
+        elif evaluated is checks:
+            self._allowed_plan(plan, verdict.decisions, report)
+        else:
+            # Decided by the fallback: only the policies of ``on_store_error = "local"``.
+            self._allowed(verdict, store, evaluated, report)
+
+    def _allowed_plan(
+        self, plan: RequestPlan, decisions: Sequence[Decision], report: RateLimitReport
+    ) -> None:
+        """:meth:`_allowed` of a static plan's decisions (no slot is ever held)."""
         batches = report.batches
         if not batches:
             report.plan = plan
-        batches.append((checks, decisions))
+        batches.append((plan.checks, decisions))
         counts = self._counts
         if counts is None:
             for (allowed, shadow), decision in zip(plan.labels, decisions, strict=False):
@@ -196,7 +227,6 @@ class Limiter:
                 # An allowed request's refused decisions are shadow ones.
                 key = allowed if decision.allowed else shadow
                 counts[key] = counts.get(key, 0) + 1
-        return None
 
     def flush_counts(self) -> None:
         """Add the per-plan counts kept since the last call to the decision metrics (called
@@ -331,13 +361,17 @@ class Limiter:
                 self._failed(exc)
 
     async def _evaluate(
-        self, checks: Sequence[Check], client: str, bans: BanRule | None
+        self,
+        checks: Sequence[Check],
+        client: str,
+        bans: BanRule | None,
+        shape: RequestPlan | None = None,
     ) -> _Decided | None:
         if self._down_until and self._clock() < self._down_until:
             return self._fallback(checks, client, bans)
         started = time.perf_counter()
         try:
-            verdict = await self.store.evaluate(checks, client=client, bans=bans)
+            verdict = await self.store.evaluate(checks, client=client, bans=bans, shape=shape)
         except RateLimitStoreError as exc:
             # Failures are timed too: a store timing out is what the histogram must show.
             self._metrics.ratelimit_store_seconds.observe(time.perf_counter() - started)

@@ -203,8 +203,10 @@ class MemoryStore:
         *,
         client: str | None = None,
         bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
-        """Decide and count one request's checks (rules in :mod:`bastion.ratelimit.core`)."""
+        """Decide and count one request's checks (rules in :mod:`bastion.ratelimit.core`);
+        nothing is derived from the checks that ``shape`` could save."""
         return self.evaluate_now(checks, client=client, bans=bans)
 
     def evaluate_now(

@@ -229,6 +229,8 @@ class RedisStore:
         # up to its call token, and the rules and bans whose ids the shape holds (kept alive
         # so those ids are not reused while the entry lives).
         self._prefixes: dict[tuple[Any, ...], tuple[bytes, tuple[object, ...]]] = {}
+        # A static request plan -> the same prefix, and the bans it was made with.
+        self._shaped: dict[object, tuple[bytes, BanRule | None]] = {}
         # Cluster layout: id(check) -> (check, key) of the concurrency slots granted.
         self._held: dict[int, tuple[Check, bytes]] = {}
         self._idle: list[AbstractConnection] = []
@@ -251,13 +253,18 @@ class RedisStore:
         *,
         client: str | None = None,
         bans: BanRule | None = None,
+        shape: object | None = None,
     ) -> Verdict:
         """Decide and count one request's checks atomically (rules in
-        :mod:`bastion.ratelimit.core`); one ``EVALSHA``."""
+        :mod:`bastion.ratelimit.core`); one ``EVALSHA``. Under a ``shape`` the command's
+        prefix is found without reading the checks."""
         if self._cluster and client is None and checks:
             # Without a client the first bucket's key is the tag: all keys share one slot.
             client = checks[0].key
-        command = self._evaluate_command(checks, client, bans)
+        if shape is not None:
+            command = self._shaped_command(shape, checks, client, bans)
+        else:
+            command = self._evaluate_command(checks, client, bans)
         leased = None
         for check in checks:
             if check.lease and check.rule.algorithm == "concurrency":
@@ -481,8 +488,27 @@ class RedisStore:
                 self._prefixes[shape] = (prefix, (bans, *(check.rule for check in checks)))
         else:
             prefix = self._command_prefix(checks, client, bans)
+        return self._with_token(prefix)
+
+    def _with_token(self, prefix: bytes) -> bytes:
+        """The command of ``prefix`` ended with a new call token."""
         token = b"%s%x" % (self._token, next(self._sequence))
         return b"%b$%d\r\n%b\r\n" % (prefix, len(token), token)
+
+    def _shaped_command(
+        self, shape: object, checks: Sequence[Check], client: str | None, bans: BanRule | None
+    ) -> bytes:
+        """:meth:`_evaluate_command` of a call whose ``shape`` stands for its checks, client
+        and bans: the cached prefix is one look-up. The entry keeps the shape alive, and the
+        bans it was made with (a shape used with other bans makes a new prefix)."""
+        cached = self._shaped.get(shape)
+        if cached is None or cached[1] is not bans:
+            if any(_per_request(check) for check in checks):
+                return self._evaluate_command(checks, client, bans)
+            if len(self._shaped) >= _MAX_CACHED:
+                self._shaped.clear()
+            cached = self._shaped[shape] = (self._command_prefix(checks, client, bans), bans)
+        return self._with_token(cached[0])
 
     def _command_prefix(
         self, checks: Sequence[Check], client: str | None, bans: BanRule | None

@@ -81,6 +81,8 @@ class _LimitStage:
                     await limiter.refuse(
                         refused, checks, client=plan.client, state=state, report=report
                     )
+            elif plan.static:
+                await limiter.admit_static(plan, bans=bans, state=state, report=report)
             else:
                 await limiter.admit(
                     checks, client=plan.client, bans=bans, state=state, report=report
