@@ -3,6 +3,9 @@
 ``make_cache`` is parametrized over ``l1`` (in process only), ``l2`` (Redis only: L1 turned off)
 and ``tiered`` (both); the Redis shapes use the test Redis, emptied before each test. Every cache
 a test makes is started and closed for it.
+
+``cache_clock`` moves the cache's wall clock by hand, so an entry's ttl passes when the test says
+so rather than when a slow machine gets there.
 """
 
 from __future__ import annotations
@@ -50,6 +53,29 @@ class _Factory:
     async def close(self) -> None:
         for cache in self.caches:
             await cache.close()
+
+
+class CacheClock:
+    """The wall clock the tiered cache reads freshness by, advanced only by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def cache_clock(monkeypatch: pytest.MonkeyPatch) -> CacheClock:
+    """Freshness and staleness follow this clock; Redis still drops a record at the end of its
+    lifetime by its own clock, so a test ageing an entry this way gives it a real lifetime far
+    longer than the test takes."""
+    clock = CacheClock()
+    monkeypatch.setattr("bastion.cache.tiered._time", clock)
+    return clock
 
 
 @pytest.fixture(params=SHAPES)

@@ -10,7 +10,7 @@ import pytest
 
 from bastion.cache import Cache, Entry, SerializationError, Uncacheable
 
-from .conftest import MakeCache
+from .conftest import CacheClock, MakeCache
 
 
 class CountingLoader:
@@ -32,7 +32,7 @@ class CountingLoader:
         return self.values[min(self.calls, len(self.values)) - 1]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
     """Wait until ``check`` holds (background work lands), failing after ``timeout``."""
     async with asyncio.timeout(timeout):
         while not await check():
@@ -112,10 +112,12 @@ async def test_a_cancelled_caller_does_not_cancel_the_others(make_cache: MakeCac
     assert loader.calls == 1
 
 
-async def test_stale_while_revalidate_returns_stale_then_refreshes(make_cache: MakeCache) -> None:
+async def test_stale_while_revalidate_returns_stale_then_refreshes(
+    make_cache: MakeCache, cache_clock: CacheClock
+) -> None:
     cache = await make_cache()
-    assert await cache.get_or_set("k", CountingLoader("v1"), ttl=0.05, stale_ttl=30) == "v1"
-    await asyncio.sleep(0.1)
+    assert await cache.get_or_set("k", CountingLoader("v1"), ttl=30, stale_ttl=30) == "v1"
+    cache_clock.advance(31)
     gate = asyncio.Event()
     refresh = CountingLoader("v2", gate=gate)
     # The refresh is blocked: the stale value comes back at once, to every caller.
@@ -166,14 +168,14 @@ async def test_no_early_refresh_when_turned_off(make_cache: MakeCache) -> None:
     assert loader.calls == 1
 
 
-async def test_negative_caching(make_cache: MakeCache) -> None:
+async def test_negative_caching(make_cache: MakeCache, cache_clock: CacheClock) -> None:
     cache = await make_cache()
     loader = CountingLoader(None, "found")
-    assert await cache.get_or_set("absent", loader, negative_ttl=0.1) is None
-    assert await cache.get_or_set("absent", loader, negative_ttl=0.1) is None
+    assert await cache.get_or_set("absent", loader, negative_ttl=60) is None
+    assert await cache.get_or_set("absent", loader, negative_ttl=60) is None
     assert loader.calls == 1
-    await asyncio.sleep(0.2)
-    assert await cache.get_or_set("absent", loader, negative_ttl=0.1) == "found"
+    cache_clock.advance(61)
+    assert await cache.get_or_set("absent", loader, negative_ttl=60) == "found"
     assert loader.calls == 2
 
 
@@ -207,16 +209,18 @@ async def test_an_entry_with_its_own_ttl_caches_none_for_that_long(make_cache: M
     assert calls == 1
 
 
-async def test_loader_chooses_ttl_and_tags_with_entry(make_cache: MakeCache) -> None:
+async def test_loader_chooses_ttl_and_tags_with_entry(
+    make_cache: MakeCache, cache_clock: CacheClock
+) -> None:
     cache = await make_cache()
 
     async def loader() -> Entry:
-        return Entry({"v": 1}, ttl=0.05, tags=["late"], stale_ttl=0)
+        return Entry({"v": 1}, ttl=30, tags=["late"], stale_ttl=0)
 
     assert await cache.get_or_set("k", loader, ttl=60, tags=["early"]) == {"v": 1}
     assert await cache.invalidate_tag("early") == 0
     assert await cache.get("k") == {"v": 1}
-    await asyncio.sleep(0.1)
+    cache_clock.advance(31)  # past the entry's ttl, within the call's
     assert await cache.get("k") is None
     await cache.get_or_set("k", loader)
     assert await cache.invalidate_tag("late") == 1
@@ -314,11 +318,13 @@ async def test_warm_on_start(make_cache: MakeCache) -> None:
     assert await cache.get("cfg:flags") == {"beta": True}
 
 
-async def test_metrics_count_hits_misses_and_stale(make_cache: MakeCache) -> None:
+async def test_metrics_count_hits_misses_and_stale(
+    make_cache: MakeCache, cache_clock: CacheClock
+) -> None:
     cache = await make_cache()
-    await cache.get_or_set("k", CountingLoader("v"), ttl=0.05, stale_ttl=30)
-    await cache.get_or_set("k", CountingLoader("v"), ttl=0.05, stale_ttl=30)
-    await asyncio.sleep(0.1)
+    await cache.get_or_set("k", CountingLoader("v"), ttl=30, stale_ttl=30)
+    await cache.get_or_set("k", CountingLoader("v"), ttl=30, stale_ttl=30)
+    cache_clock.advance(31)
     await cache.get_or_set("k", CountingLoader("v"), ttl=60)
     cache.report_metrics()
     registry = cache.metrics.registry
