@@ -20,7 +20,8 @@ from bastion.cache.config import CacheConfig
 
 async def main(url: str) -> None:
     client = redis.asyncio.Redis.from_url(url)
-    cache = Cache(CacheConfig(), redis=client, owns_redis=True)
+    # The lock outlasts any wait for the other process's loader, however slow the machine.
+    cache = Cache(CacheConfig(lock_ttl=60), redis=client, owns_redis=True)
     await cache.start()
     loop = asyncio.get_running_loop()
     print("ready", flush=True)

@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from bastion.settings import Settings
 
 MakeTiered = Callable[..., Any]
 
-PROPAGATION = 0.1
-"""The contract: another instance's L1 forgets a changed key within 100 ms."""
+PATIENCE = 30.0
+"""How long a test waits for a message to land: far beyond the 100 ms contract, so that only a
+message that never comes fails a test, not a slow machine."""
 
 
 async def two(make_tiered: MakeTiered) -> tuple[Cache, Cache]:
@@ -35,23 +37,49 @@ def held(cache: Cache, key: str) -> bool:
     return key in cache.l1
 
 
+async def until(check: Callable[[], bool]) -> None:
+    """Wait until ``check`` holds, failing after :data:`PATIENCE`."""
+    async with asyncio.timeout(PATIENCE):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def marker_key() -> str:
+    return f"settle:{uuid.uuid4().hex}"
+
+
+async def settled(sender: Cache, *receivers: Cache) -> None:
+    """Wait until every receiver has handled each message ``sender`` published so far.
+
+    A subscriber gets messages in the order Redis ran their PUBLISH, so once a receiver drops a
+    marker key the sender deletes after its other writes, it has handled those writes too: an
+    assertion after this sees their effect, where one after a fixed pause could run before a
+    slow machine delivered them. Each receiver holds its own marker (a receiver's write of
+    its marker evicts that key, not another receiver's)."""
+    pairs = [(receiver, marker_key()) for receiver in receivers]
+    for receiver, marker in pairs:
+        await receiver.set(marker, "marker", ttl=60)
+    await sender.delete_many([marker for _, marker in pairs])
+    await until(lambda: not any(held(receiver, marker) for receiver, marker in pairs))
+
+
 async def test_a_write_evicts_the_other_instances_l1(make_tiered: MakeTiered) -> None:
     a, b = await two(make_tiered)
     await a.set("k", "v1", ttl=60)
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)  # else the write's own message could evict the copy read next
     assert await b.get("k") == "v1"
     assert held(b, "k")
     await a.set("k", "v2", ttl=60)
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)
     assert not held(b, "k")
     assert await b.get("k") == "v2"
 
 
 async def test_the_writer_keeps_its_own_entry(make_tiered: MakeTiered) -> None:
     """Self-echo suppression: an instance does not evict what it has just written."""
-    a, _ = await two(make_tiered)
+    a, b = await two(make_tiered)
     await a.set("k", "v", ttl=60)
-    await asyncio.sleep(PROPAGATION)
+    await settled(b, a)  # a's echo of its write came before b's marker
     assert held(a, "k")
 
 
@@ -62,7 +90,7 @@ async def test_invalidations_reach_the_other_instance(
     a, b = await two(make_tiered)
     await a.namespace("ns").set("user:1", "x", tags=["user:1"])
     await a.set("keep", "y")
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)
     assert await b.namespace("ns").get("user:1") == "x"
     assert await b.get("keep") == "y"
     if operation == "delete":
@@ -73,7 +101,7 @@ async def test_invalidations_reach_the_other_instance(
         assert await a.invalidate_prefix("ns:user") == 1
     else:
         assert await a.namespace("ns").invalidate_prefix("") == 1
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)
     assert not held(b, "ns:user:1")
     assert held(b, "keep")
     assert await b.namespace("ns").get("user:1") is None
@@ -86,7 +114,7 @@ async def test_an_invalidation_during_an_l2_read_keeps_the_result_out_of_l1(
     caller but not kept, so the next read goes to Redis again."""
     a, b = await two(make_tiered)
     await a.set("k", "old")
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)
     l2 = b._core.l2
     assert l2 is not None
     read_started = asyncio.Event()
@@ -103,7 +131,7 @@ async def test_an_invalidation_during_an_l2_read_keeps_the_result_out_of_l1(
     reader = asyncio.create_task(b.get("k"))
     await read_started.wait()
     await a.set("k", "new")
-    await asyncio.sleep(PROPAGATION)
+    await settled(a, b)  # the invalidation landed while the read was still in progress
     release.set()
     assert await reader == "old"
     assert not held(b, "k")
@@ -112,7 +140,9 @@ async def test_an_invalidation_during_an_l2_read_keeps_the_result_out_of_l1(
 
 
 async def test_single_flight_across_instances(make_tiered: MakeTiered) -> None:
-    a, b = await two(make_tiered)
+    # The waiting instance keeps waiting however long the callers take to line up.
+    a = await make_tiered(lock_ttl=60)
+    b = await make_tiered(lock_ttl=60)
     calls = 0
     gate = asyncio.Event()
 
@@ -152,9 +182,9 @@ async def test_when_the_lock_holder_stores_nothing_the_next_instance_loads_at_on
         return "b's value"
 
     holder = asyncio.create_task(a.get_or_set("k", first))
-    await asyncio.sleep(0.05)
+    await until(lambda: order == ["a started"])  # a holds the lock
     waiter = asyncio.create_task(b.get_or_set("k", second))
-    await asyncio.sleep(0.1)
+    await until(lambda: "k" in b._core.waiters)  # b found the lock taken and waits
     assert order == ["a started"]
     gate.set()
     async with asyncio.timeout(10):  # far below lock_ttl: the wait ended with the lock
@@ -176,9 +206,8 @@ async def test_a_purge_from_a_short_lived_process_reaches_running_instances(
     await a.set("other", "O")
     settings = Settings(store={"redis_url": clean_redis_url})
     assert await purge(settings, tag="pages") == 2
-    await asyncio.sleep(PROPAGATION)
-    assert not held(a, "page:/a")
-    assert not held(a, "page:/b")
+    await until(lambda: not held(a, "page:/a") and not held(a, "page:/b"))
+    assert held(a, "other")
     assert await purge(settings, key="other") == 1
     assert await purge(settings, prefix="nothing") == 0
     with pytest.raises(ValueError, match="exactly one"):
@@ -225,7 +254,7 @@ def test_malformed_messages_are_ignored(name: str, data: bytes) -> None:
 async def test_malformed_messages_on_the_channel_change_nothing(
     make_tiered: MakeTiered, clean_redis_url: str
 ) -> None:
-    a = await make_tiered()
+    a, b = await two(make_tiered)
     await a.set("k", "v")
     client = redis.Redis.from_url(clean_redis_url)
     try:
@@ -233,7 +262,7 @@ async def test_malformed_messages_on_the_channel_change_nothing(
             client.publish(a.config.invalidation_channel, data)
     finally:
         client.close()
-    await asyncio.sleep(PROPAGATION)
+    await settled(b, a)  # published after the malformed ones, so handled after them
     assert held(a, "k")
 
 
@@ -256,6 +285,24 @@ class Peer:
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
+
+    async def settled(self, sender: Cache) -> None:
+        """Wait until this process has handled each message ``sender`` published so far (the
+        marker of :func:`settled`, held here)."""
+        marker = marker_key()
+        assert self.ask("set", marker, "marker", []) is True
+        await sender.delete(marker)
+        async with asyncio.timeout(PATIENCE):
+            while self.ask("held", marker):
+                await asyncio.sleep(0.01)
+
+    async def reached(self, receiver: Cache) -> None:
+        """Wait until ``receiver`` has handled each message this process published so far:
+        this process writes a marker ``receiver`` holds, after its other writes."""
+        marker = marker_key()
+        await receiver.set(marker, "marker", ttl=60)
+        assert self.ask("set", marker, "marker", []) is True
+        await until(lambda: not held(receiver, marker))
 
     def stop(self) -> None:
         if self.process.stdin is not None:
@@ -282,21 +329,23 @@ async def test_two_processes_see_each_others_invalidations(
     here = await make_tiered()
     peer = peers[0]
     await here.set("k", "v1", tags=["t"])
-    await asyncio.sleep(PROPAGATION)
+    await peer.settled(here)  # else the write's own message could evict the copy read next
     assert peer.ask("get", "k") == {"value": "v1", "in_l1": False}
     assert peer.ask("held", "k") is True
     await here.set("k", "v2", tags=["t"])
-    await asyncio.sleep(PROPAGATION)
+    await peer.settled(here)
     assert peer.ask("held", "k") is False
     assert peer.ask("get", "k")["value"] == "v2"
+    assert peer.ask("held", "k") is True
     await here.invalidate_tag("t")
-    await asyncio.sleep(PROPAGATION)
+    await peer.settled(here)
     assert peer.ask("held", "k") is False
     # And the other way round.
     assert peer.ask("set", "from-peer", "p1", []) is True
+    await peer.reached(here)
     assert await here.get("from-peer") == "p1"
     assert peer.ask("set", "from-peer", "p2", []) is True
-    await asyncio.sleep(PROPAGATION)
+    await peer.reached(here)
     assert not held(here, "from-peer")
     assert await here.get("from-peer") == "p2"
 
@@ -346,7 +395,8 @@ async def test_instances_agree_with_redis_after_racing_writes(
                 await asyncio.sleep(0)
 
     await asyncio.gather(*(worker(cache, rng.randrange(1000)) for cache in caches))
-    await asyncio.sleep(PROPAGATION)
+    for sender in caches:
+        await settled(sender, *(cache for cache in caches if cache is not sender))
     redis_only = caches[0].config.model_copy(update={"l1_max_entries": 0})
     truth = Cache.from_url(clean_redis_url, redis_only)
     try:
