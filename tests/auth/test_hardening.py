@@ -137,7 +137,10 @@ async def test_mfa_setup_needs_a_recent_login_or_the_password(database_url: str)
 
 
 async def test_wrong_codes_on_mfa_endpoints_are_throttled(database_url: str) -> None:
-    async with running_service(database_url) as service:
+    # The block outlasts the test: a 1 s block could end between slow attempts and let the
+    # sixth code be checked.
+    config = auth_config(throttle=ThrottleConfig(base_delay=3600.0))
+    async with running_service(database_url, config=config) as service:
         await make_user(service)
         pair = await service.login("alice@example.com", PASSWORD, None, CONTEXT)
         principal = await service.authenticate_bearer(pair.access_token)

@@ -11,6 +11,7 @@ import pytest
 from auth.service_harness import CONTEXT, PASSWORD, auth_config, make_user, running_service
 from bastion.audit.events import MemoryAuditSink
 from bastion.auth.admin import IdentityAdmin
+from bastion.auth.config import ThrottleConfig
 from bastion.auth.enrolment import MfaEnrolment
 from bastion.auth.errors import AuthError
 from bastion.auth.service import IdentityService, RequestContext
@@ -51,8 +52,13 @@ async def test_wrong_password_and_unknown_user_answer_the_same(
         assert failure.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+# Throttle tests use a block that outlasts the test: a 1 s block could end between slow
+# attempts and let a sixth password be checked.
+LASTING_BLOCK = auth_config(throttle=ThrottleConfig(base_delay=3600.0))
+
+
 async def test_throttle_treats_unknown_and_real_usernames_alike(database_url: str) -> None:
-    async with running_service(database_url) as service:
+    async with running_service(database_url, config=LASTING_BLOCK) as service:
         await make_user(service)
         outcomes: dict[str, list[str]] = {}
         for username in ("alice@example.com", "ghost@example.com"):
@@ -71,7 +77,7 @@ async def test_throttle_treats_unknown_and_real_usernames_alike(database_url: st
 async def test_throttled_login_carries_retry_after_and_spares_other_addresses(
     database_url: str,
 ) -> None:
-    async with running_service(database_url) as service:
+    async with running_service(database_url, config=LASTING_BLOCK) as service:
         await make_user(service)
         for _ in range(5):
             with pytest.raises(AuthError):
