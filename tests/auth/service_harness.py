@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +23,21 @@ PASSWORD = "correct horse battery staple"
 CONTEXT = RequestContext(client_ip="198.51.100.7", user_agent="pytest", request_id="req-1")
 
 
+class ManualClock:
+    """The service's wall clock, moved only by the test: starts at the real time (rows the
+    database stamps itself stay comparable), so a lifetime ends when the test says so rather
+    than when a slow machine gets there."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def auth_config(**overrides: Any) -> AuthConfig:
     """An :class:`AuthConfig` with fast password hashing plus ``overrides``."""
     values: dict[str, Any] = {"passwords": FAST_PASSWORDS}
@@ -36,6 +52,7 @@ async def running_service(
     config: AuthConfig | None = None,
     redis_url: str = "",
     audit: MemoryAuditSink | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[IdentityService]:
     """A started :class:`IdentityService` over ``database_url`` (migrated), closed after."""
     stores = Stores(StoreConfig(database_url=database_url, redis_url=redis_url))
@@ -45,6 +62,7 @@ async def running_service(
         stores=stores,
         metrics=Metrics(),
         audit=audit if audit is not None else MemoryAuditSink(),
+        clock=clock,
     )
     try:
         await service.start()
