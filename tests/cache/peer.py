@@ -20,8 +20,9 @@ from bastion.cache.config import CacheConfig
 
 async def main(url: str) -> None:
     client = redis.asyncio.Redis.from_url(url)
-    # The lock outlasts any wait for the other process's loader, however slow the machine.
-    cache = Cache(CacheConfig(lock_ttl=60), redis=client, owns_redis=True)
+    # The lock outlasts any wait for the other process's loader, and calls wait on the test
+    # Redis, however slow the machine.
+    cache = Cache(CacheConfig(lock_ttl=60, timeout=15), redis=client, owns_redis=True)
     await cache.start()
     loop = asyncio.get_running_loop()
     print("ready", flush=True)

@@ -44,8 +44,9 @@ async def gateway(clean_redis_url: str) -> AsyncIterator[Gateways]:
     caches: list[Cache] = []
 
     def build() -> Client:
-        redis = Redis.from_url(clean_redis_url, socket_timeout=2, socket_connect_timeout=2)
-        cache = Cache(CacheConfig(), redis=redis, metrics=Metrics(), owns_redis=True)
+        # Patient with the test Redis: a stalled test process is no Redis outage.
+        redis = Redis.from_url(clean_redis_url, socket_timeout=15, socket_connect_timeout=15)
+        cache = Cache(CacheConfig(timeout=15), redis=redis, metrics=Metrics(), owns_redis=True)
         caches.append(cache)
         settings = Settings(
             cache=CacheConfig(http=HttpCacheConfig(enabled=True, x_cache_header=True))
