@@ -72,7 +72,12 @@ async def test_excess_requests_shed_with_retry_after() -> None:
     gate = Gate()
     app, stage, deps = build(SheddingConfig(max_inflight=2, max_queue=1, queue_timeout=0.05), gate)
     tasks = [asyncio.create_task(call(app)) for _ in range(5)]
-    await asyncio.sleep(0.2)  # two run, one waited and timed out, two refused at once
+    # Two run, one waits and times out, two are refused at once: the gate opens only once all
+    # three were refused (after a fixed pause, a slow start could still have the waiter queued
+    # and hand it the freed slot).
+    async with asyncio.timeout(30):
+        while deps.metrics.shed._value.get() < 3:
+            await asyncio.sleep(0.01)
     gate.release.set()
     results = await asyncio.gather(*tasks)
     statuses = sorted(r[0]["status"] for r in results)
@@ -87,7 +92,8 @@ async def test_excess_requests_shed_with_retry_after() -> None:
 
 async def test_waiter_gets_slot_when_one_frees() -> None:
     gate = Gate()
-    app, stage, _ = build(SheddingConfig(max_inflight=1, max_queue=5, queue_timeout=2.0), gate)
+    # A wait far longer than the test: only the freed slot can end it.
+    app, stage, _ = build(SheddingConfig(max_inflight=1, max_queue=5, queue_timeout=60.0), gate)
     first = asyncio.create_task(call(app))
     second = asyncio.create_task(call(app))
     await asyncio.sleep(0.05)
@@ -100,7 +106,7 @@ async def test_waiter_gets_slot_when_one_frees() -> None:
 
 async def test_cancelled_waiter_does_not_leak_slot() -> None:
     gate = Gate()
-    app, stage, _ = build(SheddingConfig(max_inflight=1, max_queue=5, queue_timeout=5.0), gate)
+    app, stage, _ = build(SheddingConfig(max_inflight=1, max_queue=5, queue_timeout=60.0), gate)
     first = asyncio.create_task(call(app))
     await asyncio.sleep(0.01)
     waiting = asyncio.create_task(call(app))
