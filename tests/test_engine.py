@@ -186,8 +186,10 @@ async def test_shed_response_carries_headers(store: StoreConfig) -> None:
     import httpx
 
     gate = asyncio.Event()
+    entered = asyncio.Event()
 
     async def slow(scope: Any, receive: Any, send: Any) -> None:
+        entered.set()
         await gate.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
@@ -199,7 +201,10 @@ async def test_shed_response_carries_headers(store: StoreConfig) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         first = asyncio.create_task(client.get("/"))
-        await asyncio.sleep(0.05)
+        # The first request holds the only slot before the second is sent (after a fixed
+        # pause, a slow start of the stores could let the second take it and wait forever).
+        async with asyncio.timeout(30):
+            await entered.wait()
         refused = await client.get("/", headers={"X-Request-ID": "shed-1"})
         gate.set()
         assert (await first).status_code == 200
