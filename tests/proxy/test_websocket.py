@@ -18,6 +18,18 @@ from bastion.proxy import RouteConfig
 from bastion.proxy.websocket import _Session, relayable_close_code
 from proxy.harness import MakeProxy, RawConnection, RawUpstream, Script, serve_gateway
 
+PATIENCE = 30.0
+"""How long a test waits for something that must happen: only what never happens fails, not
+what a slow machine does late."""
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Wait until ``check`` holds, failing after :data:`PATIENCE`."""
+    async with asyncio.timeout(PATIENCE):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
 RawFactory = Callable[[Script], Awaitable[RawUpstream]]
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -78,10 +90,7 @@ async def test_client_close_code_reaches_the_upstream(
             await ws.send("ping")
             assert await ws.recv() == "ping"
             await ws.close(code=4001, reason="client done")
-        for _ in range(100):
-            if websocket_closes:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(websocket_closes))
     assert websocket_closes == [(4001, "client done")]
 
 
@@ -136,10 +145,7 @@ async def test_oversized_client_message_closes_with_1009(
         await ws.send("é" * 600)  # 600 characters, 1200 bytes
         with pytest.raises(ConnectionClosed) as caught:
             await ws.recv()
-        for _ in range(100):
-            if websocket_closes:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: bool(websocket_closes))
     assert caught.value.rcvd is not None
     assert caught.value.rcvd.code == 1009
     assert websocket_closes[0][0] == 1009
@@ -242,10 +248,11 @@ async def test_a_slow_client_stalls_reading_from_the_upstream() -> None:
 
     session = _Session(upstream, receive, send, max_queue=4, max_message=1024)  # type: ignore[arg-type]
     task = asyncio.create_task(session.run())
-    await asyncio.sleep(0.2)
+    await until(lambda: bool(delivered))
+    await asyncio.sleep(0.2)  # time for the reader to run ahead, were it unbounded
     # One message is stuck in send, four wait in the queue, one is held by the blocked reader.
     assert len(delivered) == 1
     assert upstream.reads <= 4 + 2
     release.set()
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, PATIENCE)
     assert upstream.closed
