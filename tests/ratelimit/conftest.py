@@ -1,22 +1,25 @@
 """Every rate-limit store behind one fixture, with time the tests can move forward.
 
 ``store_factory`` is parametrized over the backends: ``memory`` (a :class:`MemoryStore` on a
-manual clock, so ``advance`` is instant and exact) and ``redis`` (a ``RedisStore`` on the test
-Redis, whose ``TIME`` cannot be faked, so ``advance`` sleeps). Tests written against it keep
-periods short (under a second) and compare times with ``backend.tolerance``: 10 µs on memory, a
-few milliseconds of real scheduling on Redis.
+manual clock) and ``redis`` (a ``RedisStore`` on the test Redis, running its script with the
+server's ``TIME`` replaced by a clock the test keeps in Redis: :class:`RedisClock`). On both,
+``advance`` is instant and exact, so a slow machine cannot let more time pass than the test
+says. Tests written against it keep periods short (under a second) and compare times with
+``backend.tolerance``.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
+from redis.asyncio import Redis
 
+from bastion.ratelimit import redis_store
 from bastion.ratelimit.core import BanLedger, Check, RateLimitStore, Rule
 from bastion.ratelimit.memory import MemoryStore
 from bastion.ratelimit.redis_store import RedisStore
@@ -56,34 +59,67 @@ class ManualClock:
         self.now = (int(self.now / period) + 1) * period + 1e-4
 
 
-class WallTime:
-    """Real time, for a store whose clock is not ours (Redis ``TIME``).
+class RedisClock:
+    """The Redis store's time, moved only by the test.
 
-    Sleeps end at deadlines, not after durations: the event loop's timers overshoot by a few
-    milliseconds on a busy virtual machine, and over an align and two advances that alone used
-    up a test's tolerance. Each deadline is counted from the previous one (the time the test's
-    own calls take in between is not added) when it was under ``_SLACK`` ago, else from now.
+    The store's script reads the server's ``TIME``; under test it runs a copy reading this
+    clock's key instead (:meth:`script`). Redis still expires keys by its own clock, so the copy
+    also stretches every expiry by :data:`STRETCH`, and :meth:`advance` takes the time it moves
+    off the keys' remaining lives (deleting those that end): a key lives as long in this clock's
+    time as the script asked, and the real time a test takes (a minute is 6 ms here) hardly
+    counts.
     """
 
-    _SLACK = 0.01
+    STRETCH = 10_000
 
-    def __init__(self) -> None:
-        self._at = 0.0
+    def __init__(self, client: Redis, key: str, prefix: str) -> None:
+        self._client = client
+        self._key = key
+        self._prefix = prefix
+        self.now = time.time()
 
-    async def _until(self, deadline: float) -> None:
-        while (left := deadline - time.time()) > 0:
-            # Most of the wait asleep, the last two milliseconds yielding to the loop.
-            await asyncio.sleep(left - 0.002 if left > 0.003 else 0)
-        self._at = deadline
+    def script(self) -> bytes:
+        """The store's script on this clock."""
+        reads_time = (
+            b"local clock = redis.call('TIME')\n"
+            b"local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])\n"
+        )
+        expiry = b"local ms = math.ceil(micros / 1000)\n"
+        script = redis_store.SCRIPT
+        # Each replaced line exactly once, or the script changed under the test.
+        assert script.count(reads_time) == 1
+        assert script.count(expiry) == 1
+        reads_clock = b"local now = tonumber(redis.call('GET', '%s'))\n" % self._key.encode()
+        stretched = b"local ms = math.ceil(micros * %d / 1000)\n" % self.STRETCH
+        return script.replace(reads_time, reads_clock).replace(expiry, stretched)
+
+    async def start(self) -> None:
+        await self._client.set(self._key, round(self.now * 1_000_000))
 
     async def advance(self, seconds: float) -> None:
-        now = time.time()
-        await self._until((self._at if now - self._at < self._SLACK else now) + seconds)
+        await self._move_to(self.now + seconds)
 
     async def align(self, period: float) -> None:
-        # The test Redis runs on this host, so its TIME and ours agree to well under this.
-        now = time.time()
-        await self._until(now + period - now % period + 0.005)
+        # A hair after the boundary: exactly on it, k * period may round to either side.
+        await self._move_to((int(self.now / period) + 1) * period + 1e-4)
+
+    async def _move_to(self, now: float) -> None:
+        passed_ms = (now - self.now) * 1000 * self.STRETCH
+        self.now = now
+        await self._client.set(self._key, round(now * 1_000_000))
+        async for key in self._client.scan_iter(match=self._prefix + "*"):
+            left = await self._client.pttl(key)
+            if left < 0:
+                continue
+            if left <= passed_ms:
+                await self._client.delete(key)
+            else:
+                await self._client.pexpire(key, math.ceil(left - passed_ms))
+
+    async def ttl(self, key: bytes) -> float:
+        """Seconds ``key`` has left to live on this clock (-1: no expiry)."""
+        milliseconds = await self._client.pttl(key)
+        return milliseconds / 1000 / self.STRETCH if milliseconds >= 0 else -1.0
 
 
 class Backend(abc.ABC):
@@ -140,15 +176,25 @@ class MemoryBackend(Backend):
 
 class RedisBackend(Backend):
     PREFIX = "bastion:rl:test:"
+    CLOCK_KEY = "bastion:rl:test-clock"
+    """Outside :data:`PREFIX`: not one of the store's keys."""
 
     def __init__(self, url: str) -> None:
-        super().__init__("redis", WallTime(), 0.03)
         self.connector = RedisConnector.from_url(url)
+        self.clock = RedisClock(self.connector.client, self.CLOCK_KEY, self.PREFIX)
+        # Exact time, but the store reports durations in whole microseconds and Redis keeps
+        # expiries in whole milliseconds.
+        super().__init__("redis", self.clock, 0.002)
 
     async def __call__(self, *, ledger: BanLedger | None = None) -> RateLimitStore:
         if ledger is not None:
             raise ValueError("the Redis store keeps its bans in Redis: no ledger")
-        store = RedisStore(self.connector, prefix=self.PREFIX)
+        if not self.stores:
+            await self.clock.start()
+        with pytest.MonkeyPatch.context() as patch:
+            # The store takes its script (and the script's SHA) when it is made.
+            patch.setattr(redis_store, "SCRIPT", self.clock.script())
+            store = RedisStore(self.connector, prefix=self.PREFIX)
         self.stores.append(store)
         # The first call connects and loads the script (tens of milliseconds under coverage on
         # a busy machine): made here, so the calls a test times measure the store itself.
@@ -163,8 +209,7 @@ class RedisBackend(Backend):
         client = self.connector.client
         found: dict[str, float] = {}
         async for key in client.scan_iter(match=self.PREFIX + "*"):
-            milliseconds = await client.pttl(key)
-            found[key.decode()] = milliseconds / 1000 if milliseconds >= 0 else -1.0
+            found[key.decode()] = await self.clock.ttl(key)
         return found
 
     async def close(self) -> None:
