@@ -323,9 +323,11 @@ async def test_unreachable_receiver_gives_up_after_max_attempts() -> None:
 
 
 async def test_a_slow_receiver_times_out_and_is_retried(receiver: Receiver) -> None:
-    receiver.script = [(200, {}, 1.0), (200, {}, 0.0)]
+    # A second to answer: the prompt second answer cannot run out of it on a slow machine, as
+    # it could of 200 ms (a stalled loop fires the timeout with the answer already there).
+    receiver.script = [(200, {}, 2.0), (200, {}, 0.0)]
     metrics, sleeps = Metrics(), Sleeps()
-    target = sender(receiver.url, metrics, sleeps, timeout="200ms")
+    target = sender(receiver.url, metrics, sleeps, timeout="1s")
 
     async def body() -> None:
         target.submit({"type": "alert.firing"})
