@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import Executable
 
@@ -162,6 +162,42 @@ async def test_utc_datetime_round_trips_as_aware_utc(database: Database) -> None
 
     with pytest.raises(StoreError, match="database call failed"):
         await _wrapped(database, insert(table).values(id=3, at=datetime(2025, 1, 1)))
+
+
+async def test_read_runs_one_statement_with_bound_values(database: Database) -> None:
+    """The session-less read: bound values (a UTC timestamp included) go through the columns'
+    types both ways, rows come back as tuples, and driver errors become StoreError."""
+    metadata = MetaData()
+    table = Table(
+        "polled",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("at", UtcDateTime, nullable=False),
+    )
+    async with database.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    start = datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
+    async with database.session() as session:
+        rows = [{"id": n, "at": start + timedelta(seconds=n)} for n in range(1, 6)]
+        await session.execute(insert(table), rows)
+        await session.commit()
+    statement = (
+        select(table.c.id, table.c.at)
+        .where(table.c.id > bindparam("after_id"), table.c.at >= bindparam("since"))
+        .order_by(table.c.id)
+    )
+    paris = timezone(timedelta(hours=1))
+    since = datetime(2026, 12, 2, 6, 0, 3, tzinfo=paris)  # 05:00:03 UTC
+    found = await database.read(statement, {"after_id": 1, "since": since})
+    assert found == [
+        (3, start + timedelta(seconds=3)),
+        (4, start + timedelta(seconds=4)),
+        (5, start + timedelta(seconds=5)),
+    ]
+    assert all(type(row) is tuple and row[1].tzinfo is UTC for row in found)
+    assert await database.read(statement, {"after_id": 5, "since": since}) == []
+    with pytest.raises(StoreError, match="database call failed"):
+        await database.read(text("SELECT * FROM no_such_table"))
 
 
 def test_utc_datetime_refuses_non_datetimes_from_the_database() -> None:

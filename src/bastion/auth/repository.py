@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bastion.auth.models import (
@@ -68,6 +68,22 @@ class StoredApiKey:
             last_used_at=record.last_used_at,
             revoked_at=record.revoked_at,
         )
+
+
+_CHANGES_AFTER = (
+    select(AuthChange.id, AuthChange.kind, AuthChange.subject)
+    .where(AuthChange.id > bindparam("last_id"))
+    .order_by(AuthChange.id)
+    .limit(bindparam("limit"))
+)
+_CHANGES_SINCE = (
+    select(AuthChange.id, AuthChange.kind, AuthChange.subject)
+    .where((AuthChange.id > bindparam("last_id")) | (AuthChange.at >= bindparam("since")))
+    .order_by(AuthChange.id)
+    .limit(bindparam("limit"))
+)
+"""The change feed's reads, without and with its overlap window
+(:meth:`IdentityStore.changes_after`)."""
 
 
 class IdentityStore:
@@ -514,18 +530,16 @@ class IdentityStore:
         """Changes with an id above ``last_id`` or (with ``since``) written at or after it,
         oldest first. The second condition catches rows that committed after a row with a
         higher id (PostgreSQL hands out ids before commit, so they can become visible out of
-        order)."""
-        condition = AuthChange.id > last_id
-        if since is not None:
-            condition = condition | (AuthChange.at >= since)
-        query = (
-            select(AuthChange.id, AuthChange.kind, AuthChange.subject)
-            .where(condition)
-            .order_by(AuthChange.id)
-            .limit(limit)
-        )
-        async with self._database.session() as session:
-            return [(i, k, s) for i, k, s in (await session.execute(query)).all()]
+        order). Polled every ``revocation_poll``: one statement built once, read without a
+        session (:meth:`Database.read`)."""
+        values: dict[str, Any] = {"last_id": last_id, "limit": limit}
+        if since is None:
+            statement = _CHANGES_AFTER
+        else:
+            statement = _CHANGES_SINCE
+            values["since"] = since
+        rows = await self._database.read(statement, values)
+        return [(row[0], row[1], row[2]) for row in rows]
 
     async def latest_change(self) -> int:
         async with self._database.session() as session:
