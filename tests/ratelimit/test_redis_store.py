@@ -252,7 +252,9 @@ async def test_a_killed_redis_fails_fast_and_a_restarted_one_is_used_again(
             *(store.evaluate([check], client=CLIENT, bans=BANS) for _ in range(20)),
             return_exceptions=True,
         )
-        assert time.monotonic() - started < timeout * 3 + 0.5
+        # Together, not one timeout after another (a bound far above what a slow machine takes
+        # for the few timeouts the calls share).
+        assert time.monotonic() - started < 20 * timeout
         assert all(isinstance(outcome, RateLimitStoreError) for outcome in outcomes)
 
         server.start()  # same port, empty: the script is gone too
@@ -274,10 +276,11 @@ async def test_a_redis_that_stops_answering_times_out_then_recovers(
         await store.evaluate([check], client=CLIENT)
         server.pause()
         try:
-            started = time.monotonic()
+            # The store's timeout ends the wait (the error says so; without one the wait would
+            # not end), however slow the machine.
             with pytest.raises(RateLimitStoreError, match=r"timed out|Timeout"):
-                await store.evaluate([check], client=CLIENT)
-            assert time.monotonic() - started < timeout * 3 + 0.5
+                async with asyncio.timeout(30):
+                    await store.evaluate([check], client=CLIENT)
         finally:
             server.resume()
         verdict = await store.evaluate([check], client=CLIENT)
