@@ -59,7 +59,9 @@ async def started_database(databases: Callable[[], Database]) -> Database:
     return database
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``predicate`` holds: the ledgers' tasks poll and write the database in the
+    background, which a slow disk can hold up far beyond the poll interval."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
