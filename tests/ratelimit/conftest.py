@@ -11,115 +11,14 @@ says. Tests written against it keep periods short (under a second) and compare t
 from __future__ import annotations
 
 import abc
-import math
-import time
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 import pytest
-from redis.asyncio import Redis
 
-from bastion.ratelimit import redis_store
 from bastion.ratelimit.core import BanLedger, Check, RateLimitStore, Rule
 from bastion.ratelimit.memory import MemoryStore
-from bastion.ratelimit.redis_store import RedisStore
 from bastion.store.redis import RedisConnector
-
-START = 1_700_000_000.0
-"""The manual clock's start: an epoch-sized time, so float rounding is the real one."""
-
-
-class FakeTime(Protocol):
-    """Time as the store under test sees it."""
-
-    async def advance(self, seconds: float) -> None:
-        """Let ``seconds`` pass."""
-        ...
-
-    async def align(self, period: float) -> None:
-        """Move to just after the start of a window ``[k * period, (k + 1) * period)``, so a
-        test working within one window is not cut by its end."""
-        ...
-
-
-class ManualClock:
-    """A clock that only moves when told: the memory store's ``clock``."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def align(self, period: float) -> None:
-        # A hair after the boundary: exactly on it, k * period may round to either side.
-        self.now = (int(self.now / period) + 1) * period + 1e-4
-
-
-class RedisClock:
-    """The Redis store's time, moved only by the test.
-
-    The store's script reads the server's ``TIME``; under test it runs a copy reading this
-    clock's key instead (:meth:`script`). Redis still expires keys by its own clock, so the copy
-    also stretches every expiry by :data:`STRETCH`, and :meth:`advance` takes the time it moves
-    off the keys' remaining lives (deleting those that end): a key lives as long in this clock's
-    time as the script asked, and the real time a test takes (a minute is 6 ms here) hardly
-    counts.
-    """
-
-    STRETCH = 10_000
-
-    def __init__(self, client: Redis, key: str, prefix: str) -> None:
-        self._client = client
-        self._key = key
-        self._prefix = prefix
-        self.now = time.time()
-
-    def script(self) -> bytes:
-        """The store's script on this clock."""
-        reads_time = (
-            b"local clock = redis.call('TIME')\n"
-            b"local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])\n"
-        )
-        expiry = b"local ms = math.ceil(micros / 1000)\n"
-        script = redis_store.SCRIPT
-        # Each replaced line exactly once, or the script changed under the test.
-        assert script.count(reads_time) == 1
-        assert script.count(expiry) == 1
-        reads_clock = b"local now = tonumber(redis.call('GET', '%s'))\n" % self._key.encode()
-        stretched = b"local ms = math.ceil(micros * %d / 1000)\n" % self.STRETCH
-        return script.replace(reads_time, reads_clock).replace(expiry, stretched)
-
-    async def start(self) -> None:
-        await self._client.set(self._key, round(self.now * 1_000_000))
-
-    async def advance(self, seconds: float) -> None:
-        await self._move_to(self.now + seconds)
-
-    async def align(self, period: float) -> None:
-        # A hair after the boundary: exactly on it, k * period may round to either side.
-        await self._move_to((int(self.now / period) + 1) * period + 1e-4)
-
-    async def _move_to(self, now: float) -> None:
-        passed_ms = (now - self.now) * 1000 * self.STRETCH
-        self.now = now
-        await self._client.set(self._key, round(now * 1_000_000))
-        async for key in self._client.scan_iter(match=self._prefix + "*"):
-            left = await self._client.pttl(key)
-            if left < 0:
-                continue
-            if left <= passed_ms:
-                await self._client.delete(key)
-            else:
-                await self._client.pexpire(key, math.ceil(left - passed_ms))
-
-    async def ttl(self, key: bytes) -> float:
-        """Seconds ``key`` has left to live on this clock (-1: no expiry)."""
-        milliseconds = await self._client.pttl(key)
-        return milliseconds / 1000 / self.STRETCH if milliseconds >= 0 else -1.0
+from ratelimit.clocks import FakeTime, ManualClock, RedisClock
 
 
 class Backend(abc.ABC):
@@ -191,10 +90,7 @@ class RedisBackend(Backend):
             raise ValueError("the Redis store keeps its bans in Redis: no ledger")
         if not self.stores:
             await self.clock.start()
-        with pytest.MonkeyPatch.context() as patch:
-            # The store takes its script (and the script's SHA) when it is made.
-            patch.setattr(redis_store, "SCRIPT", self.clock.script())
-            store = RedisStore(self.connector, prefix=self.PREFIX)
+        store = self.clock.store(self.connector, prefix=self.PREFIX)
         self.stores.append(store)
         # The first call connects and loads the script (tens of milliseconds under coverage on
         # a busy machine): made here, so the calls a test times measure the store itself.

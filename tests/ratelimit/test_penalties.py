@@ -11,7 +11,6 @@ raise the escalation level, and with Redis a request still costs exactly one scr
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -45,6 +44,7 @@ from bastion.store.database import Database
 from bastion.store.migrate import upgrade
 from bastion.store.redis import RedisConnector
 from problem_assertions import assert_problem
+from ratelimit.clocks import FakeTime, ManualClock, RedisClock
 from ratelimit.redis_helpers import RedisServer
 from stage_harness import RecordingApp, around, make_deps
 
@@ -68,13 +68,16 @@ class Backend:
     """For the ledger: makes the other process's write visible to the gate's process."""
     ledger: SqlBanLedger | None = None
     """For the ledger: the gate's process's."""
+    clock: FakeTime | None = None
+    """The stores' time (epoch seconds at ``clock.now``), moved only by the test."""
 
     def strikes(
         self, store: MemoryStore | RedisStore, config: StrikesConfig = STRIKES
     ) -> StrikeStore:
         if isinstance(store, RedisStore):
             return RedisStrikes(store, config)
-        return MemoryStrikes(config, store)
+        assert isinstance(self.clock, ManualClock)
+        return MemoryStrikes(config, store, clock=self.clock)
 
     async def poll(self) -> None:
         """For the ledger: one poll of the gate's process, its own writes still queued."""
@@ -112,12 +115,12 @@ class Backend:
             await self.sync()
 
 
-async def _ledger(stack: AsyncExitStack, url: str) -> SqlBanLedger:
+async def _ledger(stack: AsyncExitStack, url: str, clock: ManualClock) -> SqlBanLedger:
     database = Database.from_url(url)
     await database.start()
     stack.push_async_callback(database.close)
     await upgrade(database)
-    ledger = SqlBanLedger(database)
+    ledger = SqlBanLedger(database, clock=clock)
     await ledger.refresh()
     return ledger
 
@@ -126,31 +129,49 @@ async def _ledger(stack: AsyncExitStack, url: str) -> SqlBanLedger:
     params=["memory", "ledger", pytest.param("redis", marks=pytest.mark.redis)],
 )
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    # Every backend on a clock the test moves: penalties of a fraction of a second end when the
+    # test says, not earlier on a slow machine (whose steps could also outlast reset_after). It
+    # starts on a whole second: the ledger keeps an end in microseconds, and a frozen clock
+    # would otherwise see a hair over 300 s left (Retry-After 301).
+    start = float(int(time.time()))
     async with AsyncExitStack() as stack:
         if request.param == "memory":
-            store = MemoryStore()
-            yield Backend("memory", store, store)
+            clock = ManualClock(start)
+            store = MemoryStore(clock=clock)
+            yield Backend("memory", store, store, clock=clock)
         elif request.param == "ledger":
+            clock = ManualClock(start)
             url = f"sqlite+aiosqlite:///{tmp_path / 'bans.db'}"
-            mine, theirs = await _ledger(stack, url), await _ledger(stack, url)
+            mine, theirs = await _ledger(stack, url, clock), await _ledger(stack, url, clock)
 
             async def sync() -> None:
                 await theirs.flush()
                 await mine.refresh()
 
             yield Backend(
-                "ledger", MemoryStore(ledger=mine), MemoryStore(ledger=theirs), sync, mine
+                "ledger",
+                MemoryStore(ledger=mine, clock=clock),
+                MemoryStore(ledger=theirs, clock=clock),
+                sync,
+                mine,
+                clock,
             )
         else:
             url = request.getfixturevalue("clean_redis_url")
             stores = []
+            redis_clock: RedisClock | None = None
             for _ in range(2):
                 connector = RedisConnector.from_url(url)
                 stack.push_async_callback(connector.close)
-                store = RedisStore(connector, prefix=REDIS_KEY_PREFIX)
+                if redis_clock is None:
+                    redis_clock = RedisClock(
+                        connector.client, "bastion:test-clock", REDIS_KEY_PREFIX
+                    )
+                    await redis_clock.start()
+                store = redis_clock.store(connector, prefix=REDIS_KEY_PREFIX)
                 stack.push_async_callback(store.close)
                 stores.append(store)
-            yield Backend("redis", stores[0], stores[1])
+            yield Backend("redis", stores[0], stores[1], clock=redis_clock)
 
 
 def gate_path(path: str, backend: Backend, app: ASGIApp) -> tuple[ASGIApp, Deps]:
@@ -234,9 +255,9 @@ async def test_the_gate_answers_each_kind_of_record(
 
 # -- escalation: only bans raise the level, and every penalty keeps it reset_after ---------
 #
-# Real time, as Redis decides on its own clock: durations of a fraction of a second. On the
-# ledger a poll runs after every block, before the writer would, and a ban and the blocks after
-# it are written together (the ways a block used to lower the stored level).
+# Durations of a fraction of a second, on the backend's clock. On the ledger a poll runs after
+# every block, before the writer would, and a ban and the blocks after it are written together
+# (the ways a block used to lower the stored level).
 
 ESCALATION = BanRule(threshold=1, window=60.0, durations=(0.5, 1.0, 2.0), reset_after=1.5)
 HOURLY = Rule("hourly", "gcra", 1, 3600.0, 1)
@@ -248,11 +269,13 @@ async def _left(backend: Backend) -> float:
     store = backend.store
     if isinstance(store, RedisStore):
         return (await store.penalty(CLIENT))[0]
-    return max(store.penalty(CLIENT).until - time.time(), 0.0)
+    assert backend.clock is not None
+    return max(store.penalty(CLIENT).until - backend.clock.now, 0.0)
 
 
 async def _wait_out(backend: Backend) -> None:
-    await asyncio.sleep(await _left(backend) + 0.05)
+    assert backend.clock is not None
+    await backend.clock.advance(await _left(backend) + 0.05)
     assert await _left(backend) == 0.0
 
 
