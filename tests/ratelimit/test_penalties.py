@@ -482,8 +482,10 @@ async def test_with_redis_each_request_is_one_script_call_and_strikes_refuse_the
 async def test_with_redis_down_the_gate_follows_on_store_error_for_struck_clients_too(
     private_redis: RedisServer, on_error: str, key: str, status: int
 ) -> None:
-    connector = RedisConnector.from_url(private_redis.url, timeout=0.3)
-    store = RedisStore(connector, prefix=REDIS_KEY_PREFIX, timeout=0.3)
+    # A killed Redis refuses at once: the timeouts only need to outlast a slow machine's first
+    # call (connecting and loading the script), which 0.3 s did not always.
+    connector = RedisConnector.from_url(private_redis.url, timeout=5.0)
+    store = RedisStore(connector, prefix=REDIS_KEY_PREFIX, timeout=5.0)
     try:
         assert await RedisStrikes(store, STRIKES).strike([CLIENT]) == [CLIENT]
         config = RateLimitConfig(
