@@ -271,6 +271,14 @@ class _Collected:
         self.lines += _jsonl(text)
 
 
+async def printed(out: _Collected, count: int) -> None:
+    """Wait until ``tail --follow`` printed ``count`` lines: it polls the database, which a slow
+    disk can hold up, so it is given up to 30 s."""
+    async with asyncio.timeout(30):
+        while len(out.lines) < count:
+            await asyncio.sleep(0.02)
+
+
 async def test_tail_follow_prints_new_events_as_they_are_committed(tmp_path: Path) -> None:
     async with started_stores(_url(tmp_path)) as stores:
         await fill(stores, 4)
@@ -280,19 +288,13 @@ async def test_tail_follow_prints_new_events_as_they_are_committed(tmp_path: Pat
             audit_cmd._tail(reader, AuditFilter(), 2, True, 0.05, out)  # type: ignore[arg-type]
         )
         # New events only once the last two are printed: else they could be among the last two.
-        for _ in range(500):
-            if len(out.lines) >= 2:
-                break
-            await asyncio.sleep(0.02)
+        await printed(out, 2)
         log = AuditLog(AuditConfig(), stores.database, stores.keys)
         await log.start()
         try:
             for number in range(5, 9):
                 await log.emit(sample_event(number))
-            for _ in range(200):
-                if len(out.lines) >= 6:
-                    break
-                await asyncio.sleep(0.02)
+            await printed(out, 6)
         finally:
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)
@@ -309,10 +311,7 @@ async def test_tail_follow_on_an_empty_log_prints_every_new_event(tmp_path: Path
             )
         )
         await fill(stores, 3)
-        for _ in range(200):
-            if len(out.lines) >= 3:
-                break
-            await asyncio.sleep(0.02)
+        await printed(out, 3)
         follow.cancel()
         await asyncio.gather(follow, return_exceptions=True)
     assert [r["seq"] for r in out.lines] == [1, 2, 3]
