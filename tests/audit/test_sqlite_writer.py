@@ -193,6 +193,14 @@ def writer_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == THREAD_NAME]
 
 
+async def threads_back_to(count: int) -> None:
+    """Wait until ``count`` writer threads are left: a closed writer's thread ends soon, but a
+    slow machine may take longer than a second to schedule its exit (30 s at most here)."""
+    async with asyncio.timeout(30):
+        while len(writer_threads()) != count:
+            await asyncio.sleep(0.01)
+
+
 async def test_close_finishes_what_was_handed_over_then_stops_and_run_starts_again(
     database: Path,
 ) -> None:
@@ -204,11 +212,7 @@ async def test_close_finishes_what_was_handed_over_then_stops_and_run_starts_aga
     assert await pending == 2
     await writer.close()  # idempotent
     assert numbers(database) == [1, 2]
-    for _ in range(100):
-        if len(writer_threads()) == before:
-            break
-        await asyncio.sleep(0.01)
-    assert len(writer_threads()) == before
+    await threads_back_to(before)
     await writer.run(insert(3))
     await writer.close()
     assert numbers(database) == [1, 2, 3]
@@ -339,11 +343,7 @@ async def test_closing_the_log_stops_the_writer_thread(sqlite_stores: Stores) ->
     await log.emit(sample_event(1))
     assert len(writer_threads()) == before + 1
     await log.close()
-    for _ in range(100):
-        if len(writer_threads()) == before:
-            break
-        await asyncio.sleep(0.01)
-    assert len(writer_threads()) == before
+    await threads_back_to(before)
     # Started again (as the engine does after a restart), it appends on a new thread.
     await log.start()
     await log.emit(sample_event(2))
