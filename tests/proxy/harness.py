@@ -8,6 +8,8 @@
   sent back (with arrival times).
 - :func:`serve_gateway`: a proxy behind uvicorn with the request-id and error stages, for tests
   that need a real client (WebSockets, concurrency).
+- :func:`until`: waits for a condition for up to :data:`PATIENCE` (30 s) rather than a fixed
+  pause, which a slow machine can outlast.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ from bastion.observe.metrics import Metrics
 from bastion.pipeline.errors import ErrorStage
 from bastion.pipeline.request_id import RequestIdStage
 from bastion.proxy import Proxy
+
+PATIENCE = 30.0
+"""How long a test waits for something that must happen: only what never happens fails, not
+what a slow machine does late."""
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Wait until ``check`` holds, failing after :data:`PATIENCE`."""
+    async with asyncio.timeout(PATIENCE):
+        while not check():
+            await asyncio.sleep(0.01)
+
 
 # -- the upstream application ---------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from bastion.http.principal import Principal
 from bastion.http.problems import BastionError
 from bastion.proxy import RouteConfig
 from proxy.harness import (
+    PATIENCE,
     Gateway,
     MakeProxy,
     RawConnection,
@@ -22,20 +23,9 @@ from proxy.harness import (
     body_receive,
     call,
     response_bytes,
+    until,
     with_body_headers,
 )
-
-PATIENCE = 30.0
-"""How long a test waits for something that must happen: only what never happens fails, not
-what a slow machine does late."""
-
-
-async def until(check: Callable[[], bool]) -> None:
-    """Wait until ``check`` holds, failing after :data:`PATIENCE`."""
-    async with asyncio.timeout(PATIENCE):
-        while not check():
-            await asyncio.sleep(0.01)
-
 
 RawFactory = Callable[[Script], Awaitable[RawUpstream]]
 

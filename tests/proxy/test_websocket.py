@@ -16,19 +16,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bastion.proxy import RouteConfig
 from bastion.proxy.websocket import _Session, relayable_close_code
-from proxy.harness import MakeProxy, RawConnection, RawUpstream, Script, serve_gateway
-
-PATIENCE = 30.0
-"""How long a test waits for something that must happen: only what never happens fails, not
-what a slow machine does late."""
-
-
-async def until(check: Callable[[], bool]) -> None:
-    """Wait until ``check`` holds, failing after :data:`PATIENCE`."""
-    async with asyncio.timeout(PATIENCE):
-        while not check():
-            await asyncio.sleep(0.01)
-
+from proxy.harness import (
+    PATIENCE,
+    MakeProxy,
+    RawConnection,
+    RawUpstream,
+    Script,
+    serve_gateway,
+    until,
+)
 
 RawFactory = Callable[[Script], Awaitable[RawUpstream]]
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
