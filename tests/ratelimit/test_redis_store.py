@@ -32,7 +32,9 @@ CLIENT = "ip:203.0.113.7"
 BANS = BanRule(threshold=3, window=60.0, durations=(30.0, 120.0), reset_after=600.0)
 
 
-def rule(algorithm: str, limit: int = 5, period: float = 60.0, burst: int | None = None) -> Rule:
+def rule(algorithm: str, limit: int = 5, period: float = 3600.0, burst: int | None = None) -> Rule:
+    """A rule; by default over an hour, so a test counting in a window (these stores are on real
+    time) does not cross into the next one halfway, as it could a minute's on a slow machine."""
     return Rule(algorithm, algorithm, limit, period, burst if burst is not None else limit)  # type: ignore[arg-type]
 
 
@@ -455,7 +457,7 @@ async def test_release_gives_back_a_concurrency_slot(
 async def test_every_key_expires_when_its_state_no_longer_matters(
     store: RedisStore, admin: redis.Redis
 ) -> None:
-    period = 60.0
+    period = 3600.0  # the rules' default
     refused = Check(rule("fixed_window", limit=1, period=period), f"fixed_window|{CLIENT}")
     await store.evaluate([*ALL_ALGORITHMS], client=CLIENT, bans=BANS)
     for _ in range(BANS.threshold + 1):
