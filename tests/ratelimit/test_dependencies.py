@@ -29,12 +29,17 @@ def settings(tmp_path: Path, *, enabled: bool = True) -> Settings:
         ratelimit=RateLimitConfig(
             enabled=enabled,
             bans=BansConfig(enabled=False),
+            # Hour-long windows on the real clock: a test's requests all fall in one, where a
+            # slow run could cross from one minute's window into the next.
             policies=[
-                PolicyConfig(name="exports", algorithm="fixed_window", limit=1, match=MANUAL),
+                PolicyConfig(
+                    name="exports", algorithm="fixed_window", limit=1, period=3600, match=MANUAL
+                ),
                 PolicyConfig(
                     name="twice",
                     algorithm="fixed_window",
                     limit=2,
+                    period=3600,
                     match=MatchConfig(paths=["/twice"]),
                 ),
             ],
