@@ -190,7 +190,9 @@ def test_blocked_attacks_fire(store: StoreConfig) -> None:
 
 
 def test_bans_fire(store: StoreConfig) -> None:
-    policy = PolicyConfig(name="tight", key="ip", algorithm="fixed_window", limit=2, period=60)
+    # An hour-long window on the real clock: the eight requests all fall in it (a slow run could
+    # cross from one minute's window into the next and be let through again).
+    policy = PolicyConfig(name="tight", key="ip", algorithm="fixed_window", limit=2, period=3600)
     engine = protected(
         store,
         AlertRuleConfig(name="bans", kind="bans", threshold=0, resolve_after=0, window=600),

@@ -189,7 +189,7 @@ async def test_upstream_failure_marks_server_and_client_spans(traced: MakeTraced
                             "key": "ip",
                             "algorithm": "fixed_window",
                             "limit": 1,
-                            "period": "1m",
+                            "period": "1h",  # both requests in one window, however slow
                         }
                     ]
                 }
