@@ -412,7 +412,8 @@ def test_bans_cli_lists_and_lifts_redis_strikes_beside_bans(
         store = RedisStore(connector, prefix=REDIS_KEY_PREFIX)
         try:
             await RedisStrikes(store, StrikesConfig(threshold=1)).strike([CLIENT_IP])
-            check = Check(Rule("t", "fixed_window", 1, 60.0, 1), f"t|{banned}")
+            # An hour-long window on Redis's real clock: both calls fall in it.
+            check = Check(Rule("t", "fixed_window", 1, 3600.0, 1), f"t|{banned}")
             bans = BanRule(threshold=1, window=60.0, durations=(120.0,), reset_after=3600.0)
             await store.evaluate([check], client=banned, bans=bans)
             assert (await store.evaluate([check], client=banned, bans=bans)).new_ban == 120.0
