@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.connection import AbstractConnection
 
+from bastion.ratelimit import redis_store
 from bastion.ratelimit.core import BanRule, Check, RateLimitStoreError, Rule
 from bastion.ratelimit.redis_store import CLUSTER_UNSUPPORTED, RedisStore
 from bastion.store.redis import RedisConnector
@@ -292,8 +294,41 @@ async def test_a_redis_that_stops_answering_times_out_then_recovers(
         await connector.close()
 
 
+@pytest.fixture(params=["hiredis", "per-reply"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Replies read in one pass over the hiredis reader, or one ``read_response`` each (the
+    path taken when redis-py's hiredis parser is not there)."""
+    if request.param == "per-reply":
+        monkeypatch.setattr(redis_store, "_NOT_ENOUGH_DATA", None)
+    return str(request.param)
+
+
+async def test_a_pipeline_is_read_without_a_read_response_per_reply(
+    connector: RedisConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisStore(connector, prefix=PREFIX)
+    calls = 0
+    read_response = AbstractConnection.read_response
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await read_response(self, *args, **kwargs)
+
+    try:
+        # The first call connects and asks INFO, through read_response.
+        await store.evaluate([Check(rule("gcra"), "gcra|warm-up")])
+        monkeypatch.setattr(AbstractConnection, "read_response", counted)
+        checks = [Check(rule("gcra", limit=1000), f"gcra|ip:198.51.100.{i}") for i in range(30)]
+        verdicts = await asyncio.gather(*(store.evaluate([check]) for check in checks))
+        assert all(verdict.allowed for verdict in verdicts)
+        assert calls == 0
+    finally:
+        await store.close()
+
+
 async def test_a_script_error_fails_only_its_own_caller_in_a_batch(
-    connector: RedisConnector, admin: redis.Redis
+    connector: RedisConnector, admin: redis.Redis, reading: str
 ) -> None:
     store = RedisStore(connector, prefix=PREFIX)
     try:
@@ -315,7 +350,7 @@ async def test_a_script_error_fails_only_its_own_caller_in_a_batch(
 
 
 async def test_a_flushed_script_is_loaded_again_once(
-    private: tuple[RedisStore, redis.Redis],
+    private: tuple[RedisStore, redis.Redis], reading: str
 ) -> None:
     store, admin = private
     check = Check(rule("gcra", limit=1000), f"gcra|{CLIENT}")
@@ -332,7 +367,9 @@ async def test_a_flushed_script_is_loaded_again_once(
     assert store.commands_sent - sent == 3
 
 
-async def test_a_batch_meeting_a_flushed_script_loads_it_once(server: RedisServer) -> None:
+async def test_a_batch_meeting_a_flushed_script_loads_it_once(
+    server: RedisServer, reading: str
+) -> None:
     connector = RedisConnector.from_url(server.url)
     store = RedisStore(connector, prefix=PREFIX)
     admin = redis.Redis.from_url(server.url)
