@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from bastion.cache import Cache
 from bastion.cache.config import CacheConfig
 from bastion.observe.metrics import Metrics
+from cache.clock import CacheClock
 
 SHAPES = ("l1", "l2", "tiered")
 
@@ -62,19 +63,6 @@ class _Factory:
     async def close(self) -> None:
         for cache in self.caches:
             await cache.close()
-
-
-class CacheClock:
-    """The wall clock the tiered cache reads freshness by, advanced only by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.principal import Principal
 from bastion.http.state import state_of
 from bastion.settings import Settings
+from cache.clock import CacheClock as Clock
 from stage_harness import around, make_deps
 
 Header = tuple[bytes, bytes]
@@ -173,19 +174,6 @@ class Client:
 
     async def get(self, path: str = "/r", **kwargs: Any) -> Response:
         return await self.request("GET", path, **kwargs)
-
-
-class Clock:
-    """Wall-clock time the stage and the tiered cache both read."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
