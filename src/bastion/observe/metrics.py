@@ -167,9 +167,10 @@ class PlainHistogram(Collector):
     """An unlabelled histogram in plain numbers, read when scraped, for one process.
 
     ``observe`` is one C ``bisect`` and two list updates where ``prometheus_client``'s
-    ``Histogram`` scans its bounds in Python and takes its locks (about 2 µs per observation,
-    measured on the Redis rate-limit path, which observes once per request). No ``_created``
-    series. Several workers use ``prometheus_client``'s shared files instead."""
+    ``Histogram`` scans its bounds in Python and takes its locks: 0.17 µs against 0.77 µs per
+    observation in a loop, measured with the rate-limit store's 11 buckets (the Redis path
+    observes once per request). No ``_created`` series. Several workers use
+    ``prometheus_client``'s shared files instead."""
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
         self._name = name
