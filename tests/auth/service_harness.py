@@ -23,21 +23,6 @@ PASSWORD = "correct horse battery staple"
 CONTEXT = RequestContext(client_ip="198.51.100.7", user_agent="pytest", request_id="req-1")
 
 
-class ManualClock:
-    """The service's wall clock, moved only by the test: starts at the real time (rows the
-    database stamps itself stay comparable), so a lifetime ends when the test says so rather
-    than when a slow machine gets there."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def auth_config(**overrides: Any) -> AuthConfig:
     """An :class:`AuthConfig` with fast password hashing plus ``overrides``."""
     values: dict[str, Any] = {"passwords": FAST_PASSWORDS}

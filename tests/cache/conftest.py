@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from bastion.cache import Cache
 from bastion.cache.config import CacheConfig
 from bastion.observe.metrics import Metrics
-from cache.clock import CacheClock
+from manual_clock import ManualClock
 
 SHAPES = ("l1", "l2", "tiered")
 
@@ -66,11 +66,11 @@ class _Factory:
 
 
 @pytest.fixture
-def cache_clock(monkeypatch: pytest.MonkeyPatch) -> CacheClock:
+def cache_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     """Freshness and staleness follow this clock; Redis still drops a record at the end of its
     lifetime by its own clock, so a test ageing an entry this way gives it a real lifetime far
     longer than the test takes."""
-    clock = CacheClock()
+    clock = ManualClock(1_800_000_000.0)
     monkeypatch.setattr("bastion.cache.tiered._time", clock)
     return clock
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from bastion.cache import Cache, Entry, SerializationError, Uncacheable
+from manual_clock import ManualClock
 
-from .conftest import CacheClock, MakeCache
+from .conftest import MakeCache
 
 
 class CountingLoader:
@@ -113,7 +114,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_others(make_cache: MakeCac
 
 
 async def test_stale_while_revalidate_returns_stale_then_refreshes(
-    make_cache: MakeCache, cache_clock: CacheClock
+    make_cache: MakeCache, cache_clock: ManualClock
 ) -> None:
     cache = await make_cache()
     assert await cache.get_or_set("k", CountingLoader("v1"), ttl=30, stale_ttl=30) == "v1"
@@ -168,7 +169,7 @@ async def test_no_early_refresh_when_turned_off(make_cache: MakeCache) -> None:
     assert loader.calls == 1
 
 
-async def test_negative_caching(make_cache: MakeCache, cache_clock: CacheClock) -> None:
+async def test_negative_caching(make_cache: MakeCache, cache_clock: ManualClock) -> None:
     cache = await make_cache()
     loader = CountingLoader(None, "found")
     assert await cache.get_or_set("absent", loader, negative_ttl=60) is None
@@ -210,7 +211,7 @@ async def test_an_entry_with_its_own_ttl_caches_none_for_that_long(make_cache: M
 
 
 async def test_loader_chooses_ttl_and_tags_with_entry(
-    make_cache: MakeCache, cache_clock: CacheClock
+    make_cache: MakeCache, cache_clock: ManualClock
 ) -> None:
     cache = await make_cache()
 
@@ -319,7 +320,7 @@ async def test_warm_on_start(make_cache: MakeCache) -> None:
 
 
 async def test_metrics_count_hits_misses_and_stale(
-    make_cache: MakeCache, cache_clock: CacheClock
+    make_cache: MakeCache, cache_clock: ManualClock
 ) -> None:
     cache = await make_cache()
     await cache.get_or_set("k", CountingLoader("v"), ttl=30, stale_ttl=30)

@@ -7,19 +7,14 @@ from typing import Any
 from bastion.observe.alerts import AlertEngine
 from bastion.observe.config import AlertRuleConfig, AlertsConfig
 from bastion.observe.metrics import Metrics
+from manual_clock import ManualClock
 
 
-class Clock:
+class Clock(ManualClock):
     """Monotonic seconds that only move when the test says so."""
 
     def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+        super().__init__(10_000.0)
 
 
 def engine_for(*rules: dict[str, Any], **config: Any) -> tuple[AlertEngine, Clock, Metrics]:

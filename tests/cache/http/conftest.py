@@ -21,7 +21,7 @@ from bastion.http.asgi import ASGIApp, Message, Receive, Scope, Send
 from bastion.http.principal import Principal
 from bastion.http.state import state_of
 from bastion.settings import Settings
-from cache.clock import CacheClock as Clock
+from manual_clock import ManualClock as Clock
 from stage_harness import around, make_deps
 
 Header = tuple[bytes, bytes]
@@ -178,7 +178,7 @@ class Client:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
+    fake = Clock(1_800_000_000.0)
     monkeypatch.setattr(time, "time", fake)
     monkeypatch.setattr("bastion.cache.tiered._time", fake)
     return fake
