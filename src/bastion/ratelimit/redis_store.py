@@ -262,12 +262,11 @@ class RedisStore:
         self._ban_args: dict[int, tuple[BanRule, int, bytes]] = {}
         # (tag, check key) or client -> its keys as RESP bulk strings.
         self._parts: dict[tuple[str | None, str] | str, bytes] = {}
-        # Shape of a call (client, bans, and each check's key, rule, cost, mode) -> the command
-        # up to its call token, and the rules and bans whose ids the shape holds (kept alive
-        # so those ids are not reused while the entry lives).
+        # Shape of a call (client, bans, and each check's key, rule, cost, mode; or a static
+        # plan standing for them, and bans) -> the command up to its call token, and the plan,
+        # rules and bans whose ids the shape holds (kept alive so those ids are not reused
+        # while the entry lives).
         self._prefixes: dict[tuple[Any, ...], tuple[bytes, tuple[object, ...]]] = {}
-        # A static request plan -> the same prefix, and the bans it was made with.
-        self._shaped: dict[object, tuple[bytes, BanRule | None]] = {}
         # Cluster layout: id(check) -> (check, key) of the concurrency slots granted.
         self._held: dict[int, tuple[Check, bytes]] = {}
         self._idle: list[AbstractConnection] = []
@@ -298,10 +297,7 @@ class RedisStore:
         if self._cluster and client is None and checks:
             # Without a client the first bucket's key is the tag: all keys share one slot.
             client = checks[0].key
-        if shape is not None:
-            command = self._shaped_command(shape, checks, client, bans)
-        else:
-            command = self._evaluate_command(checks, client, bans)
+        command = self._evaluate_command(checks, client, bans, shape)
         leased = None
         for check in checks:
             if check.lease and check.rule.algorithm == "concurrency":
@@ -502,50 +498,45 @@ class RedisStore:
         return cached[1], cached[2]
 
     def _evaluate_command(
-        self, checks: Sequence[Check], client: str | None, bans: BanRule | None
+        self,
+        checks: Sequence[Check],
+        client: str | None,
+        bans: BanRule | None,
+        plan: object | None = None,
     ) -> bytes:
         # Hot path: a request of a known client and shape is its cached prefix and a new call
-        # token. The shape holds ids of rules and bans; the entry keeps those objects alive,
-        # so an id in a live entry's shape is always the same object.
-        shape: tuple[Any, ...] = (client, id(bans))
-        cacheable = True
-        for check in checks:
-            if _per_request(check):
-                cacheable = False
-                break
-            shape += (check.key, id(check.rule), check.cost, check.enforce)
-        if cacheable:
-            cached = self._prefixes.get(shape)
+        # token. The key holds ids of rules and bans, or of the static ``plan`` that stands for
+        # the checks and client (one look-up, no key built from the checks); the entry keeps
+        # those objects alive, so an id in a live entry's key is always the same object.
+        key: tuple[Any, ...] | None
+        if plan is not None:
+            key = (id(plan), id(bans))
+            cached = self._prefixes.get(key)
             if cached is not None:
-                prefix = cached[0]
-            else:
-                prefix = self._command_prefix(checks, client, bans)
-                if len(self._prefixes) >= _MAX_CACHED:
-                    self._prefixes.clear()
-                self._prefixes[shape] = (prefix, (bans, *(check.rule for check in checks)))
+                return self._with_token(cached[0])
+            if any(_per_request(check) for check in checks):
+                key = None
         else:
-            prefix = self._command_prefix(checks, client, bans)
+            key = (client, id(bans))
+            for check in checks:
+                if _per_request(check):
+                    key = None
+                    break
+                key += (check.key, id(check.rule), check.cost, check.enforce)
+            cached = self._prefixes.get(key) if key is not None else None
+            if cached is not None:
+                return self._with_token(cached[0])
+        prefix = self._command_prefix(checks, client, bans)
+        if key is not None:
+            if len(self._prefixes) >= _MAX_CACHED:
+                self._prefixes.clear()
+            self._prefixes[key] = (prefix, (plan, bans, *(check.rule for check in checks)))
         return self._with_token(prefix)
 
     def _with_token(self, prefix: bytes) -> bytes:
         """The command of ``prefix`` ended with a new call token."""
         token = b"%s%x" % (self._token, next(self._sequence))
         return b"%b$%d\r\n%b\r\n" % (prefix, len(token), token)
-
-    def _shaped_command(
-        self, shape: object, checks: Sequence[Check], client: str | None, bans: BanRule | None
-    ) -> bytes:
-        """:meth:`_evaluate_command` of a call whose ``shape`` stands for its checks, client
-        and bans: the cached prefix is one look-up. The entry keeps the shape alive, and the
-        bans it was made with (a shape used with other bans makes a new prefix)."""
-        cached = self._shaped.get(shape)
-        if cached is None or cached[1] is not bans:
-            if any(_per_request(check) for check in checks):
-                return self._evaluate_command(checks, client, bans)
-            if len(self._shaped) >= _MAX_CACHED:
-                self._shaped.clear()
-            cached = self._shaped[shape] = (self._command_prefix(checks, client, bans), bans)
-        return self._with_token(cached[0])
 
     def _command_prefix(
         self, checks: Sequence[Check], client: str | None, bans: BanRule | None
